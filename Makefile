@@ -1,0 +1,34 @@
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint demo bench clean
+
+VENV := .venv
+PYTEST_ARGS ?=
+
+help:
+	@echo "make setup   install services and the .venv (scripts/setup.sh)"
+	@echo "make test    run the test suite (PYTEST_ARGS='...' to pass options)"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make demo    run the end-to-end demo"
+	@echo "make bench   run the benchmarks (output in results/)"
+	@echo "make clean   remove .venv, caches and results/"
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+demo: setup
+	$(VENV)/bin/intake demo
+
+bench: setup
+	$(VENV)/bin/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) results/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +

@@ -1,0 +1,111 @@
+"""Keys and the cryptography around personal data.
+
+One master secret (``INTAKE_SECRET_KEY``) is stretched with HKDF into independent keys, one per
+purpose, so that a leak of one derived key (say, the token key) reveals nothing about another:
+
+- ``nik``: HMAC-SHA256 of the NIK, the stored look-up and uniqueness key ("one NIK, once in a
+  lifetime") that does not reveal the NIK itself;
+- ``data``: AES-256-GCM for personal values at rest (the NIK, names, contacts);
+- ``token``: HMAC that turns a registration id into its access token, so the edge can issue and
+  check tokens without a database;
+- ``seal``: AES-256-GCM for message bodies, so that personal data never sits in clear in the
+  broker, and so that a worker only trusts what an edge holding the key produced.
+
+Ciphertexts start with a one-byte key version so that keys can be rotated later.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import uuid
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from core.ids import uuid8
+
+KEY_VERSION = 1
+_NONCE_BYTES = 12
+
+
+class DecryptionError(ValueError):
+    """A ciphertext was tampered with, truncated, or made with another key."""
+
+
+def _derive(master: bytes, purpose: str) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"prakerja-intake", info=purpose.encode()
+    ).derive(master)
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    """The derived keys of one deployment. Build it once with :meth:`from_secret`."""
+
+    nik_key: bytes
+    token_key: bytes
+    data: AESGCM
+    seal: AESGCM
+
+    @classmethod
+    def from_secret(cls, secret: str) -> Keyring:
+        master = secret.encode()
+        return cls(
+            nik_key=_derive(master, "nik-hmac"),
+            token_key=_derive(master, "access-token"),
+            data=AESGCM(_derive(master, "data-at-rest")),
+            seal=AESGCM(_derive(master, "message-seal")),
+        )
+
+    def nik_hmac(self, nik: str) -> bytes:
+        """Keyed HMAC of a NIK: equal NIKs give equal digests; the digest reveals nothing."""
+        return hmac.new(self.nik_key, nik.encode(), hashlib.sha256).digest()
+
+    def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
+        """Encrypt a value at rest, bound to ``context`` (e.g. the registration id)."""
+        return _encrypt(self.data, plaintext, context)
+
+    def decrypt(self, ciphertext: bytes, context: bytes) -> bytes:
+        return _decrypt(self.data, ciphertext, context)
+
+    def seal_message(self, body: bytes, context: bytes) -> bytes:
+        """Encrypt and authenticate a message body for the broker."""
+        return _encrypt(self.seal, body, context)
+
+    def open_message(self, sealed: bytes, context: bytes) -> bytes:
+        return _decrypt(self.seal, sealed, context)
+
+    def access_token(self, registration_id: uuid.UUID) -> str:
+        """The bearer token that lets its holder read one registration's status."""
+        digest = hmac.new(self.token_key, registration_id.bytes, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:24]).decode()
+
+    def check_access_token(self, registration_id: uuid.UUID, token: str) -> bool:
+        return hmac.compare_digest(self.access_token(registration_id), token)
+
+    def idempotent_id(self, idempotency_key: str) -> uuid.UUID:
+        """A registration id derived from a client's ``Idempotency-Key``: a retried request
+        maps to the same id, which the worker stores at most once."""
+        digest = hmac.new(self.token_key, b"idem:" + idempotency_key.encode(), "sha256").digest()
+        return uuid8(digest)
+
+
+def _encrypt(aead: AESGCM, plaintext: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    return bytes([KEY_VERSION]) + nonce + aead.encrypt(nonce, plaintext, context)
+
+
+def _decrypt(aead: AESGCM, ciphertext: bytes, context: bytes) -> bytes:
+    if len(ciphertext) < 1 + _NONCE_BYTES + 16 or ciphertext[0] != KEY_VERSION:
+        raise DecryptionError("unknown format or key version")
+    nonce = ciphertext[1 : 1 + _NONCE_BYTES]
+    try:
+        return aead.decrypt(nonce, ciphertext[1 + _NONCE_BYTES :], context)
+    except InvalidTag:
+        raise DecryptionError("authentication failed") from None

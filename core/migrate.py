@@ -1,0 +1,58 @@
+"""Versioned schema migrations: ``core/migrations/NNNN_name.sql``, applied in order, once.
+
+Every process that needs the schema may call :func:`migrate` at start; a PostgreSQL advisory
+lock makes concurrent callers wait for each other, and each migration runs in its own
+transaction together with its row in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import re
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+_LOCK_KEY = 0x1A7A4E  # arbitrary, fixed: identifies this project's migration lock
+_NAME_RE = re.compile(r"(\d{4})_[a-z0-9_]+\.sql")
+
+
+def available() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every shipped migration, in version order."""
+    folder = importlib.resources.files("core").joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _NAME_RE.fullmatch(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(connection: asyncpg.Connection) -> list[str]:
+    """Apply every migration not yet applied; return the names of those applied now."""
+    await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")
+        }
+        applied = []
+        for version, name, sql in available():
+            if version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(sql)
+                await connection.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+            log.info("applied migration %s", name)
+            applied.append(name)
+        return applied
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)

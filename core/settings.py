@@ -1,0 +1,98 @@
+"""One immutable settings object, built from the environment in ``main()`` and passed down.
+
+Every variable is prefixed ``INTAKE_``; every duration carries its unit in the name. Nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# A development key, public by construction. ``Settings.from_env`` refuses it when
+# INTAKE_ENV=production so that a deployment cannot silently run with it.
+DEV_SECRET_KEY = "dev-only-insecure-key-change-me-0000000000000000"  # noqa: S105 - public on purpose
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of every process of the system. See the README's configuration table."""
+
+    env: str = "development"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/intake"
+    database_url: str = "postgresql://intake:intake@127.0.0.1:5432/intake"
+    # Master secret; per-purpose keys (NIK HMAC, encryption, access tokens, message
+    # sealing) are derived from it with HKDF, see core.keys.
+    secret_key: str = field(default=DEV_SECRET_KEY, repr=False)
+    log_level: str = "INFO"
+
+    # Edge.
+    edge_host: str = "127.0.0.1"
+    edge_port: int = 8080
+    edge_max_body_bytes: int = 8 * 1024
+    edge_publish_timeout_s: float = 2.0
+    edge_max_pending: int = 20_000
+    edge_batch_max_items: int = 500
+    edge_max_inflight_batches: int = 4
+    edge_retry_after_s: int = 2
+    edge_shutdown_timeout_s: float = 10.0
+    edge_reconnect_max_delay_s: float = 2.0
+
+    # Queue topology.
+    persist_queue_max_length: int = 200_000
+    delivery_limit: int = 5
+
+    # Persist worker.
+    persist_prefetch: int = 64
+    persist_batch_max_rows: int = 2_000
+    persist_batch_linger_s: float = 0.05
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``INTAKE_*`` variables, converting each to its field's type."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get("INTAKE_" + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _convert(f.name, f.type, raw)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse configurations that are unsafe or cannot work."""
+        if self.env == "production" and self.secret_key == DEV_SECRET_KEY:
+            raise SettingsError("INTAKE_SECRET_KEY must be set in production")
+        if len(self.secret_key) < 32:
+            raise SettingsError("INTAKE_SECRET_KEY must be at least 32 characters")
+        if self.edge_batch_max_items < 1 or self.edge_max_inflight_batches < 1:
+            raise SettingsError("edge batch sizes must be positive")
+        if self.delivery_limit < 1:
+            raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (tests and the demo use it)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, type_name: object, raw: str) -> object:
+    try:
+        if type_name in ("int", int):
+            return int(raw.replace("_", ""))
+        if type_name in ("float", float):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"INTAKE_{name.upper()}: not a number: {raw!r}") from None
+    return raw

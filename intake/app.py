@@ -1,0 +1,193 @@
+"""The edge's HTTP application: routes, the accept path and the status look-up.
+
+The accept path never touches the database or a ministry: validate, hand the envelope to the
+:class:`~intake.publisher.BatchPublisher`, and answer 202 only once the broker confirmed it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import logging
+import traceback
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from core.envelope import Envelope
+from core.ids import uuid7
+from core.keys import Keyring
+from core.settings import Settings
+from intake.problems import problem, unavailable
+from intake.publisher import BatchPublisher, Unavailable
+from intake.validation import ValidationFailed, today_wib, validate
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+KEYRING = web.AppKey("keyring", Keyring)
+PUBLISHER = web.AppKey("publisher", BatchPublisher)
+DB = web.AppKey("db", asyncpg.Pool)
+STATE = web.AppKey("state", dict[str, bool])
+
+IDEMPOTENCY_KEY_MAX_CHARS = 255
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/registrations``: 202 after the broker's confirm, or a 4xx/503 problem."""
+    settings = request.app[SETTINGS]
+    if request.content_type != "application/json":
+        return problem(415, "unsupported-media-type", "The body must be application/json")
+    if request.content_length is not None and request.content_length > settings.edge_max_body_bytes:
+        return problem(413, "too-large", "The body is too large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "The body is too large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return problem(400, "malformed-json", "The body is not valid JSON")
+    now = dt.datetime.now(dt.UTC)
+    try:
+        registration = validate(body, today_wib(now))
+    except ValidationFailed as exc:
+        return problem(
+            422, "invalid-registration", "The registration is invalid", errors=exc.errors
+        )
+
+    keyring = request.app[KEYRING]
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is None:
+        registration_id = uuid7()
+    elif 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_CHARS:
+        registration_id = keyring.idempotent_id(idempotency_key)
+    else:
+        return problem(400, "bad-idempotency-key", "Idempotency-Key must be 1-255 characters")
+
+    item = Envelope(registration_id, now, registration).to_json()
+    try:
+        await request.app[PUBLISHER].submit(item)
+    except Unavailable as exc:
+        return unavailable(exc.reason, settings.edge_retry_after_s)
+    status_url = f"/v1/registrations/{registration_id}"
+    return _json(
+        202,
+        {
+            "id": str(registration_id),
+            "status": "accepted",
+            "status_url": status_url,
+            "access_token": keyring.access_token(registration_id),
+        },
+        headers={"Location": status_url},
+    )
+
+
+async def registration_status(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/registrations/{id}`` with ``Authorization: Bearer <access_token>``."""
+    not_found = problem(404, "not-found", "No such registration")
+    try:
+        registration_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return not_found
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not request.app[KEYRING].check_access_token(
+        registration_id, token.strip()
+    ):
+        return not_found
+    try:
+        row = await request.app[DB].fetchrow(
+            "SELECT status, reject_reason, submitted_at, stored_at FROM registrations"
+            " WHERE id = $1",
+            registration_id,
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("status look-up failed: %s", type(exc).__name__)
+        return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
+    if row is None:
+        # The token proves the edge accepted it: it is still queued for storage.
+        return _json(200, {"id": str(registration_id), "status": "queued"})
+    return _json(
+        200,
+        {
+            "id": str(registration_id),
+            "status": row["status"],
+            "reason": row["reject_reason"],
+            "submitted_at": row["submitted_at"],
+            "stored_at": row["stored_at"],
+        },
+    )
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    """Liveness: the process serves HTTP."""
+    return _json(200, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    """Readiness: the broker is connected and the edge is not shutting down."""
+    if request.app[STATE]["stopping"]:
+        return _json(503, {"status": "stopping"})
+    if not request.app[PUBLISHER].ready:
+        return _json(503, {"status": "broker_unreachable"})
+    return _json(200, {"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    """The OpenAPI 3 document of this edge."""
+    spec = importlib.resources.files("intake").joinpath("openapi.json").read_bytes()
+    return web.Response(body=spec, content_type="application/json")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn aiohttp's HTTP exceptions into problems, and anything unexpected into a 500 that
+    is logged by type and code location only (an exception message may quote personal data)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return problem(413, "too-large", "The body is too large")
+        return problem(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
+    except Exception as exc:
+        frames = traceback.format_tb(exc.__traceback__)
+        log.error("unhandled %s in %s\n%s", type(exc).__name__, request.path, "".join(frames))
+        return problem(500, "internal", "Internal error")
+
+
+def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) -> web.Application:
+    """Assemble the edge application; the publisher and the database pool start with it."""
+    app = web.Application(
+        client_max_size=settings.edge_max_body_bytes, middlewares=[errors_middleware]
+    )
+    app[SETTINGS], app[KEYRING], app[PUBLISHER] = settings, keyring, publisher
+    app[STATE] = {"stopping": False}
+    app.router.add_post("/v1/registrations", register)
+    app.router.add_get("/v1/registrations/{id}", registration_status)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(_resources)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    await app[PUBLISHER].start()
+    # min_size=0: the edge starts and accepts registrations even when PostgreSQL is down;
+    # only the status look-up needs it.
+    app[DB] = await asyncpg.create_pool(
+        app[SETTINGS].database_url, min_size=0, max_size=4, command_timeout=5
+    )
+    yield
+    await app[PUBLISHER].close()
+    await app[DB].close()

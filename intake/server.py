@@ -1,0 +1,78 @@
+"""Running the edge: uvloop, the access log, and a graceful SIGTERM.
+
+On SIGTERM (or SIGINT) the edge reports not ready, stops accepting connections, lets the
+requests in flight finish (each waits for its confirm or fails with 503 within the publish
+timeout), flushes the publisher and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import uvloop
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from core.keys import Keyring
+from core.settings import Settings
+from intake.app import STATE, create_app
+from intake.publisher import BatchPublisher
+
+log = logging.getLogger(__name__)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Logs method, route template, status and duration. Never the concrete path (it holds
+    registration ids) nor the query string or headers (they may hold tokens)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        match_info = getattr(request, "match_info", None)
+        route = getattr(getattr(match_info, "route", None), "resource", None)
+        template = route.canonical if route is not None else "unmatched"
+        self.logger.info(
+            "%s %s %s",
+            request.method,
+            template,
+            response.status,
+            extra={"fields": {"status": response.status, "duration_s": round(time, 6)}},
+        )
+
+
+async def serve(settings: Settings, *, sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    keyring = Keyring.from_secret(settings.secret_key)
+    app = create_app(settings, keyring, BatchPublisher(settings, keyring))
+    runner = web.AppRunner(
+        app,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("intake.access"),
+        shutdown_timeout=settings.edge_shutdown_timeout_s,
+        handle_signals=False,
+    )
+    await runner.setup()
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, settings.edge_host, settings.edge_port, reuse_port=True)
+    await site.start()
+    log.info("edge listening", extra={"fields": {"address": site.name}})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("edge stopping")
+    app[STATE]["stopping"] = True
+    await runner.cleanup()  # stop listening, finish in-flight requests, close the publisher
+    log.info("edge stopped")
+
+
+def run(settings: Settings) -> None:
+    """Entry point of ``intake edge``."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings))

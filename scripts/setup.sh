@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Prepare a Debian machine for development: RabbitMQ, PostgreSQL and the .venv.
+# Idempotent: every step checks first and only acts when something is missing;
+# a run with nothing to do prints nothing.
+#
+#   scripts/setup.sh [--with-prometheus]
+#
+# INTAKE_SETUP_SKIP_SERVICES=1 skips everything except the virtualenv.
+set -euo pipefail
+
+usage() {
+    echo "usage: $0 [--with-prometheus]" >&2
+    echo "  env INTAKE_SETUP_SKIP_SERVICES=1: only create/update .venv" >&2
+}
+
+with_prometheus=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-prometheus) with_prometheus=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage; exit 2 ;;
+    esac
+done
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+skip_services="${INTAKE_SETUP_SKIP_SERVICES:-0}"
+
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export HOME="${HOME:-/root}" # rabbitmqctl refuses to run without it
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+say() { echo "setup: $*"; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+# Run a noisy command silently; show its output only if it fails.
+quiet() {
+    local log rc=0
+    log="$(mktemp)"
+    "$@" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo "setup: command failed ($rc): $*" >&2
+        cat "$log" >&2
+        rm -f "$log"
+        exit "$rc"
+    fi
+    rm -f "$log"
+}
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "$1 needs root (or run with INTAKE_SETUP_SKIP_SERVICES=1)"
+}
+
+# psql as the postgres superuser over the local socket (peer auth on a fresh install).
+# cd / so psql does not warn about an unreadable working directory.
+pg_su() { (cd / && runuser -u postgres -- psql -v ON_ERROR_STOP=1 -tAc "$1"); }
+
+venv_ok() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c pass >/dev/null 2>&1; }
+
+# --- apt packages ------------------------------------------------------------
+pkgs=()
+if [ "$skip_services" != 1 ]; then
+    command -v rabbitmqctl >/dev/null 2>&1 || pkgs+=(rabbitmq-server)
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
+    if [ "$with_prometheus" = 1 ]; then
+        command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
+    fi
+fi
+# Debian's python3 ships venv without ensurepip unless python3-venv is installed.
+if ! venv_ok && ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
+    pkgs+=(python3-venv)
+fi
+if [ "${#pkgs[@]}" -gt 0 ]; then
+    need_root "installing ${pkgs[*]}"
+    say "apt-get update"
+    quiet apt-get update
+    say "installing ${pkgs[*]}"
+    quiet apt-get install -y -q "${pkgs[@]}"
+fi
+
+if [ "$skip_services" != 1 ]; then
+    need_root "managing RabbitMQ and PostgreSQL"
+
+    # --- RabbitMQ ------------------------------------------------------------
+    if ! rabbitmqctl -q status >/dev/null 2>&1; then
+        say "starting RabbitMQ"
+        quiet rabbitmq-server -detached
+        for _ in $(seq 60); do
+            rabbitmqctl -q status >/dev/null 2>&1 && break
+            sleep 1
+        done
+        quiet rabbitmqctl await_startup --timeout 60
+    fi
+
+    # Capture before grepping: with pipefail, grep -q closing the pipe early can fail the test.
+    plugins="$(rabbitmq-plugins -q list -e -m 2>/dev/null)" || true
+    if ! grep -qx rabbitmq_prometheus <<<"$plugins"; then
+        say "enabling RabbitMQ plugin rabbitmq_prometheus"
+        quiet rabbitmq-plugins enable rabbitmq_prometheus
+    fi
+
+    vhosts="$(rabbitmqctl -q list_vhosts name)"
+    if ! grep -qx intake <<<"$vhosts"; then
+        say "creating RabbitMQ vhost intake (full permissions for guest)"
+        quiet rabbitmqctl add_vhost intake
+        quiet rabbitmqctl set_permissions -p intake guest ".*" ".*" ".*"
+    fi
+
+    # --- PostgreSQL ----------------------------------------------------------
+    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+        pgver="$(compgen -G '/etc/postgresql/*/main' | sort -V | tail -n 1 | cut -d/ -f4)" || true
+        if [ -z "$pgver" ]; then
+            pgver="$(compgen -G '/usr/lib/postgresql/*/bin/postgres' | sort -V | tail -n 1 | cut -d/ -f5)"
+            say "creating PostgreSQL $pgver cluster main"
+            quiet pg_createcluster "$pgver" main
+        fi
+        say "starting PostgreSQL $pgver"
+        quiet pg_ctlcluster --skip-systemctl-redirect "$pgver" main start
+        for _ in $(seq 30); do
+            pg_isready -q -h 127.0.0.1 -p 5432 && break
+            sleep 1
+        done
+        pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not come up on 127.0.0.1:5432"
+    fi
+
+    role="$(pg_su "SELECT rolcanlogin AND rolcreatedb FROM pg_roles WHERE rolname = 'intake'")"
+    if [ -z "$role" ]; then
+        say "creating PostgreSQL role intake"
+        quiet pg_su "CREATE ROLE intake LOGIN CREATEDB PASSWORD 'intake'"
+    elif [ "$role" != t ]; then
+        say "granting LOGIN CREATEDB to PostgreSQL role intake"
+        quiet pg_su "ALTER ROLE intake LOGIN CREATEDB PASSWORD 'intake'"
+    fi
+
+    owner="$(pg_su "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'intake'")"
+    if [ -z "$owner" ]; then
+        say "creating PostgreSQL database intake"
+        quiet pg_su "CREATE DATABASE intake OWNER intake"
+    elif [ "$owner" != intake ]; then
+        say "making intake the owner of PostgreSQL database intake"
+        quiet pg_su "ALTER DATABASE intake OWNER TO intake"
+    fi
+fi
+
+# --- Python virtualenv ---------------------------------------------------------
+if ! venv_ok; then
+    say "creating virtualenv $VENV"
+    rm -rf "$VENV"
+    quiet python3 -m venv "$VENV"
+    quiet "$VENV/bin/python" -m pip install --upgrade pip
+fi
+
+if [ ! -f "$ROOT/pyproject.toml" ]; then
+    say "no pyproject.toml yet; skipping package install"
+elif [ "$ROOT/pyproject.toml" -nt "$VENV/.installed" ]; then
+    say "installing the project into .venv (editable, with dev extras)"
+    quiet "$VENV/bin/python" -m pip install -e "${ROOT}[dev]"
+    touch "$VENV/.installed"
+fi
