@@ -47,6 +47,7 @@ class Settings:
     edge_retry_after_s: int = 2
     edge_shutdown_timeout_s: float = 10.0
     edge_reconnect_max_delay_s: float = 2.0
+    edge_access_log: bool = True
 
     # Queue topology.
     persist_queue_max_length: int = 200_000
@@ -82,17 +83,34 @@ class Settings:
         if self.delivery_limit < 1:
             raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
 
+    def to_env(self) -> dict[str, str]:
+        """The ``INTAKE_*`` variables that reproduce these settings in another process."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            env["INTAKE_" + f.name.upper()] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+        return env
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (tests and the demo use it)."""
         return dataclasses.replace(self, **changes)
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 def _convert(name: str, type_name: object, raw: str) -> object:
     try:
+        if type_name in ("bool", bool):
+            if raw.lower() not in _BOOLEANS:
+                raise ValueError(raw)
+            return _BOOLEANS[raw.lower()]
         if type_name in ("int", int):
             return int(raw.replace("_", ""))
         if type_name in ("float", float):
             return float(raw)
     except ValueError:
-        raise SettingsError(f"INTAKE_{name.upper()}: not a number: {raw!r}") from None
+        raise SettingsError(f"INTAKE_{name.upper()}: not a valid {type_name}: {raw!r}") from None
     return raw

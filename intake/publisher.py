@@ -191,11 +191,15 @@ class BatchPublisher:
                 await connection.close()
                 await asyncio.sleep(delay_s)
                 continue
+            # aio-pika resolves ``closed()`` only on a deliberate close; a lost connection is
+            # reported through the close callbacks.
+            lost = asyncio.Event()
+            connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
             self._connection, self._exchange = connection, declared.exchange
             delay_s = 0.05
             self._connected.set()
             log.info("broker connected")
-            await connection.closed()
+            await lost.wait()
             self._connected.clear()
             self._exchange = self._connection = None
             if not self._closing:

@@ -48,7 +48,7 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
-        access_log=logging.getLogger("intake.access"),
+        access_log=logging.getLogger("intake.access") if settings.edge_access_log else None,
         shutdown_timeout=settings.edge_shutdown_timeout_s,
         handle_signals=False,
     )

@@ -26,6 +26,9 @@ PROVINCE_CODES = frozenset(
 )
 
 _NIK_RE = re.compile(r"[0-9]{16}")
+# Checked before date.fromisoformat, which also takes ISO week dates ("2000-W01-1") and
+# "20000101".
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _PHONE_SEPARATORS = str.maketrans("", "", " -.()")
 _PHONE_RE = re.compile(r"(?:\+62|62|0)(8[0-9]{8,11})")
 # Letters of any script, combining marks, and the separators names really contain.
@@ -147,12 +150,13 @@ def nik_matches_birth_date(nik: str, birth_date: dt.date) -> bool:
 
 
 def _birth_date(value: str, today: dt.date) -> dt.date:
+    text = value.strip()
+    if not _DATE_RE.fullmatch(text):
+        raise _Invalid("date_format", "a date is written YYYY-MM-DD")
     try:
-        born = dt.date.fromisoformat(value.strip())
+        born = dt.date.fromisoformat(text)
     except ValueError:
         raise _Invalid("date_format", "a date is written YYYY-MM-DD") from None
-    if len(value.strip()) != 10:
-        raise _Invalid("date_format", "a date is written YYYY-MM-DD")
     if born > today or born.year < 1900:
         raise _Invalid("date_range", "the birth date is not plausible")
     if age_on(born, today) < MIN_AGE_YEARS:
@@ -171,7 +175,8 @@ def _name(value: str, max_chars: int) -> str:
         raise _Invalid("too_short", "at least 2 characters")
     if len(name) > max_chars:
         raise _Invalid("too_long", f"at most {max_chars} characters")
-    if not _NAME_RE.fullmatch(name):
+    # \w also takes numeric characters that are not letters ("²", "½", "Ⅻ"): refuse those.
+    if not _NAME_RE.fullmatch(name) or any(c.isnumeric() and not c.isalpha() for c in name):
         raise _Invalid("characters", "letters, spaces and ' . , - only")
     return name
 

@@ -27,10 +27,15 @@ def test_environment_overrides_and_converts() -> None:
 
 
 def test_bad_number_is_a_clear_error() -> None:
-    with pytest.raises(SettingsError, match="INTAKE_EDGE_PORT"):
+    with pytest.raises(SettingsError, match="INTAKE_EDGE_PORT: not a valid int"):
         Settings.from_env({"INTAKE_EDGE_PORT": "eighty"})
 
 
 def test_production_refuses_the_development_key() -> None:
     with pytest.raises(SettingsError, match="INTAKE_SECRET_KEY"):
         Settings.from_env({"INTAKE_ENV": "production", "INTAKE_SECRET_KEY": DEV_SECRET_KEY})
+
+
+def test_round_trip_through_the_environment() -> None:
+    settings = Settings(edge_port=9123, edge_access_log=False, edge_publish_timeout_s=0.25)
+    assert Settings.from_env(settings.to_env()) == settings

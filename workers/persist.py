@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import aio_pika
 import asyncpg
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from core import envelope, topology
 from core.envelope import Envelope, EnvelopeError
@@ -103,19 +103,27 @@ class PersistWorker:
             await channel.set_qos(prefetch_count=self._settings.persist_prefetch)
             declared = await topology.declare(channel, self._settings)
             self._inbox = asyncio.Queue()
-            connection.close_callbacks.add(lambda *_: self._inbox.put_nowait(None))
+            # aio-pika reports a lost connection only through its close callbacks.
+            lost = asyncio.Event()
+            inbox = self._inbox
+
+            def on_close(*_: object) -> None:
+                lost.set()
+                inbox.put_nowait(None)
+
+            connection.close_callbacks.add(on_close)
             consumer_tag = await declared.persist_queue.consume(self._deliver)
             log.info("persist worker consuming")
-            while not self._stopping.is_set() and not connection.is_closed:
+            while not self._stopping.is_set() and not lost.is_set():
                 batch = await self._collect()
                 if batch:
-                    await self._handle(channel, batch, connection)
-            if not connection.is_closed:
+                    await self._handle(channel, batch, lost)
+            if not lost.is_set():
                 # Graceful stop: no new deliveries, then store what was already delivered.
                 await declared.persist_queue.cancel(consumer_tag)
                 rest = self._drain()
                 if rest:
-                    await self._handle(channel, rest, connection)
+                    await self._handle(channel, rest, lost)
             log.info("persist worker stopped consuming", extra={"fields": vars(self.stats)})
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
@@ -156,7 +164,7 @@ class PersistWorker:
         self,
         channel: AbstractChannel,
         batch: list[AbstractIncomingMessage],
-        connection: AbstractRobustConnection | aio_pika.abc.AbstractConnection,
+        lost: asyncio.Event,
     ) -> None:
         parsed: list[_Parsed] = []
         for message in batch:
@@ -165,7 +173,7 @@ class PersistWorker:
                 parsed.append(item)
         if not parsed:
             return
-        if not await self._write_with_retry(parsed, connection):
+        if not await self._write_with_retry(parsed, lost):
             return  # stopping or disconnected: unacked messages will be redelivered
         for item in parsed:
             await item.message.ack()
@@ -213,9 +221,7 @@ class PersistWorker:
         self.stats.dead_lettered += 1
         log.warning("envelope dead-lettered", extra={"fields": {"reason": reason}})
 
-    async def _write_with_retry(
-        self, parsed: list[_Parsed], connection: aio_pika.abc.AbstractConnection
-    ) -> bool:
+    async def _write_with_retry(self, parsed: list[_Parsed], lost: asyncio.Event) -> bool:
         delay_s = 0.1
         while True:
             try:
@@ -228,7 +234,7 @@ class PersistWorker:
                 await self._write_one_by_one(parsed)
                 parsed.clear()  # each message was acked or returned individually
                 return True
-            if self._stopping.is_set() or connection.is_closed:
+            if self._stopping.is_set() or lost.is_set():
                 return False
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 5.0)
@@ -265,7 +271,12 @@ async def serve(settings: Settings) -> None:
     from core.migrate import migrate
 
     keyring = Keyring.from_secret(settings.secret_key)
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        server_settings={"application_name": "intake-persist"},
+    )
     async with pool:
         async with pool.acquire() as connection:
             await migrate(connection)

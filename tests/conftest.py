@@ -1,0 +1,92 @@
+"""Fixtures: one RabbitMQ vhost and one PostgreSQL database per test run, cleaned between tests
+and removed at the end; the system's processes and in-process parts built on them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import pytest
+
+from core import topology
+from core.keys import Keyring
+from core.migrate import migrate
+from core.settings import Settings
+from tests.support import services
+from tests.support.processes import Process
+
+RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Iterator[Settings]:
+    """Settings pointing at this run's own vhost and database."""
+    vhost = f"intake_test_{RUN_ID}"
+    database = f"intake_test_{RUN_ID}"
+    amqp_url = services.create_vhost(vhost)
+    try:
+        database_url = services.create_database(database)
+        try:
+            yield Settings(
+                amqp_url=amqp_url,
+                database_url=database_url,
+                secret_key="test-secret-key-0123456789abcdef0123456789",
+                edge_publish_timeout_s=2.0,
+                edge_shutdown_timeout_s=5.0,
+                persist_batch_linger_s=0.02,
+                log_level="DEBUG",
+            )
+        finally:
+            services.drop_database(database)
+    finally:
+        services.delete_vhost(vhost)
+
+
+@pytest.fixture
+async def settings(base_settings: Settings) -> Settings:
+    """Per test: the schema migrated, tables empty, queues declared and empty."""
+    connection = await asyncpg.connect(base_settings.database_url)
+    try:
+        await migrate(connection)
+        await connection.execute("TRUNCATE registrations, nik_claims")
+    finally:
+        await connection.close()
+    amqp = await aio_pika.connect(base_settings.amqp_url)
+    async with amqp:
+        channel = await amqp.channel()
+        declared = await topology.declare(channel, base_settings)
+        await declared.persist_queue.purge()
+        await declared.persist_dlq.purge()
+    return base_settings
+
+
+@pytest.fixture
+def keyring(base_settings: Settings) -> Keyring:
+    return Keyring.from_secret(base_settings.secret_key)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    async with pool:
+        yield pool
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """Start ``intake`` subprocesses; every one still running at the end is killed."""
+    started: list[Process] = []
+
+    def start(command: list[str], settings: Settings, name: str | None = None) -> Process:
+        log_path = tmp_path / f"{name or command[0]}-{len(started)}.log"
+        process = Process(command, settings, log_path).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()

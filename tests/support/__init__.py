@@ -1,0 +1,1 @@
+"""Test helpers: real services, processes and fault injection. No mocks."""

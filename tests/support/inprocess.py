@@ -1,0 +1,38 @@
+"""The edge and the persist worker run inside the test's event loop, on real services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
+
+from core.keys import Keyring
+from core.settings import Settings
+from intake.app import PUBLISHER, create_app
+from intake.publisher import BatchPublisher
+from workers.persist import PersistWorker
+from workers.store import RegistrationStore
+
+
+@contextlib.asynccontextmanager
+async def edge(settings: Settings) -> AsyncIterator[TestClient[object, object]]:
+    keyring = Keyring.from_secret(settings.secret_key)
+    app = create_app(settings, keyring, BatchPublisher(settings, keyring))
+    async with TestClient(TestServer(app)) as client:
+        assert await app[PUBLISHER].wait_ready(10), "edge could not reach the broker"
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def persist_worker(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[PersistWorker]:
+    keyring = Keyring.from_secret(settings.secret_key)
+    worker = PersistWorker(settings, keyring, RegistrationStore(pool, keyring))
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
