@@ -60,11 +60,21 @@ class Process:
             assert self._popen is not None
             self._popen.wait(timeout=30)
 
+    def sigterm(self) -> None:
+        """Ask for a graceful stop, as Kubernetes does, without waiting."""
+        assert self._popen is not None
+        self._popen.send_signal(signal.SIGTERM)
+
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""
         assert self._popen is not None
         if self.alive():
             self._popen.send_signal(signal.SIGTERM)
+        return self.wait(timeout_s)
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """Wait for the process to exit (killing it if it does not); returns the exit code."""
+        assert self._popen is not None
         try:
             return self._popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
