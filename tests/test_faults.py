@@ -14,7 +14,7 @@ import asyncpg
 
 from core import topology
 from core.settings import Settings
-from tests.support import inprocess
+from tests.support import inprocess, services
 from tests.support.people import person
 from tests.support.processes import Process, free_port, wait_until_ready
 from tests.support.proxy import TcpProxy
@@ -178,3 +178,29 @@ async def test_poison_message_is_dead_lettered_and_the_rest_is_stored(
         assert death["reason"] == "delivery_limit"  # type: ignore[index]
         queue = await channel.declare_queue(topology.PERSIST_QUEUE, passive=True)
         assert queue.declaration_result.message_count == 0
+
+
+async def test_the_real_broker_stopped_and_started_again(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    """Not a proxy this time: RabbitMQ's own application is stopped and started."""
+    fast = settings.replace(edge_reconnect_max_delay_s=0.5)
+    async with inprocess.edge(fast) as client:
+        assert (await client.post("/v1/registrations", json=person(1, seed=21))).status == 202
+        await asyncio.to_thread(services.rabbitmqctl, "stop_app")
+        try:
+            started = time.monotonic()
+            response = await client.post("/v1/registrations", json=person(2, seed=21))
+            assert response.status == 503
+            assert time.monotonic() - started < 1.0
+            assert "Retry-After" in response.headers
+        finally:
+            await asyncio.to_thread(services.rabbitmqctl, "start_app")
+            await asyncio.to_thread(services.rabbitmqctl, "await_startup")
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status == 200, 60)
+        response = await client.post("/v1/registrations", json=person(3, seed=21))
+        assert response.status == 202
+    async with inprocess.persist_worker(settings, db):
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) FROM registrations"), lambda n: n == 2
+        )
