@@ -50,7 +50,10 @@ class Settings:
     edge_access_log: bool = True
 
     # Queue topology.
+    # Both bounds count: messages (a message holds a batch of registrations) and bytes
+    # (roughly 400 bytes per registration, so 2 GiB is about five million registrations).
     persist_queue_max_length: int = 200_000
+    persist_queue_max_bytes: int = 2 * 1024**3
     delivery_limit: int = 5
 
     # Persist worker.

@@ -4,8 +4,8 @@
 - ``intake.registrations`` is a quorum queue (replicated, confirmed once a majority has it) with
   an explicit delivery limit (RabbitMQ 3.x has none by default: a message that keeps crashing
   its consumer would otherwise loop for ever), dead-lettering to ``intake.dlx``, and a length
-  limit with ``reject-publish`` so that a full queue nacks the publisher (the edge answers 503)
-  instead of silently dropping the oldest registrations.
+  limit (in messages and in bytes) with ``reject-publish`` so that a full queue nacks the
+  publisher (the edge answers 503) instead of silently dropping the oldest registrations.
 - ``intake.dlx`` (direct) routes dead letters to ``intake.registrations.dlq``.
 
 Declaring with the same arguments is a no-op; with different ones RabbitMQ refuses with
@@ -47,6 +47,7 @@ def persist_queue_arguments(settings: Settings) -> dict[str, FieldValue]:
         "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
         "x-dead-letter-routing-key": PERSIST_QUEUE,
         "x-max-length": settings.persist_queue_max_length,
+        "x-max-length-bytes": settings.persist_queue_max_bytes,
         "x-overflow": "reject-publish",
     }
 

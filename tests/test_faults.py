@@ -204,3 +204,26 @@ async def test_the_real_broker_stopped_and_started_again(
         await eventually(
             lambda: db.fetchval("SELECT count(*) FROM registrations"), lambda n: n == 2
         )
+
+
+async def test_a_full_queue_nacks_and_the_edge_answers_503(settings: Settings) -> None:
+    """``reject-publish``: at the queue's length limit the broker nacks; never a 202."""
+    tiny = settings.replace(persist_queue_max_length=3)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await channel.queue_delete(topology.PERSIST_QUEUE)
+        try:
+            async with inprocess.edge(tiny) as client:
+                statuses = []
+                for i in range(6):  # one by one: each registration is its own batch message
+                    response = await client.post("/v1/registrations", json=person(i, seed=31))
+                    statuses.append(response.status)
+                    if response.status == 503:
+                        assert (await response.json())["reason"] == "queue_full"
+                # Quorum queues apply the limit once it is exceeded, so one more may get in.
+                assert statuses[:3] == [202, 202, 202]
+                assert statuses[-2:] == [503, 503]
+                assert statuses == sorted(statuses)  # once full, every answer is 503
+        finally:
+            await channel.queue_delete(topology.PERSIST_QUEUE)  # the next test declares it anew
