@@ -174,8 +174,8 @@ async def test_poison_message_is_dead_lettered_and_the_rest_is_stored(
             )
         assert dead is not None
         assert dead.body == b"\x00 not a registration batch"
-        death = dead.headers["x-death"][0]  # type: ignore[index]
-        assert death["reason"] == "delivery_limit"  # type: ignore[index]
+        deaths: Any = dead.headers["x-death"]
+        assert deaths[0]["reason"] == "delivery_limit"
         queue = await channel.declare_queue(topology.PERSIST_QUEUE, passive=True)
         assert queue.declaration_result.message_count == 0
 

@@ -24,16 +24,19 @@ import asyncio
 import contextlib
 import logging
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 
 import aio_pika
 import asyncpg
+import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from core import envelope, topology
 from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
+from core.migrate import migrate
 from core.settings import Settings
 from workers.store import RegistrationStore
 
@@ -203,8 +206,6 @@ class PersistWorker:
 
     async def _dead_letter(self, channel: AbstractChannel, raw: object, reason: str) -> None:
         """Send one broken envelope to the dead-letter queue, sealed, and wait for the confirm."""
-        import orjson
-
         sealed = self._keyring.seal_message(
             envelope.join_batch([orjson.dumps(raw)]), envelope.BATCH_SEAL_CONTEXT
         )
@@ -266,10 +267,6 @@ def _count(message: AbstractIncomingMessage) -> int:
 
 async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker persist``: migrate, consume until SIGTERM, exit."""
-    import signal
-
-    from core.migrate import migrate
-
     keyring = Keyring.from_secret(settings.secret_key)
     pool = await asyncpg.create_pool(
         settings.database_url,

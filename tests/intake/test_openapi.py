@@ -23,7 +23,8 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 
 @pytest.fixture(scope="module")
 def document() -> dict[str, Any]:
-    return json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
+    return loaded
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web import Application, Request
 
 from core.keys import Keyring
 from core.settings import Settings
@@ -18,7 +19,7 @@ from workers.store import RegistrationStore
 
 
 @contextlib.asynccontextmanager
-async def edge(settings: Settings) -> AsyncIterator[TestClient[object, object]]:
+async def edge(settings: Settings) -> AsyncIterator[TestClient[Request, Application]]:
     keyring = Keyring.from_secret(settings.secret_key)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
     async with TestClient(TestServer(app)) as client:
