@@ -111,7 +111,7 @@ def start_process(
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own session, stdout and stderr into ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file: IO[bytes] = log_path.open("ab")
+    log_file: IO[bytes] = log_path.open("wb")
     try:
         return subprocess.Popen(
             list(command),

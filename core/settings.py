@@ -57,7 +57,11 @@ class Settings:
     delivery_limit: int = 5
 
     # Persist worker.
-    persist_prefetch: int = 64
+    # Unacknowledged messages per worker. It must cover about two batches of messages, or the
+    # next batch cannot arrive while one is being written (the acks free the window): with 10
+    # registrations per message and 2,000-row batches, 400. Memory bound: prefetch times
+    # edge_batch_max_items times ~0.5 KB.
+    persist_prefetch: int = 400
     persist_batch_max_rows: int = 2_000
     persist_batch_linger_s: float = 0.05
 
