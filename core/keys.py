@@ -17,7 +17,6 @@ Ciphertexts start with a one-byte key version so that keys can be rotated later.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import os
 import uuid
@@ -65,7 +64,7 @@ class Keyring:
 
     def nik_hmac(self, nik: str) -> bytes:
         """Keyed HMAC of a NIK: equal NIKs give equal digests; the digest reveals nothing."""
-        return hmac.new(self.nik_key, nik.encode(), hashlib.sha256).digest()
+        return hmac.digest(self.nik_key, nik.encode(), "sha256")
 
     def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
         """Encrypt a value at rest, bound to ``context`` (e.g. the registration id)."""
@@ -83,7 +82,7 @@ class Keyring:
 
     def access_token(self, registration_id: uuid.UUID) -> str:
         """The bearer token that lets its holder read one registration's status."""
-        digest = hmac.new(self.token_key, registration_id.bytes, hashlib.sha256).digest()
+        digest = hmac.digest(self.token_key, registration_id.bytes, "sha256")
         return base64.urlsafe_b64encode(digest[:24]).decode()
 
     def check_access_token(self, registration_id: uuid.UUID, token: str) -> bool:
@@ -92,7 +91,7 @@ class Keyring:
     def idempotent_id(self, idempotency_key: str) -> uuid.UUID:
         """A registration id derived from a client's ``Idempotency-Key``: a retried request
         maps to the same id, which the worker stores at most once."""
-        digest = hmac.new(self.token_key, b"idem:" + idempotency_key.encode(), "sha256").digest()
+        digest = hmac.digest(self.token_key, b"idem:" + idempotency_key.encode(), "sha256")
         return uuid8(digest)
 
 

@@ -43,7 +43,10 @@ class Settings:
     edge_publish_timeout_s: float = 2.0
     edge_max_pending: int = 20_000
     edge_batch_max_items: int = 500
-    edge_max_inflight_batches: int = 4
+    # Two batches in flight: one being confirmed while the next fills. More in flight means
+    # smaller batches at moderate load, each paying the per-message publish cost (measured at
+    # 1,333/s: p99 12 ms with 2, 27 ms with 4, same throughput).
+    edge_max_inflight_batches: int = 2
     edge_retry_after_s: int = 2
     edge_shutdown_timeout_s: float = 10.0
     edge_reconnect_max_delay_s: float = 2.0

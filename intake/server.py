@@ -28,6 +28,11 @@ class AccessLogger(AbstractAccessLogger):
     """Logs method, route template, status and duration. Never the concrete path (it holds
     registration ids) nor the query string or headers (they may hold tokens)."""
 
+    @property
+    def enabled(self) -> bool:
+        """Skip the per-request work entirely when INFO is filtered out."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         match_info = getattr(request, "match_info", None)
         route = getattr(getattr(match_info, "route", None), "resource", None)

@@ -227,3 +227,42 @@ async def test_a_full_queue_nacks_and_the_edge_answers_503(settings: Settings) -
                 assert statuses == sorted(statuses)  # once full, every answer is 503
         finally:
             await channel.queue_delete(topology.PERSIST_QUEUE)  # the next test declares it anew
+
+
+async def test_the_worker_survives_its_broker_connection_being_cut(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with inprocess.edge(settings) as client:
+        accepted = set()
+        for i in range(1_500):
+            response = await client.post("/v1/registrations", json=person(i, seed=41))
+            assert response.status == 202
+            accepted.add(uuid.UUID((await response.json())["id"]))
+    url = aio_pika.connection.make_url(settings.amqp_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = settings.replace(
+        amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port)),
+        persist_batch_max_rows=100,
+        persist_prefetch=5,
+    )
+    try:
+        async with inprocess.persist_worker(proxied, db):
+            for _ in range(3):  # cut it three times while it works
+                await eventually(
+                    lambda: db.fetchval("SELECT count(*) FROM registrations"),
+                    lambda n: n > 0,
+                )
+                await proxy.cut()
+                await asyncio.sleep(0.2)
+                await proxy.restore()
+            await eventually(
+                lambda: db.fetchval("SELECT count(*) FROM registrations"),
+                lambda n: n >= len(accepted),
+                60,
+            )
+    finally:
+        await proxy.close()
+    stored = [r["id"] for r in await db.fetch("SELECT id FROM registrations")]
+    assert len(stored) == len(set(stored)) == len(accepted)
+    assert set(stored) == accepted

@@ -4,8 +4,13 @@ Delivery guarantee: a message is acknowledged only after every registration it c
 committed (or was already stored), so a crash at any point leads to redelivery, and the store's
 idempotent writes turn redelivery into exactly one row per registration id.
 
-Messages are gathered until ``persist_batch_max_rows`` registrations or
-``persist_batch_linger_s`` have passed, and written in one transaction. Failure handling:
+Messages are gathered until ``persist_batch_max_rows`` registrations, or until
+``persist_batch_linger_s`` has passed, or until the worker holds its whole prefetch window (no
+more can arrive before an ack). Each batch is written in one transaction. Two stages overlap: while
+PostgreSQL writes batch *n*, the worker opens and encrypts batch *n + 1*; writes and acks stay in
+delivery order, one transaction at a time.
+
+Failure handling:
 
 - a message that cannot be opened or parsed is returned to the queue (``nack`` with requeue);
   the quorum queue counts its deliveries and dead-letters it past ``x-delivery-limit``, while
@@ -29,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 import aio_pika
+import aiormq
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -38,7 +44,7 @@ from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate
 from core.settings import Settings
-from workers.store import RegistrationStore
+from workers.store import RegistrationStore, Rows, prepare
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +60,22 @@ _DB_UNAVAILABLE = (
 
 
 @dataclass
-class _Parsed:
-    message: AbstractIncomingMessage
-    envelopes: list[Envelope] = field(default_factory=list)
+class _Batch:
+    """Readable messages of one batch, in delivery order, with their prepared rows."""
+
+    messages: list[AbstractIncomingMessage] = field(default_factory=list)
+    rows: list[Rows] = field(default_factory=list)
+
+    def all_rows(self) -> Rows:
+        merged = Rows()
+        for rows in self.rows:
+            merged.extend(rows)
+        return merged
 
 
 @dataclass
 class PersistStats:
-    """Running totals, logged periodically and exported as metrics."""
+    """Running totals, logged at shutdown and exported as metrics."""
 
     messages: int = 0
     received: int = 0
@@ -80,6 +94,7 @@ class PersistWorker:
         self._store = store
         self._stopping = asyncio.Event()
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._held = 0  # delivered and not yet acked or nacked
         self.stats = PersistStats()
 
     def stop(self) -> None:
@@ -88,12 +103,18 @@ class PersistWorker:
         self._inbox.put_nowait(None)
 
     async def run(self) -> None:
+        """Consume until stopped, reconnecting to the broker with backoff when it goes away."""
         delay_s = 0.1
         while not self._stopping.is_set():
             try:
                 await self._session()
                 delay_s = 0.1
-            except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
+            except (
+                aio_pika.exceptions.AMQPError,
+                aiormq.exceptions.ChannelInvalidStateError,  # an ack on a dead channel
+                OSError,
+                TimeoutError,
+            ) as exc:
                 log.warning("broker session ended: %s", type(exc).__name__)
             if not self._stopping.is_set():
                 await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
@@ -105,7 +126,7 @@ class PersistWorker:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self._settings.persist_prefetch)
             declared = await topology.declare(channel, self._settings)
-            self._inbox = asyncio.Queue()
+            self._inbox, self._held = asyncio.Queue(), 0
             # aio-pika reports a lost connection only through its close callbacks.
             lost = asyncio.Event()
             inbox = self._inbox
@@ -117,23 +138,36 @@ class PersistWorker:
             connection.close_callbacks.add(on_close)
             consumer_tag = await declared.persist_queue.consume(self._deliver)
             log.info("persist worker consuming")
-            while not self._stopping.is_set() and not lost.is_set():
-                batch = await self._collect()
-                if batch:
-                    await self._handle(channel, batch, lost)
-            if not lost.is_set():
-                # Graceful stop: no new deliveries, then store what was already delivered.
-                await declared.persist_queue.cancel(consumer_tag)
-                rest = self._drain()
-                if rest:
-                    await self._handle(channel, rest, lost)
+            writing: asyncio.Task[None] | None = None
+            try:
+                while not self._stopping.is_set() and not lost.is_set():
+                    messages = await self._collect()
+                    if not messages:
+                        continue
+                    batch = await self._prepare(channel, messages)  # overlaps the write
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._write_and_ack(batch, lost))
+                if writing is not None:
+                    await writing
+                if not lost.is_set():
+                    # Graceful stop: no new deliveries, then store what was already delivered.
+                    await declared.persist_queue.cancel(consumer_tag)
+                    rest = self._drain()
+                    if rest:
+                        await self._write_and_ack(await self._prepare(channel, rest), lost)
+            finally:
+                if writing is not None and not writing.done():
+                    writing.cancel()
             log.info("persist worker stopped consuming", extra={"fields": vars(self.stats)})
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self._held += 1
         self._inbox.put_nowait(message)
 
     async def _collect(self) -> list[AbstractIncomingMessage]:
-        """Wait for a first message, then gather more until the batch is full or lingered."""
+        """Wait for a first message, then gather more until the batch is full, the linger time
+        is over, or the whole prefetch window is held (nothing more can arrive)."""
         first = await self._inbox.get()
         if first is None:
             return []
@@ -141,6 +175,8 @@ class PersistWorker:
         rows = _count(first)
         deadline = time.monotonic() + self._settings.persist_batch_linger_s
         while rows < self._settings.persist_batch_max_rows:
+            if self._inbox.empty() and self._held >= self._settings.persist_prefetch:
+                break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -163,28 +199,21 @@ class PersistWorker:
                 rest.append(message)
         return rest
 
-    async def _handle(
-        self,
-        channel: AbstractChannel,
-        batch: list[AbstractIncomingMessage],
-        lost: asyncio.Event,
-    ) -> None:
-        parsed: list[_Parsed] = []
-        for message in batch:
-            item = await self._parse(channel, message)
-            if item is not None:
-                parsed.append(item)
-        if not parsed:
-            return
-        if not await self._write_with_retry(parsed, lost):
-            return  # stopping or disconnected: unacked messages will be redelivered
-        for item in parsed:
-            await item.message.ack()
-        self.stats.messages += len(parsed)
+    async def _prepare(
+        self, channel: AbstractChannel, messages: list[AbstractIncomingMessage]
+    ) -> _Batch:
+        """Open, parse and encrypt; poison messages are returned to the queue on the way."""
+        batch = _Batch()
+        for message in messages:
+            envelopes = await self._parse(channel, message)
+            if envelopes is not None:
+                batch.messages.append(message)
+                batch.rows.append(prepare(self._keyring, envelopes))
+        return batch
 
     async def _parse(
         self, channel: AbstractChannel, message: AbstractIncomingMessage
-    ) -> _Parsed | None:
+    ) -> list[Envelope] | None:
         try:
             body = self._keyring.open_message(message.body, envelope.BATCH_SEAL_CONTEXT)
             raw_items = envelope.split_batch(body)
@@ -194,15 +223,15 @@ class PersistWorker:
                 "unreadable message returned to the queue",
                 extra={"fields": {"error": str(exc), "redelivered": message.redelivered}},
             )
-            await message.nack(requeue=True)
+            await self._settle(message, ack=False)
             return None
-        parsed = _Parsed(message)
+        envelopes = []
         for raw in raw_items:
             try:
-                parsed.envelopes.append(Envelope.from_obj(raw))
+                envelopes.append(Envelope.from_obj(raw))
             except EnvelopeError as exc:
                 await self._dead_letter(channel, raw, str(exc))
-        return parsed
+        return envelopes
 
     async def _dead_letter(self, channel: AbstractChannel, raw: object, reason: str) -> None:
         """Send one broken envelope to the dead-letter queue, sealed, and wait for the confirm."""
@@ -222,39 +251,48 @@ class PersistWorker:
         self.stats.dead_lettered += 1
         log.warning("envelope dead-lettered", extra={"fields": {"reason": reason}})
 
-    async def _write_with_retry(self, parsed: list[_Parsed], lost: asyncio.Event) -> bool:
+    async def _settle(self, message: AbstractIncomingMessage, *, ack: bool) -> None:
+        if ack:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+        self._held -= 1
+
+    async def _write_and_ack(self, batch: _Batch, lost: asyncio.Event) -> None:
+        if not batch.messages:
+            return
         delay_s = 0.1
         while True:
             try:
-                await self._write([e for item in parsed for e in item.envelopes])
-                return True
+                await self._write(batch.all_rows())
+                break
             except _DB_UNAVAILABLE as exc:
                 log.warning("database unavailable, retrying: %s", type(exc).__name__)
             except asyncpg.PostgresError as exc:
                 log.error("batch write failed: %s; writing messages one by one", type(exc).__name__)
-                await self._write_one_by_one(parsed)
-                parsed.clear()  # each message was acked or returned individually
-                return True
+                await self._write_one_by_one(batch)
+                return
             if self._stopping.is_set() or lost.is_set():
-                return False
+                return  # unacknowledged: the broker redelivers the batch
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 5.0)
+        for message in batch.messages:
+            await self._settle(message, ack=True)
+        self.stats.messages += len(batch.messages)
 
-    async def _write_one_by_one(self, parsed: list[_Parsed]) -> None:
-        for item in parsed:
+    async def _write_one_by_one(self, batch: _Batch) -> None:
+        for message, rows in zip(batch.messages, batch.rows, strict=True):
             try:
-                await self._write(item.envelopes)
+                await self._write(rows)
             except asyncpg.PostgresError as exc:
                 log.error("message write failed: %s; returned to the queue", type(exc).__name__)
-                await item.message.nack(requeue=True)
+                await self._settle(message, ack=False)
                 continue
-            await item.message.ack()
+            await self._settle(message, ack=True)
             self.stats.messages += 1
 
-    async def _write(self, envelopes: list[Envelope]) -> None:
-        if not envelopes:
-            return
-        result = await self._store.write(envelopes)
+    async def _write(self, rows: Rows) -> None:
+        result = await self._store.write(rows)
         self.stats.received += result.received
         self.stats.duplicates += result.duplicates
         self.stats.already_stored += result.already_stored
@@ -277,7 +315,7 @@ async def serve(settings: Settings) -> None:
     async with pool:
         async with pool.acquire() as connection:
             await migrate(connection)
-        worker = PersistWorker(settings, keyring, RegistrationStore(pool, keyring))
+        worker = PersistWorker(settings, keyring, RegistrationStore(pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)

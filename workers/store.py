@@ -8,8 +8,10 @@ crash leaves either both or neither.
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
@@ -56,40 +58,94 @@ class WriteResult:
     already_stored: int
 
 
+@dataclass(slots=True)
+class Rows:
+    """Registrations encrypted and laid out as the columns of one multi-row insert.
+
+    Preparing (CPU: HMAC, AES-GCM) is separate from writing (I/O) so that a worker can prepare
+    the next batch while PostgreSQL writes the current one.
+    """
+
+    ids: list[uuid.UUID] = field(default_factory=list)
+    nik_hmacs: list[bytes] = field(default_factory=list)
+    nik_enc: list[bytes] = field(default_factory=list)
+    personal_enc: list[bytes] = field(default_factory=list)
+    submitted_at: list[dt.datetime] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def unique(self) -> Rows:
+        """The rows without repeated ids, keeping each id's first row. A repeated id (a client
+        reusing an ``Idempotency-Key``) must not claim a second NIK."""
+        seen: set[uuid.UUID] = set()
+        out = Rows()
+        for i, registration_id in enumerate(self.ids):
+            if registration_id in seen:
+                continue
+            seen.add(registration_id)
+            out.ids.append(registration_id)
+            out.nik_hmacs.append(self.nik_hmacs[i])
+            out.nik_enc.append(self.nik_enc[i])
+            out.personal_enc.append(self.personal_enc[i])
+            out.submitted_at.append(self.submitted_at[i])
+        return out
+
+    def extend(self, other: Rows) -> None:
+        self.ids += other.ids
+        self.nik_hmacs += other.nik_hmacs
+        self.nik_enc += other.nik_enc
+        self.personal_enc += other.personal_enc
+        self.submitted_at += other.submitted_at
+
+
+def prepare(keyring: Keyring, envelopes: Sequence[Envelope]) -> Rows:
+    """Encrypt registrations for storage: the NIK as HMAC and ciphertext, the other personal
+    fields as one ciphertext, each bound to the registration id."""
+    rows = Rows()
+    for e in envelopes:
+        r, context = e.registration, e.id.bytes
+        personal = orjson.dumps(
+            {
+                "full_name": r.full_name,
+                "birth_place": r.birth_place,
+                "birth_date": r.birth_date,
+                "email": r.email,
+                "phone": r.phone,
+            }
+        )
+        rows.ids.append(e.id)
+        rows.nik_hmacs.append(keyring.nik_hmac(r.nik))
+        rows.nik_enc.append(keyring.encrypt(r.nik.encode(), context))
+        rows.personal_enc.append(keyring.encrypt(personal, context))
+        rows.submitted_at.append(e.submitted_at)
+    return rows
+
+
 class RegistrationStore:
-    """Encrypts and writes registrations; one transaction per batch."""
+    """Writes prepared registrations; one transaction per batch."""
 
-    def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._keyring = keyring
 
-    async def write(self, envelopes: Sequence[Envelope]) -> WriteResult:
-        """Store a batch in one transaction; idempotent for ids already stored."""
-        unique: dict[object, Envelope] = {}
-        for e in envelopes:
-            unique.setdefault(e.id, e)  # the same id twice in one batch: keep the first
-        batch = list(unique.values())
-        keyring = self._keyring
-        ids, hmacs, nik_enc, personal_enc, times = [], [], [], [], []
-        for e in batch:
-            r, context = e.registration, e.id.bytes
-            ids.append(e.id)
-            hmacs.append(keyring.nik_hmac(r.nik))
-            nik_enc.append(keyring.encrypt(r.nik.encode(), context))
-            personal = orjson.dumps(
-                {
-                    "full_name": r.full_name,
-                    "birth_place": r.birth_place,
-                    "birth_date": r.birth_date,
-                    "email": r.email,
-                    "phone": r.phone,
-                }
-            )
-            personal_enc.append(keyring.encrypt(personal, context))
-            times.append(e.submitted_at)
+    async def write(self, rows: Rows) -> WriteResult:
+        """Store a batch in one transaction; idempotent for ids already stored (including the
+        same id twice in one batch: the first is kept)."""
+        if not rows:
+            return WriteResult(0, 0, 0)
+        total = len(rows)
+        if len(set(rows.ids)) != total:
+            rows = rows.unique()
         async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(_CLAIM_SQL, ids, hmacs, times)
-            rows = await connection.fetch(_INSERT_SQL, ids, hmacs, nik_enc, personal_enc, times)
-        received = sum(1 for row in rows if row["status"] == "received")
-        duplicates = len(rows) - received
-        return WriteResult(received, duplicates, len(envelopes) - len(rows))
+            await connection.execute(_CLAIM_SQL, rows.ids, rows.nik_hmacs, rows.submitted_at)
+            inserted = await connection.fetch(
+                _INSERT_SQL,
+                rows.ids,
+                rows.nik_hmacs,
+                rows.nik_enc,
+                rows.personal_enc,
+                rows.submitted_at,
+            )
+        received = sum(1 for row in inserted if row["status"] == "received")
+        duplicates = len(inserted) - received
+        return WriteResult(received, duplicates, total - len(inserted))

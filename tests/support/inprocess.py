@@ -30,7 +30,7 @@ async def edge(settings: Settings) -> AsyncIterator[TestClient[Request, Applicat
 @contextlib.asynccontextmanager
 async def persist_worker(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[PersistWorker]:
     keyring = Keyring.from_secret(settings.secret_key)
-    worker = PersistWorker(settings, keyring, RegistrationStore(pool, keyring))
+    worker = PersistWorker(settings, keyring, RegistrationStore(pool))
     task = asyncio.create_task(worker.run())
     try:
         yield worker
