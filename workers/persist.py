@@ -276,8 +276,12 @@ class PersistWorker:
                 return  # unacknowledged: the broker redelivers the batch
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 5.0)
-        for message in batch.messages:
-            await self._settle(message, ack=True)
+        # One ack for the whole batch. ``multiple`` acknowledges every delivery up to the last
+        # message's tag; batches are contiguous in delivery order and written one at a time,
+        # and unreadable messages in between were nacked on their own, so that is exactly
+        # this batch.
+        await batch.messages[-1].ack(multiple=True)
+        self._held -= len(batch.messages)
         self.stats.messages += len(batch.messages)
 
     async def _write_one_by_one(self, batch: _Batch) -> None:
