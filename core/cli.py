@@ -1,8 +1,9 @@
 """The ``intake`` command: one entry point for every process of the system.
 
     intake edge                 the HTTP intake edge
-    intake worker [persist]     a worker (the persist worker for now)
+    intake worker [KIND]        a worker: persist (default), dispatch, or a verification lane
     intake migrate              apply database migrations and exit
+    intake dlq list|replay      inspect or replay dead-letter queues
     intake demo                 start a local stack and replay a small wave opening
 
 Settings come from ``INTAKE_*`` environment variables (see the README). Sub-commands import
@@ -29,10 +30,21 @@ def _edge(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
-    from workers.persist import serve
+    from core.verification import Check
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings))
+        if args.lane == "persist":
+            from workers.persist import serve as persist
+
+            runner.run(persist(settings))
+        elif args.lane == "dispatch":
+            from workers.dispatch import serve as dispatch
+
+            runner.run(dispatch(settings))
+        else:
+            from workers.lane import serve as lane
+
+            runner.run(lane(settings, Check(args.lane)))
     return 0
 
 
@@ -53,10 +65,28 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from workers import dlq
+
+    if args.action == "list":
+        report = asyncio.run(dlq.list_dead_letters(settings, sample=args.sample))
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    moved = asyncio.run(dlq.replay(settings, args.queue, args.limit))
+    print(f"replayed {moved} message(s) from {args.queue}")
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.demo import main as demo_main
 
     return int(demo_main(settings, count=args.count))
+
+
+# The persist worker, the outbox dispatcher, and one lane per verifier that exists.
+WORKER_KINDS = ["persist", "dispatch", "dukcapil", "dapodik", "dtks"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,9 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("edge", help="run the HTTP intake edge").set_defaults(func=_edge)
     worker = commands.add_parser("worker", help="run a worker")
-    worker.add_argument("lane", nargs="?", default="persist", choices=["persist"])
+    worker.add_argument("lane", nargs="?", default="persist", choices=WORKER_KINDS)
     worker.set_defaults(func=_worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    dlq = commands.add_parser("dlq", help="inspect or replay dead-letter queues")
+    actions = dlq.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="depth and reasons of every dead-letter queue")
+    listing.add_argument("--sample", type=int, default=20, help="messages to show per queue")
+    again = actions.add_parser("replay", help="move dead letters back to their queue")
+    again.add_argument("queue", help="a dead-letter queue, e.g. intake.verify.dukcapil.dlq")
+    again.add_argument("--limit", type=int, default=None, help="at most this many")
+    dlq.set_defaults(func=_dlq)
     demo = commands.add_parser("demo", help="start a local stack and replay a burst")
     demo.add_argument("--count", type=int, default=2_000, help="registrations to send")
     demo.set_defaults(func=_demo)

@@ -59,6 +59,17 @@ class Settings:
     persist_queue_max_bytes: int = 2 * 1024**3
     delivery_limit: int = 5
 
+    # Verification lanes.
+    lane_queue_max_length: int = 1_000_000
+    lane_prefetch: int = 64
+    lane_max_attempts: int = 8
+    retry_base_delay_s: float = 1.0
+    ministry_timeout_s: float = 5.0
+    dispatch_batch_max: int = 500
+    dukcapil_url: str = "http://127.0.0.1:8101"
+    dapodik_url: str = "http://127.0.0.1:8102"
+    dtks_url: str = "http://127.0.0.1:8103"
+
     # Persist worker.
     # Unacknowledged messages per worker. It must cover about two batches of messages, or the
     # next batch cannot arrive while one is being written (the acks free the window): with 10

@@ -1,1 +1,2 @@
-"""Ministry simulators: real servers the project ships, standing in for Dukcapil, Dapodik, DTKS, an SMS gateway and an SMTP server."""
+"""Ministry simulators: real servers the project ships, standing in for Dukcapil, Dapodik,
+DTKS, an SMS gateway and an SMTP server."""

@@ -18,6 +18,7 @@ import orjson
 
 from core.envelope import Envelope
 from core.keys import Keyring
+from core.verification import INITIAL_CHECKS, Check
 
 # First the claims: the earliest submission of a NIK (within the batch, by time; across
 # batches, by commit order) claims it. Ids already stored are skipped so that a redelivery,
@@ -45,8 +46,23 @@ FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::timestamptz[]
 JOIN nik_claims c ON c.nik_hmac = b.nik_hmac
 ORDER BY b.id
 ON CONFLICT (id) DO NOTHING
-RETURNING status
+RETURNING id, status
 """
+
+# The first checks of every registration stored as received, in the same transaction: the
+# check rows are the outbox from which the dispatcher publishes the tasks, so no task is lost
+# between this commit and a publish. The photo check waits for the upload.
+_START_CHECKS_SQL = """
+INSERT INTO checks (registration_id, check_name, state)
+SELECT r.id, c.name, CASE WHEN c.name = 'photo' THEN 'waiting' ELSE 'pending' END
+FROM unnest($1::uuid[]) AS r (id)
+CROSS JOIN unnest($2::text[]) AS c (name)
+ON CONFLICT DO NOTHING
+"""
+OUTBOX_CHANNEL = "intake_outbox"
+
+
+_FIRST_CHECKS = [c.value for c in (*INITIAL_CHECKS, Check.PHOTO)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +162,10 @@ class RegistrationStore:
                 rows.personal_enc,
                 rows.submitted_at,
             )
+            started = [row["id"] for row in inserted if row["status"] == "received"]
+            if started:
+                await connection.execute(_START_CHECKS_SQL, started, _FIRST_CHECKS)
+                await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
         received = sum(1 for row in inserted if row["status"] == "received")
         duplicates = len(inserted) - received
         return WriteResult(received, duplicates, total - len(inserted))

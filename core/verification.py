@@ -1,0 +1,131 @@
+"""The verification contract: checks, tasks, outcomes, and the verifier protocol.
+
+A *check* is one verification step of a registration. Each check has its own queue (its *lane*)
+and its own verifier in ``verifiers/``. A verifier only verifies: it receives the task and the
+registrant's data and returns :class:`Passed`, or raises :class:`Retry` (a transient failure:
+try again later) or :class:`Reject` (the registration fails this check). The worker runtime maps
+outcomes to database state, acknowledgements, delayed retries and dead letters in one place
+(``workers/lane.py``); limits, breakers and metrics wrap the verifier from outside.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import orjson
+
+TASK_SCHEMA_VERSION = 1
+
+
+class Check(enum.StrEnum):
+    """The verification steps, each with its own lane (queue) of the same name."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+    DUKCAPIL = "dukcapil"
+    DAPODIK = "dapodik"
+    DTKS = "dtks"
+    PHOTO = "photo"
+
+
+# Started when a registration is stored; Dapodik and DTKS follow a Dukcapil match (no point
+# asking two slow ministries about a NIK that does not exist); the photo check starts when the
+# photo is uploaded.
+INITIAL_CHECKS = (Check.EMAIL, Check.PHONE, Check.DUKCAPIL)
+REQUIRED_CHECKS = frozenset(Check)
+
+
+class TaskError(ValueError):
+    """A task message does not follow the contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One check of one registration; carries no personal data (the worker loads it)."""
+
+    registration_id: uuid.UUID
+    check: Check
+    attempt: int = 1
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": TASK_SCHEMA_VERSION,
+                "registration_id": self.registration_id,
+                "check": self.check.value,
+                "attempt": self.attempt,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, body: bytes) -> Task:
+        try:
+            obj = orjson.loads(body)
+            if obj["v"] != TASK_SCHEMA_VERSION:
+                raise TaskError("unsupported task schema version")
+            attempt = obj["attempt"]
+            if not isinstance(attempt, int) or attempt < 1:
+                raise TaskError("bad attempt number")
+            return cls(uuid.UUID(obj["registration_id"]), Check(obj["check"]), attempt)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, TaskError):
+                raise
+            raise TaskError(f"malformed task ({type(exc).__name__})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The registrant's data, decrypted by the runtime for the verifier. Personal data: never
+    logged, never put in a message or a metric."""
+
+    registration_id: uuid.UUID
+    nik: str
+    full_name: str
+    birth_place: str
+    birth_date: dt.date
+    email: str
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """The check passed. ``then`` are checks to start next; ``priority`` lowers the
+    registration's priority (DTKS recipients); ``waiting`` means the step now waits for the
+    registrant (a link sent, a code sent) rather than being finished."""
+
+    then: tuple[Check, ...] = ()
+    priority: int | None = None
+    waiting: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class Retry(Exception):
+    """A transient failure (timeout, overload, outage): try again after a backoff."""
+
+    def __init__(self, reason: str, after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.after_s = after_s
+
+
+class Reject(Exception):
+    """The registration fails this check, for ``reason`` (a stable, machine-readable code)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Verifier(Protocol):
+    """One verification step. Implementations live one per file in ``verifiers/``."""
+
+    check: ClassVar[Check]
+
+    async def verify(self, task: Task, subject: Subject) -> Passed:
+        """Return :class:`Passed` or raise :class:`Retry` or :class:`Reject`. Must be safe to
+        call again for the same task (deliveries are at least once)."""
+        ...

@@ -1,0 +1,150 @@
+"""The dispatcher: publishes verification tasks from the outbox (pending check rows).
+
+Check rows are written in the same transaction as the state they follow from (a stored
+registration, a passed Dukcapil check), so a task can never be lost between a commit and a
+publish. The dispatcher takes up to ``dispatch_batch_max`` undispatched rows with
+``FOR UPDATE SKIP LOCKED`` (several dispatchers share the work), publishes their tasks to their
+lanes with confirms, and marks them dispatched in the same transaction. A crash after a publish
+and before the commit publishes those tasks again: duplicates are harmless, every verifier's
+step is idempotent. It wakes on ``NOTIFY intake_outbox`` and polls once a second otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractExchange
+
+from core import topology
+from core.settings import Settings
+from core.verification import Check, Task
+from workers.store import OUTBOX_CHANNEL
+
+log = logging.getLogger(__name__)
+
+_TAKE_SQL = """
+SELECT registration_id, check_name, attempts FROM checks
+WHERE dispatched_at IS NULL AND state = 'pending'
+ORDER BY created_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+_MARK_SQL = """
+UPDATE checks SET dispatched_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS d (registration_id, check_name)
+WHERE checks.registration_id = d.registration_id AND checks.check_name = d.check_name
+"""
+POLL_S = 1.0
+
+
+class Dispatcher:
+    """Moves tasks from the outbox to the lanes until :meth:`stop`."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self.dispatched = 0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        delay_s = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                delay_s = 0.1
+            except (aio_pika.exceptions.AMQPError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("dispatcher session ended: %s", type(exc).__name__)
+            if not self._stopping.is_set():
+                await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
+                delay_s = min(delay_s * 2, 5.0)
+
+    async def _session(self) -> None:
+        connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)
+        listener = await self._pool.acquire()
+        try:
+            await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)
+            async with connection:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                lanes = await topology.declare_lanes(
+                    channel, self._settings, tuple(c.value for c in Check)
+                )
+                log.info("dispatcher running")
+                while not self._stopping.is_set():
+                    self._wake.clear()
+                    if await self.dispatch_once(lanes.verify_exchange):
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_S)
+        finally:
+            with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+            await self._pool.release(listener)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def dispatch_once(self, exchange: AbstractExchange) -> int:
+        """Publish one batch of pending tasks; return how many were dispatched."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(_TAKE_SQL, self._settings.dispatch_batch_max)
+            if not rows:
+                return 0
+            tasks = [
+                Task(row["registration_id"], Check(row["check_name"]), row["attempts"] + 1)
+                for row in rows
+            ]
+            await asyncio.gather(*(publish_task(exchange, task) for task in tasks))
+            await connection.execute(
+                _MARK_SQL,
+                [t.registration_id for t in tasks],
+                [t.check.value for t in tasks],
+            )
+        self.dispatched += len(tasks)
+        return len(tasks)
+
+
+async def publish_task(
+    exchange: AbstractExchange,
+    task: Task,
+    routing_key: str | None = None,
+    expiration_s: float | None = None,
+) -> None:
+    """Publish a task persistent and mandatory and wait for the broker's confirm."""
+    await exchange.publish(
+        aio_pika.Message(
+            task.to_json(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{task.registration_id}:{task.check}:{task.attempt}",
+            expiration=expiration_s,
+        ),
+        routing_key or task.check.value,
+        mandatory=True,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Entry point of ``intake worker dispatch``."""
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=3,
+        server_settings={"application_name": "intake-dispatch"},
+    )
+    async with pool:
+        dispatcher = Dispatcher(settings, pool)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, dispatcher.stop)
+        await dispatcher.run()

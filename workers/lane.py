@@ -1,0 +1,237 @@
+"""The lane runtime: consumes one check's queue and runs its verifier on each task.
+
+Outcomes map to state, acknowledgements and retries here, in one place:
+
+- :class:`~core.verification.Passed`: the check is recorded (passed, or waiting for the
+  registrant) with its follow-up checks and the registration's decision, in one transaction;
+  then the task is acknowledged;
+- :class:`~core.verification.Reject`: the check failed, the registration is rejected with the
+  reason; then ack;
+- :class:`~core.verification.Retry` (or any unexpected error): the next attempt is published to
+  a delay queue with exponential backoff and full jitter, confirmed, the check recorded as
+  retrying; then ack. Nothing sits unacknowledged while it waits. After ``lane_max_attempts`` the
+  task is dead-lettered to the lane's DLQ with ``x-intake-reason`` and the check stays retrying,
+  for an operator to replay;
+- a task that cannot be parsed is returned to the queue and dead-lettered by RabbitMQ past the
+  delivery limit; a task whose check is already final is acknowledged without calling anyone.
+
+Deliveries are at least once; every step is idempotent (the check row is locked and its state
+read before anything is recorded), so a redelivered task never applies an outcome twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+
+import aio_pika
+import aiohttp
+import aiormq
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage
+
+from core import topology
+from core.keys import DecryptionError, Keyring
+from core.settings import Settings
+from core.verification import Check, Passed, Reject, Retry, Task, TaskError, Verifier
+from workers import checks
+from workers.checks import FINAL_STATES
+from workers.dispatch import publish_task
+
+log = logging.getLogger(__name__)
+
+
+class LaneWorker:
+    """Runs one verifier on its lane until :meth:`stop`."""
+
+    def __init__(
+        self, settings: Settings, keyring: Keyring, pool: asyncpg.Pool, verifier: Verifier
+    ) -> None:
+        self._settings = settings
+        self._keyring = keyring
+        self._pool = pool
+        self._verifier = verifier
+        self._check = verifier.check
+        self._stopping = asyncio.Event()
+        self._lanes: topology.LaneTopology | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.outcomes: dict[str, int] = {}
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        delay_s = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                delay_s = 0.1
+            except (
+                aio_pika.exceptions.AMQPError,
+                aiormq.exceptions.ChannelInvalidStateError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                log.warning("lane session ended: %s", type(exc).__name__)
+            if not self._stopping.is_set():
+                await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
+                delay_s = min(delay_s * 2, 5.0)
+
+    async def _session(self) -> None:
+        connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)
+        async with connection:
+            lost = asyncio.Event()
+            connection.close_callbacks.add(lambda *_: lost.set())
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await channel.set_qos(prefetch_count=self._settings.lane_prefetch)
+            self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
+            queue = self._lanes.queues[self._check]
+            tag = await queue.consume(self._on_message)
+            log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
+            stop = asyncio.create_task(self._stopping.wait())
+            gone = asyncio.create_task(lost.wait())
+            await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            gone.cancel()
+            if not lost.is_set():
+                # Graceful stop: no new deliveries; finish the tasks in hand, then close.
+                await queue.cancel(tag)
+                if self._inflight:
+                    await asyncio.wait(set(self._inflight), timeout=30)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # aiormq runs each delivery in a task of its own; prefetch bounds how many at once.
+        current = asyncio.current_task()
+        assert current is not None
+        self._inflight.add(current)
+        try:
+            await self._handle(message)
+        finally:
+            self._inflight.discard(current)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            task = Task.from_json(message.body)
+        except TaskError as exc:
+            log.warning(
+                "unreadable task returned to the queue", extra={"fields": {"error": str(exc)}}
+            )
+            await message.nack(requeue=True)
+            return
+        async with self._pool.acquire() as connection:
+            state = await connection.fetchval(
+                "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2",
+                task.registration_id,
+                task.check.value,
+            )
+            if state is None or state in FINAL_STATES:
+                self._count("skipped")
+                await message.ack()
+                return
+            try:
+                subject = await checks.load_subject(connection, self._keyring, task.registration_id)
+            except DecryptionError:
+                subject = None
+            if subject is None:
+                log.error("registration data unreadable; task dead-lettered")
+                await self._dead_letter(task, "unreadable_registration")
+                await message.ack()
+                return
+        outcome: Passed | Reject | Retry
+        try:
+            outcome = await self._verifier.verify(task, subject)
+        except (Reject, Retry) as exc:
+            outcome = exc
+        except Exception as exc:  # a verifier bug must not lose the task: retry it
+            log.exception("verifier failed: %s", type(exc).__name__)
+            outcome = Retry(f"internal:{type(exc).__name__}")
+        if isinstance(outcome, Retry):
+            await self._retry(task, outcome)
+        else:
+            await self._record(task, outcome)
+        await message.ack()
+
+    async def _record(self, task: Task, outcome: Passed | Reject) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            state = await checks.lock_state(connection, task.registration_id, task.check)
+            if state is None or state in FINAL_STATES:
+                self._count("skipped")
+                return  # a redelivery raced an earlier delivery: the first outcome stands
+            if isinstance(outcome, Passed):
+                await checks.record_passed(connection, task.registration_id, task.check, outcome)
+                self._count("passed")
+            else:
+                await checks.record_failed(
+                    connection, task.registration_id, task.check, outcome.reason
+                )
+                self._count(f"rejected:{outcome.reason}")
+
+    async def _retry(self, task: Task, retry: Retry) -> None:
+        if task.attempt >= self._settings.lane_max_attempts:
+            await self._dead_letter(task, f"attempts_exhausted:{retry.reason}")
+            reason = f"dead_lettered:{retry.reason}"
+        else:
+            delay_s = retry.after_s if retry.after_s is not None else self.backoff_s(task.attempt)
+            tier_s = topology.retry_tier(delay_s)
+            assert self._lanes is not None
+            await publish_task(
+                self._lanes.delay_exchange,
+                Task(task.registration_id, task.check, task.attempt + 1),
+                routing_key=f"{tier_s}.{task.check}",
+                expiration_s=min(delay_s, tier_s),
+            )
+            reason = retry.reason
+        async with self._pool.acquire() as connection, connection.transaction():
+            state = await checks.lock_state(connection, task.registration_id, task.check)
+            if state is not None and state not in FINAL_STATES:
+                await checks.record_retrying(connection, task.registration_id, task.check, reason)
+        self._count(f"retry:{retry.reason}")
+
+    def backoff_s(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (AWS architecture blog): uniform in
+        [0, base * 2^(attempt-1)], capped by the largest delay tier."""
+        ceiling = min(
+            self._settings.retry_base_delay_s * 2 ** (attempt - 1), topology.RETRY_TIERS_S[-1]
+        )
+        return max(0.05, random.uniform(0, ceiling))  # noqa: S311 - jitter, not secrecy
+
+    async def _dead_letter(self, task: Task, reason: str) -> None:
+        assert self._lanes is not None
+        await self._lanes.dead_letter_exchange.publish(
+            aio_pika.Message(
+                task.to_json(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                headers={"x-intake-reason": reason},
+            ),
+            routing_key=topology.lane_queue(task.check),
+        )
+        self._count("dead_lettered")
+        log.warning(
+            "task dead-lettered", extra={"fields": {"lane": task.check.value, "reason": reason}}
+        )
+
+    def _count(self, outcome: str) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+async def serve(settings: Settings, check: Check) -> None:
+    """Entry point of ``intake worker <check>``: run that lane until SIGTERM."""
+    from verifiers import registry  # the composition root picks the verifier
+
+    keyring = Keyring.from_secret(settings.secret_key)
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=max(2, settings.lane_prefetch // 4),
+        server_settings={"application_name": f"intake-{check}"},
+    )
+    connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
+    async with pool, aiohttp.ClientSession(connector=connector) as http:
+        worker = LaneWorker(settings, keyring, pool, registry.build(check, settings, http))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
