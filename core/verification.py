@@ -55,7 +55,7 @@ class Task:
         return orjson.dumps(
             {
                 "v": TASK_SCHEMA_VERSION,
-                "registration_id": self.registration_id,
+                "registration_id": str(self.registration_id),
                 "check": self.check.value,
                 "attempt": self.attempt,
             }

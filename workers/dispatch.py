@@ -1,12 +1,24 @@
-"""The dispatcher: publishes verification tasks from the outbox (pending check rows).
+"""The dispatcher: turns stored state into verification tasks, without ever losing one.
 
-Check rows are written in the same transaction as the state they follow from (a stored
-registration, a passed Dukcapil check), so a task can never be lost between a commit and a
-publish. The dispatcher takes up to ``dispatch_batch_max`` undispatched rows with
-``FOR UPDATE SKIP LOCKED`` (several dispatchers share the work), publishes their tasks to their
-lanes with confirms, and marks them dispatched in the same transaction. A crash after a publish
-and before the commit publishes those tasks again: duplicates are harmless, every verifier's
-step is idempotent. It wakes on ``NOTIFY intake_outbox`` and polls once a second otherwise.
+Two outboxes, both rows written in the same transaction as the state they follow from, so a
+task can never be lost between a commit and a publish:
+
+- registrations stored and not yet started (``registrations.dispatched_at IS NULL``): the
+  dispatcher creates their check rows (email, phone and Dukcapil pending, the photo waiting
+  for its upload) and marks the registration started, in one transaction. Doing this here
+  rather than in the persist worker keeps the intake peak's write path to one row per
+  registration; the fan-out follows at the pace of verification;
+- pending check rows not yet published (``checks.dispatched_at IS NULL``: the ones just
+  created, and those started later, e.g. Dapodik and DTKS after a Dukcapil match): their task
+  is published and the row marked.
+
+The check rows are committed before their tasks are published, so a lane never receives a task
+whose row it cannot see yet.
+
+Each round takes up to ``dispatch_batch_max`` rows with ``FOR UPDATE SKIP LOCKED`` (several
+dispatchers share the work), publishes with confirms, and commits. A crash after a publish and
+before the commit publishes those tasks again: duplicates are harmless, every step is
+idempotent. It wakes on ``NOTIFY intake_outbox`` and polls once a second otherwise.
 """
 
 from __future__ import annotations
@@ -23,10 +35,28 @@ from aio_pika.abc import AbstractExchange
 
 from core import topology
 from core.settings import Settings
-from core.verification import Check, Task
+from core.verification import INITIAL_CHECKS, Check, Task
 from workers.store import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
+
+_TAKE_REGISTRATIONS_SQL = """
+SELECT id FROM registrations
+WHERE dispatched_at IS NULL AND status = 'received'
+ORDER BY submitted_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+_START_SQL = """
+INSERT INTO checks (registration_id, check_name, state)
+SELECT r.id, c.name, CASE WHEN c.name = 'photo' THEN 'waiting' ELSE 'pending' END
+FROM unnest($1::uuid[]) AS r (id) CROSS JOIN unnest($2::text[]) AS c (name)
+ON CONFLICT DO NOTHING
+"""
+_MARK_REGISTRATIONS_SQL = (
+    "UPDATE registrations SET dispatched_at = now() WHERE id = ANY($1::uuid[])"
+)
+_FIRST_CHECKS = [c.value for c in (*INITIAL_CHECKS, Check.PHOTO)]
 
 _TAKE_SQL = """
 SELECT registration_id, check_name, attempts FROM checks
@@ -95,7 +125,25 @@ class Dispatcher:
         self._wake.set()
 
     async def dispatch_once(self, exchange: AbstractExchange) -> int:
-        """Publish one batch of pending tasks; return how many were dispatched."""
+        """One round of both outboxes; return how many tasks were published."""
+        started = await self._start_registrations()
+        return started + await self._publish_pending(exchange)
+
+    async def _start_registrations(self) -> int:
+        """Create the first check rows of registrations not started yet; return how many."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            ids = [
+                row["id"]
+                for row in await connection.fetch(
+                    _TAKE_REGISTRATIONS_SQL, self._settings.dispatch_batch_max
+                )
+            ]
+            if ids:
+                await connection.execute(_START_SQL, ids, _FIRST_CHECKS)
+                await connection.execute(_MARK_REGISTRATIONS_SQL, ids)
+        return len(ids)
+
+    async def _publish_pending(self, exchange: AbstractExchange) -> int:
         async with self._pool.acquire() as connection, connection.transaction():
             rows = await connection.fetch(_TAKE_SQL, self._settings.dispatch_batch_max)
             if not rows:

@@ -18,7 +18,6 @@ import orjson
 
 from core.envelope import Envelope
 from core.keys import Keyring
-from core.verification import INITIAL_CHECKS, Check
 
 # First the claims: the earliest submission of a NIK (within the batch, by time; across
 # batches, by commit order) claims it. Ids already stored are skipped so that a redelivery,
@@ -49,20 +48,8 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id, status
 """
 
-# The first checks of every registration stored as received, in the same transaction: the
-# check rows are the outbox from which the dispatcher publishes the tasks, so no task is lost
-# between this commit and a publish. The photo check waits for the upload.
-_START_CHECKS_SQL = """
-INSERT INTO checks (registration_id, check_name, state)
-SELECT r.id, c.name, CASE WHEN c.name = 'photo' THEN 'waiting' ELSE 'pending' END
-FROM unnest($1::uuid[]) AS r (id)
-CROSS JOIN unnest($2::text[]) AS c (name)
-ON CONFLICT DO NOTHING
-"""
+# Wakes the dispatcher (LISTEN) when there is something new to dispatch.
 OUTBOX_CHANNEL = "intake_outbox"
-
-
-_FIRST_CHECKS = [c.value for c in (*INITIAL_CHECKS, Check.PHOTO)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +149,7 @@ class RegistrationStore:
                 rows.personal_enc,
                 rows.submitted_at,
             )
-            started = [row["id"] for row in inserted if row["status"] == "received"]
-            if started:
-                await connection.execute(_START_CHECKS_SQL, started, _FIRST_CHECKS)
+            if any(row["status"] == "received" for row in inserted):
                 await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
         received = sum(1 for row in inserted if row["status"] == "received")
         duplicates = len(inserted) - received

@@ -11,12 +11,19 @@ ALTER TABLE registrations
         CHECK ((status IN ('rejected', 'review')) = (reject_reason IS NOT NULL)),
     -- DTKS welfare recipients are not excluded but come after others (0 first).
     ADD COLUMN priority smallint NOT NULL DEFAULT 0,
-    ADD COLUMN decided_at timestamptz;
+    ADD COLUMN decided_at timestamptz,
+    -- When the dispatcher started the registration's checks. NULL: not yet; the persist
+    -- worker only inserts the registration (the intake peak must not pay for the fan-out).
+    ADD COLUMN dispatched_at timestamptz;
 
--- One row per registration and check. 'waiting' means waiting for the registrant (an email
--- link to follow, an OTP to enter, a photo to upload). The row is also the outbox of the
--- check's task: dispatched_at is NULL until the dispatcher has published it, so a task is
--- never lost between a commit and a publish.
+CREATE INDEX registrations_undispatched ON registrations (submitted_at)
+    WHERE dispatched_at IS NULL AND status = 'received';
+
+-- One row per registration and check, created by the dispatcher when it starts the checks.
+-- 'waiting' means waiting for the registrant (an email link to follow, an OTP to enter, a
+-- photo to upload). A check started later (Dapodik and DTKS after Dukcapil) is inserted with
+-- dispatched_at NULL in the transaction that decides it: the row is the outbox of its task,
+-- so a task is never lost between a commit and a publish.
 CREATE TABLE checks (
     registration_id uuid NOT NULL REFERENCES registrations (id),
     check_name      text NOT NULL

@@ -1,0 +1,40 @@
+"""The Dapodik simulator: the education ministry's register of pupils and students.
+
+    POST /v1/students/lookup  {"nik"}
+      200 {"enrolled": true | false}
+      400 {"error": "...", "fields": ["nik"]}   a malformed request
+
+``enrolled`` is true exactly for the synthetic people whose truth says they are students. A
+POST, so that the NIK never appears in a URL or an access log.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from benchmarks.population import Registry
+from simulators.admin import admin_routes
+from simulators.behaviour import Gate
+from simulators.jsonhttp import (
+    BadRequest,
+    application,
+    http_middleware,
+    json_response,
+    nik_of,
+    read_object,
+)
+
+
+def create_app(registry: Registry, gate: Gate) -> web.Application:
+    """The Dapodik API over ``registry``, behind ``gate``, with the ``/_sim/`` control routes."""
+
+    async def lookup(request: web.Request) -> web.Response:
+        try:
+            nik = nik_of(await read_object(request))
+        except BadRequest as exc:
+            return exc.response()
+        return json_response({"enrolled": registry.is_student(nik)})
+
+    app = application([http_middleware(gate)])
+    app.add_routes([web.post("/v1/students/lookup", lookup), *admin_routes(gate)])
+    return app

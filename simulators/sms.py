@@ -1,0 +1,129 @@
+"""The SMS gateway simulator: accepts text messages and keeps them, as a phone would.
+
+    POST /v1/messages  {"to": "+628…" or "08…", "text": "..."}
+      202 {"id": "..."}
+      400 {"error": "invalid_fields", "fields": ["to" | "text"]}
+
+Simulator-only (not part of any gateway's API; a test or the demo plays the phone with it):
+
+    GET /_sim/messages?to=+628…
+      200 {"messages": [{"id", "to", "text", "received_at"}, ...]}   oldest first
+
+``to`` may be given in any Indonesian mobile form (``08…``, ``628…``, ``+628…``, separators
+allowed); messages are filed under the normalised ``+628…``. In a query string a literal ``+``
+means a space, so ``?to=+628…`` unencoded works too. The gateway keeps the last
+:data:`MESSAGES_PER_NUMBER` messages of each number, in memory only, and never logs a number or
+a text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from simulators.admin import admin_routes
+from simulators.behaviour import Gate
+from simulators.jsonhttp import (
+    BadRequest,
+    application,
+    http_middleware,
+    json_response,
+    read_object,
+    strings,
+)
+
+MESSAGES_PER_NUMBER = 50
+# A concatenated SMS of ten parts; longer texts are refused as a real gateway would.
+TEXT_MAX_CHARS = 1530
+_SEPARATORS = str.maketrans("", "", " -.()")
+_MOBILE_RE = re.compile(r"(?:\+62|62|0)(8[0-9]{8,11})")
+
+
+def normalise_number(number: str) -> str | None:
+    """An Indonesian mobile number as ``+628…``, or ``None`` if it is not one."""
+    # A leading space is a "+" that a query string turned into a space.
+    match = _MOBILE_RE.fullmatch(number.strip().translate(_SEPARATORS))
+    if match is None:
+        match = _MOBILE_RE.fullmatch("+" + number.strip().translate(_SEPARATORS))
+    return None if match is None else "+62" + match.group(1)
+
+
+@dataclass(frozen=True, slots=True)
+class Sms:
+    """One message as the phone received it."""
+
+    id: str
+    to: str
+    text: str
+    received_at: dt.datetime
+
+    def to_json(self) -> dict[str, str]:
+        """The message as served by the read-back hook."""
+        return {
+            "id": self.id,
+            "to": self.to,
+            "text": self.text,
+            "received_at": self.received_at.isoformat(),
+        }
+
+
+class Outbox:
+    """The messages the gateway accepted, by normalised number; bounded per number."""
+
+    def __init__(self, per_number: int = MESSAGES_PER_NUMBER) -> None:
+        self._by_number: defaultdict[str, deque[Sms]] = defaultdict(
+            lambda: deque(maxlen=per_number)
+        )
+        self.accepted = 0
+
+    def add(self, to: str, text: str) -> Sms:
+        """Keep a message for ``to`` (already normalised); returns it with its new id."""
+        message = Sms(uuid.uuid4().hex, to, text, dt.datetime.now(dt.UTC))
+        self._by_number[to].append(message)
+        self.accepted += 1
+        return message
+
+    def for_number(self, number: str) -> list[Sms]:
+        """The messages kept for ``number`` (any mobile form), oldest first."""
+        normalised = normalise_number(number)
+        if normalised is None or normalised not in self._by_number:
+            return []
+        return list(self._by_number[normalised])
+
+
+def create_app(outbox: Outbox, gate: Gate) -> web.Application:
+    """The gateway's API over ``outbox``, behind ``gate``, with the ``/_sim/`` routes."""
+
+    async def send(request: web.Request) -> web.Response:
+        try:
+            to, text = strings(await read_object(request), "to", "text")
+            number = normalise_number(to)
+            if number is None:
+                raise BadRequest("invalid_fields", ["to"])
+            if len(text) > TEXT_MAX_CHARS:
+                raise BadRequest("invalid_fields", ["text"])
+        except BadRequest as exc:
+            return exc.response()
+        message = outbox.add(number, text)
+        return json_response({"id": message.id}, status=202)
+
+    async def messages(request: web.Request) -> web.Response:
+        to = request.query.get("to")
+        if not to:
+            return BadRequest("invalid_fields", ["to"]).response()
+        return json_response({"messages": [m.to_json() for m in outbox.for_number(to)]})
+
+    app = application([http_middleware(gate)])
+    app.add_routes(
+        [
+            web.post("/v1/messages", send),
+            web.get("/_sim/messages", messages),
+            *admin_routes(gate),
+        ]
+    )
+    return app

@@ -1,0 +1,179 @@
+"""The NIK checks end to end: edge, persist worker, dispatcher, the Dukcapil, Dapodik and DTKS
+lanes, against the project's ministry simulators and the population's ground truth."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from benchmarks.population import Proportions, Registrant, population
+from core.settings import Settings
+from core.verification import Check
+from intake.validation import today_wib
+from simulators.behaviour import Behaviour
+from simulators.server import Ports, Running, SimulatorConfig, run_simulators
+from tests.support import inprocess
+from tests.support.waiting import eventually
+
+NIK_CHECKS = (Check.DUKCAPIL, Check.DAPODIK, Check.DTKS)
+# Larger shares than the defaults, so that a small population has every kind of person.
+MIXED = Proportions(
+    not_found=0.1,
+    mismatch_full_name=0.08,
+    mismatch_birth_place=0.08,
+    mismatch_birth_date=0.08,
+    student=0.15,
+    welfare=0.3,
+)
+
+
+def _people(count: int, seed: int) -> list[Registrant]:
+    return population(
+        count,
+        seed=seed,
+        today=today_wib(),
+        invalid_share=0.0,
+        duplicate_share=0.05,
+        proportions=MIXED,
+    )
+
+
+@pytest.fixture
+async def simulators() -> AsyncIterator[Running]:
+    fast = Behaviour(latency_median_ms=2, latency_p99_ms=20)
+    config = SimulatorConfig(
+        ports=Ports.ephemeral(),
+        people=_people(160, seed=77),
+        behaviours={"dukcapil": fast, "dapodik": fast, "dtks": fast},
+    )
+    async with run_simulators(config) as running:
+        yield running
+
+
+def _wired(settings: Settings, running: Running) -> Settings:
+    return settings.replace(
+        dukcapil_url=running.urls["dukcapil"],
+        dapodik_url=running.urls["dapodik"],
+        dtks_url=running.urls["dtks"],
+        retry_base_delay_s=0.05,
+        ministry_timeout_s=2.0,
+    )
+
+
+async def _submit(settings: Settings, people: list[Registrant]) -> dict[uuid.UUID, Registrant]:
+    submitted = {}
+    async with inprocess.edge(settings) as client:
+        for person in people:
+            response = await client.post("/v1/registrations", json=person.form)
+            assert response.status == 202
+            submitted[uuid.UUID((await response.json())["id"])] = person
+    return submitted
+
+
+def _expected(person: Registrant) -> tuple[str, str | None]:
+    """(status, reason) once the NIK checks are done; the other checks are still open."""
+    if person.kind == "duplicate":
+        return "rejected", "duplicate_nik"
+    truth = person.truth
+    if truth.dukcapil == "not_found":
+        return "rejected", "nik_not_found"
+    if truth.dukcapil.startswith("mismatch_"):
+        return "rejected", "nik_data_mismatch"
+    if truth.student:
+        return "rejected", "in_education"
+    return "received", None
+
+
+async def _settled(db: asyncpg.Pool, ids: list[uuid.UUID]) -> int:
+    """Registrations whose NIK checks are over: rejected, or all three checks passed."""
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM registrations r WHERE r.id = ANY($1::uuid[]) AND"
+        " (r.status = 'rejected' OR (SELECT count(*) FROM checks c WHERE c.registration_id = r.id"
+        "  AND c.check_name IN ('dukcapil', 'dapodik', 'dtks') AND c.state = 'passed') = 3)",
+        ids,
+    )
+    return count
+
+
+async def test_each_person_ends_as_the_ministries_say(
+    settings: Settings, db: asyncpg.Pool, simulators: Running
+) -> None:
+    wired = _wired(settings, simulators)
+    submitted = await _submit(wired, list(simulators.people))
+    ids = list(submitted)
+    async with (
+        inprocess.persist_worker(wired, db),
+        inprocess.dispatcher(wired, db),
+        inprocess.lanes(wired, db, NIK_CHECKS),
+    ):
+        await eventually(lambda: _settled(db, ids), lambda n: n == len(ids), 90)
+
+    rows = await db.fetch(
+        "SELECT id, status, reject_reason, priority FROM registrations WHERE id = ANY($1)", ids
+    )
+    kinds_seen = set()
+    for row in rows:
+        person = submitted[row["id"]]
+        assert (row["status"], row["reject_reason"]) == _expected(person), person.truth
+        kinds_seen.add(_expected(person)[1])
+        if _expected(person) == ("received", None):
+            assert row["priority"] == (1 if person.truth.welfare else 0)
+    assert kinds_seen == {
+        None,
+        "duplicate_nik",
+        "nik_not_found",
+        "nik_data_mismatch",
+        "in_education",
+    }
+    # A NIK Dukcapil does not know is never sent to the two other ministries.
+    valid = [p for p in submitted.values() if p.kind == "valid"]
+    assert simulators.stats("dapodik")["served"] == sum(
+        1 for p in valid if p.truth.dukcapil == "match"
+    )
+    assert any(p.truth.dukcapil != "match" for p in valid)
+    photos = await db.fetchval(
+        "SELECT count(*) FROM checks WHERE check_name = 'photo' AND state = 'waiting'"
+    )
+    assert photos == sum(1 for p in submitted.values() if p.kind == "valid")
+
+
+async def test_an_outage_means_retries_then_success_when_it_ends(
+    settings: Settings, db: asyncpg.Pool, simulators: Running
+) -> None:
+    wired = _wired(settings, simulators)
+    matches = [
+        p
+        for p in simulators.people
+        if p.kind == "valid" and p.truth.dukcapil == "match" and not p.truth.student
+    ]
+    simulators.set_behaviour("dukcapil", outage=True)
+    submitted = await _submit(wired, matches[:20])
+    ids = list(submitted)
+    async with (
+        inprocess.persist_worker(wired, db),
+        inprocess.dispatcher(wired, db),
+        inprocess.lanes(wired, db, NIK_CHECKS),
+    ):
+        await eventually(
+            lambda: db.fetchval(
+                "SELECT count(*) FROM checks WHERE check_name = 'dukcapil'"
+                " AND state = 'retrying' AND attempts >= 2"
+            ),
+            lambda n: n == len(ids),
+            60,
+        )
+        simulators.set_behaviour("dukcapil", outage=False)
+        await eventually(lambda: _settled(db, ids), lambda n: n == len(ids), 90)
+    statuses = await db.fetch("SELECT status FROM registrations WHERE id = ANY($1)", ids)
+    assert {r["status"] for r in statuses} == {"received"}
+    refused = simulators.stats("dukcapil")["rejected_outage"]
+    assert isinstance(refused, int)
+    assert refused >= 2 * len(ids)
+    waited = await db.fetchval(
+        "SELECT min(finished_at - created_at) FROM checks WHERE check_name = 'dukcapil'"
+    )
+    assert waited > dt.timedelta(0)
