@@ -4,6 +4,7 @@
     intake worker [KIND]        a worker: persist (default), dispatch, or a verification lane
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
+    intake simulate [...]       the ministry simulators (``intake simulate --help``)
     intake demo                 start a local stack and replay a small wave opening
 
 Settings come from ``INTAKE_*`` environment variables (see the README). Sub-commands import
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("lane", nargs="?", default="persist", choices=WORKER_KINDS)
     worker.set_defaults(func=_worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+    commands.add_parser("simulate", help="run the ministry simulators (see intake simulate --help)")
     dlq = commands.add_parser("dlq", help="inspect or replay dead-letter queues")
     actions = dlq.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="depth and reasons of every dead-letter queue")
@@ -112,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:
+        # The simulators have their own parser (argparse cannot pass "--flags" through).
+        from simulators.cli import main as simulate
+
+        return simulate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()

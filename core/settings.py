@@ -69,6 +69,18 @@ class Settings:
     dukcapil_url: str = "http://127.0.0.1:8101"
     dapodik_url: str = "http://127.0.0.1:8102"
     dtks_url: str = "http://127.0.0.1:8103"
+    sms_url: str = "http://127.0.0.1:8104"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    mail_from: str = "verifikasi@prakerja.example"
+    # Where registrants reach the edge: the base of the links in verification emails.
+    public_base_url: str = "http://127.0.0.1:8080"
+    email_link_ttl_s: int = 48 * 3600
+    otp_ttl_s: int = 300
+    otp_max_attempts: int = 5
+    # A registrant may ask for a new email link or OTP this often, and this many times.
+    resend_cooldown_s: int = 60
+    resend_max: int = 3
 
     # Persist worker.
     # Unacknowledged messages per worker. It must cover about two batches of messages, or the

@@ -34,9 +34,9 @@ import asyncpg
 from aio_pika.abc import AbstractExchange
 
 from core import topology
+from core.checks import OUTBOX_CHANNEL
 from core.settings import Settings
 from core.verification import INITIAL_CHECKS, Check, Task
-from workers.store import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 

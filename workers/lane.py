@@ -32,12 +32,11 @@ import aiormq
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
-from core import topology
+from core import checks, topology
+from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
 from core.verification import Check, Passed, Reject, Retry, Task, TaskError, Verifier
-from workers import checks
-from workers.checks import FINAL_STATES
 from workers.dispatch import publish_task
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from core.checks import OUTBOX_CHANNEL
 from core.envelope import Envelope
 from core.keys import Keyring
 
@@ -47,9 +48,6 @@ ORDER BY b.id
 ON CONFLICT (id) DO NOTHING
 RETURNING id, status
 """
-
-# Wakes the dispatcher (LISTEN) when there is something new to dispatch.
-OUTBOX_CHANNEL = "intake_outbox"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """The verification state machine in PostgreSQL: check rows, their outcomes, and the decision
-about the registration. Every function runs in the caller's transaction."""
+about the registration. Shared by the workers and the edge (an email link followed, an OTP
+entered). Every function runs in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import orjson
 
 from core.keys import Keyring
 from core.verification import REQUIRED_CHECKS, Check, Passed, Subject
-from workers.store import OUTBOX_CHANNEL
 
 FINAL_STATES = frozenset({"passed", "failed"})
+# NOTIFY channel that wakes the dispatcher when there is something new to dispatch.
+OUTBOX_CHANNEL = "intake_outbox"
 
 
 async def load_subject(
