@@ -1,67 +1,75 @@
-"""``intake demo``: start the stack on the local services, replay a burst, report, stop.
+"""``intake demo``: a small wave opening on a local stack, from the first registration to the
+last verification.
 
-It starts one persist worker and one edge as subprocesses (the same ``intake`` commands an
-operator runs), sends a burst of synthetic registrations (valid, invalid and repeated NIKs)
-from the shared population, waits until every registration answered 202 is in PostgreSQL,
-prints what was accepted, refused and stored, and stops both processes with SIGTERM.
+It starts the ministry simulators (serving the demo's synthetic population), the edge, the
+persist worker, the dispatcher and one worker per verification lane, all as the ``intake``
+commands an operator runs. Then the wave opens: every synthetic person registers (valid forms,
+invalid ones and repeated NIKs), and the people whose ground truth says so follow their email
+link and enter their SMS code, at the 2020 shares. The live funnel and the queues are printed
+until every registration is decided or nothing moves any more; then everything stops with
+SIGTERM. Exit status 0 when no accepted registration was lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import signal
-import subprocess
-import sys
+import datetime as dt
+import re
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import asyncpg
 
+from benchmarks import funnel
 from benchmarks.population import Registrant, population
+from benchmarks.stack import Stack
+from core.cli import WORKER_KINDS
 from core.settings import Settings
 from intake.validation import today_wib
 
 CONCURRENCY = 64
+SIM_PORTS = {"dukcapil": 8101, "dapodik": 8102, "dtks": 8103, "sms": 8104, "smtp_admin": 8105}
+SMTP_PORT = 8025
+IDLE_LIMIT_S = 20.0  # stop watching when nothing has changed for this long
+_CODE_RE = re.compile(r"\b(\d{6})\b")
 
 
-def _start(command: str, settings: Settings, log_dir: Path) -> subprocess.Popen[bytes]:
-    log = (log_dir / f"{command}.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "core.cli", command],
-        env={**os.environ, **settings.to_env()},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+@dataclass
+class Accepted:
+    registrant: Registrant
+    id: uuid.UUID
+    token: str
 
 
-async def _wait_ready(base_url: str, edge: subprocess.Popen[bytes], timeout_s: float) -> None:
+async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            if edge.poll() is not None:
-                raise RuntimeError("the edge exited during start-up; see its log")
+            if stack.dead():
+                raise RuntimeError(f"exited during start-up: {stack.dead()}; see the logs")
             try:
-                async with session.get(f"{base_url}/readyz") as response:
+                async with session.get(url) as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise TimeoutError("the edge did not become ready")
+    raise TimeoutError(f"{url} did not answer")
 
 
-async def _send(base_url: str, people: list[Registrant]) -> tuple[dict[str, Any], list[float]]:
-    outcome: dict[str, Any] = {
-        "ids": [],
-        "status": collections.Counter(),
-        "codes": collections.Counter(),
-    }
+async def _register(
+    base_url: str, people: list[Registrant]
+) -> tuple[list[Accepted], collections.Counter[int], collections.Counter[str], list[float]]:
+    accepted: list[Accepted] = []
+    statuses: collections.Counter[int] = collections.Counter()
+    refusals: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
     queue: asyncio.Queue[Registrant] = asyncio.Queue()
     for p in people:
@@ -69,93 +77,201 @@ async def _send(base_url: str, people: list[Registrant]) -> tuple[dict[str, Any]
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
-            registrant = queue.get_nowait()
+            person = queue.get_nowait()
             started = time.perf_counter()
-            async with session.post(
-                f"{base_url}/v1/registrations", json=registrant.form
-            ) as response:
+            async with session.post(f"{base_url}/v1/registrations", json=person.form) as response:
                 body = await response.json(content_type=None)
             latencies.append(time.perf_counter() - started)
-            outcome["status"][response.status] += 1
+            statuses[response.status] += 1
             if response.status == 202:
-                outcome["ids"].append(uuid.UUID(body["id"]))
+                accepted.append(Accepted(person, uuid.UUID(body["id"]), body["access_token"]))
             for error in body.get("errors", []):
-                outcome["codes"][f"{error['field']}:{error['code']}"] += 1
+                refusals[f"{error['field']}:{error['code']}"] += 1
 
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(client(session) for _ in range(CONCURRENCY)))
-    return outcome, latencies
+    return accepted, statuses, refusals, latencies
 
 
-async def _wait_stored(database_url: str, ids: list[uuid.UUID], timeout_s: float) -> dict[str, int]:
-    connection = await asyncpg.connect(database_url)
+async def _act(base_url: str, accepted: list[Accepted], deadline_s: float) -> dict[str, int]:
+    """The registrants' side: follow the email link, enter the SMS code, as their truth says."""
+    done: collections.Counter[str] = collections.Counter()
+    mail_url = f"http://127.0.0.1:{SIM_PORTS['smtp_admin']}/_sim/mail"
+    sms_url = f"http://127.0.0.1:{SIM_PORTS['sms']}/_sim/messages"
+    end = time.monotonic() + deadline_s
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+
+    async def person(session: aiohttp.ClientSession, a: Accepted) -> None:
+        truth, form = a.registrant.truth, a.registrant.form
+        async with semaphore:
+            if truth.clicks_email_link and "email" in WORKER_KINDS:
+                link = await _poll(session, mail_url, form["email"], _first_link, end)
+                if link:
+                    async with session.get(link) as response:
+                        done[f"email link followed: {response.status}"] += 1
+            if truth.enters_otp and "phone" in WORKER_KINDS:
+                code = await _poll(session, sms_url, form["phone"], _first_code, end)
+                if code:
+                    async with session.post(
+                        f"{base_url}/v1/registrations/{a.id}/otp",
+                        json={"code": code},
+                        headers={"Authorization": f"Bearer {a.token}"},
+                    ) as response:
+                        done[f"OTP entered: {response.status}"] += 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(person(session, a) for a in accepted))
+    return dict(done)
+
+
+def _first_link(body: dict[str, Any]) -> str | None:
+    for message in body.get("messages", []):
+        for link in message.get("links", []):
+            if "/v1/verify/email" in link:
+                return str(link)
+    return None
+
+
+def _first_code(body: dict[str, Any]) -> str | None:
+    for message in body.get("messages", []):
+        match = _CODE_RE.search(message.get("text", ""))
+        if match:
+            return match.group(1)
+    return None
+
+
+async def _poll(
+    session: aiohttp.ClientSession, url: str, to: str, pick: Any, end: float
+) -> str | None:
+    while time.monotonic() < end:
+        try:
+            async with session.get(url, params={"to": to}) as response:
+                if response.status == 200:
+                    found: str | None = pick(await response.json())
+                    if found:
+                        return found
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.5)
+    return None
+
+
+def _print_funnel(elapsed_s: float, f: funnel.Funnel, depths: dict[str, int]) -> None:
+    busy = {k.removeprefix("intake."): v for k, v in depths.items() if v}
+    print(
+        f"[{elapsed_s:6.1f} s] registered {f.registered}  email {f.email_verified}  "
+        f"phone {f.phone_verified}  NIK {f.nik_verified}  photo {f.photo_verified}  "
+        f"verified {f.verified}  rejected {f.rejected}  open {f.open}  queues {busy or '-'}",
+        flush=True,
+    )
+
+
+async def _watch(
+    settings: Settings, since: dt.datetime, started: float, actions: asyncio.Task[Any]
+) -> funnel.Funnel:
+    """Print the funnel every second until nothing moves any more (or all is decided)."""
+    db = await asyncpg.connect(settings.database_url)
+    amqp = await aio_pika.connect(settings.amqp_url)
+    last: tuple[Any, ...] = ()
+    last_change = time.monotonic()
     try:
-        deadline = time.monotonic() + timeout_s
         while True:
-            rows = await connection.fetch(
-                "SELECT coalesce(reject_reason, status) AS outcome, count(*) AS n"
-                " FROM registrations WHERE id = ANY($1::uuid[]) GROUP BY 1",
-                ids,
+            current = await funnel.read_funnel(db, since)
+            depths = await funnel.queue_depths(amqp)
+            _print_funnel(time.perf_counter() - started, current, depths)
+            state = (
+                current.open,
+                current.verified,
+                current.rejected,
+                current.email_verified,
+                current.phone_verified,
+                current.nik_verified,
+                tuple(depths.values()),
             )
-            counts = {row["outcome"]: row["n"] for row in rows}
-            if sum(counts.values()) >= len(ids) or time.monotonic() > deadline:
-                return counts
-            await asyncio.sleep(0.1)
+            if state != last:
+                last, last_change = state, time.monotonic()
+            if current.open == 0 and actions.done():
+                return current
+            if time.monotonic() - last_change > IDLE_LIMIT_S and actions.done():
+                return current
+            await asyncio.sleep(1.0)
     finally:
-        await connection.close()
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+        await db.close()
+        await amqp.close()
 
 
 async def _run(settings: Settings, count: int, log_dir: Path) -> int:
+    seed, today = int(time.time()), today_wib()
+    people = population(count, seed=seed, today=today)
     base_url = f"http://{settings.edge_host}:{settings.edge_port}"
-    people = population(count, seed=int(time.time()), today=today_wib())
-    expected = collections.Counter(p.kind for p in people)
-    worker = _start("worker", settings, log_dir)
-    edge = _start("edge", settings, log_dir)
-    try:
-        await _wait_ready(base_url, edge, 30)
-        print(f"edge ready at {base_url}; sending {count} registrations ({CONCURRENCY} clients)")
-        started = time.perf_counter()
-        outcome, latencies = await _send(base_url, people)
-        sent_s = time.perf_counter() - started
-        ids = outcome["ids"]
-        stored = await _wait_stored(settings.database_url, ids, 60)
-        stored_s = time.perf_counter() - started
-    finally:
-        for process in (edge, worker):
-            process.send_signal(signal.SIGTERM)
-        codes = [process.wait(timeout=30) for process in (edge, worker)]
+    with Stack(settings, log_dir) as stack:
+        ports = [f"--{name.replace('_', '-')}-port={port}" for name, port in SIM_PORTS.items()]
+        stack.start(
+            "simulate",
+            "simulate",
+            f"--seed={seed}",
+            f"--count={count}",
+            f"--today={today.isoformat()}",
+            f"--smtp-port={SMTP_PORT}",
+            *ports,
+        )
+        await _wait_ready(f"http://127.0.0.1:{SIM_PORTS['dukcapil']}/_sim/stats", stack, 120)
+        for kind in WORKER_KINDS:
+            stack.start(f"worker-{kind}", "worker", kind)
+        stack.start("edge", "edge")
+        await _wait_ready(f"{base_url}/readyz", stack, 60)
+        lanes = ", ".join(k for k in WORKER_KINDS if k not in ("persist", "dispatch"))
+        print(f"stack ready: edge at {base_url}; lanes: {lanes}; logs in {log_dir}")
 
-    print()
-    print(f"sent        {count:>7}  in {sent_s:.2f} s ({count / sent_s:,.0f}/s)")
+        since = dt.datetime.now(dt.UTC)
+        started = time.perf_counter()
+        accepted, statuses, refusals, latencies = await _register(base_url, people)
+        sent_s = time.perf_counter() - started
+        print(
+            f"\nwave opened: {count} registrations sent in {sent_s:.1f} s "
+            f"({count / sent_s:,.0f}/s); answers {dict(sorted(statuses.items()))}"
+        )
+        for code, n in sorted(refusals.items()):
+            print(f"  refused at the edge  {code:<32} {n:>6}")
+        actions = asyncio.create_task(_act(base_url, accepted, deadline_s=120))
+        final = await _watch(settings, since, started, actions)
+        done = await actions
+        end_to_end_s = (
+            (final.last_decided_at - since).total_seconds() if final.last_decided_at else 0.0
+        )
+        codes = stack.stop()
+
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else 0.0
+    stored = final.registered
+    print(f"\nregistrants' actions: {done or 'none'}")
+    print(f"edge latency p99 {p99:.1f} ms; accepted {len(accepted)}, stored {stored}")
     print(
-        f"  planned   valid {expected['valid']}, repeated NIK {expected['duplicate']}, "
-        f"invalid {count - expected['valid'] - expected['duplicate']}"
+        f"funnel: {final.registered} registered, {final.email_verified} email verified, "
+        f"{final.phone_verified} phone verified, {final.nik_verified} NIK verified, "
+        f"{final.verified} verified, {final.rejected} rejected, {final.open} still open"
     )
-    print(f"answered    {dict(sorted(outcome['status'].items()))}")
-    print(
-        f"  latency   p50 {_percentile(latencies, 0.5) * 1000:.1f} ms, "
-        f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms"
-    )
-    for code, n in sorted(outcome["codes"].items()):
-        print(f"  refused   {code:<32} {n:>6}")
-    print(f"stored      {sum(stored.values()):>7} of {len(ids)} accepted, all in {stored_s:.2f} s")
-    for what, n in sorted(stored.items()):
-        print(f"  {what:<10}{n:>8}")
-    print(f"logs in {log_dir}; edge exit {codes[0]}, worker exit {codes[1]}")
-    lost = len(ids) - sum(stored.values())
-    if lost or any(codes):
+    for reason, n in final.reasons.items():
+        print(f"  rejected  {reason:<24} {n:>6}")
+    print(f"first registration to last decision: {end_to_end_s:.1f} s")
+    print(f"exit codes: {codes}")
+    lost = len(accepted) - stored
+    if lost:
         print(f"FAILED: {lost} accepted registration(s) not stored")
         return 1
     return 0
 
 
 def main(settings: Settings, count: int) -> int:
-    """Run the demo against the configured RabbitMQ and PostgreSQL; 0 when nothing was lost."""
+    """Run the demo against the configured RabbitMQ and PostgreSQL."""
     log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
-    return asyncio.run(_run(settings.replace(edge_access_log=False), count, log_dir))
+    wired = settings.replace(
+        edge_access_log=False,
+        dukcapil_url=f"http://127.0.0.1:{SIM_PORTS['dukcapil']}",
+        dapodik_url=f"http://127.0.0.1:{SIM_PORTS['dapodik']}",
+        dtks_url=f"http://127.0.0.1:{SIM_PORTS['dtks']}",
+        sms_url=f"http://127.0.0.1:{SIM_PORTS['sms']}",
+        smtp_port=SMTP_PORT,
+    )
+    return asyncio.run(_run(wired, count, log_dir))

@@ -1,0 +1,60 @@
+"""A local stack of the system's own processes, started as an operator would (``intake ...``),
+each with its log in a file, stopped in reverse order with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from core.settings import Settings
+
+
+class Stack:
+    """Processes started with :meth:`start`, all stopped by :meth:`stop` (or the ``with``)."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(
+        self, name: str, *args: str, settings: Settings | None = None
+    ) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **(settings or self.settings).to_env()}
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "core.cli", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self._processes.append((name, process))
+        return process
+
+    def dead(self) -> list[str]:
+        """Names of processes that exited on their own."""
+        return [name for name, p in self._processes if p.poll() is not None]
+
+    def stop(self, timeout_s: float = 30.0) -> dict[str, int]:
+        """SIGTERM every process, newest first; return each exit code (-9: had to be killed)."""
+        codes = {}
+        for _, process in reversed(self._processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in reversed(self._processes):
+            try:
+                codes[name] = process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[name] = process.wait()
+        self._processes.clear()
+        return codes
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
