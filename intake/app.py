@@ -106,11 +106,17 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
     ):
         return not_found
     try:
-        row = await request.app[DB].fetchrow(
-            "SELECT status, reject_reason, submitted_at, stored_at FROM registrations"
-            " WHERE id = $1",
-            registration_id,
-        )
+        async with request.app[DB].acquire() as connection:
+            row = await connection.fetchrow(
+                "SELECT status, reject_reason, priority, submitted_at, stored_at, decided_at"
+                " FROM registrations WHERE id = $1",
+                registration_id,
+            )
+            checks = await connection.fetch(
+                "SELECT check_name, state, reason, finished_at FROM checks"
+                " WHERE registration_id = $1 ORDER BY check_name",
+                registration_id,
+            )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("status look-up failed: %s", type(exc).__name__)
         return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
@@ -123,8 +129,19 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
             "id": str(registration_id),
             "status": row["status"],
             "reason": row["reject_reason"],
+            "priority": row["priority"],
             "submitted_at": row["submitted_at"],
             "stored_at": row["stored_at"],
+            "decided_at": row["decided_at"],
+            # Each check's state; a check not started yet is not listed.
+            "checks": {
+                c["check_name"]: {
+                    "state": c["state"],
+                    "reason": c["reason"],
+                    "finished_at": c["finished_at"],
+                }
+                for c in checks
+            },
         },
     )
 
