@@ -26,6 +26,7 @@ from typing import Any
 import aio_pika
 import aiohttp
 import asyncpg
+import orjson
 
 from benchmarks import funnel
 from benchmarks.population import Registrant, population
@@ -35,8 +36,15 @@ from core.settings import Settings
 from intake.validation import today_wib
 
 CONCURRENCY = 64
-SIM_PORTS = {"dukcapil": 8101, "dapodik": 8102, "dtks": 8103, "sms": 8104, "smtp_admin": 8105}
-SMTP_PORT = 8025
+SIM_NAMES = ("dukcapil", "dapodik", "dtks", "sms", "smtp_admin", "smtp")
+DEFAULT_SIM_PORT_BASE = 8101  # dukcapil 8101, dapodik 8102, dtks 8103, sms 8104, smtp admin 8105
+
+
+def sim_ports(base: int) -> dict[str, int]:
+    """The simulators' ports, consecutive from ``base`` (SMTP last)."""
+    return {name: base + i for i, name in enumerate(SIM_NAMES)}
+
+
 IDLE_LIMIT_S = 20.0  # stop watching when nothing has changed for this long
 _CODE_RE = re.compile(r"\b(\d{6})\b")
 
@@ -94,11 +102,13 @@ async def _register(
     return accepted, statuses, refusals, latencies
 
 
-async def _act(base_url: str, accepted: list[Accepted], deadline_s: float) -> dict[str, int]:
+async def _act(
+    base_url: str, ports: dict[str, int], accepted: list[Accepted], deadline_s: float
+) -> dict[str, int]:
     """The registrants' side: follow the email link, enter the SMS code, as their truth says."""
     done: collections.Counter[str] = collections.Counter()
-    mail_url = f"http://127.0.0.1:{SIM_PORTS['smtp_admin']}/_sim/mail"
-    sms_url = f"http://127.0.0.1:{SIM_PORTS['sms']}/_sim/messages"
+    mail_url = f"http://127.0.0.1:{ports['smtp_admin']}/_sim/mail"
+    sms_url = f"http://127.0.0.1:{ports['sms']}/_sim/messages"
     end = time.monotonic() + deadline_s
     semaphore = asyncio.Semaphore(CONCURRENCY)
 
@@ -201,22 +211,60 @@ async def _watch(
         await amqp.close()
 
 
-async def _run(settings: Settings, count: int, log_dir: Path) -> int:
+def expected_funnel(people: list[Registrant]) -> dict[str, int]:
+    """What the funnel must show once everything is decided, from the population's truth: the
+    stages a person reaches, given what the ministries hold and what the person does."""
+    valid = [p for p in people if p.kind == "valid"]
+    duplicates = sum(1 for p in people if p.kind == "duplicate")
+    expected = {
+        "registered": len(valid) + duplicates,
+        "nik_verified": sum(
+            1 for p in valid if p.truth.dukcapil == "match" and not p.truth.student
+        ),
+        "rejected:duplicate_nik": duplicates,
+        "rejected:nik_not_found": sum(1 for p in valid if p.truth.dukcapil == "not_found"),
+        "rejected:nik_data_mismatch": sum(
+            1 for p in valid if p.truth.dukcapil.startswith("mismatch_")
+        ),
+        "rejected:in_education": sum(
+            1 for p in valid if p.truth.dukcapil == "match" and p.truth.student
+        ),
+    }
+    if "email" in WORKER_KINDS:
+        expected["email_verified"] = sum(1 for p in valid if p.truth.clicks_email_link)
+    if "phone" in WORKER_KINDS:
+        expected["phone_verified"] = sum(1 for p in valid if p.truth.enters_otp)
+    return expected
+
+
+def observed_funnel(f: funnel.Funnel) -> dict[str, int]:
+    observed = {
+        "registered": f.registered,
+        "nik_verified": f.nik_verified,
+        "email_verified": f.email_verified,
+        "phone_verified": f.phone_verified,
+    }
+    observed.update({f"rejected:{reason}": n for reason, n in f.reasons.items()})
+    return observed
+
+
+async def _run(
+    settings: Settings, count: int, log_dir: Path, ports: dict[str, int], report: Path | None
+) -> int:
     seed, today = int(time.time()), today_wib()
     people = population(count, seed=seed, today=today)
     base_url = f"http://{settings.edge_host}:{settings.edge_port}"
     with Stack(settings, log_dir) as stack:
-        ports = [f"--{name.replace('_', '-')}-port={port}" for name, port in SIM_PORTS.items()]
+        flags = [f"--{name.replace('_', '-')}-port={port}" for name, port in ports.items()]
         stack.start(
             "simulate",
             "simulate",
             f"--seed={seed}",
             f"--count={count}",
             f"--today={today.isoformat()}",
-            f"--smtp-port={SMTP_PORT}",
-            *ports,
+            *flags,
         )
-        await _wait_ready(f"http://127.0.0.1:{SIM_PORTS['dukcapil']}/_sim/stats", stack, 120)
+        await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
         for kind in WORKER_KINDS:
             stack.start(f"worker-{kind}", "worker", kind)
         stack.start("edge", "edge")
@@ -234,7 +282,7 @@ async def _run(settings: Settings, count: int, log_dir: Path) -> int:
         )
         for code, n in sorted(refusals.items()):
             print(f"  refused at the edge  {code:<32} {n:>6}")
-        actions = asyncio.create_task(_act(base_url, accepted, deadline_s=120))
+        actions = asyncio.create_task(_act(base_url, ports, accepted, deadline_s=120))
         final = await _watch(settings, since, started, actions)
         done = await actions
         end_to_end_s = (
@@ -256,22 +304,52 @@ async def _run(settings: Settings, count: int, log_dir: Path) -> int:
         print(f"  rejected  {reason:<24} {n:>6}")
     print(f"first registration to last decision: {end_to_end_s:.1f} s")
     print(f"exit codes: {codes}")
+    expected, observed = expected_funnel(people), observed_funnel(final)
+    print("\nstage                         expected  observed  (from the population's truth)")
+    mismatches = []
+    for stage, n in expected.items():
+        seen = observed.get(stage, 0)
+        print(f"  {stage:<28} {n:>8}  {seen:>8}{'' if seen == n else '  <-- differs'}")
+        if seen != n:
+            mismatches.append(stage)
+    if report is not None:
+        outcome = {
+            "count": count,
+            "seed": seed,
+            "accepted": len(accepted),
+            "stored": stored,
+            "expected": expected,
+            "observed": observed,
+            "end_to_end_s": end_to_end_s,
+            "exit_codes": codes,
+        }
+        report.write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))  # noqa: ASYNC240
     lost = len(accepted) - stored
     if lost:
         print(f"FAILED: {lost} accepted registration(s) not stored")
         return 1
+    if mismatches:
+        print(f"FAILED: the funnel differs from the population's truth at {mismatches}")
+        return 1
     return 0
 
 
-def main(settings: Settings, count: int) -> int:
-    """Run the demo against the configured RabbitMQ and PostgreSQL."""
+def main(
+    settings: Settings,
+    count: int,
+    sim_port_base: int = DEFAULT_SIM_PORT_BASE,
+    report: Path | None = None,
+) -> int:
+    """Run the demo against the configured RabbitMQ and PostgreSQL; 0 when nothing was lost
+    and the funnel is exactly what the population's truth says."""
     log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
+    ports = sim_ports(sim_port_base)
     wired = settings.replace(
         edge_access_log=False,
-        dukcapil_url=f"http://127.0.0.1:{SIM_PORTS['dukcapil']}",
-        dapodik_url=f"http://127.0.0.1:{SIM_PORTS['dapodik']}",
-        dtks_url=f"http://127.0.0.1:{SIM_PORTS['dtks']}",
-        sms_url=f"http://127.0.0.1:{SIM_PORTS['sms']}",
-        smtp_port=SMTP_PORT,
+        dukcapil_url=f"http://127.0.0.1:{ports['dukcapil']}",
+        dapodik_url=f"http://127.0.0.1:{ports['dapodik']}",
+        dtks_url=f"http://127.0.0.1:{ports['dtks']}",
+        sms_url=f"http://127.0.0.1:{ports['sms']}",
+        smtp_port=ports["smtp"],
     )
-    return asyncio.run(_run(wired, count, log_dir))
+    return asyncio.run(_run(wired, count, log_dir, ports, report))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from core import logs
 from core.settings import Settings, SettingsError
@@ -83,7 +84,9 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.demo import main as demo_main
 
-    return int(demo_main(settings, count=args.count))
+    return int(
+        demo_main(settings, count=args.count, sim_port_base=args.sim_port_base, report=args.report)
+    )
 
 
 # The persist worker, the outbox dispatcher, and one lane per verifier that exists.
@@ -109,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=_dlq)
     demo = commands.add_parser("demo", help="start a local stack and replay a burst")
     demo.add_argument("--count", type=int, default=2_000, help="registrations to send")
+    demo.add_argument(
+        "--sim-port-base", type=int, default=8101, help="first of the simulators' six ports"
+    )
+    demo.add_argument("--report", type=Path, default=None, help="write the outcome as JSON here")
     demo.set_defaults(func=_demo)
     return parser
 
