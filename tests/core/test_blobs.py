@@ -1,0 +1,283 @@
+"""The content-addressed blob store: round trip, one file per content, limits, hash validation,
+concurrency, cancellation and the fsyncs behind "durable after return"."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from core import blobs
+from core.blobs import (
+    BlobCorrupt,
+    BlobNotFound,
+    BlobRef,
+    BlobStore,
+    BlobTooLarge,
+    InvalidBlobHash,
+)
+
+PHOTO = os.urandom(700_000)  # larger than the write buffer: several writes, like a real photo
+
+
+async def chunks_of(data: bytes, size: int = 16 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+        await asyncio.sleep(0)
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+async def wait_for(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BlobStore:
+    return BlobStore(tmp_path / "blobs")
+
+
+async def test_round_trip(store: BlobStore) -> None:
+    ref = await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO))
+    sha256 = hashlib.sha256(PHOTO).hexdigest()
+    assert ref == BlobRef(sha256, len(PHOTO))
+    assert store.path(ref) == store.root / sha256[:2] / sha256[2:4] / sha256
+    assert store.exists(ref)
+    assert store.exists(sha256)
+    assert await store.read(ref) == PHOTO
+    assert await store.read(sha256) == PHOTO
+    assert files_under(store.root) == [store.path(ref)]  # no temporary file left
+
+
+async def test_empty_blob(store: BlobStore) -> None:
+    ref = await store.put_stream(chunks_of(b""), max_bytes=0)
+    assert ref == BlobRef(hashlib.sha256(b"").hexdigest(), 0)
+    assert await store.read(ref) == b""
+
+
+async def test_the_same_content_twice_is_one_file(store: BlobStore) -> None:
+    first = await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO))
+    again = await store.put_stream(chunks_of(PHOTO, size=1000), max_bytes=len(PHOTO))
+    assert again == first
+    assert files_under(store.root) == [store.path(first)]
+
+
+async def test_concurrent_puts_of_the_same_content(store: BlobStore) -> None:
+    refs = await asyncio.gather(
+        *(store.put_stream(chunks_of(PHOTO, size=4096 * (i + 1)), len(PHOTO)) for i in range(8))
+    )
+    assert set(refs) == {BlobRef(hashlib.sha256(PHOTO).hexdigest(), len(PHOTO))}
+    assert files_under(store.root) == [store.path(refs[0])]
+    assert await store.read(refs[0]) == PHOTO
+
+
+async def test_different_contents_are_different_files(store: BlobStore) -> None:
+    refs = await asyncio.gather(
+        *(store.put_stream(chunks_of(bytes([i]) * 100), 100) for i in range(3))
+    )
+    assert len({ref.sha256 for ref in refs}) == 3
+    assert files_under(store.root) == sorted(store.path(ref) for ref in refs)
+
+
+async def test_over_the_limit_aborts_and_leaves_nothing(store: BlobStore) -> None:
+    read_after_limit = False
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal read_after_limit
+        sent = 0
+        while True:
+            if sent > 300_000:
+                read_after_limit = True
+            yield bytes(64 * 1024)
+            sent += 64 * 1024
+
+    with pytest.raises(BlobTooLarge):
+        await store.put_stream(endless(), max_bytes=300_000)
+    assert not read_after_limit  # aborted on the chunk that crossed the limit
+    assert files_under(store.root) == []
+
+
+async def test_one_byte_over_the_limit(store: BlobStore) -> None:
+    with pytest.raises(BlobTooLarge):
+        await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO) - 1)
+    assert files_under(store.root) == []
+
+
+async def test_a_failing_upload_leaves_nothing(store: BlobStore) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield bytes(400_000)  # more than the write buffer: a temporary file exists
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.put_stream(broken(), max_bytes=len(PHOTO))
+    assert files_under(store.root) == []
+
+
+async def test_a_cancelled_upload_leaves_nothing(store: BlobStore) -> None:
+    async def stalled() -> AsyncIterator[bytes]:
+        yield bytes(400_000)  # more than the write buffer: a temporary file exists
+        await asyncio.sleep(3600)
+        yield b"never"
+
+    upload = asyncio.create_task(store.put_stream(stalled(), max_bytes=1_000_000))
+    await wait_for(lambda: files_under(store.root))
+    upload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await upload
+    await wait_for(lambda: not files_under(store.root))
+
+
+async def test_cancelled_during_a_write_in_its_thread(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread cannot be stopped: the cancellation returns at once, and the write that goes on
+    in its thread leaves no file behind."""
+    in_thread = threading.Event()
+    release = threading.Event()
+    real_write = blobs._PendingBlob.write
+
+    def held_write(self: blobs._PendingBlob, data: bytes) -> None:
+        in_thread.set()
+        release.wait(timeout=10)
+        real_write(self, data)
+
+    monkeypatch.setattr(blobs._PendingBlob, "write", held_write)
+    upload = asyncio.create_task(store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO)))
+    await wait_for(in_thread.is_set)
+    upload.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(upload, timeout=1.0)
+    release.set()
+    await wait_for(lambda: not files_under(store.root))
+
+
+BAD_HASHES = [
+    "",
+    "../" * 20 + "etc/passwd",
+    "/etc/passwd",
+    "ab/../../" + "0" * 55,
+    "0" * 63,
+    "0" * 65,
+    "A" * 64,  # upper case: one content, one name
+    "g" * 64,
+    "0" * 64 + "\n",
+    "0" * 32 + "\x00" + "0" * 31,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_HASHES)
+async def test_a_bad_hash_is_rejected_before_any_path_is_built(store: BlobStore, bad: str) -> None:
+    with pytest.raises(InvalidBlobHash):
+        store.path(bad)
+    with pytest.raises(InvalidBlobHash):
+        store.exists(bad)
+    with pytest.raises(InvalidBlobHash):
+        await store.read(bad)
+    with pytest.raises(InvalidBlobHash):
+        BlobRef(bad, 0)
+
+
+def test_invalid_hash_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="64 lower-case hex"):
+        BlobRef("nope", 1)
+
+
+async def test_read_missing(store: BlobStore) -> None:
+    missing = "0" * 64
+    assert not store.exists(missing)
+    with pytest.raises(BlobNotFound):
+        await store.read(missing)
+
+
+async def test_read_refuses_what_is_larger_than_asked(store: BlobStore) -> None:
+    ref = await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO))
+    assert await store.read(ref, max_bytes=len(PHOTO)) == PHOTO
+    with pytest.raises(BlobTooLarge):
+        await store.read(ref, max_bytes=len(PHOTO) - 1)
+
+
+async def test_read_checks_size_and_content(store: BlobStore) -> None:
+    ref = await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO))
+    with pytest.raises(BlobCorrupt):
+        await store.read(BlobRef(ref.sha256, ref.size_bytes + 1))
+    damaged = bytearray(PHOTO)
+    damaged[1000] ^= 0xFF
+    store.path(ref).write_bytes(bytes(damaged))
+    with pytest.raises(BlobCorrupt):
+        await store.read(ref)
+
+
+async def test_durable_before_it_returns(store: BlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file, its directory and every directory created for it are fsynced."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    ref = await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO))
+    path = store.path(ref)
+    assert any(Path(name).parent == store.root / ".tmp" for name in synced)  # the file, by fd
+    for directory in (path.parent, path.parent.parent, store.root):
+        assert str(directory) in synced
+
+
+async def test_a_slow_disk_does_not_stall_the_event_loop(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes and fsyncs run in threads: with every fsync taking 200 ms, the loop still turns."""
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.2)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    worst_gap_s = 0.0
+    running = True
+
+    async def ticker() -> None:
+        nonlocal worst_gap_s
+        last = time.perf_counter()
+        while running:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            worst_gap_s = max(worst_gap_s, now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    started = time.perf_counter()
+    await store.put_stream(chunks_of(PHOTO), max_bytes=len(PHOTO))
+    assert time.perf_counter() - started >= 0.2 * 4  # the file and three new directories
+    running = False
+    await tick
+    assert worst_gap_s < 0.15
+
+
+def test_settings_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        BlobStore(tmp_path, write_buffer_bytes=0)
+
+
+async def test_negative_limit_is_refused(store: BlobStore) -> None:
+    empty: Iterable[bytes] = []
+
+    async def none() -> AsyncIterator[bytes]:
+        for chunk in empty:
+            yield chunk
+
+    with pytest.raises(ValueError, match="negative"):
+        await store.put_stream(none(), max_bytes=-1)
