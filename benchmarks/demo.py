@@ -131,7 +131,10 @@ async def _act(
                         done[f"OTP entered: {response.status}"] += 1
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(person(session, a) for a in accepted))
+        # A repeated NIK is rejected when stored: no mail, no SMS for it.
+        await asyncio.gather(
+            *(person(session, a) for a in accepted if a.registrant.kind == "valid")
+        )
     return dict(done)
 
 
@@ -346,6 +349,7 @@ def main(
     ports = sim_ports(sim_port_base)
     wired = settings.replace(
         edge_access_log=False,
+        public_base_url=f"http://{settings.edge_host}:{settings.edge_port}",
         dukcapil_url=f"http://127.0.0.1:{ports['dukcapil']}",
         dapodik_url=f"http://127.0.0.1:{ports['dapodik']}",
         dtks_url=f"http://127.0.0.1:{ports['dtks']}",

@@ -108,6 +108,26 @@ async def record_failed(
     )
 
 
+async def record_review(
+    connection: asyncpg.Connection, registration_id: uuid.UUID, check: Check, reason: str
+) -> None:
+    """The machine cannot decide: the check is final ('failed' with the reason) and the
+    registration waits in 'review' for a person, unless it is decided already."""
+    await connection.execute(
+        "UPDATE checks SET state = 'failed', reason = $3, updated_at = now(), finished_at = now()"
+        " WHERE registration_id = $1 AND check_name = $2",
+        registration_id,
+        check.value,
+        reason,
+    )
+    await connection.execute(
+        "UPDATE registrations SET status = 'review', reject_reason = $2, decided_at = now()"
+        " WHERE id = $1 AND status = 'received'",
+        registration_id,
+        reason,
+    )
+
+
 async def record_retrying(
     connection: asyncpg.Connection, registration_id: uuid.UUID, check: Check, reason: str
 ) -> None:

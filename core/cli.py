@@ -90,7 +90,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 # The persist worker, the outbox dispatcher, and one lane per verifier that exists.
-WORKER_KINDS = ["persist", "dispatch", "dukcapil", "dapodik", "dtks"]
+WORKER_KINDS = ["persist", "dispatch", "email", "phone", "dukcapil", "dapodik", "dtks", "photo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

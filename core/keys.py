@@ -9,7 +9,11 @@ purpose, so that a leak of one derived key (say, the token key) reveals nothing 
 - ``token``: HMAC that turns a registration id into its access token, so the edge can issue and
   check tokens without a database;
 - ``seal``: AES-256-GCM for message bodies, so that personal data never sits in clear in the
-  broker, and so that a worker only trusts what an edge holding the key produced.
+  broker, and so that a worker only trusts what an edge holding the key produced;
+- ``link``: HMAC that signs the token of an email verification link (the edge checks it
+  before it touches the database);
+- ``code``: HMAC of the one-time secrets (an email link's, an SMS code), the only form in which
+  they are stored.
 
 Ciphertexts start with a one-byte key version so that keys can be rotated later.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 import base64
 import hmac
 import os
+import re
+import struct
 import uuid
 from dataclasses import dataclass
 
@@ -31,10 +37,24 @@ from core.ids import uuid8
 
 KEY_VERSION = 1
 _NONCE_BYTES = 12
+# An email link token: version, registration id, expiry (Unix seconds), the 16-byte secret,
+# then the HMAC-SHA256 of all that: 73 bytes, 98 URL-safe base64 characters without padding.
+_LINK_PAYLOAD = struct.Struct(">B16sq16s")
+LINK_SECRET_BYTES = 16
+_LINK_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{98}")
 
 
 class DecryptionError(ValueError):
     """A ciphertext was tampered with, truncated, or made with another key."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmailLink:
+    """What a genuine email link token carries."""
+
+    registration_id: uuid.UUID
+    secret: bytes
+    expires_at_s: int
 
 
 def _derive(master: bytes, purpose: str) -> bytes:
@@ -51,6 +71,8 @@ class Keyring:
     token_key: bytes
     data: AESGCM
     seal: AESGCM
+    link_key: bytes
+    code_key: bytes
 
     @classmethod
     def from_secret(cls, secret: str) -> Keyring:
@@ -60,6 +82,8 @@ class Keyring:
             token_key=_derive(master, "access-token"),
             data=AESGCM(_derive(master, "data-at-rest")),
             seal=AESGCM(_derive(master, "message-seal")),
+            link_key=_derive(master, "email-link"),
+            code_key=_derive(master, "contact-code"),
         )
 
     def nik_hmac(self, nik: str) -> bytes:
@@ -93,6 +117,38 @@ class Keyring:
         maps to the same id, which the worker stores at most once."""
         digest = hmac.digest(self.token_key, b"idem:" + idempotency_key.encode(), "sha256")
         return uuid8(digest)
+
+    def email_link_token(self, registration_id: uuid.UUID, secret: bytes, expires_at_s: int) -> str:
+        """The signed token of an email verification link. The signature only proves that this
+        deployment made it; whether its secret is still the live one is the database's word."""
+        payload = _LINK_PAYLOAD.pack(KEY_VERSION, registration_id.bytes, expires_at_s, secret)
+        signature = hmac.digest(self.link_key, payload, "sha256")
+        return base64.urlsafe_b64encode(payload + signature).rstrip(b"=").decode()
+
+    def open_email_link_token(self, token: str) -> EmailLink | None:
+        """The content of a genuine token, or None for anything else (any string is safe)."""
+        if not _LINK_TOKEN_RE.fullmatch(token):
+            return None
+        raw = base64.urlsafe_b64decode(token + "==")
+        # Only the canonical encoding: no two strings are the same token.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
+            return None
+        payload, signature = raw[: _LINK_PAYLOAD.size], raw[_LINK_PAYLOAD.size :]
+        if not hmac.compare_digest(hmac.digest(self.link_key, payload, "sha256"), signature):
+            return None
+        version, id_bytes, expires_at_s, secret = _LINK_PAYLOAD.unpack(payload)
+        if version != KEY_VERSION:
+            return None
+        return EmailLink(uuid.UUID(bytes=id_bytes), secret, expires_at_s)
+
+    def contact_code_hmac(
+        self, channel: str, registration_id: uuid.UUID, generation: int, secret: bytes
+    ) -> bytes:
+        """Keyed HMAC of a one-time secret as stored: bound to its registration, channel and
+        generation, so that a digest matches nothing else and a six-digit code cannot be found
+        from the database without the key."""
+        message = b"%s\0%s%s" % (channel.encode(), registration_id.bytes, generation.to_bytes(8))
+        return hmac.digest(self.code_key, message + secret, "sha256")
 
 
 def _encrypt(aead: AESGCM, plaintext: bytes, context: bytes) -> bytes:

@@ -82,6 +82,13 @@ class Settings:
     resend_cooldown_s: int = 60
     resend_max: int = 3
 
+    # Photo check. Blobs are content-addressed files (core.blobs); a relative path is resolved
+    # from the working directory (for development; mount a volume in production).
+    blob_dir: str = ".intake-blobs"
+    photo_max_bytes: int = 5 * 1024 * 1024
+    # Processes analysing photos in each photo lane worker (about 10 photos/s per process).
+    photo_workers: int = 1
+
     # Persist worker.
     # Unacknowledged messages per worker. It must cover about two batches of messages, or the
     # next batch cannot arrive while one is being written (the acks free the window): with 10
@@ -115,6 +122,8 @@ class Settings:
             raise SettingsError("edge batch sizes must be positive")
         if self.delivery_limit < 1:
             raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
+        if self.photo_max_bytes < 1 or self.photo_workers < 1:
+            raise SettingsError("INTAKE_PHOTO_MAX_BYTES and INTAKE_PHOTO_WORKERS must be positive")
 
     def to_env(self) -> dict[str, str]:
         """The ``INTAKE_*`` variables that reproduce these settings in another process."""

@@ -3,7 +3,8 @@
 A *check* is one verification step of a registration. Each check has its own queue (its *lane*)
 and its own verifier in ``verifiers/``. A verifier only verifies: it receives the task and the
 registrant's data and returns :class:`Passed`, or raises :class:`Retry` (a transient failure:
-try again later) or :class:`Reject` (the registration fails this check). The worker runtime maps
+try again later), :class:`Reject` (the registration fails this check) or :class:`Review` (a
+person must decide). The worker runtime maps
 outcomes to database state, acknowledgements, delayed retries and dead letters in one place
 (``workers/lane.py``); limits, breakers and metrics wrap the verifier from outside.
 """
@@ -120,12 +121,23 @@ class Reject(Exception):
         self.reason = reason
 
 
+class Review(Exception):
+    """A person must look at the registration, for ``reason`` (a stable code): the machine
+    cannot decide, e.g. a selfie that another registration uploaded too."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Verifier(Protocol):
     """One verification step. Implementations live one per file in ``verifiers/``."""
 
     check: ClassVar[Check]
 
     async def verify(self, task: Task, subject: Subject) -> Passed:
-        """Return :class:`Passed` or raise :class:`Retry` or :class:`Reject`. Must be safe to
-        call again for the same task (deliveries are at least once)."""
+        """Return :class:`Passed` or raise :class:`Retry`, :class:`Reject` or :class:`Review`.
+        Must be safe to call again for the same task (deliveries are at least once). A verifier
+        holding resources (a process pool) may also have ``async def close()``: the lane calls
+        it once it has stopped."""
         ...

@@ -194,6 +194,12 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    from intake import contact_routes  # imports this module's app keys: imported once they exist
+
+    contact_routes.add_routes(app)
+    from intake import photo_routes  # likewise
+
+    photo_routes.add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
 

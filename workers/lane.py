@@ -7,6 +7,8 @@ Outcomes map to state, acknowledgements and retries here, in one place:
   then the task is acknowledged;
 - :class:`~core.verification.Reject`: the check failed, the registration is rejected with the
   reason; then ack;
+- :class:`~core.verification.Review`: the check is final ('failed' with the reason) and the
+  registration goes to 'review' for a person; then ack;
 - :class:`~core.verification.Retry` (or any unexpected error): the next attempt is published to
   a delay queue with exponential backoff and full jitter, confirmed, the check recorded as
   retrying; then ack. Nothing sits unacknowledged while it waits. After ``lane_max_attempts`` the
@@ -36,7 +38,7 @@ from core import checks, topology
 from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
-from core.verification import Check, Passed, Reject, Retry, Task, TaskError, Verifier
+from core.verification import Check, Passed, Reject, Retry, Review, Task, TaskError, Verifier
 from workers.dispatch import publish_task
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,14 @@ class LaneWorker:
         self._stopping.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            close = getattr(self._verifier, "close", None)
+            if close is not None:
+                await close()  # e.g. the photo verifier's process pool
+
+    async def _run(self) -> None:
         delay_s = 0.1
         while not self._stopping.is_set():
             try:
@@ -138,10 +148,10 @@ class LaneWorker:
                 await self._dead_letter(task, "unreadable_registration")
                 await message.ack()
                 return
-        outcome: Passed | Reject | Retry
+        outcome: Passed | Reject | Review | Retry
         try:
             outcome = await self._verifier.verify(task, subject)
-        except (Reject, Retry) as exc:
+        except (Reject, Review, Retry) as exc:
             outcome = exc
         except Exception as exc:  # a verifier bug must not lose the task: retry it
             log.exception("verifier failed: %s", type(exc).__name__)
@@ -152,7 +162,7 @@ class LaneWorker:
             await self._record(task, outcome)
         await message.ack()
 
-    async def _record(self, task: Task, outcome: Passed | Reject) -> None:
+    async def _record(self, task: Task, outcome: Passed | Reject | Review) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             state = await checks.lock_state(connection, task.registration_id, task.check)
             if state is None or state in FINAL_STATES:
@@ -161,6 +171,11 @@ class LaneWorker:
             if isinstance(outcome, Passed):
                 await checks.record_passed(connection, task.registration_id, task.check, outcome)
                 self._count("passed")
+            elif isinstance(outcome, Review):
+                await checks.record_review(
+                    connection, task.registration_id, task.check, outcome.reason
+                )
+                self._count(f"review:{outcome.reason}")
             else:
                 await checks.record_failed(
                     connection, task.registration_id, task.check, outcome.reason
@@ -229,7 +244,7 @@ async def serve(settings: Settings, check: Check) -> None:
     )
     connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
     async with pool, aiohttp.ClientSession(connector=connector) as http:
-        worker = LaneWorker(settings, keyring, pool, registry.build(check, settings, http))
+        worker = LaneWorker(settings, keyring, pool, registry.build(check, settings, http, pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)

@@ -63,7 +63,7 @@ async def lanes(
     keyring = Keyring.from_secret(settings.secret_key)
     async with aiohttp.ClientSession() as http:
         workers = {
-            c: LaneWorker(settings, keyring, pool, registry.build(c, settings, http))
+            c: LaneWorker(settings, keyring, pool, registry.build(c, settings, http, pool))
             for c in checks
         }
         tasks = [asyncio.create_task(w.run()) for w in workers.values()]

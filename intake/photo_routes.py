@@ -1,0 +1,145 @@
+"""The registrant's upload of the selfie with the ID card.
+
+    PUT /v1/registrations/{id}/photo    the JPEG or PNG bytes, with the bearer token
+
+The body is streamed into the content-addressed blob store (``core.blobs``), never held whole in
+memory and never put in a message: the photo lane gets a task naming the registration and reads
+the blob. The rule: a photo is accepted while the photo check *waits* for one (the registration
+is stored, started and not decided). The upload then makes the check pending again in the outbox
+(``dispatched_at`` NULL, ``NOTIFY``), in the transaction that records the photo, so its task
+cannot be lost. Sending the same bytes again while they are being checked is answered 202 again
+(a client retrying an upload whose answer it lost); anything else later is a 409.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from core import checks
+from core.blobs import BlobRef, BlobStore, BlobTooLarge
+from core.checks import OUTBOX_CHANNEL
+from core.verification import Check
+from intake.app import DB, KEYRING, SETTINGS
+from intake.problems import problem, unavailable
+
+log = logging.getLogger(__name__)
+
+BLOBS = web.AppKey("blobs", BlobStore)
+PHOTO_TYPES = frozenset({"image/jpeg", "image/png"})
+_CHUNK_BYTES = 64 * 1024
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_STATE_SQL = """
+SELECT r.status, c.state, p.sha256
+FROM registrations r
+LEFT JOIN checks c ON c.registration_id = r.id AND c.check_name = 'photo'
+LEFT JOIN photos p ON p.registration_id = r.id
+WHERE r.id = $1
+"""
+_UPSERT_SQL = """
+INSERT INTO photos (registration_id, sha256, size_bytes) VALUES ($1, $2, $3)
+ON CONFLICT (registration_id) DO UPDATE SET sha256 = $2, size_bytes = $3, uploaded_at = now(),
+    phash = NULL, analysed_at = NULL, outcome = NULL
+"""
+_PENDING_SQL = """
+UPDATE checks SET state = 'pending', reason = NULL, dispatched_at = NULL, updated_at = now()
+WHERE registration_id = $1 AND check_name = 'photo'
+"""
+
+
+def add_routes(app: web.Application) -> None:
+    """Add the photo upload route and the blob store it writes to."""
+    app[BLOBS] = BlobStore(Path(app[SETTINGS].blob_dir))
+    app.router.add_put("/v1/registrations/{id}/photo", upload_photo)
+
+
+async def upload_photo(request: web.Request) -> web.StreamResponse:
+    """``PUT /v1/registrations/{id}/photo``: 202 once the photo is durable and its check queued."""
+    registration_id = _bearer(request)
+    if registration_id is None:
+        return problem(404, "not-found", "No such registration")
+    max_bytes = request.app[SETTINGS].photo_max_bytes
+    if request.content_type not in PHOTO_TYPES:
+        return problem(415, "unsupported-media-type", "The photo must be image/jpeg or image/png")
+    if request.content_length is not None and request.content_length > max_bytes:
+        return problem(413, "too-large", "The photo is too large")
+    try:
+        # Checked before the upload too, so that no blob is stored for nothing in the usual case.
+        refusal = _refusal(await _state(request, registration_id), None)
+        if refusal is not None:
+            return refusal
+        try:
+            ref = await request.app[BLOBS].put_stream(
+                request.content.iter_chunked(_CHUNK_BYTES), max_bytes
+            )
+        except BlobTooLarge:
+            return problem(413, "too-large", "The photo is too large")
+        async with request.app[DB].acquire() as connection, connection.transaction():
+            return await _record(connection, registration_id, ref)
+    except _DB_ERRORS as exc:
+        log.warning("photo upload failed: %s", type(exc).__name__)
+        return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
+
+
+async def _state(request: web.Request, registration_id: uuid.UUID) -> asyncpg.Record | None:
+    async with request.app[DB].acquire() as connection:
+        row: asyncpg.Record | None = await connection.fetchrow(_STATE_SQL, registration_id)
+        return row
+
+
+def _refusal(row: asyncpg.Record | None, sha256: str | None) -> web.Response | None:
+    """The 409 for a registration that takes no photo now, or None if it does (or if ``sha256``
+    is the photo being checked already: a retried upload; None before the upload, when the
+    bytes are not known yet)."""
+    if row is None or row["state"] is None:
+        return problem(409, "not-ready", "The registration is not stored yet; try again shortly")
+    if row["status"] != "received":
+        return problem(409, "registration-closed", "The registration is decided already")
+    if row["state"] == "waiting":
+        return None
+    if row["state"] in ("pending", "retrying") and sha256 in (None, row["sha256"]):
+        return None
+    return problem(409, "photo-already-uploaded", "A photo was uploaded already")
+
+
+async def _record(
+    connection: asyncpg.Connection, registration_id: uuid.UUID, ref: BlobRef
+) -> web.Response:
+    """Under the check's lock: record the photo and put the check in the outbox."""
+    state = await checks.lock_state(connection, registration_id, Check.PHOTO)
+    row = await connection.fetchrow(_STATE_SQL, registration_id)
+    refusal = _refusal(row, ref.sha256)
+    if refusal is not None:
+        return refusal  # the blob stays, unreferenced (content-addressed: harmless)
+    if state == "waiting":
+        await connection.execute(_UPSERT_SQL, registration_id, ref.sha256, ref.size_bytes)
+        await connection.execute(_PENDING_SQL, registration_id)
+        await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    body: dict[str, Any] = {
+        "id": str(registration_id),
+        "check": Check.PHOTO.value,
+        "size_bytes": ref.size_bytes,
+    }
+    return web.Response(status=202, body=orjson.dumps(body), content_type="application/json")
+
+
+def _bearer(request: web.Request) -> uuid.UUID | None:
+    """The path's registration id if the request carries its access token (as the status
+    look-up: a malformed id, a missing or wrong token are all a 404)."""
+    try:
+        registration_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not request.app[KEYRING].check_access_token(
+        registration_id, token.strip()
+    ):
+        return None
+    return registration_id

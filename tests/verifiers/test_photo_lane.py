@@ -1,0 +1,252 @@
+"""The photo check end to end: the edge's upload route, the persist worker, the dispatcher and
+the photo lane with its process pool, on real RabbitMQ and PostgreSQL, with real photographs
+(scikit-image's samples, encoded here, small to keep the suite fast)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import uuid
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+from aiohttp.web import Application, Request
+from PIL import Image
+from skimage import data
+
+from core import topology
+from core.settings import Settings
+from core.verification import Check, Task
+from tests.support import inprocess
+from tests.support.people import person
+from tests.support.waiting import eventually
+
+Client = TestClient[Request, Application]
+PROBLEMS = "https://intake.example/problems/"
+MAX_BYTES = 300_000
+
+
+def encode(image: Image.Image, image_format: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def sample(name: str) -> Image.Image:
+    pixels = getattr(data, name)()
+    if pixels.ndim == 2:
+        pixels = np.stack([pixels] * 3, axis=-1)
+    return Image.fromarray(pixels[..., :3].astype(np.uint8))
+
+
+def selfie() -> bytes:
+    """A real portrait, 512x512: exactly one face."""
+    return encode(sample("astronaut"), "JPEG", quality=85)
+
+
+def two_faces() -> bytes:
+    portrait = np.asarray(sample("astronaut"))
+    return encode(Image.fromarray(np.hstack([portrait, portrait])), "JPEG", quality=80)
+
+
+def no_face() -> bytes:
+    return encode(sample("coffee"), "JPEG", quality=80)
+
+
+def bomb_png(width: int = 6000, height: int = 6000) -> bytes:
+    """A valid 1-bit PNG of 36 Mpx in a few kilobytes (a decompression bomb for the limits)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    row_bytes = 1 + (width + 7) // 8
+    idat = zlib.compress(bytes(row_bytes * height), 9)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+@dataclass(frozen=True, slots=True)
+class Registrant:
+    id: uuid.UUID
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Stack:
+    client: Client
+    db: asyncpg.Pool
+    settings: Settings
+    seen: aio_pika.abc.AbstractQueue
+
+    async def register(self, index: int) -> Registrant:
+        response = await self.client.post("/v1/registrations", json=person(index, seed=41))
+        assert response.status == 202
+        body = await response.json()
+        registrant = Registrant(uuid.UUID(body["id"]), body["access_token"])
+        await eventually(lambda: self.photo_state(registrant), lambda s: s == "waiting", 20)
+        return registrant
+
+    async def upload(
+        self, who: Registrant, photo: bytes, content_type: str = "image/jpeg"
+    ) -> tuple[int, dict[str, Any]]:
+        response = await self.client.put(
+            f"/v1/registrations/{who.id}/photo",
+            data=photo,
+            headers={**who.auth, "Content-Type": content_type},
+        )
+        return response.status, await response.json(content_type=None)
+
+    async def photo_state(self, who: Registrant) -> str | None:
+        state: str | None = await self.db.fetchval(
+            "SELECT state FROM checks WHERE registration_id = $1 AND check_name = 'photo'", who.id
+        )
+        return state
+
+    async def outcome(self, who: Registrant) -> tuple[str, str | None, str, str | None]:
+        """(check state, check reason, registration status, its reason) once the check is
+        final."""
+        await eventually(lambda: self.photo_state(who), lambda s: s in ("passed", "failed"), 30)
+        row = await self.db.fetchrow(
+            "SELECT c.state, c.reason, r.status, r.reject_reason FROM checks c"
+            " JOIN registrations r ON r.id = c.registration_id"
+            " WHERE c.registration_id = $1 AND c.check_name = 'photo'",
+            who.id,
+        )
+        assert row is not None
+        return (row["state"], row["reason"], row["status"], row["reject_reason"])
+
+
+@pytest.fixture
+async def stack(settings: Settings, db: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Stack]:
+    wired = settings.replace(blob_dir=str(tmp_path / "blobs"), photo_max_bytes=MAX_BYTES)
+    amqp = await aio_pika.connect(wired.amqp_url)
+    async with amqp:
+        channel = await amqp.channel()
+        lanes = await topology.declare_lanes(channel, wired, tuple(Check))
+        await lanes.queues[Check.PHOTO].purge()
+        # A copy of every verification task and retry published while the test runs.
+        seen = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await seen.bind(lanes.verify_exchange, routing_key="#")
+        await seen.bind(lanes.delay_exchange, routing_key="#")
+        async with (
+            inprocess.edge(wired) as client,
+            inprocess.persist_worker(wired, db),
+            inprocess.dispatcher(wired, db),
+            inprocess.lanes(wired, db, (Check.PHOTO,)),
+        ):
+            yield Stack(client, db, wired, seen)
+
+
+async def test_a_selfie_with_one_face_passes(stack: Stack) -> None:
+    who = await stack.register(1)
+    status, body = await stack.upload(who, selfie())
+    assert status == 202
+    assert body == {"id": str(who.id), "check": "photo", "size_bytes": len(selfie())}
+    assert await stack.outcome(who) == ("passed", None, "received", None)
+    row = await stack.db.fetchrow("SELECT * FROM photos WHERE registration_id = $1", who.id)
+    assert row["outcome"] == "ok"
+    assert row["phash"] is not None
+    assert row["analysed_at"] is not None
+    # Taken once: a different photo now is refused, the same one is not analysed again.
+    status, body = await stack.upload(who, no_face())
+    assert (status, body["type"]) == (409, PROBLEMS + "photo-already-uploaded")
+
+
+async def test_each_bad_photo_rejects_the_registration_with_its_reason(stack: Stack) -> None:
+    cases = {
+        "photo_no_face": (no_face(), "image/jpeg"),
+        "photo_multiple_faces": (two_faces(), "image/jpeg"),
+        "photo_not_an_image": (b"this is not a photograph at all", "image/jpeg"),
+        "photo_truncated": (selfie()[: len(selfie()) // 2], "image/jpeg"),
+        "photo_too_many_pixels": (bomb_png(), "image/png"),
+    }
+    uploaded = {}
+    for index, (reason, (photo, content_type)) in enumerate(cases.items()):
+        who = await stack.register(10 + index)
+        status, _ = await stack.upload(who, photo, content_type)
+        assert status == 202, reason
+        uploaded[reason] = who
+    for reason, who in uploaded.items():
+        assert await stack.outcome(who) == ("failed", reason, "rejected", reason)
+    # Decided: no new photo is taken.
+    status, body = await stack.upload(uploaded["photo_no_face"], selfie())
+    assert (status, body["type"]) == (409, PROBLEMS + "registration-closed")
+
+
+async def test_the_same_selfie_on_a_second_registration_goes_to_review(stack: Stack) -> None:
+    first, second = await stack.register(30), await stack.register(31)
+    original = sample("astronaut")
+    assert (await stack.upload(first, encode(original, "JPEG", quality=95)))[0] == 202
+    assert await stack.outcome(first) == ("passed", None, "received", None)
+    # Re-encoded and resized: other bytes, the same perceptual hash (within a few bits).
+    larger = original.resize((600, 600), Image.Resampling.LANCZOS)
+    assert (await stack.upload(second, encode(larger, "JPEG", quality=80)))[0] == 202
+    assert await stack.outcome(second) == ("failed", "photo_reused", "review", "photo_reused")
+
+
+async def test_the_edge_refuses_without_token_wrong_type_or_too_large(stack: Stack) -> None:
+    who = await stack.register(40)
+    url = f"/v1/registrations/{who.id}/photo"
+    jpeg = {"Content-Type": "image/jpeg"}
+    for headers in (jpeg, {**jpeg, "Authorization": "Bearer nope"}):
+        response = await stack.client.put(url, data=selfie(), headers=headers)
+        assert response.status == 404
+    other = await stack.register(41)
+    response = await stack.client.put(url, data=selfie(), headers={**jpeg, **other.auth})
+    assert response.status == 404
+    response = await stack.client.put(
+        url, data=b"GIF89a", headers={**who.auth, "Content-Type": "image/gif"}
+    )
+    assert (response.status, (await response.json())["type"]) == (
+        415,
+        PROBLEMS + "unsupported-media-type",
+    )
+    # Too large, announced by Content-Length, and streamed without one.
+    status, body = await stack.upload(who, bytes(MAX_BYTES + 1))
+    assert (status, body["type"]) == (413, PROBLEMS + "too-large")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(MAX_BYTES // 65536 + 2):
+            yield bytes(65536)
+
+    response = await stack.client.put(url, data=chunks(), headers={**who.auth, **jpeg})
+    assert response.status == 413
+    assert not _files(Path(stack.settings.blob_dir)), "nothing may be stored"
+    assert await stack.db.fetchval("SELECT count(*) FROM photos") == 0
+    assert await stack.photo_state(who) == "waiting"
+
+
+async def test_no_message_carries_the_photo(stack: Stack) -> None:
+    who = await stack.register(50)
+    photo = selfie()
+    assert (await stack.upload(who, photo))[0] == 202
+    assert await stack.outcome(who) == ("passed", None, "received", None)
+    sha256 = await stack.db.fetchval("SELECT sha256 FROM photos WHERE registration_id = $1", who.id)
+    photo_tasks = []
+    while (message := await stack.seen.get(fail=False, no_ack=True)) is not None:
+        assert len(message.body) < 200
+        assert photo[:64] not in message.body
+        assert sha256.encode() not in message.body
+        task = Task.from_json(message.body)  # a task, and nothing else
+        if task.check is Check.PHOTO:
+            photo_tasks.append(task)
+    assert photo_tasks == [Task(who.id, Check.PHOTO, 1)]

@@ -1,0 +1,135 @@
+"""The photo check: the selfie with the ID card, once the registrant uploaded it.
+
+The edge stores the upload as a content-addressed blob (``core.blobs``) and its row in
+``photos``; the task names only the registration. Here the blob is read, analysed in a process
+pool (``verifiers.imaging``: CPU-bound, about 10 photos/s per process, never on the event loop),
+and the outcome mapped:
+
+- not a usable photo of one face: :class:`Reject` with ``photo_<outcome>`` (``photo_no_face``,
+  ``photo_multiple_faces``, ``photo_truncated``, ...);
+- one face, but the same selfie is on another registration (the same bytes, or a perceptual
+  hash within :data:`~verifiers.imaging.SAME_PHOTO_MAX_DISTANCE` bits): :class:`Review` with
+  ``photo_reused``. Sharing a photo is suspicious, not proof of fraud: a person decides;
+- otherwise :class:`Passed`.
+
+The analysis is written to ``photos`` and committed *before* looking for reuse, so of two
+registrations analysed at the same moment with the same selfie at least one sees the other.
+A missing blob or a crashed analysis process is a :class:`Retry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import ClassVar
+
+import asyncpg
+
+from core.blobs import BlobError, BlobNotFound, BlobRef, BlobStore
+from core.settings import Settings
+from core.verification import Check, Passed, Reject, Retry, Review, Subject, Task
+from verifiers.imaging import (
+    SAME_PHOTO_MAX_DISTANCE,
+    PhotoAnalysis,
+    PhotoLimits,
+    analyse,
+    init_worker_process,
+)
+
+log = logging.getLogger(__name__)
+
+REUSED = "photo_reused"
+
+_PHOTO_SQL = "SELECT sha256, size_bytes FROM photos WHERE registration_id = $1"
+_ANALYSED_SQL = """
+UPDATE photos SET phash = $2, outcome = $3, analysed_at = now()
+WHERE registration_id = $1 AND sha256 = $4
+"""
+# A sequential scan over analysed photos for the phash part: see docs/architecture.md.
+_REUSED_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM photos
+    WHERE registration_id <> $1
+      AND (sha256 = $2 OR bit_count((phash # $3::bigint)::bit(64)) <= $4)
+)
+"""
+
+
+def phash_to_bigint(phash_hex: str) -> int:
+    """The 16 hex digits of a perceptual hash as PostgreSQL's signed 64-bit integer."""
+    value = int(phash_hex, 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class PhotoVerifier:
+    """Analyses the uploaded selfie of a registration; see the module's docstring.
+
+    Owns a process pool of ``settings.photo_workers`` processes, started on the first photo
+    (spawned, not forked: the lane's process runs threads) and shut down by :meth:`close`.
+    """
+
+    check: ClassVar[Check] = Check.PHOTO
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._blobs = BlobStore(Path(settings.blob_dir))
+        self._limits = PhotoLimits(max_bytes=settings.photo_max_bytes)
+        self._workers = settings.photo_workers
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    async def verify(self, task: Task, subject: Subject) -> Passed:
+        row = await self._pool.fetchrow(_PHOTO_SQL, task.registration_id)
+        if row is None:
+            raise Retry("photo_row_missing")  # written with the pending check: should not happen
+        ref = BlobRef(row["sha256"], row["size_bytes"])
+        try:
+            data = await self._blobs.read(ref, max_bytes=self._limits.max_bytes)
+        except BlobNotFound:
+            raise Retry("blob_missing") from None
+        except BlobError as exc:
+            raise Retry(f"blob_unreadable:{type(exc).__name__}") from None
+        analysis = await self._analyse(data)
+        phash = phash_to_bigint(analysis.phash) if analysis.phash is not None else None
+        await self._pool.execute(
+            _ANALYSED_SQL, task.registration_id, phash, analysis.outcome, ref.sha256
+        )
+        if not analysis.ok:
+            raise Reject(f"photo_{analysis.outcome}")
+        reused = await self._pool.fetchval(
+            _REUSED_SQL, task.registration_id, ref.sha256, phash, SAME_PHOTO_MAX_DISTANCE
+        )
+        if reused:
+            raise Review(REUSED)
+        return Passed()
+
+    async def close(self) -> None:
+        """Shut the process pool down, waiting for analyses in progress."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def _analyse(self, data: bytes) -> PhotoAnalysis:
+        executor = self._ensure_executor()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, analyse, data, self._limits)
+        except BrokenProcessPool:
+            # A process died (the OOM killer, a native crash): a new pool for the next try.
+            log.error("photo analysis process died; pool restarted")
+            if self._executor is executor:
+                self._executor = None
+                executor.shutdown(wait=False, cancel_futures=True)
+            raise Retry("analysis_process_died") from None
+
+    def _ensure_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker_process,
+            )
+        return self._executor
