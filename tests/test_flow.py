@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from core.settings import Settings
-from tests.support import inprocess
+from tests.support import inprocess, openapi
 from tests.support.people import person
 from tests.support.waiting import eventually
 
@@ -43,7 +43,10 @@ async def test_valid_registration_goes_from_202_to_a_row(
 async def test_status_is_queued_until_stored_and_needs_the_token(settings: Settings) -> None:
     async with inprocess.edge(settings) as client:  # no worker: the registration stays queued
         body = await (await client.post("/v1/registrations", json=person(2))).json()
-        assert (await _status(client, body))["status"] == "queued"
+        openapi.validate("Accepted", body)
+        queued = await _status(client, body)
+        assert queued["status"] == "queued"
+        openapi.validate("RegistrationStatus", queued)
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
@@ -68,6 +71,7 @@ async def test_second_registration_of_a_nik_is_rejected_as_duplicate(
         b = await (await client.post("/v1/registrations", json=again)).json()
         status = await eventually(lambda: _status(client, b), lambda s: s["status"] != "queued")
     assert (status["status"], status["reason"]) == ("rejected", "duplicate_nik")
+    openapi.validate("RegistrationStatus", status)
     assert await db.fetchval("SELECT count(*) FROM nik_claims") == 1
 
 

@@ -15,7 +15,7 @@ from core.settings import Settings
 from core.verification import Check
 from intake.validation import today_wib
 from simulators.server import Ports, SimulatorConfig, run_simulators
-from tests.support import inprocess
+from tests.support import inprocess, openapi
 from tests.support.waiting import eventually
 from tests.verifiers.test_photo_lane import selfie
 
@@ -94,6 +94,7 @@ async def test_a_valid_person_goes_all_the_way_to_verified(
 
             final = await eventually(status, lambda s: s["status"] != "received", 60)
     assert final["status"] == "verified", final
+    openapi.validate("RegistrationStatus", final)
     checks = final["checks"]
     assert isinstance(checks, dict)
     assert {name: c["state"] for name, c in checks.items()} == {c.value: "passed" for c in Check}
