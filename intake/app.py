@@ -10,7 +10,6 @@ import datetime as dt
 import importlib.resources
 import logging
 import traceback
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
@@ -21,6 +20,7 @@ from core.envelope import Envelope
 from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings
+from intake.access import authorized_id
 from intake.problems import problem, unavailable
 from intake.publisher import BatchPublisher, Unavailable
 from intake.validation import ValidationFailed, today_wib, validate
@@ -95,16 +95,9 @@ async def register(request: web.Request) -> web.StreamResponse:
 
 async def registration_status(request: web.Request) -> web.StreamResponse:
     """``GET /v1/registrations/{id}`` with ``Authorization: Bearer <access_token>``."""
-    not_found = problem(404, "not-found", "No such registration")
-    try:
-        registration_id = uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return not_found
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not request.app[KEYRING].check_access_token(
-        registration_id, token.strip()
-    ):
-        return not_found
+    registration_id = authorized_id(request, request.app[KEYRING])
+    if registration_id is None:
+        return problem(404, "not-found", "No such registration")
     try:
         async with request.app[DB].acquire() as connection:
             row = await connection.fetchrow(

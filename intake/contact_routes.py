@@ -32,6 +32,7 @@ from core import checks
 from core.checks import FINAL_STATES, OUTBOX_CHANNEL
 from core.keys import EmailLink, Keyring
 from core.verification import Check, Passed
+from intake.access import authorized_id
 from intake.app import DB, KEYRING, SETTINGS
 from intake.problems import problem, unavailable
 
@@ -88,18 +89,7 @@ def _database_down(request: web.Request, exc: BaseException) -> web.Response:
 
 
 def _bearer(request: web.Request) -> uuid.UUID | None:
-    """The path's registration id if the request carries its access token (as the status
-    look-up: a malformed id, a missing or wrong token are all a 404)."""
-    try:
-        registration_id = uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not request.app[KEYRING].check_access_token(
-        registration_id, token.strip()
-    ):
-        return None
-    return registration_id
+    return authorized_id(request, request.app[KEYRING])
 
 
 def _not_found() -> web.Response:

@@ -26,6 +26,7 @@ from core import checks
 from core.blobs import BlobRef, BlobStore, BlobTooLarge
 from core.checks import OUTBOX_CHANNEL
 from core.verification import Check
+from intake.access import authorized_id
 from intake.app import DB, KEYRING, SETTINGS
 from intake.problems import problem, unavailable
 
@@ -131,15 +132,4 @@ async def _record(
 
 
 def _bearer(request: web.Request) -> uuid.UUID | None:
-    """The path's registration id if the request carries its access token (as the status
-    look-up: a malformed id, a missing or wrong token are all a 404)."""
-    try:
-        registration_id = uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not request.app[KEYRING].check_access_token(
-        registration_id, token.strip()
-    ):
-        return None
-    return registration_id
+    return authorized_id(request, request.app[KEYRING])
