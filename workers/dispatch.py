@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 
 import aio_pika
@@ -37,6 +36,7 @@ from core import topology
 from core.checks import OUTBOX_CHANNEL
 from core.settings import Settings
 from core.verification import INITIAL_CHECKS, Check, Task
+from workers.sessions import keep_running
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +88,10 @@ class Dispatcher:
         self._wake.set()
 
     async def run(self) -> None:
-        delay_s = 0.1
-        while not self._stopping.is_set():
-            try:
-                await self._session()
-                delay_s = 0.1
-            except (aio_pika.exceptions.AMQPError, OSError, asyncpg.PostgresError) as exc:
-                log.warning("dispatcher session ended: %s", type(exc).__name__)
-            if not self._stopping.is_set():
-                await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
-                delay_s = min(delay_s * 2, 5.0)
+        """Dispatch until stopped, starting again when the broker or the database goes away."""
+        await keep_running(
+            self._session, self._stopping, "dispatcher", also=(asyncpg.PostgresError,)
+        )
 
     async def _session(self) -> None:
         connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)

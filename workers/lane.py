@@ -30,7 +30,6 @@ import signal
 
 import aio_pika
 import aiohttp
-import aiormq
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -40,6 +39,7 @@ from core.keys import DecryptionError, Keyring
 from core.settings import Settings
 from core.verification import Check, Passed, Reject, Retry, Review, Task, TaskError, Verifier
 from workers.dispatch import publish_task
+from workers.sessions import keep_running
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,7 @@ class LaneWorker:
                 await close()  # e.g. the photo verifier's process pool
 
     async def _run(self) -> None:
-        delay_s = 0.1
-        while not self._stopping.is_set():
-            try:
-                await self._session()
-                delay_s = 0.1
-            except (
-                aio_pika.exceptions.AMQPError,
-                aiormq.exceptions.ChannelInvalidStateError,
-                OSError,
-                TimeoutError,
-            ) as exc:
-                log.warning("lane session ended: %s", type(exc).__name__)
-            if not self._stopping.is_set():
-                await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
-                delay_s = min(delay_s * 2, 5.0)
+        await keep_running(self._session, self._stopping, f"lane {self._check}")
 
     async def _session(self) -> None:
         connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)

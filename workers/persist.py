@@ -28,13 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
 import time
 from dataclasses import dataclass, field
 
 import aio_pika
-import aiormq
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -44,6 +42,7 @@ from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate
 from core.settings import Settings
+from workers.sessions import keep_running
 from workers.store import RegistrationStore, Rows, prepare
 
 log = logging.getLogger(__name__)
@@ -104,21 +103,7 @@ class PersistWorker:
 
     async def run(self) -> None:
         """Consume until stopped, reconnecting to the broker with backoff when it goes away."""
-        delay_s = 0.1
-        while not self._stopping.is_set():
-            try:
-                await self._session()
-                delay_s = 0.1
-            except (
-                aio_pika.exceptions.AMQPError,
-                aiormq.exceptions.ChannelInvalidStateError,  # an ack on a dead channel
-                OSError,
-                TimeoutError,
-            ) as exc:
-                log.warning("broker session ended: %s", type(exc).__name__)
-            if not self._stopping.is_set():
-                await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
-                delay_s = min(delay_s * 2, 5.0)
+        await keep_running(self._session, self._stopping, "persist")
 
     async def _session(self) -> None:
         connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)
