@@ -13,6 +13,7 @@ import sys
 BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("edge", ["--access-log"]),
     ("persist", []),
+    ("verification", []),
 )
 
 
