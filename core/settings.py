@@ -62,6 +62,9 @@ class Settings:
     # Verification lanes.
     lane_queue_max_length: int = 1_000_000
     lane_prefetch: int = 64
+    # Database connections per lane worker process. Tasks in flight share them; keep
+    # (processes x connections) well under PostgreSQL's max_connections (100 by default).
+    lane_db_connections: int = 6
     lane_max_attempts: int = 8
     retry_base_delay_s: float = 1.0
     ministry_timeout_s: float = 5.0

@@ -225,7 +225,7 @@ async def serve(settings: Settings, check: Check) -> None:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
-        max_size=max(2, settings.lane_prefetch // 4),
+        max_size=settings.lane_db_connections,
         server_settings={"application_name": f"intake-{check}"},
     )
     connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
