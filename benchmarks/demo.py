@@ -29,6 +29,7 @@ import asyncpg
 import orjson
 
 from benchmarks import funnel
+from benchmarks.photos import selfie
 from benchmarks.population import Registrant, population
 from benchmarks.stack import Stack
 from core.cli import WORKER_KINDS
@@ -54,6 +55,24 @@ class Accepted:
     registrant: Registrant
     id: uuid.UUID
     token: str
+    index: int = 0  # in the population
+    photo_accepted: bool = False  # the selfie's upload was answered 202
+
+
+UPLOAD_TIMEOUT_S = 30.0
+_NIK_REASONS = {
+    "not_found": "nik_not_found",
+    "mismatch_full_name": "nik_data_mismatch",
+    "mismatch_birth_place": "nik_data_mismatch",
+    "mismatch_birth_date": "nik_data_mismatch",
+}
+_PHOTO_REASONS = {"no_face": "photo_no_face", "two_faces": "photo_multiple_faces"}
+
+
+def selfie_seed(run_seed: int, index: int) -> int:
+    """The seed of a person's selfie: distinct per person and per run (the reuse check also
+    compares with the photos of earlier runs in the same database)."""
+    return run_seed * 1_000_000_007 + index
 
 
 async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
@@ -72,34 +91,69 @@ async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer")
 
 
+async def _upload_photo(
+    session: aiohttp.ClientSession, base_url: str, a: Accepted, seed: int
+) -> str:
+    """PUT the person's selfie as soon as the registration takes one (the photo check exists a
+    moment after storage: until then the answer is 409 not-ready); the last answer, as a label."""
+    photo = await asyncio.to_thread(selfie, a.registrant.truth.photo, seed)
+    headers = {"Authorization": f"Bearer {a.token}", "Content-Type": "image/jpeg"}
+    end = time.monotonic() + UPLOAD_TIMEOUT_S
+    while True:
+        async with session.put(
+            f"{base_url}/v1/registrations/{a.id}/photo", data=photo, headers=headers
+        ) as response:
+            body = await response.json(content_type=None)
+        slug = str(body.get("type", "")).rsplit("/", 1)[-1] if response.status != 202 else ""
+        retry = response.status == 503 or (response.status == 409 and slug == "not-ready")
+        if not retry or time.monotonic() > end:
+            a.photo_accepted = response.status == 202
+            return f"photo uploaded: {response.status}" + (f" {slug}" if slug else "")
+        await asyncio.sleep(0.05)
+
+
 async def _register(
-    base_url: str, people: list[Registrant]
-) -> tuple[list[Accepted], collections.Counter[int], collections.Counter[str], list[float]]:
+    base_url: str, people: list[Registrant], run_seed: int
+) -> tuple[
+    list[Accepted],
+    collections.Counter[int],
+    collections.Counter[str],
+    list[float],
+    collections.Counter[str],
+]:
     accepted: list[Accepted] = []
     statuses: collections.Counter[int] = collections.Counter()
     refusals: collections.Counter[str] = collections.Counter()
+    uploads: collections.Counter[str] = collections.Counter()
     latencies: list[float] = []
-    queue: asyncio.Queue[Registrant] = asyncio.Queue()
-    for p in people:
-        queue.put_nowait(p)
+    queue: asyncio.Queue[tuple[int, Registrant]] = asyncio.Queue()
+    for i, p in enumerate(people):
+        queue.put_nowait((i, p))
+    photos = "photo" in WORKER_KINDS
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
-            person = queue.get_nowait()
+            index, person = queue.get_nowait()
             started = time.perf_counter()
             async with session.post(f"{base_url}/v1/registrations", json=person.form) as response:
                 body = await response.json(content_type=None)
             latencies.append(time.perf_counter() - started)
             statuses[response.status] += 1
-            if response.status == 202:
-                accepted.append(Accepted(person, uuid.UUID(body["id"]), body["access_token"]))
             for error in body.get("errors", []):
                 refusals[f"{error['field']}:{error['code']}"] += 1
+            if response.status == 202:
+                a = Accepted(person, uuid.UUID(body["id"]), body["access_token"], index)
+                accepted.append(a)
+                # Right away, so that the photo check is pending before the ministries answer.
+                if photos and person.kind == "valid":
+                    uploads[
+                        await _upload_photo(session, base_url, a, selfie_seed(run_seed, index))
+                    ] += 1
 
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(client(session) for _ in range(CONCURRENCY)))
-    return accepted, statuses, refusals, latencies
+    return accepted, statuses, refusals, latencies, uploads
 
 
 async def _act(
@@ -200,6 +254,7 @@ async def _watch(
                 current.email_verified,
                 current.phone_verified,
                 current.nik_verified,
+                current.photo_verified,
                 tuple(depths.values()),
             )
             if state != last:
@@ -214,9 +269,33 @@ async def _watch(
         await amqp.close()
 
 
-def expected_funnel(people: list[Registrant]) -> dict[str, int]:
+def causes(a: Accepted) -> frozenset[str]:
+    """The reasons a valid registration can be rejected for, from its truth: the NIK lanes' and,
+    if its selfie was accepted, the photo lane's. With both, the registration is rejected with
+    the first check to fail, which depends on timing: either reason is right."""
+    truth, found = a.registrant.truth, set()
+    if truth.dukcapil in _NIK_REASONS:
+        found.add(_NIK_REASONS[truth.dukcapil])
+    elif truth.student:
+        found.add("in_education")
+    if a.photo_accepted and truth.photo in _PHOTO_REASONS:
+        found.add(_PHOTO_REASONS[truth.photo])
+    return frozenset(found)
+
+
+def _stage(reasons: frozenset[str]) -> str:
+    return "rejected:" + " or ".join(sorted(reasons))
+
+
+def expected_funnel(people: list[Registrant], accepted: list[Accepted]) -> dict[str, int]:
     """What the funnel must show once everything is decided, from the population's truth: the
-    stages a person reaches, given what the ministries hold and what the person does."""
+    stages a person reaches, given what the ministries hold and what the person does.
+
+    A "rejected:a or b" stage counts the people with two causes (see :func:`causes`); the
+    "rejected:<reason>" stages count the people with that cause only. A selfie is uploaded
+    right after the registration is accepted; the upload of someone whom the ministries
+    rejected first is refused (409), so whether their photo is checked at all depends on timing:
+    the demo's record of the upload decides for them. Everybody else's is accepted."""
     valid = [p for p in people if p.kind == "valid"]
     duplicates = sum(1 for p in people if p.kind == "duplicate")
     expected = {
@@ -225,30 +304,79 @@ def expected_funnel(people: list[Registrant]) -> dict[str, int]:
             1 for p in valid if p.truth.dukcapil == "match" and not p.truth.student
         ),
         "rejected:duplicate_nik": duplicates,
-        "rejected:nik_not_found": sum(1 for p in valid if p.truth.dukcapil == "not_found"),
-        "rejected:nik_data_mismatch": sum(
-            1 for p in valid if p.truth.dukcapil.startswith("mismatch_")
-        ),
-        "rejected:in_education": sum(
-            1 for p in valid if p.truth.dukcapil == "match" and p.truth.student
-        ),
     }
+    photos = "photo" in WORKER_KINDS
+    rejected = collections.Counter(
+        _stage(c) for a in accepted if a.registrant.kind == "valid" and (c := causes(a))
+    )
+    if not photos:
+        rejected.update({"rejected:photo_no_face": 0, "rejected:photo_multiple_faces": 0})
+    expected.update(rejected)
+    expected["rejected"] = duplicates + sum(rejected.values())
     if "email" in WORKER_KINDS:
         expected["email_verified"] = sum(1 for p in valid if p.truth.clicks_email_link)
     if "phone" in WORKER_KINDS:
         expected["phone_verified"] = sum(1 for p in valid if p.truth.enters_otp)
+    if photos:
+        expected["photo_verified"] = sum(
+            1
+            for a in accepted
+            if a.registrant.kind == "valid"
+            and a.registrant.truth.photo == "one_face"
+            and (a.photo_accepted or not causes(a))
+        )
+        expected["verified"] = sum(
+            1
+            for p in valid
+            if p.truth.dukcapil == "match"
+            and not p.truth.student
+            and p.truth.clicks_email_link
+            and p.truth.enters_otp
+            and p.truth.photo == "one_face"
+            and "email" in WORKER_KINDS
+            and "phone" in WORKER_KINDS
+        )
     return expected
 
 
-def observed_funnel(f: funnel.Funnel) -> dict[str, int]:
+def observed_funnel(
+    f: funnel.Funnel,
+    accepted: list[Accepted],
+    decisions: dict[uuid.UUID, tuple[str, str | None, dt.datetime | None]],
+) -> dict[str, int]:
+    """The funnel as stored; the rejections counted per person, by the stage
+    :func:`expected_funnel` puts them in (a rejection for a reason that is not among the
+    person's causes is counted under the reason itself, where nothing is expected)."""
     observed = {
         "registered": f.registered,
         "nik_verified": f.nik_verified,
         "email_verified": f.email_verified,
         "phone_verified": f.phone_verified,
+        "photo_verified": f.photo_verified,
+        "verified": f.verified,
+        "rejected": f.rejected,
     }
-    observed.update({f"rejected:{reason}": n for reason, n in f.reasons.items()})
+    per_person: collections.Counter[str] = collections.Counter()
+    for a in accepted:
+        status, reason, _ = decisions.get(a.id, ("received", None, None))
+        if status != "rejected" or reason is None:
+            continue
+        expected_causes = (
+            frozenset({"duplicate_nik"}) if a.registrant.kind == "duplicate" else causes(a)
+        )
+        per_person[
+            _stage(expected_causes if reason in expected_causes else frozenset({reason}))
+        ] += 1
+    observed.update(per_person)
     return observed
+
+
+def last_verified_s(
+    decisions: dict[uuid.UUID, tuple[str, str | None, dt.datetime | None]], since: dt.datetime
+) -> float:
+    """From the first registration to the last one verified (0 when none was)."""
+    verified = [at for status, _, at in decisions.values() if status == "verified" and at]
+    return (max(verified) - since).total_seconds() if verified else 0.0
 
 
 async def _run(
@@ -277,7 +405,7 @@ async def _run(
 
         since = dt.datetime.now(dt.UTC)
         started = time.perf_counter()
-        accepted, statuses, refusals, latencies = await _register(base_url, people)
+        accepted, statuses, refusals, latencies, uploads = await _register(base_url, people, seed)
         sent_s = time.perf_counter() - started
         print(
             f"\nwave opened: {count} registrations sent in {sent_s:.1f} s "
@@ -287,7 +415,12 @@ async def _run(
             print(f"  refused at the edge  {code:<32} {n:>6}")
         actions = asyncio.create_task(_act(base_url, ports, accepted, deadline_s=120))
         final = await _watch(settings, since, started, actions)
-        done = await actions
+        done = {**uploads, **await actions}
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            decisions = await funnel.read_decisions(db, since)
+        finally:
+            await db.close()
         end_to_end_s = (
             (final.last_decided_at - since).total_seconds() if final.last_decided_at else 0.0
         )
@@ -301,13 +434,16 @@ async def _run(
     print(
         f"funnel: {final.registered} registered, {final.email_verified} email verified, "
         f"{final.phone_verified} phone verified, {final.nik_verified} NIK verified, "
-        f"{final.verified} verified, {final.rejected} rejected, {final.open} still open"
+        f"{final.photo_verified} photo verified, {final.verified} verified, "
+        f"{final.rejected} rejected, {final.review} in review, {final.open} still open"
     )
     for reason, n in final.reasons.items():
         print(f"  rejected  {reason:<24} {n:>6}")
     print(f"first registration to last decision: {end_to_end_s:.1f} s")
+    print(f"first registration to last verified: {last_verified_s(decisions, since):.1f} s")
     print(f"exit codes: {codes}")
-    expected, observed = expected_funnel(people), observed_funnel(final)
+    expected = expected_funnel(people, accepted)
+    observed = observed_funnel(final, accepted, decisions)
     print("\nstage                         expected  observed  (from the population's truth)")
     mismatches = []
     for stage, n in expected.items():
@@ -324,6 +460,7 @@ async def _run(
             "expected": expected,
             "observed": observed,
             "end_to_end_s": end_to_end_s,
+            "last_verified_s": last_verified_s(decisions, since),
             "exit_codes": codes,
         }
         report.write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))  # noqa: ASYNC240
@@ -348,6 +485,9 @@ def main(
     log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
     ports = sim_ports(sim_port_base)
     wired = settings.replace(
+        # Each lane's PostgreSQL pool is a quarter of its prefetch: at 64, six busy lanes (the
+        # photo lane included, now that selfies are uploaded) with the edge and the workers
+        # would want more than PostgreSQL's default 100 connections.
         edge_access_log=False,
         public_base_url=f"http://{settings.edge_host}:{settings.edge_port}",
         dukcapil_url=f"http://127.0.0.1:{ports['dukcapil']}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -97,3 +98,18 @@ async def queue_depths(connection: aio_pika.abc.AbstractConnection) -> dict[str,
             if not channel.is_closed:
                 await channel.close()
     return depths
+
+
+_DECISIONS_SQL = """
+SELECT id, status, reject_reason, decided_at FROM registrations
+WHERE submitted_at >= $1 AND status <> 'received'
+"""
+
+
+async def read_decisions(
+    connection: asyncpg.Connection, since: dt.datetime
+) -> dict[uuid.UUID, tuple[str, str | None, dt.datetime | None]]:
+    """Every decided registration submitted since a moment: its status, reason and when (None
+    for a repeated NIK, rejected as it was stored)."""
+    rows = await connection.fetch(_DECISIONS_SQL, since)
+    return {r["id"]: (r["status"], r["reject_reason"], r["decided_at"]) for r in rows}
