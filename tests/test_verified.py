@@ -16,8 +16,8 @@ from core.verification import Check
 from intake.validation import today_wib
 from simulators.server import Ports, SimulatorConfig, run_simulators
 from tests.support import inprocess, openapi
+from tests.support.photos import selfie
 from tests.support.waiting import eventually
-from tests.verifiers.test_photo_lane import selfie
 
 T = TypeVar("T")
 NOBODY_SPECIAL = Proportions(

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from skimage import data
 
+from tests.support.photos import encode, sample
 from verifiers.imaging import (
     SAME_PHOTO_MAX_DISTANCE,
     PhotoAnalysis,
@@ -30,19 +30,6 @@ from verifiers.imaging import (
 )
 
 LIMITS = PhotoLimits()
-
-
-def encode(image: Image.Image, image_format: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **options)
-    return buffer.getvalue()
-
-
-def sample(name: str) -> Image.Image:
-    pixels = getattr(data, name)()
-    if pixels.ndim == 2:
-        pixels = np.stack([pixels] * 3, axis=-1)
-    return Image.fromarray(pixels[..., :3].astype(np.uint8))
 
 
 @functools.cache

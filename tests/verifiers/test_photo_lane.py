@@ -4,7 +4,6 @@ the photo lane with its process pool, on real RabbitMQ and PostgreSQL, with real
 
 from __future__ import annotations
 
-import io
 import struct
 import uuid
 import zlib
@@ -20,36 +19,18 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 from PIL import Image
-from skimage import data
 
 from core import topology
 from core.settings import Settings
 from core.verification import Check, Task
 from tests.support import inprocess
 from tests.support.people import person
+from tests.support.photos import encode, sample, selfie
 from tests.support.waiting import eventually
 
 Client = TestClient[Request, Application]
 PROBLEMS = "https://intake.example/problems/"
 MAX_BYTES = 300_000
-
-
-def encode(image: Image.Image, image_format: str, **options: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, image_format, **options)
-    return buffer.getvalue()
-
-
-def sample(name: str) -> Image.Image:
-    pixels = getattr(data, name)()
-    if pixels.ndim == 2:
-        pixels = np.stack([pixels] * 3, axis=-1)
-    return Image.fromarray(pixels[..., :3].astype(np.uint8))
-
-
-def selfie() -> bytes:
-    """A real portrait, 512x512: exactly one face."""
-    return encode(sample("astronaut"), "JPEG", quality=85)
 
 
 def two_faces() -> bytes:
