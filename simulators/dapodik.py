@@ -15,26 +15,14 @@ from aiohttp import web
 from benchmarks.population import Registry
 from simulators.admin import admin_routes
 from simulators.behaviour import Gate
-from simulators.jsonhttp import (
-    BadRequest,
-    application,
-    http_middleware,
-    json_response,
-    nik_of,
-    read_object,
-)
+from simulators.jsonhttp import nik_lookup_app
 
 
 def create_app(registry: Registry, gate: Gate) -> web.Application:
     """The Dapodik API over ``registry``, behind ``gate``, with the ``/_sim/`` control routes."""
-
-    async def lookup(request: web.Request) -> web.Response:
-        try:
-            nik = nik_of(await read_object(request))
-        except BadRequest as exc:
-            return exc.response()
-        return json_response({"enrolled": registry.is_student(nik)})
-
-    app = application([http_middleware(gate)])
-    app.add_routes([web.post("/v1/students/lookup", lookup), *admin_routes(gate)])
-    return app
+    return nik_lookup_app(
+        gate,
+        "/v1/students/lookup",
+        lambda nik: {"enrolled": registry.is_student(nik)},
+        admin_routes(gate),
+    )

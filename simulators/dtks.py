@@ -16,26 +16,14 @@ from aiohttp import web
 from benchmarks.population import Registry
 from simulators.admin import admin_routes
 from simulators.behaviour import Gate
-from simulators.jsonhttp import (
-    BadRequest,
-    application,
-    http_middleware,
-    json_response,
-    nik_of,
-    read_object,
-)
+from simulators.jsonhttp import nik_lookup_app
 
 
 def create_app(registry: Registry, gate: Gate) -> web.Application:
     """The DTKS API over ``registry``, behind ``gate``, with the ``/_sim/`` control routes."""
-
-    async def lookup(request: web.Request) -> web.Response:
-        try:
-            nik = nik_of(await read_object(request))
-        except BadRequest as exc:
-            return exc.response()
-        return json_response({"recipient": registry.is_welfare(nik)})
-
-    app = application([http_middleware(gate)])
-    app.add_routes([web.post("/v1/recipients/lookup", lookup), *admin_routes(gate)])
-    return app
+    return nik_lookup_app(
+        gate,
+        "/v1/recipients/lookup",
+        lambda nik: {"recipient": registry.is_welfare(nik)},
+        admin_routes(gate),
+    )
