@@ -1,0 +1,817 @@
+"""The Kubernetes manifests in k8s/ are valid, and agree with the code.
+
+Offline, without a cluster: built-in kinds are validated against Kubernetes' own JSON schemas
+(bundled in kubernetes-validate) in strict mode; KEDA resources against the openAPIV3Schema of
+their CRD (tests/data/crds/), refusing unknown fields as the API server's strict field
+validation does. Then the manifests are checked against the code: queue names from
+core.topology, worker kinds from core.cli, setting names and types from core.settings, the
+health routes from the edge's router.
+
+Every checker returns its problems as strings. The tests at the end break a valid manifest in
+one place each and show that the checkers report it: a check that cannot fail checks nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import all_versions
+
+from core import topology
+from core.cli import WORKER_KINDS
+from core.settings import Settings, SettingsError
+from core.verification import Check
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+CRDS = Path(__file__).resolve().parent / "data" / "crds"
+KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml")
+
+# The oldest Kubernetes the manifests are for: the edge's preStop `sleep` action is on by
+# default from 1.30.
+KUBERNETES_VERSION = "1.30.0"
+
+# workers/lane.py: on SIGTERM a lane worker waits this long for the tasks in hand.
+LANE_DRAIN_S = 30
+
+# Every variable the code reads: INTAKE_ + a Settings field, upper-cased.
+SETTINGS_ENV = frozenset("INTAKE_" + f.name.upper() for f in dataclasses.fields(Settings))
+
+# The parameters of KEDA's rabbitmq scaler (keda.sh/docs/2.17/scalers/rabbitmq-queue/). The
+# CRD types a trigger's metadata as a map of strings, so a misspelled key passes its schema
+# and KEDA ignores it: hence this list. The deprecated `queueLength` is left out on purpose.
+RABBITMQ_TRIGGER_KEYS = frozenset(
+    {
+        "host",
+        "hostFromEnv",
+        "usernameFromEnv",
+        "passwordFromEnv",
+        "protocol",
+        "mode",
+        "value",
+        "activationValue",
+        "queueName",
+        "vhostName",
+        "useRegex",
+        "pageSize",
+        "operation",
+        "timeout",
+        "excludeUnacknowledged",
+        "unsafeSsl",
+    }
+)
+
+Doc = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """One YAML document of k8s/ and the file it came from."""
+
+    file: str
+    doc: Doc
+
+    @property
+    def kind(self) -> str:
+        return str(self.doc.get("kind"))
+
+    @property
+    def name(self) -> str:
+        return str((self.doc.get("metadata") or {}).get("name"))
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.kind}/{self.name}"
+
+
+def load(directory: Path = K8S) -> list[Manifest]:
+    """Every YAML document under ``directory`` except kustomize's own file."""
+    found = []
+    for path in sorted([*directory.rglob("*.yaml"), *directory.rglob("*.yml")]):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is None:
+                continue
+            assert isinstance(doc, dict), f"{path}: a document that is not a mapping"
+            found.append(Manifest(str(path.relative_to(directory)), doc))
+    return found
+
+
+def of_kind(manifests: Iterable[Manifest], kind: str) -> dict[str, Doc]:
+    return {m.name: m.doc for m in manifests if m.kind == kind}
+
+
+def is_custom(doc: Doc) -> bool:
+    return str(doc.get("apiVersion", "")).startswith("keda.sh/")
+
+
+# --- 1. built-in kinds against Kubernetes' schemas -----------------------------------------
+
+
+def builtin_problems(doc: Doc, version: str = KUBERNETES_VERSION) -> list[str]:
+    """Validate a built-in kind (Deployment, Service, ...) in strict mode: unknown fields too."""
+    return list(_builtin_problems(json.dumps(doc, sort_keys=True), version))
+
+
+@cache
+def _builtin_problems(doc_json: str, version: str) -> tuple[str, ...]:
+    # Cached by content: kubernetes-validate reads its schema files on every call.
+    try:
+        kubernetes_validate.validate(json.loads(doc_json), version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(str(part) for part in exc.path) or "(document)"
+        return (f"{path}: {exc.message}",)
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return (str(exc.message),)
+    return ()
+
+
+# --- 2. KEDA resources against their CRD ----------------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """``schema`` refusing unknown fields, as the API server's strict field validation (kubectl's
+    default) does: an object with ``properties`` and neither ``additionalProperties`` nor
+    ``x-kubernetes-preserve-unknown-fields`` accepts no other key."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {key: _strict(sub) for key, sub in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ):
+            out["additionalProperties"] = False
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _strict(out["additionalProperties"])
+    if "items" in out:
+        out["items"] = _strict(out["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [_strict(sub) for sub in out[key]]
+    return out
+
+
+@cache
+def crd_schemas() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) to the strict schema of each served version of the KEDA CRDs."""
+    schemas = {}
+    for name in KEDA_CRDS:
+        crd = yaml.safe_load((CRDS / name).read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                schema = _strict(version["schema"]["openAPIV3Schema"])
+                schemas[(f"{group}/{version['name']}", kind)] = schema
+    return schemas
+
+
+def crd_problems(doc: Doc) -> list[str]:
+    """Validate a custom resource against its CRD's schema."""
+    schema = crd_schemas().get((str(doc.get("apiVersion")), str(doc.get("kind"))))
+    if schema is None:
+        return [f"no CRD in {CRDS.name}/ for {doc.get('apiVersion')} {doc.get('kind')}"]
+    validator = jsonschema.Draft7Validator(schema)
+    problems = [
+        f"{'.'.join(str(part) for part in error.path) or '(document)'}: {error.message}"
+        for error in validator.iter_errors(doc)
+    ]
+    # The API server validates metadata (an ObjectMeta) for every kind; the CRD leaves it open.
+    metadata = doc.get("metadata") or {}
+    if not metadata.get("name"):
+        problems.append("metadata.name: missing")
+    for key in sorted(set(metadata) - {"name", "namespace", "labels", "annotations"}):
+        problems.append(f"metadata.{key}: not expected here")
+    return problems
+
+
+def schema_problems(manifests: Iterable[Manifest]) -> list[str]:
+    problems = []
+    for m in manifests:
+        found = crd_problems(m.doc) if is_custom(m.doc) else builtin_problems(m.doc)
+        problems += [f"{m}: {p}" for p in found]
+    return problems
+
+
+# --- 3. consistency with the code -----------------------------------------------------------
+
+
+def container(deployment: Doc) -> Doc:
+    containers: list[Doc] = deployment["spec"]["template"]["spec"]["containers"]
+    return containers[0]
+
+
+def argv(deployment: Doc) -> list[str]:
+    c = container(deployment)
+    return [*c.get("command", []), *c.get("args", [])]
+
+
+def process(deployment: Doc) -> str | None:
+    """``edge`` or the worker kind a Deployment runs; None if it runs something else."""
+    match argv(deployment):
+        case ["intake", "edge"]:
+            return "edge"
+        case ["intake", "worker", kind] if kind in WORKER_KINDS:
+            return str(kind)
+    return None
+
+
+def expected_queue(kind: str | None) -> str | None:
+    """The queue a worker kind consumes, from the topology; None for the others."""
+    if kind == "persist":
+        return topology.PERSIST_QUEUE
+    if kind in {c.value for c in Check}:
+        return topology.lane_queue(Check(kind))
+    return None
+
+
+def all_queues() -> set[str]:
+    return {topology.PERSIST_QUEUE} | {topology.lane_queue(c) for c in Check}
+
+
+def effective_settings(manifests: Iterable[Manifest], deployment: Doc) -> Settings:
+    """The settings a Deployment's process would build: its ConfigMaps, then its own `env`
+    (which wins); values from Secrets are placeholders. Raises SettingsError."""
+    configmaps = of_kind(manifests, "ConfigMap")
+    c = container(deployment)
+    environ: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        environ.update(
+            configmaps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {})
+        )
+    for env in c.get("env", []):
+        if "value" in env:
+            environ[env["name"]] = str(env["value"])
+        elif "secretKeyRef" in env.get("valueFrom", {}):
+            environ[env["name"]] = "placeholder-from-a-secret-0123456789abcdef"
+    return Settings.from_env(environ)
+
+
+@cache
+def edge_get_routes() -> frozenset[str]:
+    """The paths the edge serves to GET, from its router."""
+    from core.keys import Keyring
+    from intake.app import create_app
+    from intake.publisher import BatchPublisher
+
+    settings = Settings()
+    keyring = Keyring.from_secret(settings.secret_key)
+    app = create_app(settings, keyring, BatchPublisher(settings, keyring))
+    return frozenset(
+        route.resource.canonical
+        for route in app.router.routes()
+        if route.method == "GET" and route.resource is not None
+    )
+
+
+def configmap_problems(name: str, configmap: Doc) -> list[str]:
+    problems = []
+    data: dict[str, Any] = configmap.get("data") or {}
+    for key in sorted(set(data) - SETTINGS_ENV):
+        problems.append(f"ConfigMap/{name}: {key} is not a setting (core/settings.py)")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            problems.append(f"ConfigMap/{name}: {key} must be a string, not {value!r}")
+    try:
+        Settings.from_env({**data, "INTAKE_SECRET_KEY": "placeholder-0123456789abcdef-0123456789"})
+    except SettingsError as exc:
+        problems.append(f"ConfigMap/{name}: {exc}")
+    return problems
+
+
+def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -> list[str]:
+    where = f"Deployment/{name}"
+    problems = []
+    pod = deployment["spec"]["template"]["spec"]
+    if len(pod["containers"]) != 1:
+        problems.append(f"{where}: one container expected, found {len(pod['containers'])}")
+    if not _selects(deployment["spec"]["selector"].get("matchLabels", {}), deployment):
+        problems.append(f"{where}: its selector does not match its pod template's labels")
+    kind = process(deployment)
+    if kind is None:
+        problems.append(
+            f"{where}: runs {argv(deployment)}, not `intake edge` nor `intake worker <kind>`"
+            f" with a kind of core.cli.WORKER_KINDS {WORKER_KINDS}"
+        )
+    c = container(deployment)
+    for env in c.get("env", []):
+        if env["name"] not in SETTINGS_ENV:
+            problems.append(f"{where}: env {env['name']} is not a setting (core/settings.py)")
+    try:
+        settings = effective_settings(manifests, deployment)
+    except SettingsError as exc:
+        return [*problems, f"{where}: {exc}"]
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if kind in {c.value for c in Check} and grace <= LANE_DRAIN_S:
+        problems.append(
+            f"{where}: terminationGracePeriodSeconds {grace} leaves no time for the lane's"
+            f" {LANE_DRAIN_S} s drain of the tasks in hand"
+        )
+    if kind == "edge":
+        problems += edge_problems(where, pod, c, settings, grace)
+    if kind in {"edge", Check.PHOTO.value}:
+        # The edge writes photos where the photo lane reads them: one shared volume.
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        claims = {
+            volumes.get(mount["name"], {}).get("persistentVolumeClaim", {}).get("claimName")
+            for mount in c.get("volumeMounts", [])
+            if mount["mountPath"] == settings.blob_dir
+        }
+        if not claims - {None}:
+            problems.append(f"{where}: no volume claim mounted at INTAKE_BLOB_DIR")
+    return problems
+
+
+def edge_problems(where: str, pod: Doc, c: Doc, settings: Settings, grace: int) -> list[str]:
+    problems = []
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    if settings.edge_port not in ports.values():
+        problems.append(f"{where}: INTAKE_EDGE_PORT {settings.edge_port} is no container port")
+    if settings.edge_host in {"127.0.0.1", "localhost"}:
+        problems.append(f"{where}: INTAKE_EDGE_HOST {settings.edge_host} is unreachable")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        http = c.get(probe, {}).get("httpGet", {})
+        if http.get("path") != path or path not in edge_get_routes():
+            problems.append(f"{where}: {probe} must GET {path} (intake/app.py)")
+        if http.get("port") not in {*ports, *ports.values()}:
+            problems.append(f"{where}: {probe} port {http.get('port')} is no container port")
+    sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    if grace <= sleep + settings.edge_shutdown_timeout_s:
+        problems.append(
+            f"{where}: terminationGracePeriodSeconds {grace} does not cover the preStop sleep"
+            f" ({sleep} s) and INTAKE_EDGE_SHUTDOWN_TIMEOUT_S ({settings.edge_shutdown_timeout_s})"
+        )
+    return problems
+
+
+def scaled_object_problems(manifests: list[Manifest], name: str, so: Doc) -> list[str]:
+    where = f"ScaledObject/{name}"
+    problems = []
+    spec = so.get("spec", {})
+    deployments = of_kind(manifests, "Deployment")
+    target = spec.get("scaleTargetRef", {})
+    deployment = deployments.get(target.get("name"))
+    if target.get("kind", "Deployment") != "Deployment" or deployment is None:
+        problems.append(f"{where}: scales {target}, not a Deployment of k8s/")
+        return problems
+    if "replicas" in deployment["spec"]:
+        problems.append(f"{where}: Deployment/{target['name']} sets replicas, which KEDA owns")
+    kind = process(deployment)
+    queue = expected_queue(kind)
+    if queue is None:
+        return [*problems, f"{where}: Deployment/{target['name']} consumes no queue"]
+    minimum, maximum = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    if minimum > maximum:
+        problems.append(f"{where}: minReplicaCount {minimum} > maxReplicaCount {maximum}")
+    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    down = (behavior or {}).get("scaleDown", {})
+    if not down.get("policies") or not down.get("stabilizationWindowSeconds"):
+        problems.append(f"{where}: no gradual scale-down (a behavior.scaleDown with policies)")
+    triggers = [t for t in spec.get("triggers", []) if t.get("type") == "rabbitmq"]
+    if not triggers:
+        problems.append(f"{where}: no rabbitmq trigger")
+    auths = of_kind(manifests, "TriggerAuthentication")
+    env_names = {env["name"] for env in container(deployment).get("env", [])}
+    for trigger in triggers:
+        metadata = trigger.get("metadata", {})
+        for key in sorted(set(metadata) - RABBITMQ_TRIGGER_KEYS):
+            problems.append(f"{where}: trigger metadata {key!r} is no rabbitmq scaler parameter")
+        if metadata.get("queueName") != queue:
+            problems.append(
+                f"{where}: queueName {metadata.get('queueName')!r}, but"
+                f" `intake worker {kind}` consumes {queue!r} (core/topology.py)"
+            )
+        if metadata.get("mode") != "QueueLength":
+            problems.append(f"{where}: mode {metadata.get('mode')!r}, not QueueLength")
+        if not str(metadata.get("value", "")).isdigit() or int(metadata["value"]) < 1:
+            problems.append(f"{where}: value {metadata.get('value')!r} is no positive target")
+        auth = trigger.get("authenticationRef", {}).get("name")
+        if auth is not None and auth not in auths:
+            problems.append(f"{where}: TriggerAuthentication {auth!r} is not in k8s/")
+        host_env = metadata.get("hostFromEnv")
+        if host_env is not None and host_env not in env_names:
+            problems.append(f"{where}: hostFromEnv {host_env!r} is not in the target's env")
+        if auth is None and host_env is None and "host" not in metadata:
+            problems.append(f"{where}: no host (authenticationRef or hostFromEnv)")
+    return problems
+
+
+def _selects(selector: dict[str, str], deployment: Doc) -> bool:
+    """Whether a label selector picks the pods of ``deployment``."""
+    labels: dict[str, str] = deployment["spec"]["template"]["metadata"].get("labels", {})
+    return bool(selector) and selector.items() <= labels.items()
+
+
+def service_problems(manifests: list[Manifest], kind: str, name: str, doc: Doc) -> list[str]:
+    """A Service or PodDisruptionBudget selects the pods of one Deployment of k8s/, and a
+    Service's target ports are ports of that Deployment's container."""
+    where = f"{kind}/{name}"
+    selector = doc["spec"]["selector"]
+    selector = selector.get("matchLabels", {}) if kind == "PodDisruptionBudget" else selector
+    selected = [d for d in of_kind(manifests, "Deployment").values() if _selects(selector, d)]
+    if not selected:
+        return [f"{where}: its selector {selector} picks the pods of no Deployment"]
+    problems = []
+    for port in doc["spec"].get("ports", []):
+        target = port.get("targetPort", port["port"])
+        for deployment in selected:
+            ports = container(deployment).get("ports", [])
+            if target not in {p.get("name") for p in ports} | {p["containerPort"] for p in ports}:
+                problems.append(f"{where}: targetPort {target!r} is no port of its pods")
+    return problems
+
+
+def hpa_problems(manifests: list[Manifest], name: str, hpa: Doc) -> list[str]:
+    where = f"HorizontalPodAutoscaler/{name}"
+    target = hpa["spec"]["scaleTargetRef"]
+    deployment = of_kind(manifests, "Deployment").get(target["name"])
+    if target["kind"] != "Deployment" or deployment is None or process(deployment) != "edge":
+        return [f"{where}: scales {target['kind']}/{target['name']}, not the edge Deployment"]
+    problems = []
+    if "replicas" in deployment["spec"]:
+        problems.append(f"{where}: Deployment/{target['name']} sets replicas, which the HPA owns")
+    if not hpa["spec"].get("behavior", {}).get("scaleDown", {}).get("stabilizationWindowSeconds"):
+        problems.append(f"{where}: no scale-down stabilization window")
+    return problems
+
+
+def secret_problems(manifests: list[Manifest]) -> list[str]:
+    """Every Secret key referred to exists in the Secret's example (secret.example.yaml)."""
+    secrets = {
+        name: set(doc.get("stringData", {})) | set(doc.get("data", {}))
+        for name, doc in of_kind(manifests, "Secret").items()
+    }
+    refs: list[tuple[str, str, str]] = []
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        for env in container(deployment).get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                refs.append((f"Deployment/{name}", ref["name"], ref["key"]))
+    for name, auth in of_kind(manifests, "TriggerAuthentication").items():
+        for ref in auth["spec"].get("secretTargetRef", []):
+            refs.append((f"TriggerAuthentication/{name}", ref["name"], ref["key"]))
+    return [
+        f"{where}: Secret {secret!r} has no key {key!r}"
+        for where, secret, key in refs
+        if key not in secrets.get(secret, set())
+    ]
+
+
+def coverage_problems(manifests: list[Manifest]) -> list[str]:
+    """Every process has a Deployment, every queue consumer a ScaledObject on its queue."""
+    problems = []
+    deployments = of_kind(manifests, "Deployment")
+    running = {process(d) for d in deployments.values()}
+    for kind in sorted({"edge", *WORKER_KINDS} - running):
+        problems.append(
+            f"no Deployment runs `intake {'edge' if kind == 'edge' else 'worker ' + kind}`"
+        )
+    scaled = {
+        trigger.get("metadata", {}).get("queueName")
+        for so in of_kind(manifests, "ScaledObject").values()
+        for trigger in so["spec"].get("triggers", [])
+    }
+    for queue in sorted(all_queues() - scaled):
+        problems.append(f"no ScaledObject scales on {queue}")
+    hpa_targets = {
+        hpa["spec"]["scaleTargetRef"]["name"]
+        for hpa in of_kind(manifests, "HorizontalPodAutoscaler").values()
+    }
+    if not any(process(deployments[name]) == "edge" for name in hpa_targets & set(deployments)):
+        problems.append("no HorizontalPodAutoscaler scales the edge")
+    return problems
+
+
+def consistency_problems(manifests: list[Manifest]) -> list[str]:
+    problems = coverage_problems(manifests) + secret_problems(manifests)
+    for name, configmap in of_kind(manifests, "ConfigMap").items():
+        problems += configmap_problems(name, configmap)
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        problems += deployment_problems(manifests, name, deployment)
+    for name, so in of_kind(manifests, "ScaledObject").items():
+        problems += scaled_object_problems(manifests, name, so)
+    for name, hpa in of_kind(manifests, "HorizontalPodAutoscaler").items():
+        problems += hpa_problems(manifests, name, hpa)
+    for kind in ("Service", "PodDisruptionBudget"):
+        for name, doc in of_kind(manifests, kind).items():
+            problems += service_problems(manifests, kind, name, doc)
+    return problems
+
+
+def all_problems(manifests: list[Manifest]) -> list[str]:
+    """Everything this file checks, in one list."""
+    return schema_problems(manifests) + consistency_problems(manifests)
+
+
+# --- the manifests --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifests() -> list[Manifest]:
+    return load()
+
+
+def test_the_pinned_kubernetes_version_is_shipped() -> None:
+    # kubernetes-validate falls back to an older version's schemas without a word: refuse that.
+    assert KUBERNETES_VERSION in all_versions(), all_versions()
+
+
+def test_builtin_kinds_validate_against_kubernetes(manifests: list[Manifest]) -> None:
+    builtin = [m for m in manifests if not is_custom(m.doc)]
+    assert {m.kind for m in builtin} >= {
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    assert schema_problems(builtin) == []
+
+
+def test_keda_resources_validate_against_their_crds(manifests: list[Manifest]) -> None:
+    custom = [m for m in manifests if is_custom(m.doc)]
+    assert {m.kind for m in custom} == {"ScaledObject", "TriggerAuthentication"}
+    assert schema_problems(custom) == []
+
+
+def test_manifests_agree_with_the_code(manifests: list[Manifest]) -> None:
+    assert consistency_problems(manifests) == []
+
+
+def test_every_lane_and_the_persist_queue_has_a_scaled_object(manifests: list[Manifest]) -> None:
+    # Spelled out, although consistency_problems covers it: the queues come from the topology.
+    targets = {
+        so["spec"]["scaleTargetRef"]["name"]: so["spec"]["triggers"][0]["metadata"]["queueName"]
+        for so in of_kind(manifests, "ScaledObject").values()
+    }
+    deployments = of_kind(manifests, "Deployment")
+    consumed = {process(deployments[name]): queue for name, queue in targets.items()}
+    assert consumed == {
+        "persist": topology.PERSIST_QUEUE,
+        **{check.value: topology.lane_queue(check) for check in Check},
+    }
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    files = {
+        str(p.relative_to(K8S))
+        for p in K8S.rglob("*.yaml")
+        if p.name != "kustomization.yaml" and not p.name.endswith(".example.yaml")
+    }
+    assert listed == files
+    assert not any(name.endswith(".example.yaml") for name in listed)
+
+
+# --- the checks can fail --------------------------------------------------------------------
+
+
+def _edit(kind: str, name: str, change: Callable[[Doc], object]) -> list[Manifest]:
+    """The manifests with one document changed (a deep copy: the files stay as they are)."""
+    edited = []
+    hit = False
+    for m in load():
+        doc = copy.deepcopy(m.doc)
+        if m.kind == kind and m.name == name:
+            change(doc)
+            hit = True
+        edited.append(Manifest(m.file, doc))
+    assert hit, f"no {kind}/{name} in k8s/"
+    return edited
+
+
+def _rename(mapping: Doc, old: str, new: str) -> None:
+    mapping[new] = mapping.pop(old)
+
+
+def _trigger(doc: Doc) -> Doc:
+    metadata: Doc = doc["spec"]["triggers"][0]["metadata"]
+    return metadata
+
+
+BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
+    # (what, kind, name, change, a fragment of the expected problem)
+    (
+        "misspelled ScaledObject field",
+        "ScaledObject",
+        "intake-worker-dukcapil",
+        lambda d: _rename(d["spec"], "maxReplicaCount", "maxReplicaCont"),
+        "'maxReplicaCont' was unexpected",
+    ),
+    (
+        "misspelled HPA behavior field in a ScaledObject",
+        "ScaledObject",
+        "intake-worker-photo",
+        lambda d: _rename(
+            d["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"],
+            "scaleDown",
+            "scaledown",
+        ),
+        "'scaledown' was unexpected",
+    ),
+    (
+        "wrong queue name",
+        "ScaledObject",
+        "intake-worker-dukcapil",
+        lambda d: _trigger(d).update(queueName="intake.verify.dukcapl"),
+        "queueName 'intake.verify.dukcapl'",
+    ),
+    (
+        "another worker's queue",
+        "ScaledObject",
+        "intake-worker-persist",
+        lambda d: _trigger(d).update(queueName=topology.lane_queue(Check.EMAIL)),
+        "`intake worker persist` consumes 'intake.registrations'",
+    ),
+    (
+        "misspelled trigger parameter",
+        "ScaledObject",
+        "intake-worker-email",
+        lambda d: _rename(_trigger(d), "queueName", "queuName"),
+        "'queuName' is no rabbitmq scaler parameter",
+    ),
+    (
+        "a target that is not a number",
+        "ScaledObject",
+        "intake-worker-phone",
+        lambda d: _trigger(d).update(value="lots"),
+        "value 'lots'",
+    ),
+    (
+        "unknown scale target",
+        "ScaledObject",
+        "intake-worker-dtks",
+        lambda d: d["spec"]["scaleTargetRef"].update(name="intake-worker-dtk"),
+        "not a Deployment of k8s/",
+    ),
+    (
+        "no scale-down behaviour",
+        "ScaledObject",
+        "intake-worker-dapodik",
+        lambda d: d["spec"].pop("advanced"),
+        "no gradual scale-down",
+    ),
+    (
+        "unknown TriggerAuthentication field",
+        "TriggerAuthentication",
+        "intake-rabbitmq",
+        lambda d: d["spec"]["secretTargetRef"][0].update(parameter_="host"),
+        "'parameter_' was unexpected",
+    ),
+    (
+        "misspelled Deployment field",
+        "Deployment",
+        "intake-worker-persist",
+        lambda d: _rename(
+            d["spec"]["template"]["spec"],
+            "terminationGracePeriodSeconds",
+            "terminationGracePeriodSecond",
+        ),
+        "terminationGracePeriodSecond",
+    ),
+    (
+        "a port that is not a number",
+        "Service",
+        "intake-edge",
+        lambda d: d["spec"]["ports"][0].update(port="eighty"),
+        "spec.ports.0.port",
+    ),
+    (
+        "a Service selecting nothing",
+        "Service",
+        "intake-edge",
+        lambda d: d["spec"]["selector"].update({"app.kubernetes.io/component": "egde"}),
+        "picks the pods of no Deployment",
+    ),
+    (
+        "a Service sending to a port the edge does not open",
+        "Service",
+        "intake-edge",
+        lambda d: d["spec"]["ports"][0].update(targetPort="https"),
+        "targetPort 'https' is no port of its pods",
+    ),
+    (
+        "a Deployment whose selector misses its pods",
+        "Deployment",
+        "intake-worker-dispatch",
+        lambda d: d["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/component": "dispatch"}
+        ),
+        "its selector does not match its pod template's labels",
+    ),
+    (
+        "unknown worker kind",
+        "Deployment",
+        "intake-worker-dukcapil",
+        lambda d: container(d).update(args=["worker", "dukcapl"]),
+        "not `intake edge` nor `intake worker <kind>`",
+    ),
+    (
+        "replicas under KEDA",
+        "Deployment",
+        "intake-worker-email",
+        lambda d: d["spec"].update(replicas=3),
+        "sets replicas, which KEDA owns",
+    ),
+    (
+        "a lane killed before it drained",
+        "Deployment",
+        "intake-worker-dtks",
+        lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=10),
+        "leaves no time for the lane's 30 s drain",
+    ),
+    (
+        "readiness on a route the edge does not serve",
+        "Deployment",
+        "intake-edge",
+        lambda d: container(d)["readinessProbe"]["httpGet"].update(path="/ready"),
+        "readinessProbe must GET /readyz",
+    ),
+    (
+        "an env name that is no setting",
+        "Deployment",
+        "intake-worker-photo",
+        lambda d: container(d)["env"].append({"name": "INTAKE_PHOTO_WORKER", "value": "2"}),
+        "env INTAKE_PHOTO_WORKER is not a setting",
+    ),
+    (
+        "photo lane without the blob volume",
+        "Deployment",
+        "intake-worker-photo",
+        lambda d: container(d).update(volumeMounts=[]),
+        "no volume claim mounted at INTAKE_BLOB_DIR",
+    ),
+    (
+        "a ConfigMap name that is no setting",
+        "ConfigMap",
+        "intake-config",
+        lambda d: d["data"].update(INTAKE_EDGE_PORTT="8080"),
+        "INTAKE_EDGE_PORTT is not a setting",
+    ),
+    (
+        "a ConfigMap value of the wrong type",
+        "ConfigMap",
+        "intake-config",
+        lambda d: d["data"].update(INTAKE_LANE_PREFETCH="many"),
+        "INTAKE_LANE_PREFETCH: not a valid int",
+    ),
+    (
+        "a Secret key nobody provides",
+        "TriggerAuthentication",
+        "intake-rabbitmq",
+        lambda d: d["spec"]["secretTargetRef"][0].update(key="AMQP_URL"),
+        "has no key 'AMQP_URL'",
+    ),
+    (
+        "HPA on a worker",
+        "HorizontalPodAutoscaler",
+        "intake-edge",
+        lambda d: d["spec"]["scaleTargetRef"].update(name="intake-worker-persist"),
+        "not the edge Deployment",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "change", "expected"),
+    [
+        pytest.param(kind, name, change, expected, id=what)
+        for what, kind, name, change, expected in BROKEN
+    ],
+)
+def test_a_broken_manifest_is_reported(
+    kind: str, name: str, change: Callable[[Doc], object], expected: str
+) -> None:
+    found = all_problems(_edit(kind, name, change))
+    assert any(expected in p for p in found), found
+
+
+def test_a_lane_without_scaled_object_is_reported() -> None:
+    edited = [
+        m for m in load() if not (m.kind == "ScaledObject" and m.name == "intake-worker-dtks")
+    ]
+    assert f"no ScaledObject scales on {topology.lane_queue(Check.DTKS)}" in all_problems(edited)
+
+
+def test_an_older_kubernetes_refuses_what_it_lacks() -> None:
+    # The edge against schemas from before the preStop sleep action (1.29): the pinned
+    # version is what makes it valid.
+    older = [v for v in all_versions() if tuple(map(int, v.split(".")[:2])) < (1, 29)]
+    assert older, "kubernetes-validate ships schemas from 1.25 on"
+    edge = of_kind(load(), "Deployment")["intake-edge"]
+    assert builtin_problems(edge, KUBERNETES_VERSION) == []
+    assert any("'sleep' was unexpected" in p for p in builtin_problems(edge, older[-1]))
