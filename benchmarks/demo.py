@@ -1,11 +1,12 @@
 """``intake demo``: a small wave opening on a local stack, from the first registration to the
 last verification.
 
-It starts the ministry simulators (serving the demo's synthetic population), the edge, the
-persist worker, the dispatcher and one worker per verification lane, all as the ``intake``
-commands an operator runs. Then the wave opens: every synthetic person registers (valid forms,
-invalid ones and repeated NIKs), and the people whose ground truth says so follow their email
-link and enter their SMS code, at the 2020 shares. The live funnel and the queues are printed
+It starts the ministry simulators (serving the demo's synthetic population), the edge, and the
+worker fleet (the persist worker, the dispatcher and the verification lanes) under
+``intake supervise``, which scales each kind on its queue, all as the ``intake`` commands an
+operator runs. Then the wave opens: every synthetic person registers (valid forms, invalid ones
+and repeated NIKs), and the people whose ground truth says so follow their email link and enter
+their SMS code, at the 2020 shares. The live funnel and the queues are printed
 until every registration is decided or nothing moves any more; then everything stops with
 SIGTERM. Exit status 0 when no accepted registration was lost.
 """
@@ -396,12 +397,15 @@ async def _run(
             *flags,
         )
         await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
-        for kind in WORKER_KINDS:
-            stack.start(f"worker-{kind}", "worker", kind)
+        # Every worker kind, scaled on its queue; each worker logs to its own file here.
+        stack.start("supervise", "supervise", f"--log-dir={log_dir}")
         stack.start("edge", "edge")
         await _wait_ready(f"{base_url}/readyz", stack, 60)
         lanes = ", ".join(k for k in WORKER_KINDS if k not in ("persist", "dispatch"))
-        print(f"stack ready: edge at {base_url}; lanes: {lanes}; logs in {log_dir}")
+        print(
+            f"stack ready: edge at {base_url}; workers under intake supervise (lanes: {lanes});"
+            f" logs in {log_dir}"
+        )
 
         since = dt.datetime.now(dt.UTC)
         started = time.perf_counter()
@@ -424,7 +428,8 @@ async def _run(
         end_to_end_s = (
             (final.last_decided_at - since).total_seconds() if final.last_decided_at else 0.0
         )
-        codes = stack.stop()
+        # The supervisor waits for its workers (a lane finishes the tasks in hand).
+        codes = stack.stop(timeout_s=90)
 
     latencies.sort()
     p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else 0.0

@@ -8,7 +8,10 @@ What is measured, in one run on a 2-core machine:
    ``wrk`` pinned to core 1 with a Lua script that POSTs one valid registration and counts
    the responses by status: only 202s count as accepted. Runs alternate (bare, edge, bare,
    edge, ...) after a warm-up of each; the medians and their ratio edge/bare are reported
-   (goal: >= 0.5).
+   (goal: >= 0.5). With ``--shed`` a third target, an edge with ``INTAKE_EDGE_MAX_PENDING=0``
+   that sheds every registration at admission (a ``503`` before the body is read), is measured
+   in the same rounds: its ``503`` answers per second over bare's ``202`` per second is the
+   shed/bare ratio, what a shed request costs next to the cheapest possible answer.
 2. **Latency at a constant offered rate** (default 1,333 registrations/s, the seed's peak
    minute) with :mod:`benchmarks.openloop` on core 1: p50/p90/p99/max from each request's
    *scheduled* send time, for the edge and, as a reference, for the bare server.
@@ -20,7 +23,7 @@ end (also on failure); the queue is purged between runs. The edge runs with
 ``INTAKE_EDGE_ACCESS_LOG=false``; ``--access-log`` also measures an edge with it on (one JSON
 line per request at INFO, to stderr redirected to a file under ``results/logs/``).
 
-    .venv/bin/python -m benchmarks.edge [--duration 10] [--connections 64] [--rounds 2]
+    .venv/bin/python -m benchmarks.edge [--duration 10] [--connections 64] [--rounds 2] [--shed]
 """
 
 from __future__ import annotations
@@ -178,6 +181,7 @@ def run_wrk(
     seconds = data["duration_us"] / 1e6
     accepted = int(data["statuses"].get("202", 0))
     data.update(
+        shed_per_s=round(int(data["statuses"].get("503", 0)) / seconds, 1),
         target=target.name,
         seconds=round(seconds, 3),
         accepted=accepted,
@@ -321,6 +325,12 @@ def report(results: dict[str, Any]) -> str:
             f"edge with its access log on / bare = "
             f"{medians['edge+access-log'] / medians['bare']:.2f}"
         )
+    if "ratio_shed_over_bare" in results:
+        ratio_lines.append(
+            f"**shed/bare = {results['ratio_shed_over_bare']:.2f}**: an edge shedding every "
+            f"registration answered {results['shed_per_s_median']:,.0f} 503/s (median) "
+            f"against bare's {medians['bare']:,.0f} 202/s"
+        )
     ceiling = results["generator_ceiling"]
     steps = ", ".join(
         f"{s['offered_rate']:,.0f} -> {s['completed_in_window_rate']:,.0f}"
@@ -386,10 +396,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     log_dir,
                 )
             )
-            edge_variants = [("edge", "false")]
+            edge_variants: list[tuple[str, str, dict[str, str]]] = [("edge", "false", {})]
             if args.access_log:
-                edge_variants.append(("edge+access-log", "true"))
-            for name, access_log in edge_variants:
+                edge_variants.append(("edge+access-log", "true", {}))
+            if args.shed:
+                # Sheds every registration at admission: the cost of a shed request.
+                edge_variants.append(("edge-shed", "false", {"INTAKE_EDGE_MAX_PENDING": "0"}))
+            for name, access_log, extra_env in edge_variants:
                 port = free_port()
                 env = dict(
                     base_env,
@@ -398,6 +411,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     INTAKE_EDGE_PORT=str(port),
                     INTAKE_EDGE_ACCESS_LOG=access_log,
                     INTAKE_LOG_LEVEL="INFO",
+                    **extra_env,
                 )
                 targets.append(start_target(name, [venv_bin("intake"), "edge"], env, port, log_dir))
 
@@ -417,15 +431,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     result["round"] = round_no
                     wrk_runs.append(result)
                     progress(
-                        f"  {result['accepted_per_s']:,.0f} accepted/s "
-                        f"({result['not_accepted']} not 202)"
+                        f"  {result['accepted_per_s']:,.0f} accepted/s, "
+                        f"{result['shed_per_s']:,.0f} shed/s ({result['not_accepted']} not 202)"
                     )
                     if target.name != "bare":
                         purge_queue(BENCH_VHOST, PERSIST_QUEUE)
 
             latency: dict[str, dict[str, Any]] = {}
             for target in targets:
-                if target.name == "edge+access-log":
+                if target.name in ("edge+access-log", "edge-shed"):
                     continue
                 progress(
                     f"open loop: {args.rate:,.0f}/s -> {target.name}"
@@ -471,10 +485,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "accepted_per_s_median": medians,
         "ratio_edge_over_bare": medians["edge"] / medians["bare"],
+        **_shed_figures(wrk_runs, medians["bare"]),
         "wrk_runs": wrk_runs,
         "latency": latency,
         "generator_ceiling": ceiling,
     }
+
+
+def _shed_figures(wrk_runs: list[dict[str, Any]], bare_per_s: float) -> dict[str, float]:
+    shed = [r["shed_per_s"] for r in wrk_runs if r["target"] == "edge-shed"]
+    if not shed:
+        return {}
+    return {"shed_per_s_median": median(shed), "ratio_shed_over_bare": median(shed) / bare_per_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -497,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
         "--access-log",
         action="store_true",
         help="also measure an edge with its access log on (INTAKE_LOG_LEVEL=INFO)",
+    )
+    parser.add_argument(
+        "--shed",
+        action="store_true",
+        help="also measure an edge that sheds every registration (503 before reading the body)",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1:

@@ -2,6 +2,7 @@
 
     intake edge                 the HTTP intake edge
     intake worker [KIND]        a worker: persist (default), dispatch, or a verification lane
+    intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
     intake simulate [...]       the ministry simulators (``intake simulate --help``)
@@ -47,6 +48,27 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
             from workers.lane import serve as lane
 
             runner.run(lane(settings, Check(args.lane)))
+    return 0
+
+
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from workers.supervisor import serve
+
+    unknown = sorted(set(args.kinds) - set(WORKER_KINDS))
+    if unknown:
+        print(
+            f"intake supervise: unknown kinds {unknown}; choose from {WORKER_KINDS}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings, args.kinds or WORKER_KINDS, args.run_dir, args.log_dir))
+    except SettingsError as exc:
+        print(f"intake supervise: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -100,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a worker")
     worker.add_argument("lane", nargs="?", default="persist", choices=WORKER_KINDS)
     worker.set_defaults(func=_worker)
+    supervise = commands.add_parser(
+        "supervise", help="run the worker fleet on this machine, scaled on its queues"
+    )
+    # No ``choices``: argparse refuses an empty list for nargs="*" with choices (checked above).
+    supervise.add_argument("kinds", nargs="*", metavar="KIND", help="worker kinds (default: all)")
+    supervise.add_argument(
+        "--run-dir", type=Path, default=None, help="the workers' status files (default: a temp dir)"
+    )
+    supervise.add_argument(
+        "--log-dir", type=Path, default=None, help="one log file per worker here (default: stderr)"
+    )
+    supervise.set_defaults(func=_supervise)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     commands.add_parser("simulate", help="run the ministry simulators (see intake simulate --help)")
     dlq = commands.add_parser("dlq", help="inspect or replay dead-letter queues")

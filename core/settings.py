@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.verification import Check
+
 log = logging.getLogger(__name__)
 
 # A development key, public by construction. ``Settings.from_env`` refuses it when
@@ -47,7 +49,13 @@ class Settings:
     # smaller batches at moderate load, each paying the per-message publish cost (measured at
     # 1,333/s: p99 12 ms with 2, 27 ms with 4, same throughput).
     edge_max_inflight_batches: int = 2
+    # Retry-After of a 503 when there is no backlog to measure (intake.publisher, retry_after_s);
+    # a measured one (queue full, over edge_max_pending) is at most edge_retry_after_max_s.
     edge_retry_after_s: int = 2
+    edge_retry_after_max_s: int = 60
+    # While the persist queue is full, one registration is let through this often to find out
+    # whether it has room again; every other one is shed without a publish.
+    edge_full_probe_interval_s: float = 0.2
     edge_shutdown_timeout_s: float = 10.0
     edge_reconnect_max_delay_s: float = 2.0
     edge_access_log: bool = True
@@ -66,6 +74,23 @@ class Settings:
     # (processes x connections) well under PostgreSQL's max_connections (100 by default).
     lane_db_connections: int = 6
     lane_max_attempts: int = 8
+    # Flow control of each lane (workers.flow): an adaptive concurrency limit per worker
+    # process, starting here and never above lane_prefetch; 0 = adaptive, N > 0 = a fixed
+    # limit of N calls in flight (for comparison; not recommended).
+    lane_limit_initial: int = 8
+    lane_limit_fixed: int = 0
+    # How often the limit re-measures the service's no-load latency (one window at half).
+    lane_limit_probe_interval_s: float = 10.0
+    # Circuit breaker: opens when this share of the last 20 calls failed (at least 10 known),
+    # stays open breaker_open_s (doubling up to breaker_open_max_s while probes fail), closes
+    # after breaker_probes successful probes in a row.
+    breaker_failure_rate: float = 0.5
+    breaker_open_s: float = 5.0
+    breaker_open_max_s: float = 60.0
+    breaker_probes: int = 3
+    # Fixed rate caps agreed with a service, calls per second per lane across all its
+    # workers, e.g. "dukcapil=200,dtks=50". Empty: none.
+    lane_rate_caps: str = ""
     retry_base_delay_s: float = 1.0
     ministry_timeout_s: float = 5.0
     dispatch_batch_max: int = 500
@@ -101,6 +126,25 @@ class Settings:
     persist_batch_max_rows: int = 2_000
     persist_batch_linger_s: float = 0.05
 
+    # The worker fleet on one machine (intake supervise, workers.supervisor): per kind between
+    # min and max processes, so that a backlog drains within supervise_target_drain_s.
+    # supervise_worker_limits overrides the bounds per kind, e.g. "persist=1-2,photo=1-2";
+    # the dispatcher is always exactly one.
+    supervise_min_workers: int = 1
+    supervise_max_workers: int = 4
+    supervise_worker_limits: str = ""
+    supervise_target_drain_s: float = 60.0
+    supervise_interval_s: float = 2.0
+    # A kind loses one worker once its queue has needed fewer for this long, and no faster.
+    supervise_cooldown_s: float = 30.0
+    # A worker asked to stop (SIGTERM) finishes what it holds; it is killed after this long.
+    supervise_stop_grace_s: float = 60.0
+    # PostgreSQL connections the supervised workers' pools may open together at most: scaling
+    # up stops there (PostgreSQL allows 100 by default; the edge and tools need some too).
+    supervise_db_connections: int = 80
+    # Set by intake supervise for each worker it starts; empty = no status file.
+    worker_status_file: str = ""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``INTAKE_*`` variables, converting each to its field's type."""
@@ -123,10 +167,64 @@ class Settings:
             raise SettingsError("INTAKE_SECRET_KEY must be at least 32 characters")
         if self.edge_batch_max_items < 1 or self.edge_max_inflight_batches < 1:
             raise SettingsError("edge batch sizes must be positive")
+        if self.edge_retry_after_max_s < 1 or not self.edge_full_probe_interval_s > 0:
+            raise SettingsError(
+                "INTAKE_EDGE_RETRY_AFTER_MAX_S, INTAKE_EDGE_FULL_PROBE_INTERVAL_S must be positive"
+            )
         if self.delivery_limit < 1:
             raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
+        if self.lane_limit_initial < 1 or self.lane_limit_fixed < 0:
+            raise SettingsError("INTAKE_LANE_LIMIT_INITIAL must be positive")
+        if not 0 < self.breaker_failure_rate <= 1 or self.breaker_probes < 1:
+            raise SettingsError("INTAKE_BREAKER_FAILURE_RATE must be in (0, 1]")
+        self.rate_caps()  # raises on a malformed INTAKE_LANE_RATE_CAPS
+        if not (
+            0 <= self.supervise_min_workers <= self.supervise_max_workers
+            and self.supervise_target_drain_s > 0
+            and self.supervise_interval_s > 0
+            and self.supervise_cooldown_s >= 0
+            and self.supervise_stop_grace_s >= 0
+        ):
+            raise SettingsError(
+                "INTAKE_SUPERVISE_*: need 0 <= MIN_WORKERS <= MAX_WORKERS, positive"
+                " TARGET_DRAIN_S and INTERVAL_S, COOLDOWN_S and STOP_GRACE_S >= 0"
+            )
+        self.worker_limits()  # raises on a malformed INTAKE_SUPERVISE_WORKER_LIMITS
         if self.photo_max_bytes < 1 or self.photo_workers < 1:
             raise SettingsError("INTAKE_PHOTO_MAX_BYTES and INTAKE_PHOTO_WORKERS must be positive")
+
+    def rate_caps(self) -> dict[str, float]:
+        """``lane_rate_caps`` parsed: lane name → calls per second."""
+        caps: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in self.lane_rate_caps.split(","))):
+            lane, _, value = item.partition("=")
+            try:
+                rate = float(value)
+            except ValueError:
+                rate = 0.0
+            if lane.strip() not in set(Check) or not rate > 0:
+                raise SettingsError(f"INTAKE_LANE_RATE_CAPS: expected lane=calls_per_s: {item!r}")
+            caps[lane.strip()] = rate
+        return caps
+
+    def worker_limits(self) -> dict[str, tuple[int, int]]:
+        """``supervise_worker_limits`` parsed: worker kind → (min, max) processes."""
+        limits: dict[str, tuple[int, int]] = {}
+        for item in filter(
+            None, (part.strip() for part in self.supervise_worker_limits.split(","))
+        ):
+            kind, _, bounds = item.partition("=")
+            low, _, high = bounds.partition("-")
+            try:
+                pair = (int(low), int(high))
+            except ValueError:
+                pair = (-1, -1)
+            if not kind.strip() or not 0 <= pair[0] <= pair[1]:
+                raise SettingsError(
+                    f"INTAKE_SUPERVISE_WORKER_LIMITS: expected kind=min-max: {item!r}"
+                )
+            limits[kind.strip()] = pair
+        return limits
 
     def to_env(self) -> dict[str, str]:
         """The ``INTAKE_*`` variables that reproduce these settings in another process."""

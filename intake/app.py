@@ -2,6 +2,8 @@
 
 The accept path never touches the database or a ministry: validate, hand the envelope to the
 :class:`~intake.publisher.BatchPublisher`, and answer 202 only once the broker confirmed it.
+Admission is decided from the headers alone, before the body is read: a shed registration costs
+a 503 and nothing else (see :meth:`~intake.publisher.BatchPublisher.admit`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ async def register(request: web.Request) -> web.StreamResponse:
         return problem(415, "unsupported-media-type", "The body must be application/json")
     if request.content_length is not None and request.content_length > settings.edge_max_body_bytes:
         return problem(413, "too-large", "The body is too large")
+    publisher = request.app[PUBLISHER]
+    try:
+        # Before the body is read or parsed. The unread body of a shed request is drained by
+        # aiohttp after the answer (its "lingering" read, up to 10 s; else the connection is
+        # closed), so the next request on a keep-alive connection starts where it should.
+        probe = publisher.admit()
+    except Unavailable as exc:
+        return unavailable(exc.reason, publisher.retry_after_s(exc.reason))
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -77,9 +87,9 @@ async def register(request: web.Request) -> web.StreamResponse:
 
     item = Envelope(registration_id, now, registration).to_json()
     try:
-        await request.app[PUBLISHER].submit(item)
+        await publisher.submit(item, probe=probe)
     except Unavailable as exc:
-        return unavailable(exc.reason, settings.edge_retry_after_s)
+        return unavailable(exc.reason, publisher.retry_after_s(exc.reason))
     status_url = f"/v1/registrations/{registration_id}"
     return _json(
         202,

@@ -13,12 +13,35 @@ Promises:
   message is routed (``mandatory``: a return is a failure) and durable in a quorum queue;
 - it fails with :class:`Unavailable` on a nack (the queue is at its length limit), a return, a
   confirm that does not arrive within ``edge_publish_timeout_s``, or a lost connection, and it
-  fails *at once* while the broker is unreachable or too much is pending. It never hangs.
+  fails *at once*, without a publish, while the broker is unreachable, too much is pending or
+  the queue is known to be full. It never hangs.
 - the connection is re-established in the background with capped exponential backoff.
 
 aio-pika's ``RobustConnection`` is deliberately not used: it has known hangs on publish while
 reconnecting (aio-pika #556, #636, #689); a plain connection that fails fast, plus our own
 reconnect loop, keeps every outcome bounded.
+
+Load shedding. :meth:`BatchPublisher.admit` is asked before a request's body is read, so that a
+shed request costs a header check and a 503, nothing more. It sheds while the broker is
+unreachable, while closing, at the in-process bound (``edge_max_pending``), and while the
+persist queue is known to be full. Two mechanisms, each for what it does best:
+
+- **The full state** decides admission. A nack (``reject-publish``) is the broker saying the
+  queue is at its length limit, in messages or in bytes, whatever policy set it; the edge then
+  stops publishing into it: every new request is shed at once, and what was waiting for a
+  publish slot fails with ``queue_full`` without being sent. One registration at a time is let
+  through as a *probe*, at most every ``edge_full_probe_interval_s``; the first confirmed
+  publish made after the nack (a probe's) ends the state. The broker's answer is the truth, so
+  the state needs no knowledge of the limits and ends within one probe interval of the queue
+  having room.
+- **A depth sampler** feeds the ``Retry-After`` estimate. Once a second, on a channel of its
+  own, a passive declare of the persist queue reads its depth and consumer count; the
+  :class:`~intake.shedding.DrainMeter` turns successive samples (and this edge's own confirmed
+  publishes) into a drain rate. A shed ``queue_full`` is told to come back after depth / rate
+  seconds, ``overloaded`` after the in-process backlog's time through the publish pipeline,
+  ``broker_unreachable`` after the reconnect backoff; see :meth:`BatchPublisher.retry_after_s`.
+  The sampler never decides admission: a depth read up to a second ago is not worth a 503, and
+  it does not see a limit in bytes.
 """
 
 from __future__ import annotations
@@ -36,10 +59,19 @@ from aio_pika.abc import AbstractConnection, AbstractExchange
 from core import envelope, topology
 from core.keys import Keyring
 from core.settings import Settings
+from intake import shedding
 
 log = logging.getLogger(__name__)
 
 Connector = Callable[[str], Awaitable[AbstractConnection]]
+
+# How often the depth sampler reads the persist queue's depth (a passive declare).
+DEPTH_SAMPLE_INTERVAL_S = 1.0
+_SAMPLE_TIMEOUT_S = 5.0
+# Weight of the newest batch in the moving average of confirm latencies.
+_CONFIRM_SMOOTHING = 0.2
+
+_Batch = list[tuple[bytes, "asyncio.Future[None]"]]
 
 
 class Unavailable(Exception):
@@ -61,7 +93,7 @@ class BatchPublisher:
         self._settings = settings
         self._keyring = keyring
         self._connect = connect
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending: _Batch = []
         self._inflight = 0
         self._flush_scheduled = False
         self._exchange: AbstractExchange | None = None
@@ -70,6 +102,15 @@ class BatchPublisher:
         self._batches: set[asyncio.Task[None]] = set()
         self._closing = False
         self._connected = asyncio.Event()
+        self._reconnect_delay_s = 0.05
+        # The full state: entered on a nack, left by the first ack of a batch published after it.
+        self._full = False
+        self._full_after_seq = 0
+        self._publish_seq = 0
+        self._probe_inflight = False
+        self._next_probe_at = 0.0
+        self._confirm_s: float | None = None
+        self.drain = shedding.DrainMeter()
         self.stats = PublisherStats()
 
     @property
@@ -82,6 +123,11 @@ class BatchPublisher:
         """Registrations submitted and not yet answered (waiting or in flight)."""
         return len(self._pending) + self.stats.inflight_items
 
+    @property
+    def queue_full(self) -> bool:
+        """Whether the persist queue is known to be full (the full state, see the module)."""
+        return self._full
+
     async def start(self) -> None:
         """Start connecting in the background; :attr:`ready` turns true once connected."""
         self._supervisor = asyncio.create_task(self._supervise(), name="amqp-supervisor")
@@ -93,22 +139,85 @@ class BatchPublisher:
                 await self._connected.wait()
         return self.ready
 
-    def submit(self, item: bytes) -> asyncio.Future[None]:
-        """Queue one serialised envelope; the future resolves once the broker confirmed it.
+    def admit(self) -> bool:
+        """Admission of one registration, decided before its body is read.
 
-        Raises :class:`Unavailable` immediately when the broker is not connected or more than
-        ``edge_max_pending`` registrations are already waiting: shedding costs nothing.
+        Raises :class:`Unavailable` when it is to be shed: closing, broker unreachable, the
+        in-process bound reached, or the queue known to be full and no probe due. Otherwise
+        returns whether this registration is the full queue's probe (pass it to :meth:`submit`).
+        Costs a few attribute reads; a shed request touches neither its body nor the broker.
         """
         if self._closing:
-            raise Unavailable("shutting_down")
+            raise self._shed("shutting_down")
         if self._exchange is None:
-            raise Unavailable("broker_unreachable")
+            raise self._shed("broker_unreachable")
         if self.pending >= self._settings.edge_max_pending:
-            raise Unavailable("overloaded")
+            raise self._shed("overloaded")
+        if not self._full:
+            return False
+        now = time.monotonic()
+        if self._probe_inflight or now < self._next_probe_at:
+            raise self._shed("queue_full")
+        # This one may probe; the next may not before an interval, whatever becomes of it.
+        self._next_probe_at = now + self._settings.edge_full_probe_interval_s
+        return True
+
+    def submit(self, item: bytes, *, probe: bool = False) -> asyncio.Future[None]:
+        """Queue one serialised envelope; the future resolves once the broker confirmed it.
+
+        Raises :class:`Unavailable` immediately when the broker is not connected, more than
+        ``edge_max_pending`` registrations are already waiting, or the queue is known to be
+        full and this is not its admitted ``probe``: shedding costs nothing.
+        """
+        if self._closing:
+            raise self._shed("shutting_down")
+        if self._exchange is None:
+            raise self._shed("broker_unreachable")
+        if self.pending >= self._settings.edge_max_pending:
+            raise self._shed("overloaded")
+        if self._full:
+            if not probe or self._probe_inflight:
+                raise self._shed("queue_full")
+            self._probe_inflight = True
+            self.stats.probes += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         self._schedule_flush()
         return future
+
+    def retry_after_s(self, reason: str) -> int:
+        """The ``Retry-After`` (whole seconds) of a 503 for ``reason``, with jitter.
+
+        - ``queue_full``: the persist queue's depth / its measured drain rate (the wait is the
+          maximum while no consumer drains it);
+        - ``overloaded``: the registrations pending here / what the publish pipeline moves per
+          second (``edge_batch_max_items`` x ``edge_max_inflight_batches`` per confirm latency);
+        - ``broker_unreachable``: the current reconnect backoff;
+        - anything else, or no measurement yet: ``edge_retry_after_s``.
+
+        Clamped to ``[1, edge_retry_after_max_s]`` and spread by
+        :func:`~intake.shedding.retry_after_s`.
+        """
+        settings = self._settings
+        seconds: float | None = None
+        if reason == "queue_full":
+            seconds = self.drain.drain_time_s()
+        elif reason == "overloaded" and self._confirm_s is not None:
+            per_round = settings.edge_batch_max_items * settings.edge_max_inflight_batches
+            seconds = shedding.drain_time_s(self.pending, per_round / max(self._confirm_s, 1e-6))
+        elif reason == "broker_unreachable":
+            seconds = self._reconnect_delay_s
+        if seconds is None:
+            seconds = settings.edge_retry_after_s
+        return shedding.retry_after_s(
+            seconds,
+            maximum_s=settings.edge_retry_after_max_s,
+            jitter=random.random(),  # noqa: S311 - jitter, not a secret
+        )
+
+    def _shed(self, reason: str) -> Unavailable:
+        self.stats.shed[reason] = self.stats.shed.get(reason, 0) + 1
+        return Unavailable(reason)
 
     def _schedule_flush(self) -> None:
         # call_soon lets every request already parsed in this loop iteration join the batch.
@@ -122,11 +231,12 @@ class BatchPublisher:
         while self._pending and self._inflight < self._settings.edge_max_inflight_batches:
             batch, self._pending = self._pending[:limit], self._pending[limit:]
             self._inflight += 1
-            task = asyncio.create_task(self._publish(batch))
+            self._publish_seq += 1
+            task = asyncio.create_task(self._publish(batch, self._publish_seq, probe=self._full))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
-    async def _publish(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+    async def _publish(self, batch: _Batch, seq: int, *, probe: bool) -> None:
         self.stats.inflight_items += len(batch)
         started = time.perf_counter()
         error: Unavailable | None = None
@@ -135,7 +245,14 @@ class BatchPublisher:
         finally:
             self.stats.inflight_items -= len(batch)
             self._inflight -= 1
-        self.stats.record(len(batch), time.perf_counter() - started, error)
+        elapsed_s = time.perf_counter() - started
+        self.stats.record(len(batch), elapsed_s, error)
+        self._confirm_s = (
+            elapsed_s
+            if self._confirm_s is None
+            else _CONFIRM_SMOOTHING * elapsed_s + (1 - _CONFIRM_SMOOTHING) * self._confirm_s
+        )
+        self._track_fullness(seq, error, probe=probe)
         for _, future in batch:
             if future.done():  # the request's handler was cancelled (client went away)
                 continue
@@ -146,7 +263,25 @@ class BatchPublisher:
         if self._pending:
             self._schedule_flush()
 
-    async def _send(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> Unavailable | None:
+    def _track_fullness(self, seq: int, error: Unavailable | None, *, probe: bool) -> None:
+        if probe:
+            self._probe_inflight = False
+            self._next_probe_at = time.monotonic() + self._settings.edge_full_probe_interval_s
+        if error is not None and error.reason == "queue_full" and not self._full:
+            # Every batch issued so far went out before the nack was known; only an ack of a
+            # later one (a probe) shows that the queue has room again.
+            self._full, self._full_after_seq = True, self._publish_seq
+            self._next_probe_at = time.monotonic() + self._settings.edge_full_probe_interval_s
+            waiting, self._pending = self._pending, []
+            for _, future in waiting:  # never sent: no publish into a full queue
+                if not future.done():
+                    future.set_exception(self._shed("queue_full"))
+            log.warning("persist queue full: shedding, probing for room")
+        elif error is None and self._full and seq > self._full_after_seq:
+            self._full = False
+            log.info("persist queue has room again")
+
+    async def _send(self, batch: _Batch) -> Unavailable | None:
         exchange = self._exchange
         if exchange is None:
             return Unavailable("broker_unreachable")
@@ -164,24 +299,25 @@ class BatchPublisher:
                 await exchange.publish(message, topology.PERSIST_ROUTING_KEY, mandatory=True)
         except TimeoutError:
             return Unavailable("confirm_timeout")
+        except aio_pika.exceptions.PublishError:
+            # A basic.return (unroutable). PublishError subclasses DeliveryError: test it first.
+            return Unavailable("unroutable")
         except aio_pika.exceptions.DeliveryError:
             # A nack: the quorum queue is at its length limit (reject-publish).
             return Unavailable("queue_full")
-        except aio_pika.exceptions.PublishError:
-            return Unavailable("unroutable")
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
             return Unavailable("broker_unreachable")
+        self.stats.confirmed_batches += 1
         return None
 
     async def _supervise(self) -> None:
-        delay_s = 0.05
+        self._reconnect_delay_s = 0.05
         while not self._closing:
             try:
                 connection = await self._connect(self._settings.amqp_url)
             except (aio_pika.exceptions.AMQPError, OSError, TimeoutError) as exc:
                 log.warning("broker connection failed: %s", type(exc).__name__)
-                await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
-                delay_s = min(delay_s * 2, self._settings.edge_reconnect_max_delay_s)
+                await self._backoff()
                 continue
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -189,21 +325,60 @@ class BatchPublisher:
             except (aio_pika.exceptions.AMQPError, OSError) as exc:
                 log.warning("broker setup failed: %s", type(exc).__name__)
                 await connection.close()
-                await asyncio.sleep(delay_s)
+                await asyncio.sleep(self._reconnect_delay_s)
                 continue
             # aio-pika resolves ``closed()`` only on a deliberate close; a lost connection is
             # reported through the close callbacks.
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
             self._connection, self._exchange = connection, declared.exchange
-            delay_s = 0.05
+            self._reconnect_delay_s = 0.05
             self._connected.set()
             log.info("broker connected")
-            await lost.wait()
+            sampler = asyncio.create_task(self._sample_depth(connection), name="depth-sampler")
+            try:
+                await lost.wait()
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
             self._connected.clear()
             self._exchange = self._connection = None
             if not self._closing:
                 log.warning("broker connection lost")
+
+    async def _backoff(self) -> None:
+        await asyncio.sleep(self._reconnect_delay_s * (0.5 + random.random()))  # noqa: S311
+        self._reconnect_delay_s = min(
+            self._reconnect_delay_s * 2, self._settings.edge_reconnect_max_delay_s
+        )
+
+    async def _sample_depth(self, connection: AbstractConnection) -> None:
+        """Once a second, read the persist queue's depth with a passive declare on a channel of
+        its own (a failed passive declare closes its channel, never the publishing one)."""
+        failures = (aio_pika.exceptions.AMQPError, OSError, RuntimeError, TimeoutError)
+        channel: aio_pika.abc.AbstractChannel | None = None
+        while True:
+            try:
+                async with asyncio.timeout(_SAMPLE_TIMEOUT_S):
+                    if channel is None or channel.is_closed:
+                        channel = await connection.channel(publisher_confirms=False)
+                    underlay = await channel.get_underlay_channel()
+                    declared = await underlay.queue_declare(topology.PERSIST_QUEUE, passive=True)
+                self.drain.observe(
+                    time.monotonic(),
+                    declared.message_count or 0,
+                    declared.consumer_count or 0,
+                    self.stats.confirmed_batches,
+                )
+            except failures as exc:
+                log.debug("persist queue depth not sampled: %s", type(exc).__name__)
+                if channel is not None and not channel.is_closed:
+                    with contextlib.suppress(*failures):
+                        async with asyncio.timeout(_SAMPLE_TIMEOUT_S):
+                            await channel.close()
+                channel = None
+            await asyncio.sleep(DEPTH_SAMPLE_INTERVAL_S)
 
     async def close(self) -> None:
         """Stop accepting, let everything submitted be confirmed or fail, then disconnect."""
@@ -230,7 +405,11 @@ class PublisherStats:
         self.inflight_items = 0
         self.batches = 0
         self.items = 0
+        self.confirmed_batches = 0
+        self.probes = 0
         self.failures: dict[str, int] = {}
+        # Registrations refused without a publish, by reason (most before their body was read).
+        self.shed: dict[str, int] = {}
         self.last_confirm_s = 0.0
 
     def record(self, items: int, elapsed_s: float, error: Unavailable | None) -> None:

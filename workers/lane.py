@@ -19,27 +19,40 @@ Outcomes map to state, acknowledgements and retries here, in one place:
 
 Deliveries are at least once; every step is idempotent (the check row is locked and its state
 read before anything is recorded), so a redelivered task never applies an outcome twice.
+
+Each call to the verifier passes the lane's gate first (``workers/flow.py``: adaptive
+concurrency limit, circuit breaker, optional shared rate cap). The consumer follows the gate:
+its prefetch is the limit plus a little headroom, re-set when the limit has moved enough; while
+the breaker is open the lane cancels its consumer (the backlog waits in the queue, tasks already
+in hand wait for the breaker), and a half-open breaker consumes one task at a time for probes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import os
 import random
 import signal
+import time
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 import aiohttp
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import checks, topology
 from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
 from core.verification import Check, Passed, Reject, Retry, Review, Task, TaskError, Verifier
+from workers import flow
 from workers.dispatch import publish_task
 from workers.sessions import keep_running
+from workers.status import report_forever
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +61,35 @@ class LaneWorker:
     """Runs one verifier on its lane until :meth:`stop`."""
 
     def __init__(
-        self, settings: Settings, keyring: Keyring, pool: asyncpg.Pool, verifier: Verifier
+        self,
+        settings: Settings,
+        keyring: Keyring,
+        pool: asyncpg.Pool,
+        verifier: Verifier,
+        gate: flow.LaneGate | None = None,
     ) -> None:
         self._settings = settings
         self._keyring = keyring
         self._pool = pool
         self._verifier = verifier
         self._check = verifier.check
+        self.gate = gate if gate is not None else build_gate(settings, verifier.check, pool)
         self._stopping = asyncio.Event()
         self._lanes: topology.LaneTopology | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self.outcomes: dict[str, int] = {}
+        self.processed = 0
+        self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
+
+    def status(self) -> dict[str, object]:
+        """What ``intake supervise`` reads from the worker's status file."""
+        return {
+            "kind": self._check.value,
+            "pid": os.getpid(),
+            "processed": self.processed,
+            "prefetch": self.prefetch,
+            **self.gate.snapshot(),
+        }
 
     def stop(self) -> None:
         self._stopping.set()
@@ -80,21 +111,42 @@ class LaneWorker:
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda *_: lost.set())
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await channel.set_qos(prefetch_count=self._settings.lane_prefetch)
             self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
-            queue = self._lanes.queues[self._check]
-            tag = await queue.consume(self._on_message)
+            consumer = _Consumer(channel, self._lanes.queues[self._check], self._on_message)
             log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
-            stop = asyncio.create_task(self._stopping.wait())
-            gone = asyncio.create_task(lost.wait())
-            await asyncio.wait({stop, gone}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            gone.cancel()
+            try:
+                while not (self._stopping.is_set() or lost.is_set()):
+                    self.prefetch = await consumer.follow(self._wanted_prefetch())
+                    await self._wait_for_change(lost)
+            finally:
+                self.prefetch = 0
             if not lost.is_set():
                 # Graceful stop: no new deliveries; finish the tasks in hand, then close.
-                await queue.cancel(tag)
+                await consumer.follow(0)
                 if self._inflight:
                     await asyncio.wait(set(self._inflight), timeout=30)
+
+    def _wanted_prefetch(self) -> int:
+        """Deliveries to hold: none while the breaker is open, one per probe while half-open,
+        else the limit plus a quarter (at least two) so that the next task is at hand."""
+        state = self.gate.breaker.state
+        if state is flow.BreakerState.OPEN:
+            return 0
+        if state is flow.BreakerState.HALF_OPEN:
+            return 1
+        limit = math.ceil(self.gate.limit.steady)
+        return min(self._settings.lane_prefetch, limit + max(2, math.ceil(limit / 4)))
+
+    async def _wait_for_change(self, lost: asyncio.Event) -> None:
+        """Until the breaker changes state, a second passes, or the session ends."""
+        changed = self.gate.breaker.changed
+        changed.clear()
+        waits = [asyncio.create_task(event.wait()) for event in (changed, lost, self._stopping)]
+        remaining = self.gate.breaker.open_remaining_s()
+        timeout = min(1.0, remaining + 0.01) if remaining else 1.0
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # aiormq runs each delivery in a task of its own; prefetch bounds how many at once.
@@ -124,6 +176,7 @@ class LaneWorker:
             if state is None or state in FINAL_STATES:
                 self._count("skipped")
                 await message.ack()
+                self.processed += 1
                 return
             try:
                 subject = await checks.load_subject(connection, self._keyring, task.registration_id)
@@ -133,7 +186,11 @@ class LaneWorker:
                 log.error("registration data unreadable; task dead-lettered")
                 await self._dead_letter(task, "unreadable_registration")
                 await message.ack()
+                self.processed += 1
                 return
+        permit = await self._permit()
+        if permit is None:
+            return  # stopping: the task goes back to the queue when the channel closes
         outcome: Passed | Reject | Review | Retry
         try:
             outcome = await self._verifier.verify(task, subject)
@@ -142,11 +199,31 @@ class LaneWorker:
         except Exception as exc:  # a verifier bug must not lose the task: retry it
             log.exception("verifier failed: %s", type(exc).__name__)
             outcome = Retry(f"internal:{type(exc).__name__}")
+        except BaseException:  # cancelled mid-call: the service said nothing
+            self.gate.release(permit, flow.Signal.NEUTRAL)
+            raise
+        self.gate.release(
+            permit, flow.classify(outcome.reason if isinstance(outcome, Retry) else None)
+        )
         if isinstance(outcome, Retry):
             await self._retry(task, outcome)
         else:
             await self._record(task, outcome)
         await message.ack()
+        self.processed += 1
+
+    async def _permit(self) -> flow.Permit | None:
+        """Wait for the gate, unless the worker stops first."""
+        acquire = asyncio.ensure_future(self.gate.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if acquire.done():
+            return acquire.result()
+        acquire.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquire
+        return None
 
     async def _record(self, task: Task, outcome: Passed | Reject | Review) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
@@ -217,6 +294,75 @@ class LaneWorker:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
 
+class _Consumer:
+    """The lane's consumer, whose prefetch can change while it runs.
+
+    RabbitMQ applies a per-consumer prefetch to consumers started *after* ``basic.qos``, and
+    quorum queues have no channel-wide ("global") prefetch; so a new prefetch is cancel, qos,
+    consume. Deliveries already in hand stay unacknowledged on the channel and are acknowledged
+    as usual. Small changes are ignored, and changes come at most once a second, so that the
+    consumer is not restarted on every window of the limit."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        callback: Callable[[AbstractIncomingMessage], Awaitable[None]],
+    ) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._callback = callback
+        self._tag: str | None = None
+        self._changed_at = -math.inf
+        self.prefetch = 0
+
+    async def follow(self, wanted: int) -> int:
+        """Consume with prefetch ``wanted`` (0: stop consuming); return the prefetch now."""
+        if wanted == self.prefetch:
+            return wanted
+        if self._tag is not None:
+            if wanted > 0 and (
+                abs(wanted - self.prefetch) < max(2, self.prefetch / 4)
+                or time.monotonic() - self._changed_at < 1.0
+            ):
+                return self.prefetch
+            await self._queue.cancel(self._tag)
+            self._tag = None
+            self.prefetch = 0
+        if wanted > 0:
+            await self._channel.set_qos(prefetch_count=wanted)
+            self._tag = await self._queue.consume(self._callback)
+            self.prefetch = wanted
+        self._changed_at = time.monotonic()
+        return self.prefetch
+
+
+def build_gate(settings: Settings, check: Check, pool: asyncpg.Pool) -> flow.LaneGate:
+    """The lane's gate as configured: limit (adaptive, or fixed), breaker, rate cap."""
+    ceiling = float(settings.lane_prefetch)
+    if settings.lane_limit_fixed:
+        fixed = float(min(settings.lane_limit_fixed, settings.lane_prefetch))
+        limit_config = flow.LimitConfig(initial=fixed, min_limit=fixed, max_limit=fixed)
+    else:
+        limit_config = flow.LimitConfig(
+            initial=min(float(settings.lane_limit_initial), ceiling),
+            max_limit=ceiling,
+            probe_interval_s=settings.lane_limit_probe_interval_s,
+        )
+    breaker_config = flow.BreakerConfig(
+        failure_rate=settings.breaker_failure_rate,
+        open_s=settings.breaker_open_s,
+        open_max_s=settings.breaker_open_max_s,
+        probes=settings.breaker_probes,
+    )
+    rate = settings.rate_caps().get(check.value)
+    return flow.LaneGate(
+        flow.AdaptiveLimit(limit_config),
+        flow.CircuitBreaker(breaker_config),
+        flow.SharedRateCap(pool, check.value, rate) if rate else None,
+    )
+
+
 async def serve(settings: Settings, check: Check) -> None:
     """Entry point of ``intake worker <check>``: run that lane until SIGTERM."""
     from verifiers import registry  # the composition root picks the verifier
@@ -234,4 +380,16 @@ async def serve(settings: Settings, check: Check) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        await worker.run()
+        # The status file (set by ``intake supervise``) lasts until the tasks in hand are done.
+        stopped = asyncio.Event()
+        reporter = None
+        if settings.worker_status_file:
+            reporter = asyncio.create_task(
+                report_forever(settings.worker_status_file, worker.status, stopped)
+            )
+        try:
+            await worker.run()
+        finally:
+            stopped.set()
+            if reporter is not None:
+                await reporter

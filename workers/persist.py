@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from core.keys import DecryptionError, Keyring
 from core.migrate import migrate
 from core.settings import Settings
 from workers.sessions import keep_running
+from workers.status import report_forever
 from workers.store import RegistrationStore, Rows, prepare
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,21 @@ class PersistWorker:
         """Stop consuming, store what was already delivered, then return from :meth:`run`."""
         self._stopping.set()
         self._inbox.put_nowait(None)
+
+    def status(self) -> dict[str, object]:
+        """The worker's status file (``workers.status``). ``processed`` and ``inflight`` count
+        messages, the unit of the queue's depth (each message carries a batch of
+        registrations): messages stored and acknowledged, and messages delivered and not yet
+        acknowledged. ``registrations`` counts the registrations those messages carried
+        (stored now, or found stored already)."""
+        stats = self.stats
+        return {
+            "kind": "persist",
+            "pid": os.getpid(),
+            "processed": stats.messages,
+            "inflight": self._held,
+            "registrations": stats.received + stats.duplicates + stats.already_stored,
+        }
 
     async def run(self) -> None:
         """Consume until stopped, reconnecting to the broker with backoff when it goes away."""
@@ -308,5 +325,18 @@ async def serve(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
-        with contextlib.suppress(asyncio.CancelledError):
-            await worker.run()
+        # The status file (set by ``intake supervise``) lasts until the worker has stored and
+        # acknowledged what it held, not just until SIGTERM.
+        stopped = asyncio.Event()
+        reporter = None
+        if settings.worker_status_file:
+            reporter = asyncio.create_task(
+                report_forever(settings.worker_status_file, worker.status, stopped)
+            )
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.run()
+        finally:
+            stopped.set()
+            if reporter is not None:
+                await reporter

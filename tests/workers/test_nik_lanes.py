@@ -7,10 +7,12 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import asyncpg
 import pytest
 
 from benchmarks.population import Proportions, Registrant, population
+from core import topology
 from core.settings import Settings
 from core.verification import Check
 from intake.validation import today_wib
@@ -72,6 +74,20 @@ async def _submit(settings: Settings, people: list[Registrant]) -> dict[uuid.UUI
             assert response.status == 202
             submitted[uuid.UUID((await response.json())["id"])] = person
     return submitted
+
+
+async def _value(value: int) -> int:
+    return value
+
+
+async def _lane_queue(settings: Settings, check: Check) -> tuple[int, int]:
+    """(messages ready, consumers) of a lane's queue."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(topology.lane_queue(check), passive=True)
+        result = queue.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
 
 
 def _expected(person: Registrant) -> tuple[str, str | None]:
@@ -141,38 +157,49 @@ async def test_each_person_ends_as_the_ministries_say(
     assert photos == sum(1 for p in submitted.values() if p.kind == "valid")
 
 
-async def test_an_outage_means_retries_then_success_when_it_ends(
+async def test_an_outage_opens_the_breaker_the_ministry_sees_only_probes_and_nothing_is_lost(
     settings: Settings, db: asyncpg.Pool, simulators: Running
 ) -> None:
-    wired = _wired(settings, simulators)
+    wired = _wired(settings, simulators).replace(breaker_open_s=0.5, breaker_open_max_s=1.0)
     matches = [
         p
         for p in simulators.people
         if p.kind == "valid" and p.truth.dukcapil == "match" and not p.truth.student
     ]
     simulators.set_behaviour("dukcapil", outage=True)
-    submitted = await _submit(wired, matches[:20])
+    submitted = await _submit(wired, matches[:40])
     ids = list(submitted)
     async with (
         inprocess.persist_worker(wired, db),
         inprocess.dispatcher(wired, db),
-        inprocess.lanes(wired, db, NIK_CHECKS),
+        inprocess.lanes(wired, db, NIK_CHECKS) as lanes,
     ):
+        gate = lanes[Check.DUKCAPIL].gate
+        await eventually(lambda: _value(gate.breaker.opened), lambda n: n >= 1, 60)
+        await eventually(lambda: _value(gate.inflight), lambda n: n == 0, 30)
+        probes_before = gate.breaker.probes
+        calls_before = simulators.stats("dukcapil")["calls"]
+        assert isinstance(calls_before, int)
+        assert calls_before < len(ids)  # the breaker opened before every task was tried
+        # While it is open the lane does not consume (it consumes one task at a time for the
+        # probes while half-open): the work waits in the queue.
         await eventually(
-            lambda: db.fetchval(
-                "SELECT count(*) FROM checks WHERE check_name = 'dukcapil'"
-                " AND state = 'retrying' AND attempts >= 2"
-            ),
-            lambda n: n == len(ids),
-            60,
+            lambda: _lane_queue(wired, Check.DUKCAPIL), lambda queue: queue[1] == 0, 30
         )
+        await eventually(lambda: _value(gate.breaker.probes), lambda n: n >= probes_before + 3, 60)
+        depth, _ = await _lane_queue(wired, Check.DUKCAPIL)
+        assert depth > 0
+        calls_after = simulators.stats("dukcapil")["calls"]
+        assert isinstance(calls_after, int)
+        # Only the probes reached the ministry while the breaker was open.
+        assert 0 < calls_after - calls_before <= gate.breaker.probes - probes_before
         simulators.set_behaviour("dukcapil", outage=False)
-        await eventually(lambda: _settled(db, ids), lambda n: n == len(ids), 90)
+        await eventually(lambda: _settled(db, ids), lambda n: n == len(ids), 120)
+        assert gate.breaker.state.value == "closed"
     statuses = await db.fetch("SELECT status FROM registrations WHERE id = ANY($1)", ids)
     assert {r["status"] for r in statuses} == {"received"}
-    refused = simulators.stats("dukcapil")["rejected_outage"]
-    assert isinstance(refused, int)
-    assert refused >= 2 * len(ids)
+    # Each decided exactly once: as many Dukcapil answers served as registrations.
+    assert simulators.stats("dukcapil")["served"] == len(ids)
     waited = await db.fetchval(
         "SELECT min(finished_at - created_at) FROM checks WHERE check_name = 'dukcapil'"
     )

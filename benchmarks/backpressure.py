@@ -1,0 +1,1378 @@
+"""Backpressure towards the ministries: goodput at a simulated ministry's capacity, adaptation to
+a capacity that halves, and the whole pipeline under the 2020 peak minute.
+
+Every part runs the system's own processes (``intake simulate``, ``intake edge``,
+``intake worker ...``, ``intake supervise``) on a fresh RabbitMQ vhost and PostgreSQL database
+of its own (``intake_bench_backpressure``, so that it never meets another benchmark's), dropped
+at the end of each run, also on failure.
+
+**Calibration.** The ministry, not our worker, must be the bottleneck of parts A and B. So the
+same backlog is first drained by ONE ``intake worker dukcapil`` (default settings) against a
+*fast* Dukcapil (the same fixed latency L, but capacity and queue of 1,000): the calls it makes
+per second are its own ceiling, reported next to the simulated capacity C/L.
+
+**Part A: goodput at a fixed capacity.** Dukcapil serves C calls at once with a fixed latency L
+(so C/L calls/s), queues ``queue_limit`` more and answers ``503`` (``Retry-After: 1``) beyond
+that. A backlog of N registrations (``--backlog-s`` seconds at C/L) is POSTed through the edge,
+stored, and their Dukcapil tasks published before ONE Dukcapil lane worker starts. Three
+configurations, each on a fresh vhost and database with the same simulator and the same N:
+
+1. ``adaptive``: the default settings (adaptive limit, breaker);
+2. ``fixed_high``: ``INTAKE_LANE_LIMIT_FIXED = 4 C + queue_limit`` (prefetch raised to match),
+   more than the simulator serves and queues together;
+3. ``fixed_low``: ``INTAKE_LANE_LIMIT_FIXED = C / 2``.
+
+The simulator's counters (``GET /_sim/stats``) and the number of decided Dukcapil checks are
+sampled every 0.5 s. **Goodput** = calls served by the simulator between the first samples at
+which 10 % and 90 % of the backlog was decided, divided by the time between those samples (the
+start and the tail are left out); reported as a share of C/L (goal >= 0.95 for ``adaptive``).
+**Rejected share** = ``rejected_overload / calls`` of the simulator over the whole run (goal
+<= 1 % for ``adaptive``). **Retries** = the checks' ``attempts`` summed (each retry of a check
+adds one). **Drain time** = from the worker's start to the sample at which every task was
+decided (or dead-lettered). The lane worker's CPU share of one core is reported too.
+
+**Part B: capacity halved mid-run.** The adaptive lane drains a backlog at capacity C; once the
+goodput over every sliding 2 s window of the last 4 s is within +-10 % of C/L (and at least 10 s
+after the start), the simulator's capacity is set to C/2 (``POST /_sim/behaviour``). Sampling
+continues ``--transition-s`` seconds. **Settling time** = from the change to the first moment t
+after which the goodput over every window [t', t' + 2 s], t' >= t, stays within +-10 % of
+(C/2)/L until the end. Also the rejected-overload share from the change to the settling moment,
+when the last rejection happened, and the lane's limit over time (the worker's status file,
+``INTAKE_WORKER_STATUS_FILE``, when the worker writes one) next to our calls at the simulator
+(its ``in_flight + queued``).
+
+**Part C: the wave.** ``--count`` registrations (default 80,000) of the synthetic population
+(all valid, no repeated NIK) are offered at a constant ``--rate`` (default 1,333/s, the 2020
+peak minute) open loop to ONE ``intake edge``, with the worker fleet started by ``intake
+supervise persist dispatch dukcapil dapodik dtks`` and Dukcapil, Dapodik and DTKS simulated at
+fixed capacities (default 100, 80 and 80 calls/s: capacity = rate x latency, latency 100 ms,
+queue half the capacity). A ``503`` is retried after its ``Retry-After`` with the same
+``Idempotency-Key`` (a timeout or a lost connection after 1 s), so that every registration is
+eventually accepted. The email and phone lanes have no workers (their tasks wait in their
+queues) and the photo check waits for an upload that never comes: neither is part of the
+figure. Measured: 202s and 503s; the time from the first scheduled registration to the moment
+the last registration had a final NIK result (Dukcapil not found or mismatch; or a match and
+Dapodik and DTKS both final); the theoretical minimum
+``max(accepted / dukcapil rate, matches / dapodik rate, matches / dtks rate)`` (matches: the
+Dukcapil checks passed, i.e. the registrations that reach Dapodik and DTKS) and the ratio of the
+two; each ministry's goodput as a share of its capacity while it had work (10 %-90 % of its
+calls); the machine's CPU busy share; and a loss audit: every id answered ``202`` is in the
+database exactly once, and nothing else is.
+
+    .venv/bin/python -m benchmarks.backpressure [--parts A,B,C] [--count 80000 --rate 1333]
+    .venv/bin/python -m benchmarks.backpressure --parts C --count 8000 --rate 400   # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import uvloop
+
+from benchmarks._support import (
+    RESULTS_DIR,
+    BenchError,
+    create_vhost,
+    delete_vhost,
+    free_port,
+    machine_info,
+    markdown_table,
+    percentile,
+    progress,
+    tail,
+    with_path,
+    write_results,
+)
+from benchmarks.persist import cpu_seconds, drop_database, recreate_database
+from benchmarks.population import Registrant, population
+from benchmarks.stack import Stack
+from core.settings import Settings
+from intake.validation import today_wib
+from workers.status import read_status
+
+VHOST = "intake_bench_backpressure"
+DATABASE = "intake_bench_backpressure"
+LOG_DIR = RESULTS_DIR / "logs" / "backpressure"
+SIM_PORTS = ("dukcapil", "dapodik", "dtks", "sms", "smtp", "smtp_admin")
+NIK_LANES = ("dukcapil", "dapodik", "dtks")
+PRIME_CONCURRENCY = 64
+SAMPLE_S = 0.5
+WINDOW_S = 2.0  # Part B's sliding goodput window
+TOLERANCE = 0.10  # Part B: within +-10 % of the target goodput
+FAST = 1_000  # the calibration simulator's capacity and queue
+
+# Registrations whose NIK checks are all final (Dukcapil failed, or Dukcapil passed and Dapodik
+# and DTKS final): how many, and the last moment one became so.
+_NIK_DONE_SQL = """
+SELECT count(*) AS n, max(finished_at) AS last FROM (
+    SELECT max(c.finished_at) AS finished_at
+    FROM checks c
+    WHERE c.check_name IN ('dukcapil', 'dapodik', 'dtks')
+    GROUP BY c.registration_id
+    HAVING bool_and(c.state IN ('passed', 'failed')) AND (
+        bool_or(c.check_name = 'dukcapil' AND c.state = 'failed')
+        OR count(*) FILTER (WHERE c.check_name IN ('dapodik', 'dtks')) = 2
+    )
+) AS done
+"""
+
+_LANE_PROGRESS_SQL = """
+SELECT count(*) FILTER (WHERE finished_at IS NOT NULL) AS decided,
+       count(*) FILTER (WHERE state = 'retrying' AND reason LIKE 'dead_lettered:%') AS dead,
+       coalesce(sum(attempts), 0) AS retries
+FROM checks WHERE check_name = 'dukcapil'
+"""
+
+_PIPELINE_PROGRESS_SQL = """
+SELECT check_name,
+       count(*) AS n,
+       count(*) FILTER (WHERE finished_at IS NOT NULL) AS final,
+       count(*) FILTER (WHERE state = 'passed') AS passed,
+       count(*) FILTER (WHERE state = 'retrying' AND reason LIKE 'dead_lettered:%') AS dead,
+       coalesce(sum(attempts), 0) AS retries
+FROM checks WHERE check_name = ANY($1::text[]) GROUP BY check_name
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Ministry:
+    """A simulated ministry: ``capacity`` calls served at once, each taking ``latency_ms``
+    (fixed), ``queue_limit`` more waiting, a ``503`` with ``Retry-After: 1`` beyond."""
+
+    capacity: int
+    latency_ms: float
+    queue_limit: int
+
+    @property
+    def rate(self) -> float:
+        """Its capacity in calls per second: capacity / latency."""
+        return self.capacity / (self.latency_ms / 1000)
+
+    def flags(self, name: str) -> list[str]:
+        """``intake simulate`` flags giving simulator ``name`` this behaviour."""
+        return [
+            f"--{name}-capacity={self.capacity}",
+            f"--{name}-queue-limit={self.queue_limit}",
+            f"--{name}-latency-median-ms={self.latency_ms:g}",
+            f"--{name}-latency-p99-ms=0",  # p99 <= median: a fixed latency
+            f"--{name}-overload=503",
+        ]
+
+    def describe(self) -> dict[str, float]:
+        return {
+            "capacity": self.capacity,
+            "latency_ms": self.latency_ms,
+            "queue_limit": self.queue_limit,
+            "calls_per_s": round(self.rate, 1),
+        }
+
+
+class Rig:
+    """One fresh vhost and database with the system's own processes, as an operator starts
+    them; everything is stopped and dropped on exit."""
+
+    def __init__(self, base: Settings, name: str) -> None:
+        self.base = base
+        self.name = name
+        self.ports = {p: free_port() for p in SIM_PORTS}
+        edge_port = free_port()
+        self.blob_dir = tempfile.mkdtemp(prefix="intake-bench-blobs-")
+        self.settings = base.replace(
+            amqp_url=with_path(base.amqp_url, VHOST),
+            database_url=with_path(base.database_url, DATABASE),
+            edge_port=edge_port,
+            edge_access_log=False,
+            public_base_url=f"http://127.0.0.1:{edge_port}",
+            dukcapil_url=f"http://127.0.0.1:{self.ports['dukcapil']}",
+            dapodik_url=f"http://127.0.0.1:{self.ports['dapodik']}",
+            dtks_url=f"http://127.0.0.1:{self.ports['dtks']}",
+            sms_url=f"http://127.0.0.1:{self.ports['sms']}",
+            smtp_port=self.ports["smtp"],
+            blob_dir=self.blob_dir,
+        )
+        self.base_url = f"http://127.0.0.1:{edge_port}"
+        self.log_dir = LOG_DIR / name
+        if self.log_dir.exists():
+            shutil.rmtree(self.log_dir)
+        self.log_dir.mkdir(parents=True)
+        self.stack = Stack(self.settings, self.log_dir)
+        self.stop_timeout_s = 30.0
+
+    def sim_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    async def __aenter__(self) -> Rig:
+        progress(f"{self.name}: fresh vhost {VHOST} and database {DATABASE}")
+        create_vhost(VHOST)
+        await recreate_database(self.base.database_url, DATABASE)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        try:
+            codes = await asyncio.to_thread(self.stack.stop, self.stop_timeout_s)
+            progress(f"  {self.name}: stopped {codes}")
+        finally:
+            await drop_database(self.base.database_url, DATABASE)
+            delete_vhost(VHOST)
+            shutil.rmtree(self.blob_dir, ignore_errors=True)
+
+    def check_alive(self) -> None:
+        dead = self.stack.dead()
+        if dead:
+            logs = "\n".join(tail(self.log_dir / f"{name}.log", 10) for name in dead)
+            raise BenchError(f"{self.name}: exited on their own: {dead}\n{logs}")
+
+    async def wait_http(self, url: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                self.check_alive()
+                try:
+                    async with session.get(url) as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise BenchError(f"{url} did not answer within {timeout_s:.0f} s")
+
+    async def migrate(self) -> None:
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "core.cli",
+            "migrate",
+            env={**os.environ, **self.settings.to_env()},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await migrate.communicate()
+        if migrate.returncode != 0:
+            raise BenchError(f"intake migrate failed: {output.decode()[-2000:]}")
+
+    async def start_simulators(
+        self, count: int, seed: int, today: dt.date, flags: Sequence[str]
+    ) -> None:
+        ports = [f"--{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()]
+        self.stack.start(
+            "simulate",
+            "simulate",
+            f"--seed={seed}",
+            f"--count={count}",
+            f"--today={today.isoformat()}",
+            "--invalid-share=0",
+            "--duplicate-share=0",
+            *ports,
+            *flags,
+        )
+        await self.wait_http(f"{self.sim_url('dukcapil')}/_sim/stats", 180)
+
+    async def start_edge(self) -> None:
+        self.stack.start("edge", "edge")
+        await self.wait_http(f"{self.base_url}/readyz", 60)
+
+    async def prime(self, people: Sequence[Registrant]) -> None:
+        """Store every registration and publish its first checks' tasks: the persist worker,
+        the dispatcher and the edge run; the forms are POSTed, 64 at a time."""
+        self.stack.start("worker-persist", "worker", "persist")
+        self.stack.start("worker-dispatch", "worker", "dispatch")
+        await self.start_edge()
+        statuses: collections.Counter[int] = collections.Counter()
+        bodies = [orjson.dumps(p.form) for p in people]
+        url = f"{self.base_url}/v1/registrations"
+        headers = {"Content-Type": "application/json"}
+        started = time.perf_counter()
+
+        async def client(session: aiohttp.ClientSession) -> None:
+            while bodies:
+                body = bodies.pop()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                statuses[response.status] += 1
+
+        connector = aiohttp.TCPConnector(limit=PRIME_CONCURRENCY)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await asyncio.gather(*(client(session) for _ in range(PRIME_CONCURRENCY)))
+        progress(
+            f"  {len(people):,} POSTed in {time.perf_counter() - started:.1f} s: {dict(statuses)}"
+        )
+        if statuses[202] != len(people):
+            raise BenchError(f"{self.name}: the edge accepted {statuses[202]}/{len(people)}")
+        connection = await asyncpg.connect(self.settings.database_url)
+        try:
+            await self.wait_count(
+                connection,
+                "initial checks published",
+                "SELECT count(*) FROM checks WHERE dispatched_at IS NOT NULL",
+                3 * len(people),  # email, phone, Dukcapil; the photo check waits for its upload
+                180,
+            )
+        finally:
+            await connection.close()
+
+    async def wait_count(
+        self, connection: asyncpg.Connection, what: str, sql: str, target: int, timeout_s: float
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check_alive()
+            value = int(await connection.fetchval(sql))
+            if value >= target:
+                progress(f"  {what}: {value:,}/{target:,}")
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name}: {what} {value:,}/{target:,} after {timeout_s:g} s")
+            await asyncio.sleep(0.25)
+
+
+async def sim_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(f"{url}/_sim/stats") as response:
+        response.raise_for_status()
+        body: dict[str, Any] = orjson.loads(await response.read())
+        return body
+
+
+async def set_behaviour(session: aiohttp.ClientSession, url: str, **changes: object) -> None:
+    async with session.post(f"{url}/_sim/behaviour", json=changes) as response:
+        response.raise_for_status()
+
+
+# --- parts A and B: one Dukcapil lane worker against one simulator ------------------------------
+
+Until = Callable[[list[dict[str, Any]]], Awaitable[bool]]
+
+
+@dataclass
+class LaneRun:
+    samples: list[dict[str, Any]]
+    cpu_s: float
+    wall_s: float
+    stalled: bool
+    final: dict[str, Any]
+
+
+async def watch_lane(
+    rig: Rig,
+    count: int,
+    lane_settings: Settings,
+    *,
+    timeout_s: float,
+    until: Until | None = None,
+) -> LaneRun:
+    """Start ONE Dukcapil lane worker and sample every 0.5 s until the backlog is decided (or
+    dead-lettered), ``until`` says so, nothing moved for 60 s, or ``timeout_s`` passed."""
+    status_path = Path(lane_settings.worker_status_file or rig.log_dir / "none")
+    duk = rig.sim_url("dukcapil")
+    samples: list[dict[str, Any]] = []
+    connection = await asyncpg.connect(rig.settings.database_url)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{duk}/_sim/stats/reset") as response:
+            response.raise_for_status()
+        started = time.monotonic()
+        process = rig.stack.start("worker-dukcapil", "worker", "dukcapil", settings=lane_settings)
+        cpu_s, stalled = 0.0, False
+        last_progress, last_moved = -1, started
+        try:
+            while True:
+                rig.check_alive()
+                stats = await sim_stats(session, duk)
+                now = time.monotonic()
+                row = await connection.fetchrow(_LANE_PROGRESS_SQL)
+                assert row is not None
+                status = read_status(status_path) or {}
+                sample: dict[str, Any] = {
+                    "t": round(now - started, 3),
+                    "served": stats["served"],
+                    "rejected": stats["rejected_overload"],
+                    "calls": stats["calls"],
+                    "sim_in_flight": stats["in_flight"],
+                    "sim_queued": stats["queued"],
+                    "decided": int(row["decided"]),
+                    "dead": int(row["dead"]),
+                    "retries": int(row["retries"]),
+                    "limit": status.get("limit"),
+                    "lane_inflight": status.get("inflight"),
+                    "breaker": status.get("breaker"),
+                }
+                samples.append(sample)
+                done = sample["decided"] + sample["dead"]
+                if done != last_progress:
+                    last_progress, last_moved = done, now
+                if process.poll() is None:
+                    cpu_s = cpu_seconds(process.pid)
+                if done >= count or (until is not None and await until(samples)):
+                    break
+                if now - last_moved > 60 or now - started > timeout_s:
+                    stalled = True
+                    progress(f"  {rig.name}: {done:,}/{count:,} decided; giving up")
+                    break
+                if len(samples) % 20 == 0:
+                    progress(
+                        f"  {rig.name}: t={sample['t']:.0f}s decided {done:,}/{count:,}, "
+                        f"served {sample['served']:,}, rejected {sample['rejected']:,}, "
+                        f"limit {sample['limit']}"
+                    )
+                await asyncio.sleep(max(0.0, SAMPLE_S - (time.monotonic() - now)))
+            wall_s = time.monotonic() - started
+            final = dict(await sim_stats(session, duk))
+            db = await connection.fetchrow(
+                "SELECT count(*) FILTER (WHERE finished_at IS NOT NULL) AS decided,"
+                " count(*) FILTER (WHERE state = 'passed') AS passed,"
+                " coalesce(sum(attempts), 0) AS retries,"
+                " count(*) FILTER (WHERE reason LIKE 'dead_lettered:%') AS dead,"
+                " extract(epoch FROM max(finished_at) - min(finished_at)) AS span_s"
+                " FROM checks WHERE check_name = 'dukcapil'"
+            )
+            assert db is not None
+            final["db"] = {k: (float(v) if v is not None else None) for k, v in dict(db).items()}
+        finally:
+            await connection.close()
+    return LaneRun(samples, cpu_s, wall_s, stalled, final)
+
+
+def _first(samples: Sequence[dict[str, Any]], key: str, at_least: float) -> dict[str, Any]:
+    return next((s for s in samples if s[key] >= at_least), samples[-1])
+
+
+def steady_goodput(samples: Sequence[dict[str, Any]], count: int) -> dict[str, float]:
+    """Calls served per second between the samples at which 10 % and 90 % were decided."""
+    low = _first(samples, "decided", 0.1 * count)
+    high = _first(samples, "decided", 0.9 * count)
+    span = high["t"] - low["t"]
+    rate = (high["served"] - low["served"]) / span if span > 0 else math.nan
+    return {"from_s": low["t"], "to_s": high["t"], "per_s": rate}
+
+
+def lane_figures(
+    name: str, ministry: Ministry, count: int, run: LaneRun, limit: str
+) -> dict[str, Any]:
+    samples, final = run.samples, run.final
+    goodput = steady_goodput(samples, count)
+    done = next((s for s in samples if s["decided"] + s["dead"] >= count), None)
+    calls = int(final["calls"])
+    rejected = int(final["rejected_overload"])
+    limits = [float(s["limit"]) for s in samples if isinstance(s["limit"], int | float)]
+    at_sim = [int(s["sim_in_flight"]) + int(s["sim_queued"]) for s in samples]
+    return {
+        "configuration": name,
+        "limit": limit,
+        "tasks": count,
+        "goodput_per_s": round(goodput["per_s"], 1),
+        "goodput_share": round(goodput["per_s"] / ministry.rate, 3),
+        "goodput_window_s": [goodput["from_s"], goodput["to_s"]],
+        "calls": calls,
+        "served": int(final["served"]),
+        "rejected_overload": rejected,
+        "rejected_share": round(rejected / calls, 4) if calls else 0.0,
+        "errors": int(final["errors"]),
+        "retries": int(final["db"]["retries"] or 0),
+        "dead_lettered": int(final["db"]["dead"] or 0),
+        "decided": int(final["db"]["decided"] or 0),
+        "matched": int(final["db"]["passed"] or 0),
+        "drain_s": round(done["t"], 2) if done else None,
+        "first_to_last_decision_s": final["db"]["span_s"],
+        "stalled": run.stalled,
+        "lane_cpu_share": round(run.cpu_s / run.wall_s, 3) if run.wall_s > 0 else None,
+        "lane_limit_median": round(sorted(limits)[len(limits) // 2], 2) if limits else None,
+        "calls_at_simulator_max": max(at_sim) if at_sim else 0,
+        "calls_at_simulator_median": sorted(at_sim)[len(at_sim) // 2] if at_sim else 0,
+        "simulator_max_in_flight": int(final["max_in_flight"]),
+        "simulator_max_queued": int(final["max_queued"]),
+        "series": _series(samples),
+    }
+
+
+def _series(samples: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    keys = ("t", "served", "rejected", "decided", "limit", "sim_in_flight", "sim_queued")
+    return {key: [s[key] for s in samples] for key in keys}
+
+
+async def lane_phase(
+    base: Settings,
+    name: str,
+    ministry: Ministry,
+    count: int,
+    seed: int,
+    lane_changes: dict[str, Any],
+    *,
+    timeout_s: float,
+    until: Callable[[Rig, aiohttp.ClientSession], Until] | None = None,
+) -> tuple[LaneRun, Rig]:
+    today = today_wib()
+    people = population(count, seed=seed, today=today, invalid_share=0, duplicate_share=0)
+    async with Rig(base, name) as rig:
+        await rig.migrate()
+        await rig.start_simulators(count, seed, today, ministry.flags("dukcapil"))
+        await rig.prime(people)
+        lane_settings = rig.settings.replace(
+            worker_status_file=str(rig.log_dir / "lane-status.json"), **lane_changes
+        )
+        async with aiohttp.ClientSession() as session:
+            run = await watch_lane(
+                rig,
+                count,
+                lane_settings,
+                timeout_s=timeout_s,
+                until=until(rig, session) if until is not None else None,
+            )
+    return run, rig
+
+
+async def calibrate(base: Settings, ministry: Ministry, count: int, seed: int) -> dict[str, Any]:
+    fast = Ministry(FAST, ministry.latency_ms, FAST)
+    run, _ = await lane_phase(base, "calibration", fast, count, seed, {}, timeout_s=600)
+    goodput = steady_goodput(run.samples, count)
+    result = lane_figures("calibration", fast, count, run, "adaptive")
+    result["worker_calls_per_s"] = round(goodput["per_s"], 1)
+    result["over_capacity"] = round(goodput["per_s"] / ministry.rate, 2)
+    progress(
+        f"  calibration: one worker made {goodput['per_s']:.0f} calls/s against a fast "
+        f"simulator; the measured one serves {ministry.rate:.0f}/s"
+    )
+    return result
+
+
+async def part_a(base: Settings, ministry: Ministry, count: int, seed: int) -> dict[str, Any]:
+    high = 4 * ministry.capacity + ministry.queue_limit
+    low = max(1, ministry.capacity // 2)
+    configurations: list[tuple[str, str, dict[str, Any]]] = [
+        ("adaptive", "adaptive (default settings)", {}),
+        (
+            "fixed_high",
+            f"fixed {high} (4 C + queue_limit)",
+            {"lane_limit_fixed": high, "lane_prefetch": max(base.lane_prefetch, high)},
+        ),
+        ("fixed_low", f"fixed {low} (C / 2)", {"lane_limit_fixed": low}),
+    ]
+    expected_s = count / ministry.rate
+    results = {}
+    for name, label, changes in configurations:
+        run, _ = await lane_phase(
+            base, name, ministry, count, seed, changes, timeout_s=8 * expected_s + 120
+        )
+        figures = lane_figures(name, ministry, count, run, label)
+        progress(
+            f"  {name}: goodput {figures['goodput_per_s']}/s "
+            f"({figures['goodput_share']:.1%} of C/L), rejected {figures['rejected_share']:.2%}, "
+            f"retries {figures['retries']}, drained in {figures['drain_s']} s"
+        )
+        results[name] = figures
+    return results
+
+
+def settling(
+    samples: Sequence[dict[str, Any]], t_change: float, target: float
+) -> tuple[float | None, list[tuple[float, float]]]:
+    """(seconds from the change until every later window [t, t + 2 s] stays within +-10 % of
+    ``target``, or None; the windows as (start, goodput))."""
+    after = [s for s in samples if s["t"] >= t_change]
+    windows: list[tuple[float, float]] = []
+    for i, start in enumerate(after):
+        end = next((s for s in after[i + 1 :] if s["t"] >= start["t"] + WINDOW_S), None)
+        if end is None:
+            break
+        windows.append((start["t"], (end["served"] - start["served"]) / (end["t"] - start["t"])))
+    settled: float | None = None
+    for t, rate in windows:
+        if abs(rate / target - 1) > TOLERANCE:
+            settled = None
+        elif settled is None:
+            settled = t
+    return (None if settled is None else round(settled - t_change, 2)), windows
+
+
+def _recent_windows(samples: Sequence[dict[str, Any]], span_s: float) -> list[float]:
+    """Goodputs of the 2 s windows that end within the last ``span_s`` seconds."""
+    last = samples[-1]["t"]
+    rates = []
+    for end in samples:
+        if end["t"] < last - span_s:
+            continue
+        start = next((s for s in samples if s["t"] >= end["t"] - WINDOW_S), None)
+        if start is None or end["t"] - start["t"] < WINDOW_S * 0.9:
+            continue
+        rates.append((end["served"] - start["served"]) / (end["t"] - start["t"]))
+    return rates
+
+
+async def part_b(
+    base: Settings, ministry: Ministry, seed: int, transition_s: float
+) -> dict[str, Any]:
+    halved = max(1, ministry.capacity // 2)
+    target = halved / (ministry.latency_ms / 1000)
+    max_wait_s = 40.0
+    count = math.ceil(ministry.rate * max_wait_s + target * (transition_s + 15))
+    change: dict[str, float] = {}
+
+    def until(rig: Rig, session: aiohttp.ClientSession) -> Until:
+        async def check(samples: list[dict[str, Any]]) -> bool:
+            t = samples[-1]["t"]
+            if not change:
+                rates = _recent_windows(samples, 4.0)
+                steady = len(rates) >= 6 and all(
+                    abs(r / ministry.rate - 1) <= TOLERANCE for r in rates
+                )
+                if (t >= 10 and steady) or t >= max_wait_s:
+                    await set_behaviour(session, rig.sim_url("dukcapil"), capacity=halved)
+                    change["t"] = t
+                    change["steady"] = float(steady)
+                    progress(f"  capacity {ministry.capacity} -> {halved} at t={t:.1f} s")
+                return False
+            return bool(t >= change["t"] + transition_s)
+
+        return check
+
+    run, _ = await lane_phase(base, "halved", ministry, count, seed, {}, timeout_s=600, until=until)
+    if not change:
+        raise BenchError("part B: the capacity was never changed (the backlog ran out first)")
+    t_change = change["t"]
+    samples = run.samples
+    settle_s, windows = settling(samples, t_change, target)
+    before = _first(samples, "t", t_change)
+    settled_at = _first(samples, "t", t_change + settle_s) if settle_s is not None else samples[-1]
+    last = samples[-1]
+    calls_tr = settled_at["calls"] - before["calls"]
+    rejected_tr = settled_at["rejected"] - before["rejected"]
+    calls_after = last["calls"] - before["calls"]
+    rejected_after = last["rejected"] - before["rejected"]
+    last_rejection = max(
+        (
+            s["t"]
+            for s, p in zip(samples[1:], samples, strict=False)
+            if s["rejected"] > p["rejected"]
+        ),
+        default=None,
+    )
+    pre = [s for s in samples if t_change - 6 <= s["t"] <= t_change]
+    pre_rate = (
+        (pre[-1]["served"] - pre[0]["served"]) / (pre[-1]["t"] - pre[0]["t"])
+        if len(pre) > 1 and pre[-1]["t"] > pre[0]["t"]
+        else math.nan
+    )
+    post = [s for s in samples if s["t"] >= last["t"] - 10]
+    post_rate = (
+        (post[-1]["served"] - post[0]["served"]) / (post[-1]["t"] - post[0]["t"])
+        if len(post) > 1
+        else math.nan
+    )
+    return {
+        "tasks": count,
+        "capacity_before": ministry.capacity,
+        "capacity_after": halved,
+        "target_before_per_s": round(ministry.rate, 1),
+        "target_after_per_s": round(target, 1),
+        "changed_at_s": t_change,
+        "steady_before_change": bool(change["steady"]),
+        "goodput_6s_before_per_s": round(pre_rate, 1),
+        "goodput_last_10s_per_s": round(post_rate, 1),
+        "settle_s": settle_s,
+        "measured_after_change_s": round(last["t"] - t_change, 1),
+        "rejected_share_until_settled": round(rejected_tr / calls_tr, 4) if calls_tr else 0.0,
+        "rejected_until_settled": rejected_tr,
+        "rejected_share_after_change": round(rejected_after / calls_after, 4)
+        if calls_after
+        else 0.0,
+        "last_rejection_after_change_s": round(last_rejection - t_change, 2)
+        if last_rejection is not None and last_rejection >= t_change
+        else None,
+        "retries": last["retries"],
+        "limit_exposed": any(s["limit"] is not None for s in samples),
+        "lane_cpu_share": round(run.cpu_s / run.wall_s, 3) if run.wall_s > 0 else None,
+        "windows": [[round(t, 2), round(r, 1)] for t, r in windows],
+        "series": _series(samples),
+    }
+
+
+# --- part C: the wave ---------------------------------------------------------------------------
+
+
+@dataclass
+class Offer:
+    """What the open-loop generator saw."""
+
+    ids: list[str | None]
+    first: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    every: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    lags_s: list[float] = dataclasses.field(default_factory=list)
+    retry_after_s: list[float] = dataclasses.field(default_factory=list)
+    gave_up: int = 0
+    inflight: int = 0
+    max_inflight: int = 0
+
+
+async def offer(
+    url: str,
+    bodies: Sequence[bytes],
+    rate: float,
+    *,
+    connections: int = 1024,
+    timeout_s: float = 10.0,
+    give_up_s: float = 1800.0,
+) -> tuple[Offer, float, float]:
+    """Offer ``bodies`` open loop, body ``i`` scheduled at ``start + i / rate``; a ``503`` is
+    sent again after its ``Retry-After`` (a timeout or a connection error after 1 s), with the
+    same ``Idempotency-Key``, until accepted or ``give_up_s`` after its scheduled time.
+    Returns what was seen, the wall-clock time of the first scheduled send, and the seconds
+    until the last registration was answered ``202`` (or given up)."""
+    tally = Offer(ids=[None] * len(bodies))
+    connector = aiohttp.TCPConnector(limit=connections)
+    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def one(session: aiohttp.ClientSession, i: int, scheduled: float) -> None:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+        tally.lags_s.append(time.perf_counter() - scheduled)
+        first = True
+        while True:
+            retry_after: str | None = None
+            payload = b""
+            tally.inflight += 1
+            tally.max_inflight = max(tally.max_inflight, tally.inflight)
+            try:
+                async with session.post(url, data=bodies[i], headers=headers) as response:
+                    payload = await response.read()
+                    status = str(response.status)
+                    retry_after = response.headers.get("Retry-After")
+            except TimeoutError:
+                status = "timeout"
+            except aiohttp.ClientError as exc:
+                status = f"error:{type(exc).__name__}"
+            finally:
+                tally.inflight -= 1
+            tally.every[status] += 1
+            if first:
+                tally.first[status] += 1
+                first = False
+            if status == "202":
+                tally.ids[i] = str(orjson.loads(payload)["id"])
+                tally.latencies_s.append(time.perf_counter() - scheduled)
+                return
+            if status.isdigit() and status != "503":
+                return  # refused for good (422, 400, ...): not expected with these forms
+            if time.perf_counter() - scheduled > give_up_s:
+                tally.gave_up += 1
+                return
+            delay_s = 1.0
+            if retry_after is not None:
+                try:
+                    delay_s = max(0.0, float(retry_after))
+                except ValueError:
+                    delay_s = 1.0
+                tally.retry_after_s.append(delay_s)
+            await asyncio.sleep(delay_s)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter() + 0.05
+        start_wall = time.time() + (start - time.perf_counter())
+        next_report = start + 10.0
+        i, total = 0, len(bodies)
+        while i < total:
+            now = time.perf_counter()
+            due = start + i / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            while i < total and start + i / rate <= now:
+                task = asyncio.create_task(one(session, i, start + i / rate))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                i += 1
+            if now >= next_report:
+                progress(
+                    f"  offered {i:,}/{total:,}; answers {dict(tally.every)}; "
+                    f"in flight {tally.inflight}"
+                )
+                next_report += 10.0
+        while tasks:
+            await asyncio.wait(set(tasks), timeout=10.0)
+            if tasks:
+                progress(f"  {len(tasks):,} registrations still being retried; {dict(tally.every)}")
+        answered_s = time.perf_counter() - start
+    return tally, start_wall, answered_s
+
+
+def _cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+async def watch_pipeline(
+    rig: Rig,
+    run_dir: Path,
+    started: float,
+    samples: list[dict[str, Any]],
+    stop: asyncio.Event,
+) -> None:
+    """Every second: each ministry's counters, the supervised workers' status files, the
+    machine's CPU busy share."""
+    busy0, total0 = _cpu_busy()
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            sample: dict[str, Any] = {"t": round(time.monotonic() - started, 2)}
+            for name in NIK_LANES:
+                try:
+                    stats = await sim_stats(session, rig.sim_url(name))
+                except (aiohttp.ClientError, TimeoutError):
+                    continue
+                sample[name] = [stats["served"], stats["rejected_overload"], stats["calls"]]
+            workers: dict[str, list[Any]] = {}
+            for name in sorted(os.listdir(run_dir)):
+                if not name.endswith(".json"):
+                    continue
+                path = run_dir / name
+                status = read_status(path)
+                if status is None:
+                    continue
+                kind = str(status.get("kind", path.stem.rsplit("-", 1)[0]))
+                entry = workers.setdefault(kind, [0, 0.0, 0])
+                entry[0] += 1
+                limit = status.get("limit")
+                if isinstance(limit, int | float):
+                    entry[1] = round(entry[1] + float(limit), 2)
+                if status.get("breaker") in ("open", "half_open"):
+                    entry[2] += 1
+            sample["workers"] = workers  # kind: [processes, sum of limits, breakers open]
+            busy, total = _cpu_busy()
+            sample["cpu_busy"] = (
+                round((busy - busy0) / (total - total0), 3) if total > total0 else None
+            )
+            busy0, total0 = busy, total
+            samples.append(sample)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def ministry_utilisation(
+    samples: Sequence[dict[str, Any]], name: str, rate: float
+) -> dict[str, Any]:
+    """The ministry's goodput while it had work (between 10 % and 90 % of its served calls)
+    as a share of its capacity."""
+    series = [(s["t"], s[name][0], s[name][1], s[name][2]) for s in samples if name in s]
+    if len(series) < 2 or series[-1][1] == 0:
+        return {"served": series[-1][1] if series else 0}
+    total = series[-1][1]
+    low = next(p for p in series if p[1] >= 0.1 * total)
+    high = next(p for p in series if p[1] >= 0.9 * total)
+    per_s = (high[1] - low[1]) / (high[0] - low[0]) if high[0] > low[0] else math.nan
+    return {
+        "served": total,
+        "rejected_overload": series[-1][2],
+        "calls": series[-1][3],
+        "rejected_share": round(series[-1][2] / series[-1][3], 4) if series[-1][3] else 0.0,
+        "goodput_per_s": round(per_s, 1),
+        "capacity_per_s": round(rate, 1),
+        "goodput_share": round(per_s / rate, 3),
+        "window_s": [low[0], high[0]],
+    }
+
+
+async def part_c(
+    base: Settings,
+    count: int,
+    rate: float,
+    seed: int,
+    ministries: dict[str, Ministry],
+    db_budget: int,
+) -> dict[str, Any]:
+    today = today_wib()
+    people = population(count, seed=seed, today=today, invalid_share=0, duplicate_share=0)
+    bodies = [orjson.dumps(p.form) for p in people]
+    truth_matches = sum(1 for p in people if p.truth.dukcapil == "match")
+    kinds = ["persist", "dispatch", *NIK_LANES]
+    flags = [flag for name, m in ministries.items() for flag in m.flags(name)]
+    async with Rig(base.replace(supervise_db_connections=db_budget), "wave") as rig:
+        rig.stop_timeout_s = 120.0
+        run_dir = rig.log_dir / "run"
+        run_dir.mkdir()
+        await rig.migrate()
+        await rig.start_simulators(count, seed, today, flags)
+        rig.stack.start(
+            "supervise",
+            "supervise",
+            *kinds,
+            f"--run-dir={run_dir}",
+            f"--log-dir={rig.log_dir / 'workers'}",
+        )
+        await rig.start_edge()
+        await asyncio.sleep(5)  # the first workers start (their pools, their queues)
+        rig.check_alive()
+        samples: list[dict[str, Any]] = []
+        progress_rows: list[dict[str, Any]] = []
+        stop = asyncio.Event()
+        started = time.monotonic()
+        watcher = asyncio.create_task(watch_pipeline(rig, run_dir, started, samples, stop))
+        connection = await asyncpg.connect(rig.settings.database_url)
+        try:
+            progress(f"  offering {count:,} registrations at {rate:,.0f}/s")
+            tally, start_wall, answered_s = await offer(
+                f"{rig.base_url}/v1/registrations", bodies, rate
+            )
+            accepted = [i for i in tally.ids if i is not None]
+            progress(
+                f"  offered: {len(accepted):,} accepted after {answered_s:.1f} s; first answers "
+                f"{dict(tally.first)}, all answers {dict(tally.every)}"
+            )
+            # Until every accepted registration has a final NIK result, or nothing moves.
+            theoretical = count / ministries["dukcapil"].rate
+            deadline = time.monotonic() + 4 * theoretical + 600
+            last_done, last_moved = -1, time.monotonic()
+            while True:
+                rig.check_alive()
+                row = await connection.fetchrow(_NIK_DONE_SQL)
+                assert row is not None
+                lanes = await connection.fetch(_PIPELINE_PROGRESS_SQL, list(NIK_LANES))
+                stored = int(await connection.fetchval("SELECT count(*) FROM registrations"))
+                done = int(row["n"])
+                now = time.monotonic()
+                progress_rows.append(
+                    {
+                        "t": round(now - started, 1),
+                        "stored": stored,
+                        "nik_final": done,
+                        **{
+                            r["check_name"]: [int(r["n"]), int(r["final"]), int(r["dead"])]
+                            for r in lanes
+                        },
+                    }
+                )
+                if len(progress_rows) % 6 == 1:
+                    finals = {r["check_name"]: int(r["final"]) for r in lanes}
+                    progress(
+                        f"  t={now - started:.0f}s stored {stored:,}, NIK final {done:,}/"
+                        f"{len(accepted):,}, lanes final {finals}"
+                    )
+                if done != last_done:
+                    last_done, last_moved = done, now
+                dead = sum(int(r["dead"]) for r in lanes)
+                if done + dead >= len(accepted) and stored >= len(accepted):
+                    break
+                if now - last_moved > 180 or now > deadline:
+                    progress(f"  giving up: {done:,}/{len(accepted):,} NIK results final")
+                    break
+                await asyncio.sleep(5)
+            nik = await connection.fetchrow(_NIK_DONE_SQL)
+            assert nik is not None
+            lanes = await connection.fetch(_PIPELINE_PROGRESS_SQL, list(NIK_LANES))
+            ids = await connection.fetch("SELECT id::text AS id FROM registrations")
+            outcomes = await connection.fetch(
+                "SELECT status, reject_reason, count(*) AS n FROM registrations GROUP BY 1, 2"
+            )
+        finally:
+            stop.set()
+            await watcher
+            await connection.close()
+        decisions = _supervisor_decisions(rig.log_dir / "supervise.log")
+
+    stored_ids = collections.Counter(r["id"] for r in ids)
+    accepted_set = set(accepted)
+    audit = {
+        "accepted": len(accepted),
+        "accepted_distinct": len(accepted_set),
+        "stored": sum(stored_ids.values()),
+        "missing": len(accepted_set - set(stored_ids)),
+        "stored_twice": sum(1 for n in stored_ids.values() if n > 1),
+        "stored_not_accepted": len(set(stored_ids) - accepted_set),
+    }
+    audit["verified"] = (
+        audit["missing"] == 0
+        and audit["stored_twice"] == 0
+        and audit["stored_not_accepted"] == 0
+        and audit["accepted_distinct"] == audit["accepted"] == count
+    )
+    per_lane: dict[str, dict[str, int]] = {}
+    for r in lanes:
+        per_lane[str(r["check_name"])] = {
+            key: int(value) for key, value in dict(r).items() if key != "check_name"
+        }
+    matches = per_lane.get("dukcapil", {}).get("passed", 0)
+    rates = {name: m.rate for name, m in ministries.items()}
+    minimum = {
+        "dukcapil": len(accepted) / rates["dukcapil"],
+        "dapodik": matches / rates["dapodik"],
+        "dtks": matches / rates["dtks"],
+    }
+    slowest = max(minimum, key=lambda k: minimum[k])
+    last_final = nik["last"]
+    measured_s = last_final.timestamp() - start_wall if last_final is not None else None
+    latencies = sorted(tally.latencies_s)
+    lags = sorted(tally.lags_s)
+    cpu = [s["cpu_busy"] for s in samples if s.get("cpu_busy") is not None]
+    offer_end = count / rate
+    return {
+        "count": count,
+        "rate": rate,
+        "ministries": {name: m.describe() for name, m in ministries.items()},
+        "worker_kinds": kinds,
+        "supervise_db_connections": db_budget,
+        "first_answers": dict(tally.first),
+        "all_answers": dict(tally.every),
+        "answers_503": tally.every.get("503", 0),
+        "retry_after_s": {
+            "count": len(tally.retry_after_s),
+            "median": percentile(sorted(tally.retry_after_s), 50) if tally.retry_after_s else None,
+            "max": max(tally.retry_after_s) if tally.retry_after_s else None,
+        },
+        "gave_up": tally.gave_up,
+        "accepted": len(accepted),
+        "all_accepted_after_s": round(answered_s, 1),
+        "accept_latency_ms": {
+            "p50": round(percentile(latencies, 50) * 1000, 1),
+            "p99": round(percentile(latencies, 99) * 1000, 1),
+            "max": round(latencies[-1] * 1000, 1) if latencies else None,
+        },
+        "send_lag_ms": {
+            "p50": round(percentile(lags, 50) * 1000, 1),
+            "p99": round(percentile(lags, 99) * 1000, 1),
+            "max": round(lags[-1] * 1000, 1) if lags else None,
+        },
+        "max_inflight": tally.max_inflight,
+        "nik_final": int(nik["n"]),
+        "dukcapil_matches": matches,
+        "ground_truth_matches": truth_matches,
+        "lanes": per_lane,
+        "outcomes": {f"{r['status']}:{r['reject_reason']}": int(r["n"]) for r in outcomes},
+        "first_to_last_nik_result_s": round(measured_s, 1) if measured_s is not None else None,
+        "theoretical_minimum_s": {k: round(v, 1) for k, v in minimum.items()},
+        "slowest": slowest,
+        "minimum_s": round(minimum[slowest], 1),
+        "measured_over_minimum": round(measured_s / minimum[slowest], 3)
+        if measured_s is not None
+        else None,
+        "ministry_utilisation": {
+            name: ministry_utilisation(samples, name, rates[name]) for name in NIK_LANES
+        },
+        "cpu_busy_share": {
+            "while_offering": round(
+                sum(
+                    s["cpu_busy"]
+                    for s in samples
+                    if s.get("cpu_busy") is not None and s["t"] <= offer_end + 5
+                )
+                / max(
+                    1,
+                    sum(
+                        1
+                        for s in samples
+                        if s.get("cpu_busy") is not None and s["t"] <= offer_end + 5
+                    ),
+                ),
+                3,
+            ),
+            "whole_run_mean": round(sum(cpu) / len(cpu), 3) if cpu else None,
+            "whole_run_median": round(sorted(cpu)[len(cpu) // 2], 3) if cpu else None,
+        },
+        "max_workers": {
+            kind: max((s["workers"].get(kind, [0])[0] for s in samples), default=0)
+            for kind in kinds
+        },
+        "scaling_decisions": decisions,
+        "audit": audit,
+        "samples": samples,
+        "progress": progress_rows,
+    }
+
+
+def _supervisor_decisions(path: Path) -> list[dict[str, Any]]:
+    """The supervisor's scaling log lines (kind, from, to, reason), in order."""
+    decisions = []
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("msg") == "scaling":
+            fields = record.get("fields") or {
+                k: record.get(k) for k in ("kind", "from", "to", "reason")
+            }
+            decisions.append(
+                {k: fields.get(k) for k in ("kind", "from", "to", "reason", "depth")}
+                | {"time": record.get("time") or record.get("ts")}
+            )
+    return decisions
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any]) -> str:
+    parts = results["parts"]
+    out = []
+    cfg = results["config"]
+    if "A" in parts:
+        a = parts["A"]
+        cal = a["calibration"]
+        out.append(
+            f"**Part A** (Dukcapil C={cfg['capacity']} at once, L={cfg['latency_ms']:g} ms fixed, "
+            f"queue {cfg['queue_limit']}, 503 beyond: C/L = {cfg['capacity_per_s']:.0f} calls/s; "
+            f"{a['adaptive']['tasks']:,} tasks; one lane worker)\n\n"
+            f"Calibration: one Dukcapil lane worker made **{cal['worker_calls_per_s']:.0f} "
+            f"calls/s** against a fast simulator (capacity {FAST}, same latency) = "
+            f"{cal['over_capacity']:.2f} x C/L (lane CPU {cal['lane_cpu_share']:.0%} of a core)\n"
+        )
+        rows = []
+        for name in ("adaptive", "fixed_high", "fixed_low"):
+            r = a[name]
+            rows.append(
+                [
+                    r["limit"],
+                    f"{r['goodput_per_s']:.1f}",
+                    f"**{r['goodput_share']:.1%}**",
+                    f"**{r['rejected_share']:.2%}** ({r['rejected_overload']:,}/{r['calls']:,})",
+                    f"{r['retries']:,}",
+                    f"{r['dead_lettered']:,}",
+                    f"{r['drain_s']}" if r["drain_s"] is not None else "not drained",
+                    str(r["lane_limit_median"] if r["lane_limit_median"] is not None else "n/a"),
+                    f"{r['calls_at_simulator_median']} / {r['calls_at_simulator_max']}",
+                    f"{r['lane_cpu_share']:.0%}",
+                ]
+            )
+        out.append(
+            markdown_table(
+                [
+                    "limit",
+                    "goodput/s",
+                    "share of C/L",
+                    "rejected (overload)",
+                    "retries",
+                    "dead-lettered",
+                    "drain s",
+                    "limit median",
+                    "our calls at the simulator median / max",
+                    "lane CPU",
+                ],
+                rows,
+            )
+        )
+    if "B" in parts:
+        b = parts["B"]
+        out.append(
+            f"\n**Part B** (adaptive; capacity {b['capacity_before']} -> {b['capacity_after']} "
+            f"at t={b['changed_at_s']:.1f} s, target {b['target_before_per_s']:.0f} -> "
+            f"{b['target_after_per_s']:.0f} calls/s)\n"
+        )
+        out.append(
+            markdown_table(
+                ["figure", "value"],
+                [
+                    ["goodput over the 6 s before the change", f"{b['goodput_6s_before_per_s']}/s"],
+                    [
+                        "**settling time** (every later 2 s window within +-10 %)",
+                        f"**{b['settle_s']} s**" if b["settle_s"] is not None else "not settled",
+                    ],
+                    ["goodput over the last 10 s", f"{b['goodput_last_10s_per_s']}/s"],
+                    [
+                        "rejected share, change -> settled",
+                        f"{b['rejected_share_until_settled']:.2%} "
+                        f"({b['rejected_until_settled']} calls)",
+                    ],
+                    [
+                        "rejected share, whole measurement after the change",
+                        f"{b['rejected_share_after_change']:.2%}",
+                    ],
+                    [
+                        "last rejection after the change",
+                        f"{b['last_rejection_after_change_s']} s",
+                    ],
+                    ["lane limit exposed (status file)", str(b["limit_exposed"])],
+                ],
+            )
+        )
+    if "C" in parts:
+        c = parts["C"]
+        m = c["ministries"]
+        util = c["ministry_utilisation"]
+        out.append(
+            f"\n**Part C** ({c['count']:,} registrations offered at {c['rate']:,.0f}/s open loop; "
+            + ", ".join(f"{k} {v['calls_per_s']:.0f}/s" for k, v in m.items())
+            + ")\n"
+        )
+        rows = [
+            ["first answers", ", ".join(f"{k}: {v:,}" for k, v in c["first_answers"].items())],
+            [
+                "all answers (retries included)",
+                ", ".join(f"{k}: {v:,}" for k, v in c["all_answers"].items()),
+            ],
+            ["accepted (202)", f"{c['accepted']:,}, the last after {c['all_accepted_after_s']} s"],
+            [
+                "accept latency p50 / p99 / max (ms, from the scheduled send, retries included)",
+                f"{c['accept_latency_ms']['p50']} / {c['accept_latency_ms']['p99']} / "
+                f"{c['accept_latency_ms']['max']}",
+            ],
+            [
+                "**first registration -> last final NIK result**",
+                f"**{c['first_to_last_nik_result_s']} s**",
+            ],
+            [
+                "theoretical minimum (slowest ministry)",
+                f"{c['minimum_s']} s ({c['slowest']}: "
+                + ", ".join(f"{k} {v} s" for k, v in c["theoretical_minimum_s"].items())
+                + ")",
+            ],
+            ["**measured / minimum**", f"**{c['measured_over_minimum']}**"],
+            [
+                "ministry goodput / capacity while busy",
+                ", ".join(
+                    f"{k} {u.get('goodput_share', float('nan')):.1%} "
+                    f"(rejected {u.get('rejected_share', 0):.2%})"
+                    for k, u in util.items()
+                ),
+            ],
+            [
+                "CPU busy (machine), while offering / whole run",
+                f"{c['cpu_busy_share']['while_offering']:.0%} / "
+                f"{c['cpu_busy_share']['whole_run_mean']:.0%}",
+            ],
+            ["most workers per kind", ", ".join(f"{k} {v}" for k, v in c["max_workers"].items())],
+            [
+                "loss audit",
+                f"{c['audit']['accepted']:,} ids answered 202, {c['audit']['stored']:,} stored; "
+                f"missing {c['audit']['missing']}, twice {c['audit']['stored_twice']}, "
+                f"not accepted {c['audit']['stored_not_accepted']}: "
+                + ("**verified**" if c["audit"]["verified"] else "**FAILED**"),
+            ],
+        ]
+        out.append(markdown_table(["figure", "value"], rows))
+    return "\n".join(out)
+
+
+def _parse_rates(text: str) -> dict[str, float]:
+    rates = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in NIK_LANES:
+            raise ValueError(f"unknown ministry {name!r}")
+        rates[name.strip()] = float(value)
+    if set(rates) != set(NIK_LANES):
+        raise ValueError(f"give a rate for each of {', '.join(NIK_LANES)}")
+    return rates
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    base = Settings.from_env()
+    ministry = Ministry(args.capacity, args.latency_ms, args.queue_limit)
+    backlog = math.ceil(ministry.rate * args.backlog_s)
+    parts: dict[str, Any] = {}
+    if "A" in args.parts:
+        calibration = await calibrate(base, ministry, backlog, args.seed)
+        parts["A"] = {"calibration": calibration} | await part_a(base, ministry, backlog, args.seed)
+    if "B" in args.parts:
+        parts["B"] = await part_b(base, ministry, args.seed, args.transition_s)
+    if "C" in args.parts:
+        rates = _parse_rates(args.wave_rates)
+        ministries = {
+            name: Ministry(
+                max(1, round(r * args.wave_latency_ms / 1000)),
+                args.wave_latency_ms,
+                max(1, round(r * args.wave_latency_ms / 1000) // 2),
+            )
+            for name, r in rates.items()
+        }
+        parts["C"] = await part_c(
+            base, args.count, args.rate, args.seed, ministries, args.db_connections
+        )
+    return {
+        "benchmark": "backpressure",
+        "machine": machine_info(),
+        "config": {
+            "parts": sorted(args.parts),
+            "capacity": ministry.capacity,
+            "latency_ms": ministry.latency_ms,
+            "queue_limit": ministry.queue_limit,
+            "capacity_per_s": ministry.rate,
+            "backlog_s": args.backlog_s,
+            "backlog_tasks": backlog,
+            "transition_s": args.transition_s,
+            "count": args.count,
+            "rate": args.rate,
+            "wave_rates": args.wave_rates,
+            "wave_latency_ms": args.wave_latency_ms,
+            "seed": args.seed,
+            "lane_prefetch": base.lane_prefetch,
+            "lane_limit_initial": base.lane_limit_initial,
+            "vhost": VHOST,
+            "database": DATABASE,
+        },
+        "parts": parts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--parts", default="A,B,C", help="which parts to run: A, B, C")
+    parser.add_argument("--capacity", type=int, default=10, help="A/B: Dukcapil calls at once (C)")
+    parser.add_argument("--latency-ms", type=float, default=100.0, help="A/B: fixed latency L")
+    parser.add_argument("--queue-limit", type=int, default=5, help="A/B: Dukcapil's queue")
+    parser.add_argument("--backlog-s", type=float, default=40.0, help="A: backlog, s at C/L")
+    parser.add_argument("--transition-s", type=float, default=30.0, help="B: s after the change")
+    parser.add_argument("--count", type=int, default=80_000, help="C: registrations offered")
+    parser.add_argument("--rate", type=float, default=1333.0, help="C: offered per second")
+    parser.add_argument(
+        "--wave-rates",
+        default="dukcapil=100,dapodik=80,dtks=80",
+        help="C: each ministry's capacity in calls/s",
+    )
+    parser.add_argument("--wave-latency-ms", type=float, default=100.0, help="C: fixed latency")
+    parser.add_argument(
+        "--db-connections",
+        type=int,
+        default=60,
+        help="C: INTAKE_SUPERVISE_DB_CONNECTIONS (PostgreSQL is shared; it allows 100)",
+    )
+    parser.add_argument("--seed", type=int, default=11, help="population seed")
+    args = parser.parse_args(argv)
+    args.parts = {p.strip().upper() for p in args.parts.split(",") if p.strip()}
+    if not args.parts or not args.parts <= {"A", "B", "C"}:
+        parser.error("--parts: a comma-separated subset of A, B, C")
+    if args.capacity < 2 or args.latency_ms <= 0 or args.count < 10 or args.rate <= 0:
+        parser.error("--capacity >= 2, --latency-ms > 0, --count >= 10, --rate > 0")
+    try:
+        _parse_rates(args.wave_rates)
+    except ValueError as exc:
+        parser.error(f"--wave-rates: {exc}")
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            results = runner.run(run(args))
+    except BenchError as exc:
+        print(f"benchmarks.backpressure: {exc}", file=sys.stderr)
+        return 1
+    path = write_results("backpressure", results)
+    print(report(results))
+    print(f"\nresults: {path}")
+    if "C" in results["parts"] and not results["parts"]["C"]["audit"]["verified"]:
+        print("benchmarks.backpressure: the loss audit failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,810 @@
+"""``intake supervise``: the whole worker fleet on one machine, scaled on its queues.
+
+The supervisor runs ``intake worker <kind>`` child processes (the command Kubernetes runs) for
+every kind: the persist worker, the dispatcher, and each verification lane. The dispatcher is
+always exactly one: its backlog is the outbox in PostgreSQL, not a queue, and one keeps up with
+the lanes (several could run safely, they share the outbox with ``FOR UPDATE SKIP LOCKED``).
+Every other kind runs between a minimum and a maximum number of processes
+(``INTAKE_SUPERVISE_MIN_WORKERS`` / ``MAX_WORKERS``, per kind ``INTAKE_SUPERVISE_WORKER_LIMITS``;
+the photo lane's default maximum is the machine's cores divided by ``INTAKE_PHOTO_WORKERS``, as
+its analysis is CPU-bound).
+
+**The rule.** Every ``supervise_interval_s`` the supervisor reads each kind's queue depth ``D``
+(passive declare: messages ready, not those held by workers) and the workers' status files
+(``workers.status``: work processed and acknowledged, in the queue's unit). Over a window of the
+last few samples (five intervals, at least 3 s) it estimates
+
+- the service rate ``S``, the sum of the workers' processed-per-second;
+- the net drain ``N = -dD/dt`` and the arrival rate ``A = S - N``;
+- the per-worker rate ``r``, what one worker can do: ``S / workers`` measured while a backlog
+  waited throughout the window (the workers were busy all along), smoothed and remembered as
+  the kind's capacity (a higher rate seen later raises it). While the queue is short the workers
+  idle at times and ``S / workers`` only shows what arrives: it is not used.
+
+Without status files (a worker that writes none) the depth alone is used: a queue that shrinks
+by ``N`` under a lasting backlog with ``n`` workers shows ``r >= N / n``; arrivals count as
+``n * r - N``.
+
+    desired = ceil((A + D / target_drain_s) / r), clamped to [min, max]
+
+i.e. enough workers to serve what arrives and to drain the backlog within the target time.
+Before ``r`` is known, a backlog that lasts the whole window doubles the workers (the workers
+there are not shown to reduce it), a passing one changes nothing, and an empty queue asks for
+the minimum. Then one step is taken:
+
+- **up at once**, at most doubling, once the workers added by the previous step have started
+  (written a status file, or been running for a few seconds), and within the PostgreSQL
+  connection budget (``INTAKE_SUPERVISE_DB_CONNECTIONS``: every worker's pool counts);
+- **never up while a lane's circuit breaker is open** (or half-open) in any of its workers:
+  the ministry is down, and more workers would only add probes;
+- **down slowly**: one worker, once ``desired`` has stayed below the current count for
+  ``supervise_cooldown_s``, and then again only after another cooldown.
+
+**Scale-down is graceful.** The worker holding the least work gets SIGTERM: a persist worker
+stops consuming, stores and acknowledges what it was given, and exits; a lane worker stops
+consuming and finishes the tasks in hand. What it does not finish in time is acknowledged by
+no one and redelivered by RabbitMQ to another worker, and every handler is idempotent. After
+``supervise_stop_grace_s`` it is killed. A worker that exits without being asked (a crash, a
+``kill -9``) is replaced at once; one that keeps dying within seconds of its start is restarted
+with an exponential backoff (at most 30 s). SIGTERM or SIGINT to the supervisor stops every
+worker the same way and waits for them.
+
+Every scaling decision is one JSON log line (kind, depth, rates, from and to); never personal
+data. :meth:`Supervisor.plan` shows the current plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import aio_pika
+
+from core import topology
+from core.cli import WORKER_KINDS
+from core.settings import Settings, SettingsError
+from workers.sessions import BROKER_GONE
+from workers.status import read_status, remove_status
+
+log = logging.getLogger(__name__)
+
+PERSIST, DISPATCH = "persist", "dispatch"
+# PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py;
+# a lane's is INTAKE_LANE_DB_CONNECTIONS).
+_PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS = 2, 3
+# A worker that dies this soon after its start counts as crash-looping.
+QUICK_EXIT_S = 10.0
+MAX_RESTART_DELAY_S = 30.0
+# A worker that writes no status file counts as started after this long.
+STARTUP_S = 5.0
+# How often processes are checked between scaling ticks (exits also wake the loop at once).
+_RECONCILE_S = 0.25
+# The shortest span of status samples a worker's rate is computed over.
+_MIN_RATE_SPAN_S = 0.5
+_OPEN_BREAKER = ("open", "half_open")
+
+
+# --- the rule -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Fewest and most processes of one kind."""
+
+    low: int
+    high: int
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What is known about one kind's queue at a tick. Rates are in the queue's unit per
+    second (messages for the persist worker, tasks for a lane); None: not known."""
+
+    depth: int
+    per_worker_rate: float | None = None
+    arrival_rate: float | None = None
+    net_drain_rate: float | None = None
+    # A backlog waited throughout the estimation window (the workers were busy all along).
+    sustained: bool = False
+    breaker_open: bool = False
+
+
+def desired_workers(load: Load, current: int, limits: Limits, target_drain_s: float) -> int:
+    """Workers needed to serve the arrivals and drain the backlog within ``target_drain_s``,
+    clamped to ``limits``."""
+    rate = load.per_worker_rate
+    if rate is not None and rate > 0:
+        arrivals = load.arrival_rate or 0.0
+        wanted = math.ceil((arrivals + load.depth / target_drain_s) / rate - 1e-9)
+    elif load.depth > 0 and load.sustained:
+        wanted = 2 * max(current, 1)  # a backlog the workers are not shown to reduce
+    elif load.depth > 0:
+        wanted = current  # a short queue, nothing measured yet: wait and see
+    else:
+        wanted = limits.low  # nothing waits, nothing is known: the fewest will do
+    return max(limits.low, min(limits.high, wanted))
+
+
+def next_workers(
+    current: int,
+    desired: int,
+    limits: Limits,
+    *,
+    breaker_open: bool,
+    calm_s: float,
+    cooldown_s: float,
+) -> int:
+    """One step from ``current`` toward ``desired``: up at once but at most doubling, not at all
+    while the breaker is open; down by one once ``desired`` has been below ``current`` for
+    ``calm_s >= cooldown_s``. The bounds themselves always hold."""
+    if current < limits.low:
+        return limits.low
+    if current > limits.high:
+        return limits.high
+    if desired > current:
+        if breaker_open:
+            return current
+        return min(desired, max(2 * current, 1))
+    if desired < current and calm_s >= cooldown_s:
+        return current - 1
+    return current
+
+
+class RateEstimator:
+    """Rates of one kind from successive samples of its queue depth and its workers' status
+    files, over the last ``window_s`` seconds (see the module docstring)."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.capacity: float | None = None  # per worker, measured while a backlog waited
+        self._depths: deque[tuple[float, int]] = deque()
+        self._counts: dict[int, deque[tuple[float, float]]] = {}
+
+    def observe(
+        self, now: float, depth: int, statuses: Iterable[Mapping[str, object]], workers: int
+    ) -> Load:
+        """Add a sample taken at ``now`` (Unix time, the clock of the status files' ``at``)."""
+        self._depths.append((now, depth))
+        while len(self._depths) > 2 and self._depths[0][0] < now - self.window_s:
+            self._depths.popleft()
+        (first_at, first_depth), (last_at, _) = self._depths[0], self._depths[-1]
+        drain = (first_depth - depth) / (last_at - first_at) if last_at > first_at else None
+        sustained = len(self._depths) >= 2 and all(d > 0 for _, d in self._depths)
+
+        breaker_open, rates = False, []
+        seen = set()
+        for status in statuses:
+            breaker_open = breaker_open or status.get("breaker") in _OPEN_BREAKER
+            rate = self._worker_rate(now, status)
+            pid = status.get("pid")
+            if isinstance(pid, int):
+                seen.add(pid)
+            if rate is not None:
+                rates.append(rate)
+        for pid in set(self._counts) - seen:
+            del self._counts[pid]
+
+        service = sum(rates) if rates else None
+        per_worker = service / len(rates) if service is not None else None
+        from_depth = per_worker is None and drain is not None and drain > 0 and workers > 0
+        if from_depth:
+            assert drain is not None
+            per_worker = drain / workers  # a lower bound: arrivals are unknown
+        if per_worker is not None and per_worker > 0 and not breaker_open:
+            if sustained:
+                self.capacity = (
+                    per_worker if self.capacity is None else (self.capacity + per_worker) / 2
+                )
+            elif not from_depth and self.capacity is not None and per_worker > self.capacity:
+                # Work acknowledged is a lower bound of capacity even when the workers idle
+                # at times (not the depth: a starting worker's prefetch also empties it).
+                self.capacity = per_worker
+
+        arrivals = None
+        if service is not None and drain is not None:
+            arrivals = max(0.0, service - drain)
+        elif self.capacity is not None and sustained and drain is not None:
+            arrivals = max(0.0, self.capacity * workers - drain)
+        # Only a rate measured under a lasting backlog says what a worker can do; workers that
+        # idle at times show what arrives (with noise: scaling on it would flap).
+        return Load(depth, self.capacity, arrivals, drain, sustained, breaker_open)
+
+    def _worker_rate(self, now: float, status: Mapping[str, object]) -> float | None:
+        pid, processed, at = status.get("pid"), status.get("processed"), status.get("at")
+        if not (
+            isinstance(pid, int)
+            and isinstance(processed, int | float)
+            and isinstance(at, int | float)
+        ):
+            return None
+        history = self._counts.setdefault(pid, deque())
+        if history and processed < history[-1][1]:
+            history.clear()  # not the same process any more
+        if not history or at > history[-1][0]:
+            history.append((float(at), float(processed)))
+        while len(history) > 2 and history[0][0] < now - self.window_s:
+            history.popleft()
+        (first_at, first), (last_at, last) = history[0], history[-1]
+        if last_at - first_at < _MIN_RATE_SPAN_S:
+            return None
+        return (last - first) / (last_at - first_at)
+
+
+def worker_limits(settings: Settings, kinds: Sequence[str]) -> dict[str, Limits]:
+    """Each kind's bounds: the general ones, the photo lane's capped by the cores, the
+    per-kind overrides, and exactly one dispatcher."""
+    overrides = settings.worker_limits()
+    unknown = set(overrides) - set(WORKER_KINDS)
+    if unknown:
+        raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: unknown kinds {sorted(unknown)}")
+    if DISPATCH in overrides:
+        raise SettingsError("INTAKE_SUPERVISE_WORKER_LIMITS: the dispatcher is always one")
+    low, high = settings.supervise_min_workers, settings.supervise_max_workers
+    limits = {}
+    for kind in kinds:
+        if kind == DISPATCH:
+            limits[kind] = Limits(1, 1)
+        elif kind in overrides:
+            limits[kind] = Limits(*overrides[kind])
+        elif kind == "photo":
+            cores = max(1, (os.cpu_count() or 1) // settings.photo_workers)
+            limits[kind] = Limits(low, max(low, min(high, cores)))
+        else:
+            limits[kind] = Limits(low, high)
+    return limits
+
+
+def db_connections(settings: Settings, kind: str) -> int:
+    """The most PostgreSQL connections one worker of ``kind`` opens."""
+    if kind == PERSIST:
+        return _PERSIST_CONNECTIONS
+    if kind == DISPATCH:
+        return _DISPATCH_CONNECTIONS
+    return settings.lane_db_connections
+
+
+def queue_of(kind: str) -> str | None:
+    """The queue whose depth scales ``kind`` (None: the dispatcher, not scaled)."""
+    if kind == DISPATCH:
+        return None
+    return topology.PERSIST_QUEUE if kind == PERSIST else topology.lane_queue(kind)
+
+
+# --- the supervisor -------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """One child process."""
+
+    kind: str
+    serial: int
+    process: asyncio.subprocess.Process
+    status_path: Path
+    started_at: float  # monotonic
+    stop_at: float | None = None  # monotonic, when it was sent SIGTERM
+    killed: bool = False
+    reported: bool = False  # a status file of this process was seen
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One scaling step, as logged."""
+
+    kind: str
+    before: int
+    after: int
+    depth: int
+    per_worker_rate: float | None
+    arrival_rate: float | None
+    net_drain_rate: float | None
+    breaker_open: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """A worker that exited; ``expected``: it had been asked to stop."""
+
+    kind: str
+    pid: int
+    code: int
+    expected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KindPlan:
+    """The plan of one kind: how many workers it should have, the ones it has, and why."""
+
+    kind: str
+    limits: Limits
+    target: int
+    running: tuple[int, ...]  # pids of the workers that run and are not stopping
+    stopping: tuple[int, ...]  # pids of the workers asked to stop, not exited yet
+    load: Load | None  # the last estimate (None: not scaled, or the depth is unknown)
+
+
+@dataclass
+class _KindState:
+    limits: Limits
+    target: int
+    estimator: RateEstimator
+    load: Load | None = None
+    calm_since: float | None = None
+    held: bool = False  # a scale-up is being held (breaker, budget), logged once
+    crash_streak: int = 0
+    start_after: float = 0.0  # monotonic: no new worker before (restart backoff)
+    serials: int = 0
+
+
+class Supervisor:
+    """Runs and scales the worker fleet until :meth:`stop`; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: Path,
+        kinds: Sequence[str],
+        log_dir: Path | None = None,
+    ) -> None:
+        self._settings = settings
+        self._run_dir = run_dir
+        self._log_dir = log_dir
+        self._kinds = list(dict.fromkeys(kinds))
+        limits = worker_limits(settings, self._kinds)
+        window_s = max(5 * settings.supervise_interval_s, 3.0)
+        self._state = {
+            kind: _KindState(limits[kind], limits[kind].low, RateEstimator(window_s))
+            for kind in self._kinds
+        }
+        self._workers: list[Worker] = []
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._amqp: aio_pika.abc.AbstractConnection | None = None
+        self._broker_down = False
+        self.decisions: list[Decision] = []
+        self.exits: list[Exit] = []
+        needed = sum(db_connections(settings, k) * s.limits.low for k, s in self._state.items())
+        if needed > settings.supervise_db_connections:
+            raise SettingsError(
+                f"the fewest workers need {needed} PostgreSQL connections, more than"
+                f" INTAKE_SUPERVISE_DB_CONNECTIONS ({settings.supervise_db_connections})"
+            )
+
+    def stop(self) -> None:
+        """Stop every worker gracefully and return from :meth:`run`."""
+        self._stopping.set()
+        self._wake.set()
+
+    def plan(self) -> dict[str, KindPlan]:
+        """The current plan of every kind."""
+        return {
+            kind: KindPlan(
+                kind,
+                state.limits,
+                state.target,
+                tuple(w.pid for w in self._live(kind)),
+                tuple(w.pid for w in self._workers if w.kind == kind and w.stop_at is not None),
+                state.load,
+            )
+            for kind, state in self._state.items()
+        }
+
+    def status_path(self, pid: int) -> Path | None:
+        """Where the worker ``pid`` writes its status file (while it runs)."""
+        return next((w.status_path for w in self._workers if w.pid == pid), None)
+
+    async def run(self) -> None:
+        """Start the fewest workers of every kind, then scale until :meth:`stop`."""
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "supervising",
+            extra={
+                "fields": {
+                    "limits": {k: [s.limits.low, s.limits.high] for k, s in self._state.items()},
+                    "target_drain_s": self._settings.supervise_target_drain_s,
+                }
+            },
+        )
+        sampler = asyncio.create_task(self._sample_forever())
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                await self._reconcile()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _RECONCILE_S)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+            await self._shutdown()
+
+    # --- processes --------------------------------------------------------------------------
+
+    def _live(self, kind: str) -> list[Worker]:
+        return [w for w in self._workers if w.kind == kind and w.stop_at is None]
+
+    async def _reconcile(self) -> None:
+        """Reap exited workers, kill the overdue, and start or stop workers to meet the plan."""
+        now = time.monotonic()
+        self._reap(now)
+        for kind, state in self._state.items():
+            live = self._live(kind)
+            if len(live) < state.target and now >= state.start_after:
+                try:
+                    for _ in range(state.target - len(live)):
+                        await self._spawn(kind, state)
+                except OSError as exc:  # e.g. out of processes or file descriptors
+                    log.error("worker not started: %s", type(exc).__name__)
+                    state.start_after = now + MAX_RESTART_DELAY_S / 10
+            for worker in self._pick_to_stop(live, len(live) - state.target):
+                self._terminate(worker, now)
+
+    def _reap(self, now: float) -> None:
+        for worker in list(self._workers):
+            code = worker.process.returncode
+            if code is None:
+                overdue = (
+                    worker.stop_at is not None
+                    and now - worker.stop_at >= self._settings.supervise_stop_grace_s
+                )
+                if overdue and not worker.killed:
+                    log.warning(
+                        "worker did not stop in time; killed",
+                        extra={"fields": {"kind": worker.kind, "pid": worker.pid}},
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.process.kill()
+                    worker.killed = True
+                continue
+            self._workers.remove(worker)
+            remove_status(str(worker.status_path))  # left behind by a worker that was killed
+            expected = worker.stop_at is not None
+            self.exits.append(Exit(worker.kind, worker.pid, code, expected))
+            fields: dict[str, object] = {"kind": worker.kind, "pid": worker.pid, "code": code}
+            if expected:
+                log.info("worker stopped", extra={"fields": fields})
+                continue
+            state = self._state[worker.kind]
+            uptime_s = now - worker.started_at
+            state.crash_streak = state.crash_streak + 1 if uptime_s < QUICK_EXIT_S else 1
+            delay_s = (
+                0.0
+                if state.crash_streak <= 1
+                else min(2.0 ** (state.crash_streak - 2), MAX_RESTART_DELAY_S)
+            )
+            state.start_after = now + delay_s
+            fields.update(uptime_s=round(uptime_s, 1), restart_in_s=delay_s)
+            log.warning("worker exited unexpectedly; replacing it", extra={"fields": fields})
+
+    def _pick_to_stop(self, live: list[Worker], count: int) -> list[Worker]:
+        """The ``count`` workers holding the least work (by their status), newest first."""
+        if count <= 0:
+            return []
+
+        def held(worker: Worker) -> tuple[float, int]:
+            status = read_status(worker.status_path) or {}
+            inflight = status.get("inflight")
+            return (float(inflight) if isinstance(inflight, int | float) else 0.0, -worker.serial)
+
+        return sorted(live, key=held)[:count]
+
+    def _terminate(self, worker: Worker, now: float) -> None:
+        worker.stop_at = now
+        status = read_status(worker.status_path) or {}
+        log.info(
+            "worker asked to stop",
+            extra={
+                "fields": {
+                    "kind": worker.kind,
+                    "pid": worker.pid,
+                    "inflight": status.get("inflight"),
+                }
+            },
+        )
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGTERM)
+
+    async def _spawn(self, kind: str, state: _KindState) -> None:
+        state.serials += 1
+        status_path = self._run_dir / f"{kind}-{state.serials}.json"
+        remove_status(str(status_path))
+        env = {
+            **os.environ,
+            **self._settings.to_env(),
+            "INTAKE_WORKER_STATUS_FILE": str(status_path),
+        }
+        output = _open_log(self._log_dir, f"worker-{kind}-{state.serials}.log")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "core.cli",
+                "worker",
+                kind,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT if output is not None else None,
+                # Its own session: a Ctrl-C at the terminal reaches the supervisor only, which
+                # stops the workers gracefully; and the workers stop if the supervisor dies.
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
+            )
+        finally:
+            if output is not None:
+                output.close()
+        worker = Worker(kind, state.serials, process, status_path, time.monotonic())
+        self._workers.append(worker)
+        watcher = asyncio.create_task(self._watch(worker))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        log.info("worker started", extra={"fields": {"kind": kind, "pid": worker.pid}})
+
+    async def _watch(self, worker: Worker) -> None:
+        await worker.process.wait()
+        self._wake.set()  # replace or account for it at once
+
+    async def _shutdown(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.stop_at is None and worker.process.returncode is None:
+                self._terminate(worker, now)
+        while self._workers:
+            self._reap(time.monotonic())
+            if self._workers:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _RECONCILE_S)
+        for watcher in list(self._watchers):
+            watcher.cancel()
+        if self._amqp is not None:
+            with contextlib.suppress(*BROKER_GONE):
+                await self._amqp.close()
+        log.info("supervisor stopped")
+
+    # --- scaling ----------------------------------------------------------------------------
+
+    async def _sample_forever(self) -> None:
+        while True:
+            depths = await self._read_depths()
+            try:
+                self._decide(time.time(), time.monotonic(), depths)
+            except Exception:  # a bug here must not stop the supervision of the processes
+                log.exception("scaling decision failed; the plan is unchanged")
+            self._wake.set()
+            await asyncio.sleep(self._settings.supervise_interval_s)
+
+    async def _read_depths(self) -> dict[str, int]:
+        """Messages ready in each scaled kind's queue; a kind whose queue is not declared yet
+        (its workers declare it) or cannot be read is left out."""
+        queues = {k: q for k in self._kinds if (q := queue_of(k)) is not None}
+        try:
+            depths = await asyncio.wait_for(self._passive_declares(queues), 10)
+        except BROKER_GONE as exc:
+            if not self._broker_down:
+                log.warning("queue depths unreadable: %s; not scaling", type(exc).__name__)
+            self._broker_down = True
+            if self._amqp is not None:
+                with contextlib.suppress(*BROKER_GONE):
+                    await self._amqp.close()
+                self._amqp = None
+            return {}
+        if self._broker_down:
+            log.info("queue depths readable again")
+        self._broker_down = False
+        return depths
+
+    async def _passive_declares(self, queues: dict[str, str]) -> dict[str, int]:
+        if self._amqp is None or self._amqp.is_closed:
+            self._amqp = await aio_pika.connect(self._settings.amqp_url, timeout=5)
+        depths = {}
+        channel = await self._amqp.channel()
+        try:
+            for kind, name in queues.items():
+                try:
+                    declared = await channel.declare_queue(name, passive=True)
+                except aio_pika.exceptions.ChannelNotFoundEntity:
+                    channel = await self._amqp.channel()  # the refusal closed the channel
+                    continue
+                depths[kind] = int(declared.declaration_result.message_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return depths
+
+    def _decide(self, now: float, monotonic: float, depths: dict[str, int]) -> None:
+        for kind, state in self._state.items():
+            if kind == DISPATCH:
+                continue
+            statuses = self._statuses(kind)
+            live = self._live(kind)
+            depth = depths.get(kind)
+            if depth is None:
+                state.load, state.calm_since = None, None  # nothing to decide on: hold
+                continue
+            load = state.estimator.observe(now, depth, statuses, len(live))
+            state.load = load
+            current = state.target
+            target_s = self._settings.supervise_target_drain_s
+            desired = desired_workers(load, current, state.limits, target_s)
+            if desired < current:
+                state.calm_since = state.calm_since if state.calm_since is not None else monotonic
+            else:
+                state.calm_since = None
+            calm_s = monotonic - state.calm_since if state.calm_since is not None else 0.0
+            after = next_workers(
+                current,
+                desired,
+                state.limits,
+                breaker_open=load.breaker_open,
+                calm_s=calm_s,
+                cooldown_s=self._settings.supervise_cooldown_s,
+            )
+            reason = "backlog" if after > current else "calm"
+            if current < state.limits.low or current > state.limits.high:
+                reason = "limits"
+            elif after > current:
+                after, why = self._within_budget(kind, current, after, live, monotonic)
+                if why:
+                    self._hold(kind, state, load, current, desired, why)
+                    reason = why
+                else:
+                    state.held = False
+            elif desired > current and load.breaker_open:
+                self._hold(kind, state, load, current, desired, "breaker_open")
+            else:
+                state.held = False
+            if after == current:
+                continue
+            state.target, state.calm_since = after, None
+            decision = Decision(
+                kind,
+                current,
+                after,
+                depth,
+                _round(load.per_worker_rate),
+                _round(load.arrival_rate),
+                _round(load.net_drain_rate),
+                load.breaker_open,
+                reason,
+            )
+            self.decisions.append(decision)
+            log.info("scaling", extra={"fields": _fields(decision)})
+
+    def _within_budget(
+        self, kind: str, current: int, after: int, live: list[Worker], monotonic: float
+    ) -> tuple[int, str]:
+        """``after`` cut to what may start now: not before the last workers added have started,
+        and within the PostgreSQL connection budget. Also why it was cut ("" if it was not)."""
+        starting = (
+            any(not w.reported and monotonic - w.started_at < STARTUP_S for w in live)
+            or len(live) < current
+        )
+        if starting:
+            return current, "starting"
+        used = sum(
+            db_connections(self._settings, k) * s.target for k, s in self._state.items()
+        ) + sum(
+            db_connections(self._settings, w.kind) for w in self._workers if w.stop_at is not None
+        )
+        each = db_connections(self._settings, kind)
+        room = max(0, self._settings.supervise_db_connections - used) // each
+        if after - current > room:
+            return current + room, "db_connections"
+        return after, ""
+
+    def _hold(
+        self, kind: str, state: _KindState, load: Load, current: int, desired: int, why: str
+    ) -> None:
+        """Log a held scale-up once (not "starting": that one passes by itself)."""
+        if state.held or why == "starting":
+            return
+        state.held = True
+        log.info(
+            "scale-up held",
+            extra={
+                "fields": {"kind": kind, "workers": current, "desired": desired, "reason": why}
+                | {"depth": load.depth}
+            },
+        )
+
+    def _statuses(self, kind: str) -> list[dict[str, object]]:
+        """The status files of the kind's workers (those asked to stop included: their work
+        counts), each checked to be its process's own."""
+        found = []
+        for worker in self._workers:
+            if worker.kind != kind:
+                continue
+            status = read_status(worker.status_path)
+            if status is not None and status.get("pid") == worker.pid:
+                worker.reported = True
+                found.append(status)
+        return found
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _fields(decision: Decision) -> dict[str, object]:
+    return {
+        "kind": decision.kind,
+        "from": decision.before,
+        "to": decision.after,
+        "depth": decision.depth,
+        "per_worker_rate": decision.per_worker_rate,
+        "arrival_rate": decision.arrival_rate,
+        "net_drain_rate": decision.net_drain_rate,
+        "breaker_open": decision.breaker_open,
+        "reason": decision.reason,
+    }
+
+
+def _open_log(log_dir: Path | None, name: str) -> IO[bytes] | None:
+    """A worker's log file (appended to), or None: the worker writes to the supervisor's."""
+    if log_dir is None:
+        return None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return (log_dir / name).open("ab")
+
+
+def _load_prctl() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by
+    ``kill -9``, so that no worker outlives it unsupervised. Only calls a function loaded
+    beforehand: nothing here may take a lock."""
+    if callable(_PRCTL):
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def serve(
+    settings: Settings,
+    kinds: Sequence[str],
+    run_dir: Path | None = None,
+    log_dir: Path | None = None,
+) -> None:
+    """Entry point of ``intake supervise``: run the fleet until SIGTERM or SIGINT."""
+    own_dir = run_dir is None
+    directory = Path(tempfile.mkdtemp(prefix="intake-supervise-")) if run_dir is None else run_dir
+    supervisor = Supervisor(settings, directory, kinds, log_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, supervisor.stop)
+    try:
+        await supervisor.run()
+    finally:
+        if own_dir:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
