@@ -1,0 +1,182 @@
+"""Every Prometheus metric of the system, in one place, and how processes serve them.
+
+Naming follows Prometheus' conventions: ``intake_`` prefix, base units (seconds), ``_total``
+for counters. Labels take values from small closed sets only (a route *template*, a status
+class, a lane, an outcome, a reason *code*): never an id, a NIK, a name, an email, a phone
+number or anything else a registrant sent.
+
+**Several processes per role.** A machine running several edge processes, or the worker fleet
+under ``intake supervise``, sets ``PROMETHEUS_MULTIPROC_DIR`` (before any process starts): each
+process then writes its samples to memory-mapped files there, and whichever process serves
+``/metrics`` reports the sum over all of them (prometheus-client's multiprocess mode; gauges
+declare how they combine: ``livesum`` sums the processes alive). Without the variable a process
+serves its own metrics. A process serves ``/metrics`` on ``INTAKE_METRICS_PORT`` (0: it does
+not; the supervisor serves its workers'), with ``SO_REUSEPORT`` so that several edge processes
+of one machine can share the port (each answers with the aggregate).
+
+**What the database knows** (the funnel) and **what RabbitMQ knows** (queue depths) are not
+counted by processes, which restart and scale: collectors read them when scraped
+(:mod:`core.funnel` and :mod:`core.queues` hold those collectors).
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Latency buckets, seconds: HTTP answers are milliseconds; ministry calls up to the timeout.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+
+# --- the edge --------------------------------------------------------------------------------
+
+HTTP_REQUESTS = Counter(
+    "intake_http_requests_total",
+    "HTTP requests answered by the edge, by route template, method and status class.",
+    ["route", "method", "status_class"],
+)
+HTTP_DURATION = Histogram(
+    "intake_http_request_duration_seconds",
+    "Time from a request's headers to its answer, by route template and method.",
+    ["route", "method"],
+    buckets=HTTP_BUCKETS,
+)
+REGISTRATIONS_ACCEPTED = Counter(
+    "intake_registrations_accepted_total",
+    "Registrations answered 202: confirmed durable by the broker.",
+)
+REGISTRATIONS_SHED = Counter(
+    "intake_registrations_shed_total",
+    "Registrations answered 503, by reason (queue_full, overloaded, broker_unreachable, ...).",
+    ["reason"],
+)
+REGISTRATIONS_INVALID = Counter(
+    "intake_registrations_invalid_total",
+    "Registrations refused with a 4xx before publishing (malformed, invalid fields, too large).",
+)
+PUBLISH_CONFIRM = Histogram(
+    "intake_publish_confirm_duration_seconds",
+    "Time from publishing a batch of registrations to the broker's confirm (or failure).",
+    buckets=HTTP_BUCKETS,
+)
+PUBLISH_BATCH = Histogram(
+    "intake_publish_batch_registrations",
+    "Registrations per published batch message.",
+    buckets=BATCH_BUCKETS,
+)
+EDGE_PENDING = Gauge(
+    "intake_edge_pending_registrations",
+    "Registrations waiting in the edge for a broker confirm (all edge processes).",
+    multiprocess_mode="livesum",
+)
+
+# --- the persist worker and the dispatcher -----------------------------------------------------
+
+PERSISTED = Counter(
+    "intake_persist_registrations_total",
+    "Registrations handled by the persist worker, by outcome (stored, duplicate, dead_lettered).",
+    ["outcome"],
+)
+PERSIST_BATCH = Histogram(
+    "intake_persist_batch_duration_seconds",
+    "Time to write one batch of registrations to PostgreSQL, commit included.",
+    buckets=CALL_BUCKETS,
+)
+DISPATCHED = Counter(
+    "intake_dispatch_tasks_total",
+    "Verification tasks published from the outbox to their lane.",
+    ["lane"],
+)
+
+# --- the lanes ---------------------------------------------------------------------------------
+
+LANE_TASKS = Counter(
+    "intake_lane_tasks_total",
+    "Tasks finished by a lane, by outcome (passed, waiting, rejected, review, retry,"
+    " dead_lettered, skipped).",
+    ["lane", "outcome"],
+)
+LANE_TASK_DURATION = Histogram(
+    "intake_lane_task_duration_seconds",
+    "Time a lane worker spent on one task, from delivery to acknowledgement.",
+    ["lane"],
+    buckets=CALL_BUCKETS,
+)
+LANE_RETRIES = Counter(
+    "intake_lane_retries_total",
+    "Tasks sent to a delay queue for another attempt, by reason code.",
+    ["lane", "reason"],
+)
+LANE_REJECTIONS = Counter(
+    "intake_lane_rejections_total",
+    "Registrations a lane rejected or sent to review, by reason code.",
+    ["lane", "reason"],
+)
+LANE_DEAD_LETTERED = Counter(
+    "intake_lane_dead_lettered_total",
+    "Tasks a lane moved to its dead-letter queue.",
+    ["lane"],
+)
+SERVICE_CALLS = Histogram(
+    "intake_service_call_duration_seconds",
+    "Calls from a lane to its external service (a ministry API, SMTP, the SMS gateway, the"
+    " photo analysis), by what the outcome says of the service: ok, overload, failure, neutral.",
+    ["lane", "signal"],
+    buckets=CALL_BUCKETS,
+)
+LANE_LIMIT = Gauge(
+    "intake_lane_concurrency_limit",
+    "The lane's adaptive concurrency limit, summed over its worker processes.",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
+LANE_INFLIGHT = Gauge(
+    "intake_lane_inflight_calls",
+    "Calls in flight from the lane to its service, summed over its worker processes.",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
+LANE_BREAKER = Gauge(
+    "intake_lane_breaker_workers",
+    "Worker processes of the lane whose circuit breaker is in each state.",
+    ["lane", "state"],
+    multiprocess_mode="livesum",
+)
+LANE_BREAKER_TRANSITIONS = Counter(
+    "intake_lane_breaker_transitions_total",
+    "Circuit breaker state changes, by the state entered.",
+    ["lane", "state"],
+)
+
+# --- the supervisor ------------------------------------------------------------------------------
+
+WORKER_PROCESSES = Gauge(
+    "intake_worker_processes",
+    "Worker processes the supervisor runs, by kind.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+WORKER_RESTARTS = Counter(
+    "intake_worker_restarts_total",
+    "Worker processes that exited unexpectedly and were replaced, by kind.",
+    ["kind"],
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess mode, if this process is in it."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def serving_registry() -> CollectorRegistry | None:
+    """The registry a ``/metrics`` endpoint serves: in multiprocess mode a fresh one
+    aggregating every process's files; otherwise None (the default registry)."""
+    path = multiprocess_dir()
+    if path is None:
+        return None
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    return registry
