@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Prepare a Debian machine for development: RabbitMQ, PostgreSQL and the .venv.
+# Prepare a Debian machine for development: RabbitMQ (with its Prometheus plugin), PostgreSQL,
+# Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool) and the .venv.
 # Idempotent: every step checks first and only acts when something is missing;
 # a run with nothing to do prints nothing.
 #
-#   scripts/setup.sh [--with-prometheus]
+#   scripts/setup.sh
+#
+# Prometheus's packaged service is never left running (monitoring/prometheus.yml is run by hand, see
+# the README's Operations section).
 #
 # INTAKE_SETUP_SKIP_SERVICES=1 skips everything except the virtualenv.
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 [--with-prometheus]" >&2
+    echo "usage: $0" >&2
     echo "  env INTAKE_SETUP_SKIP_SERVICES=1: only create/update .venv" >&2
 }
 
-with_prometheus=0
 for arg in "$@"; do
     case "$arg" in
-        --with-prometheus) with_prometheus=1 ;;
         -h | --help) usage; exit 0 ;;
         *) usage; exit 2 ;;
     esac
@@ -58,25 +60,49 @@ pg_su() { (cd / && runuser -u postgres -- psql -v ON_ERROR_STOP=1 -tAc "$1"); }
 
 venv_ok() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c pass >/dev/null 2>&1; }
 
+# Debian's prometheus package enables and starts its service from its postinst: under systemd
+# always; without systemd through invoke-rc.d, which starts it only when a runlevel is known
+# and no policy-rc.d forbids it (in a container it usually does not). That daemon would
+# scrape the package's default targets and hold port 9090, so stop it and keep it off at boot.
+stop_packaged_prometheus() {
+    if [ -d /run/systemd/system ]; then
+        quiet systemctl disable --now prometheus.service
+    elif [ -x /etc/init.d/prometheus ]; then
+        # start-stop-daemon --oknodo: succeeds when nothing runs.
+        quiet /etc/init.d/prometheus stop
+        quiet update-rc.d prometheus disable
+    fi
+}
+
 # --- apt packages ------------------------------------------------------------
 pkgs=()
+prometheus_missing=0
 if [ "$skip_services" != 1 ]; then
     command -v rabbitmqctl >/dev/null 2>&1 || pkgs+=(rabbitmq-server)
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
-    if [ "$with_prometheus" = 1 ]; then
-        command -v prometheus >/dev/null 2>&1 || pkgs+=(prometheus)
-    fi
+    # Installed on its own, below (not with its recommends).
+    { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || prometheus_missing=1
 fi
 # Debian's python3 ships venv without ensurepip unless python3-venv is installed.
 if ! venv_ok && ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
     pkgs+=(python3-venv)
 fi
-if [ "${#pkgs[@]}" -gt 0 ]; then
-    need_root "installing ${pkgs[*]}"
+wanted=("${pkgs[@]}")
+[ "$prometheus_missing" = 0 ] || wanted+=(prometheus)
+if [ "${#wanted[@]}" -gt 0 ]; then
+    need_root "installing ${wanted[*]}"
     say "apt-get update"
     quiet apt-get update
+fi
+if [ "${#pkgs[@]}" -gt 0 ]; then
     say "installing ${pkgs[*]}"
     quiet apt-get install -y -q "${pkgs[@]}"
+fi
+if [ "$prometheus_missing" = 1 ]; then
+    # Without its recommended node exporter: another daemon, and nothing here scrapes it.
+    say "installing prometheus (prometheus, promtool; its service stays stopped)"
+    quiet apt-get install -y -q --no-install-recommends prometheus
+    stop_packaged_prometheus
 fi
 
 if [ "$skip_services" != 1 ]; then
