@@ -25,39 +25,47 @@ configurations, each on a fresh vhost and database with the same simulator and t
 The simulator's counters (``GET /_sim/stats``) and the number of decided Dukcapil checks are
 sampled every 0.5 s. **Goodput** = calls served by the simulator between the first samples at
 which 10 % and 90 % of the backlog was decided, divided by the time between those samples (the
-start and the tail are left out); reported as a share of C/L (goal >= 0.95 for ``adaptive``).
+start and the tail are left out; a run stopped before 90 % ends the window at its last sample);
+reported as a share of C/L (goal >= 0.95 for ``adaptive``).
 **Rejected share** = ``rejected_overload / calls`` of the simulator over the whole run (goal
 <= 1 % for ``adaptive``). **Retries** = the checks' ``attempts`` summed (each retry of a check
 adds one). **Drain time** = from the worker's start to the sample at which every task was
-decided (or dead-lettered). The lane worker's CPU share of one core is reported too.
+decided (or dead-lettered); a configuration not drained after 3 x (N / (C/L)) + 30 s, or that
+decided nothing for 60 s, is stopped. The lane worker's CPU share of one core, the machine's CPU
+busy share, the lane's limit and breaker (its status file, ``INTAKE_WORKER_STATUS_FILE``) and our
+calls at the simulator (its ``in_flight + queued``) are recorded too.
 
 **Part B: capacity halved mid-run.** The adaptive lane drains a backlog at capacity C; once the
 goodput over every sliding 2 s window of the last 4 s is within +-10 % of C/L (and at least 10 s
 after the start), the simulator's capacity is set to C/2 (``POST /_sim/behaviour``). Sampling
 continues ``--transition-s`` seconds. **Settling time** = from the change to the first moment t
 after which the goodput over every window [t', t' + 2 s], t' >= t, stays within +-10 % of
-(C/2)/L until the end. Also the rejected-overload share from the change to the settling moment,
-when the last rejection happened, and the lane's limit over time (the worker's status file,
-``INTAKE_WORKER_STATUS_FILE``, when the worker writes one) next to our calls at the simulator
-(its ``in_flight + queued``).
+(C/2)/L until the end. The lane's limit over time is read from the worker's status file: its
+median before the change and over the last 10 s, and when it first came within 10 % of that final
+value. **Transition** = from the change until the goodput settled and the limit came down; the
+rejected-overload share is reported for it, for the whole measurement after the change, and the
+time of the last rejection.
 
 **Part C: the wave.** ``--count`` registrations (default 80,000) of the synthetic population
 (all valid, no repeated NIK) are offered at a constant ``--rate`` (default 1,333/s, the 2020
 peak minute) open loop to ONE ``intake edge``, with the worker fleet started by ``intake
 supervise persist dispatch dukcapil dapodik dtks`` and Dukcapil, Dapodik and DTKS simulated at
 fixed capacities (default 100, 80 and 80 calls/s: capacity = rate x latency, latency 100 ms,
-queue half the capacity). A ``503`` is retried after its ``Retry-After`` with the same
-``Idempotency-Key`` (a timeout or a lost connection after 1 s), so that every registration is
-eventually accepted. The email and phone lanes have no workers (their tasks wait in their
-queues) and the photo check waits for an upload that never comes: neither is part of the
-figure. Measured: 202s and 503s; the time from the first scheduled registration to the moment
-the last registration had a final NIK result (Dukcapil not found or mismatch; or a match and
-Dapodik and DTKS both final); the theoretical minimum
+queue half the capacity). Each registration is a client of its own with a random
+``Idempotency-Key``: a ``503`` is sent again after its ``Retry-After``, a timeout or a lost
+connection after a jittered exponential backoff, always with the same key, so that every
+registration is eventually accepted (see :func:`offer`). The email and phone lanes have no
+workers (their tasks wait in their queues) and the photo check waits for an upload that never
+comes: neither is part of the figure. Measured: 202s and 503s; the time from the first
+scheduled registration to the moment the last registration had a final NIK result (Dukcapil
+not found or mismatch; or a match and Dapodik and DTKS both final); the theoretical minimum
 ``max(accepted / dukcapil rate, matches / dapodik rate, matches / dtks rate)`` (matches: the
 Dukcapil checks passed, i.e. the registrations that reach Dapodik and DTKS) and the ratio of the
 two; each ministry's goodput as a share of its capacity while it had work (10 %-90 % of its
-calls); the machine's CPU busy share; and a loss audit: every id answered ``202`` is in the
-database exactly once, and nothing else is.
+calls); the cores used by each of our processes, PostgreSQL, RabbitMQ and everything else on
+the machine, until every registration was accepted and afterwards (:func:`cpu_by_role`: what
+limited the run); and a loss audit: every id answered ``202`` is in the database exactly once,
+and nothing else is (the run fails otherwise).
 
     .venv/bin/python -m benchmarks.backpressure [--parts A,B,C] [--count 80000 --rate 1333]
     .venv/bin/python -m benchmarks.backpressure --parts C --count 8000 --rate 400   # smaller
@@ -73,12 +81,13 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import random
 import shutil
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +193,108 @@ class Ministry:
             "queue_limit": self.queue_limit,
             "calls_per_s": round(self.rate, 1),
         }
+
+
+class MachineCpu:
+    """The whole machine's CPU busy share (all cores, every process, ours and others') between
+    two calls of :meth:`share`, from /proc/stat."""
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float]:
+        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        total = sum(fields[:8])
+        return total - idle, total
+
+    def share(self) -> float | None:
+        (busy0, total0), (busy, total) = self._last, self._read()
+        self._last = (busy, total)
+        return round((busy - busy0) / (total - total0), 3) if total > total0 else None
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+EXITED = "exited processes of ours"
+OTHERS = "others (other users, kernel)"
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds so far of the processes on this machine, by role: this benchmark (the load
+    generator), each of its descendants by its ``intake`` command (``edge``, ``simulate``,
+    ``supervise``, ``worker <kind>``, summed over the processes of a kind), PostgreSQL and
+    RabbitMQ (all their processes: shared with other clients), and the machine in total
+    (``machine``, from /proc/stat). A process of ours that exited counts under ``EXITED`` once
+    its parent reaped it (a worker the supervisor stopped)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    names: dict[int, str] = {}
+    reaped: dict[int, float] = {}  # CPU of the children a process has reaped
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                text = file.read()
+        except OSError:
+            continue
+        pid = int(entry)
+        fields = text.rpartition(")")[2].split()
+        names[pid] = text[text.find("(") + 1 : text.rfind(")")]
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        reaped[pid] = (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
+    me = os.getpid()
+    totals: collections.defaultdict[str, float] = collections.defaultdict(float)
+    for pid, seconds in cpu.items():
+        role = {"postgres": "postgres", "beam.smp": "rabbitmq"}.get(names[pid])
+        if role is None:
+            ancestor, depth = parents.get(pid, 0), 0
+            while ancestor not in (0, 1, me) and depth < 8:
+                ancestor, depth = parents.get(ancestor, 0), depth + 1
+            if pid == me:
+                role = "load generator (this process)"
+            elif ancestor == me:
+                role = _intake_role(pid)
+        if role is not None:
+            totals[role] += seconds
+            if pid == me or role not in ("postgres", "rabbitmq"):
+                totals[EXITED] += reaped[pid]
+    with open("/proc/stat") as file:
+        values = [float(x) for x in file.readline().split()[1:]]
+    totals["machine"] = (sum(values[:8]) - values[3] - values[4]) / _CLOCK_TICKS
+    return dict(totals)
+
+
+def _intake_role(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            argv = file.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "other descendants"
+    if "core.cli" in argv:
+        words = argv[argv.index("core.cli") + 1 :]
+        return " ".join(words[:2]) if words[:1] == ["worker"] else (words[0] if words else "?")
+    return "other descendants"
+
+
+def cores_used(
+    before: dict[str, float], after: dict[str, float], seconds: float
+) -> dict[str, float]:
+    """Cores used per role between two :func:`cpu_by_role` snapshots; ``OTHERS`` is the
+    machine's total less all of ours (other users' processes, the kernel's own work). A role
+    whose process exited in between shows less (its CPU moved to ``EXITED``) and is left out
+    when it went negative; the sum of ours counts it anyway."""
+    if seconds <= 0:
+        return {}
+    roles = set(before) | set(after)
+    delta = {role: (after.get(role, 0.0) - before.get(role, 0.0)) / seconds for role in roles}
+    ours = sum(v for k, v in delta.items() if k != "machine")
+    used = {role: round(v, 2) for role, v in delta.items() if v > 0.005}
+    if "machine" in delta:
+        used[OTHERS] = round(max(0.0, delta["machine"] - ours), 2)
+    return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
 class Rig:
@@ -390,6 +501,7 @@ async def watch_lane(
         started = time.monotonic()
         process = rig.stack.start("worker-dukcapil", "worker", "dukcapil", settings=lane_settings)
         cpu_s, stalled = 0.0, False
+        cpu = MachineCpu()
         last_progress, last_moved = -1, started
         try:
             while True:
@@ -412,6 +524,9 @@ async def watch_lane(
                     "limit": status.get("limit"),
                     "lane_inflight": status.get("inflight"),
                     "breaker": status.get("breaker"),
+                    "prefetch": status.get("prefetch"),
+                    "breaker_opened": status.get("breaker_opened"),
+                    "cpu_busy": cpu.share(),
                 }
                 samples.append(sample)
                 done = sample["decided"] + sample["dead"]
@@ -454,9 +569,13 @@ def _first(samples: Sequence[dict[str, Any]], key: str, at_least: float) -> dict
 
 
 def steady_goodput(samples: Sequence[dict[str, Any]], count: int) -> dict[str, float]:
-    """Calls served per second between the samples at which 10 % and 90 % were decided."""
-    low = _first(samples, "decided", 0.1 * count)
+    """Calls served per second between the samples at which 10 % and 90 % were decided. A run
+    stopped before 90 % ends its window at its last sample, and starts it 5 s after the start
+    if it never reached 10 %."""
     high = _first(samples, "decided", 0.9 * count)
+    low = _first(samples, "decided", 0.1 * count)
+    if low is high:
+        low = _first(samples, "t", 5.0)
     span = high["t"] - low["t"]
     rate = (high["served"] - low["served"]) / span if span > 0 else math.nan
     return {"from_s": low["t"], "to_s": high["t"], "per_s": rate}
@@ -493,6 +612,8 @@ def lane_figures(
         "stalled": run.stalled,
         "lane_cpu_share": round(run.cpu_s / run.wall_s, 3) if run.wall_s > 0 else None,
         "lane_limit_median": round(sorted(limits)[len(limits) // 2], 2) if limits else None,
+        "machine_cpu_busy_mean": _mean(s["cpu_busy"] for s in samples),
+        "breaker_opened": max((int(s["breaker_opened"] or 0) for s in samples), default=0),
         "calls_at_simulator_max": max(at_sim) if at_sim else 0,
         "calls_at_simulator_median": sorted(at_sim)[len(at_sim) // 2] if at_sim else 0,
         "simulator_max_in_flight": int(final["max_in_flight"]),
@@ -501,8 +622,32 @@ def lane_figures(
     }
 
 
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 3) if known else None
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    return known[len(known) // 2] if known else None
+
+
 def _series(samples: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    keys = ("t", "served", "rejected", "decided", "limit", "sim_in_flight", "sim_queued")
+    keys = (
+        "t",
+        "served",
+        "rejected",
+        "calls",
+        "decided",
+        "retries",
+        "limit",
+        "lane_inflight",
+        "prefetch",
+        "breaker",
+        "sim_in_flight",
+        "sim_queued",
+        "cpu_busy",
+    )
     return {key: [s[key] for s in samples] for key in keys}
 
 
@@ -567,7 +712,7 @@ async def part_a(base: Settings, ministry: Ministry, count: int, seed: int) -> d
     results = {}
     for name, label, changes in configurations:
         run, _ = await lane_phase(
-            base, name, ministry, count, seed, changes, timeout_s=8 * expected_s + 120
+            base, name, ministry, count, seed, changes, timeout_s=3 * expected_s + 30
         )
         figures = lane_figures(name, ministry, count, run, label)
         progress(
@@ -607,8 +752,8 @@ def _recent_windows(samples: Sequence[dict[str, Any]], span_s: float) -> list[fl
     for end in samples:
         if end["t"] < last - span_s:
             continue
-        start = next((s for s in samples if s["t"] >= end["t"] - WINDOW_S), None)
-        if start is None or end["t"] - start["t"] < WINDOW_S * 0.9:
+        start = next((s for s in reversed(samples) if s["t"] <= end["t"] - WINDOW_S), None)
+        if start is None:
             continue
         rates.append((end["served"] - start["served"]) / (end["t"] - start["t"]))
     return rates
@@ -648,10 +793,7 @@ async def part_b(
     samples = run.samples
     settle_s, windows = settling(samples, t_change, target)
     before = _first(samples, "t", t_change)
-    settled_at = _first(samples, "t", t_change + settle_s) if settle_s is not None else samples[-1]
     last = samples[-1]
-    calls_tr = settled_at["calls"] - before["calls"]
-    rejected_tr = settled_at["rejected"] - before["rejected"]
     calls_after = last["calls"] - before["calls"]
     rejected_after = last["rejected"] - before["rejected"]
     last_rejection = max(
@@ -674,6 +816,33 @@ async def part_b(
         if len(post) > 1
         else math.nan
     )
+    # The lane's limit (its status file, rewritten every second): before, at the end, and when
+    # it first came down to at most 10 % above its final value.
+    limit_before = _median(
+        s["limit"] for s in samples if t_change - 10 <= s["t"] < t_change and s["limit"]
+    )
+    limit_after = _median(s["limit"] for s in samples if s["t"] >= last["t"] - 10 and s["limit"])
+    limit_adapted = None
+    if limit_after:
+        limit_adapted = next(
+            (
+                s["t"]
+                for s in samples
+                if s["t"] >= t_change
+                and s["limit"] is not None
+                and s["limit"] <= limit_after * (1 + TOLERANCE)
+            ),
+            None,
+        )
+    limit_s = None if limit_adapted is None else round(limit_adapted - t_change, 2)
+    # The transition: from the change until the goodput settled and the limit came down.
+    ends = [settle_s, limit_s] if limit_after else [settle_s]
+    settled_s: float | None = None
+    if None not in ends:
+        settled_s = max(e for e in ends if e is not None)
+    settled_at = _first(samples, "t", t_change + settled_s) if settled_s is not None else last
+    calls_tr = settled_at["calls"] - before["calls"]
+    rejected_tr = settled_at["rejected"] - before["rejected"]
     return {
         "tasks": count,
         "capacity_before": ministry.capacity,
@@ -686,8 +855,10 @@ async def part_b(
         "goodput_last_10s_per_s": round(post_rate, 1),
         "settle_s": settle_s,
         "measured_after_change_s": round(last["t"] - t_change, 1),
-        "rejected_share_until_settled": round(rejected_tr / calls_tr, 4) if calls_tr else 0.0,
-        "rejected_until_settled": rejected_tr,
+        "transition_s": settled_s,
+        "rejected_share_in_transition": round(rejected_tr / calls_tr, 4) if calls_tr else 0.0,
+        "rejected_in_transition": rejected_tr,
+        "calls_in_transition": calls_tr,
         "rejected_share_after_change": round(rejected_after / calls_after, 4)
         if calls_after
         else 0.0,
@@ -696,6 +867,10 @@ async def part_b(
         else None,
         "retries": last["retries"],
         "limit_exposed": any(s["limit"] is not None for s in samples),
+        "limit_median_10s_before": limit_before,
+        "limit_median_last_10s": limit_after,
+        "limit_down_after_s": limit_s,
+        "machine_cpu_busy_mean": _mean(s["cpu_busy"] for s in samples),
         "lane_cpu_share": round(run.cpu_s / run.wall_s, 3) if run.wall_s > 0 else None,
         "windows": [[round(t, 2), round(r, 1)] for t, r in windows],
         "series": _series(samples),
@@ -726,22 +901,28 @@ async def offer(
     rate: float,
     *,
     connections: int = 1024,
-    timeout_s: float = 10.0,
+    timeout_s: float = 30.0,
     give_up_s: float = 1800.0,
 ) -> tuple[Offer, float, float]:
-    """Offer ``bodies`` open loop, body ``i`` scheduled at ``start + i / rate``; a ``503`` is
-    sent again after its ``Retry-After`` (a timeout or a connection error after 1 s), with the
-    same ``Idempotency-Key``, until accepted or ``give_up_s`` after its scheduled time.
-    Returns what was seen, the wall-clock time of the first scheduled send, and the seconds
-    until the last registration was answered ``202`` (or given up)."""
+    """Offer ``bodies`` open loop, body ``i`` scheduled at ``start + i / rate``, each
+    registration a client of its own with a random ``Idempotency-Key``: a ``503`` is sent again
+    after its ``Retry-After``; a timeout or a connection error after an exponential backoff
+    with jitter (0.5-1 x 2^n s, at most 30 s); always with the same key, until accepted or
+    ``give_up_s`` after its scheduled time. Up to ``connections`` requests are on the wire at
+    once; a request waiting for a connection waits in the generator, with no timeout (its
+    latency still counts from its scheduled time), so that the generator's own queue never
+    turns into timeouts and retries. Returns what was seen, the wall-clock time of the first
+    scheduled send, and the seconds until the last registration was answered ``202`` (or
+    given up)."""
     tally = Offer(ids=[None] * len(bodies))
     connector = aiohttp.TCPConnector(limit=connections)
-    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
+    # No total timeout: it would include the wait for a pooled connection.
+    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
 
     async def one(session: aiohttp.ClientSession, i: int, scheduled: float) -> None:
         headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
         tally.lags_s.append(time.perf_counter() - scheduled)
-        first = True
+        first, failures = True, 0
         while True:
             retry_after: str | None = None
             payload = b""
@@ -771,13 +952,12 @@ async def offer(
             if time.perf_counter() - scheduled > give_up_s:
                 tally.gave_up += 1
                 return
-            delay_s = 1.0
-            if retry_after is not None:
-                try:
-                    delay_s = max(0.0, float(retry_after))
-                except ValueError:
-                    delay_s = 1.0
+            if status == "503" and retry_after is not None and retry_after.isdigit():
+                delay_s = float(retry_after)
                 tally.retry_after_s.append(delay_s)
+            else:  # no answer, or a 503 without Retry-After: back off
+                failures += 1
+                delay_s = min(30.0, 2.0**failures) * random.uniform(0.5, 1.0)
             await asyncio.sleep(delay_s)
 
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
@@ -806,17 +986,11 @@ async def offer(
         while tasks:
             await asyncio.wait(set(tasks), timeout=10.0)
             if tasks:
-                progress(f"  {len(tasks):,} registrations still being retried; {dict(tally.every)}")
+                progress(
+                    f"  {len(tasks):,} registrations still waiting for a 202; {dict(tally.every)}"
+                )
         answered_s = time.perf_counter() - start
     return tally, start_wall, answered_s
-
-
-def _cpu_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
-    fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])
-    return total - idle, total
 
 
 async def watch_pipeline(
@@ -828,7 +1002,7 @@ async def watch_pipeline(
 ) -> None:
     """Every second: each ministry's counters, the supervised workers' status files, the
     machine's CPU busy share."""
-    busy0, total0 = _cpu_busy()
+    cpu = MachineCpu()
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
             sample: dict[str, Any] = {"t": round(time.monotonic() - started, 2)}
@@ -855,11 +1029,7 @@ async def watch_pipeline(
                 if status.get("breaker") in ("open", "half_open"):
                     entry[2] += 1
             sample["workers"] = workers  # kind: [processes, sum of limits, breakers open]
-            busy, total = _cpu_busy()
-            sample["cpu_busy"] = (
-                round((busy - busy0) / (total - total0), 3) if total > total0 else None
-            )
-            busy0, total0 = busy, total
+            sample["cpu_busy"] = cpu.share()
             samples.append(sample)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -925,11 +1095,13 @@ async def part_c(
         started = time.monotonic()
         watcher = asyncio.create_task(watch_pipeline(rig, run_dir, started, samples, stop))
         connection = await asyncpg.connect(rig.settings.database_url)
+        cpu_marks: list[tuple[float, dict[str, float]]] = [(time.monotonic(), cpu_by_role())]
         try:
             progress(f"  offering {count:,} registrations at {rate:,.0f}/s")
             tally, start_wall, answered_s = await offer(
                 f"{rig.base_url}/v1/registrations", bodies, rate
             )
+            cpu_marks.append((time.monotonic(), cpu_by_role()))
             accepted = [i for i in tally.ids if i is not None]
             progress(
                 f"  offered: {len(accepted):,} accepted after {answered_s:.1f} s; first answers "
@@ -973,6 +1145,7 @@ async def part_c(
                     progress(f"  giving up: {done:,}/{len(accepted):,} NIK results final")
                     break
                 await asyncio.sleep(5)
+            cpu_marks.append((time.monotonic(), cpu_by_role()))
             nik = await connection.fetchrow(_NIK_DONE_SQL)
             assert nik is not None
             lanes = await connection.fetch(_PIPELINE_PROGRESS_SQL, list(NIK_LANES))
@@ -1084,9 +1257,19 @@ async def part_c(
             "whole_run_mean": round(sum(cpu) / len(cpu), 3) if cpu else None,
             "whole_run_median": round(sorted(cpu)[len(cpu) // 2], 3) if cpu else None,
         },
+        # From the workers' status files (the dispatcher writes none: it is always one).
+        "cores_used": {
+            "until_all_accepted": cores_used(
+                cpu_marks[0][1], cpu_marks[1][1], cpu_marks[1][0] - cpu_marks[0][0]
+            ),
+            "after_all_accepted": cores_used(
+                cpu_marks[1][1], cpu_marks[-1][1], cpu_marks[-1][0] - cpu_marks[1][0]
+            ),
+        },
         "max_workers": {
             kind: max((s["workers"].get(kind, [0])[0] for s in samples), default=0)
             for kind in kinds
+            if kind != "dispatch"
         },
         "scaling_decisions": decisions,
         "audit": audit,
@@ -1150,7 +1333,8 @@ def report(results: dict[str, Any]) -> str:
                     f"{r['drain_s']}" if r["drain_s"] is not None else "not drained",
                     str(r["lane_limit_median"] if r["lane_limit_median"] is not None else "n/a"),
                     f"{r['calls_at_simulator_median']} / {r['calls_at_simulator_max']}",
-                    f"{r['lane_cpu_share']:.0%}",
+                    str(r["breaker_opened"]),
+                    f"{r['lane_cpu_share']:.0%} / {r['machine_cpu_busy_mean']:.0%}",
                 ]
             )
         out.append(
@@ -1165,7 +1349,8 @@ def report(results: dict[str, Any]) -> str:
                     "drain s",
                     "limit median",
                     "our calls at the simulator median / max",
-                    "lane CPU",
+                    "breaker opened",
+                    "CPU: lane (of a core) / machine",
                 ],
                 rows,
             )
@@ -1188,9 +1373,11 @@ def report(results: dict[str, Any]) -> str:
                     ],
                     ["goodput over the last 10 s", f"{b['goodput_last_10s_per_s']}/s"],
                     [
-                        "rejected share, change -> settled",
-                        f"{b['rejected_share_until_settled']:.2%} "
-                        f"({b['rejected_until_settled']} calls)",
+                        "rejected share in the transition (change -> goodput settled and limit "
+                        "down, "
+                        f"{b['transition_s']} s)",
+                        f"{b['rejected_share_in_transition']:.2%} "
+                        f"({b['rejected_in_transition']}/{b['calls_in_transition']} calls)",
                     ],
                     [
                         "rejected share, whole measurement after the change",
@@ -1200,7 +1387,12 @@ def report(results: dict[str, Any]) -> str:
                         "last rejection after the change",
                         f"{b['last_rejection_after_change_s']} s",
                     ],
-                    ["lane limit exposed (status file)", str(b["limit_exposed"])],
+                    [
+                        "lane limit: median 10 s before -> last 10 s; first within 10 % of "
+                        "the final value after",
+                        f"{b['limit_median_10s_before']} -> {b['limit_median_last_10s']}; "
+                        f"{b['limit_down_after_s']} s",
+                    ],
                 ],
             )
         )
@@ -1248,6 +1440,14 @@ def report(results: dict[str, Any]) -> str:
                 "CPU busy (machine), while offering / whole run",
                 f"{c['cpu_busy_share']['while_offering']:.0%} / "
                 f"{c['cpu_busy_share']['whole_run_mean']:.0%}",
+            ],
+            [
+                "cores used until every registration was accepted",
+                ", ".join(f"{k} {v:.2f}" for k, v in c["cores_used"]["until_all_accepted"].items()),
+            ],
+            [
+                "cores used afterwards",
+                ", ".join(f"{k} {v:.2f}" for k, v in c["cores_used"]["after_all_accepted"].items()),
             ],
             ["most workers per kind", ", ".join(f"{k} {v}" for k, v in c["max_workers"].items())],
             [

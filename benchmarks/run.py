@@ -14,6 +14,7 @@ BENCHMARKS: tuple[tuple[str, list[str]], ...] = (
     ("edge", ["--access-log"]),
     ("persist", []),
     ("verification", []),
+    ("backpressure", []),
 )
 
 
