@@ -26,7 +26,11 @@ from core.settings import Settings, SettingsError
 def _edge(settings: Settings, args: argparse.Namespace) -> int:
     from intake.server import run
 
-    run(settings)
+    try:
+        run(settings)
+    except SettingsError as exc:
+        print(f"intake edge: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
