@@ -37,21 +37,25 @@ def _edge(settings: Settings, args: argparse.Namespace) -> int:
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
+    from core import metrics
     from core.verification import Check
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        if args.lane == "persist":
-            from workers.persist import serve as persist
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            if args.lane == "persist":
+                from workers.persist import serve as persist
 
-            runner.run(persist(settings))
-        elif args.lane == "dispatch":
-            from workers.dispatch import serve as dispatch
+                runner.run(persist(settings))
+            elif args.lane == "dispatch":
+                from workers.dispatch import serve as dispatch
 
-            runner.run(dispatch(settings))
-        else:
-            from workers.lane import serve as lane
+                runner.run(dispatch(settings))
+            else:
+                from workers.lane import serve as lane
 
-            runner.run(lane(settings, Check(args.lane)))
+                runner.run(lane(settings, Check(args.lane)))
+    finally:
+        metrics.process_exiting()
     return 0
 
 
