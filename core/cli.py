@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,11 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    # The supervisor gives its workers a multiprocess directory of its own and reads its own
+    # figures from its plan: its process must not be in prometheus-client's multiprocess mode,
+    # which is chosen from the environment when prometheus_client is first imported (below).
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
     import uvloop
 
     from workers.supervisor import serve
