@@ -121,7 +121,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.demo import main as demo_main
 
     return int(
-        demo_main(settings, count=args.count, sim_port_base=args.sim_port_base, report=args.report)
+        demo_main(
+            settings,
+            count=args.count,
+            sim_port_base=args.sim_port_base,
+            report=args.report,
+            metrics_port_base=args.metrics_port_base,
+        )
     )
 
 
@@ -162,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=2_000, help="registrations to send")
     demo.add_argument(
         "--sim-port-base", type=int, default=8101, help="first of the simulators' six ports"
+    )
+    demo.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=9464,
+        help="the edge's /metrics port; intake supervise's is the next one",
     )
     demo.add_argument("--report", type=Path, default=None, help="write the outcome as JSON here")
     demo.set_defaults(func=_demo)

@@ -20,6 +20,7 @@ def test_the_demo_loses_nothing_and_matches_the_population(
 ) -> None:
     report = tmp_path / "demo.json"
     env = {**os.environ, **settings.replace(edge_port=free_port()).to_env()}
+    ports = free_port_block(8)  # the simulators' six, then the edge's and the workers' /metrics
     done = subprocess.run(
         [
             sys.executable,
@@ -27,7 +28,8 @@ def test_the_demo_loses_nothing_and_matches_the_population(
             "core.cli",
             "demo",
             "--count=400",
-            f"--sim-port-base={free_port_block(6)}",
+            f"--sim-port-base={ports}",
+            f"--metrics-port-base={ports + 6}",
             f"--report={report}",
         ],
         env=env,
@@ -37,6 +39,8 @@ def test_the_demo_loses_nothing_and_matches_the_population(
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for port in (ports + 6, ports + 7):  # where to point a Prometheus or a curl
+        assert f"http://127.0.0.1:{port}/metrics" in done.stdout
     outcome = orjson.loads(report.read_bytes())
     assert outcome["stored"] == outcome["accepted"] > 300
     assert outcome["observed"]["registered"] == outcome["expected"]["registered"]
