@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -457,9 +458,22 @@ async def test_no_personal_data_in_any_metrics_text(
             "supervisor": (await scrape(fleet_metrics)).text,
         }
     # RabbitMQ's own exporter (the rabbitmq_prometheus plugin, enabled by scripts/setup.sh):
-    # required, not skipped when missing.
+    # required, not skipped when missing. Node totals, every queue, and this vhost's queues as
+    # a Prometheus scrapes them per queue.
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(settings.amqp_url).path.lstrip("/"))
+    detailed = urllib.parse.urlencode(
+        {"vhost": vhost, "family": ["queue_coarse_metrics", "queue_consumer_count"]}, doseq=True
+    )
     for path in ("", "/per-object"):
         texts[f"rabbitmq{path}"] = (await scrape(RABBITMQ_METRICS + path)).text
+    # RabbitMQ emits queue statistics every few seconds: this vhost's queues appear by then.
+    texts["rabbitmq/detailed"] = (
+        await eventually(
+            lambda: scrape(f"{RABBITMQ_METRICS}/detailed?{detailed}"),
+            lambda found: f'vhost="{vhost}"' in found.text,
+            60,
+        )
+    ).text
     assert "intake_registrations_accepted_total" in texts["edge"]  # really scraped
     assert "intake_funnel_registrations" in texts["supervisor"]
     assert "rabbitmq_queue_messages_ready" in texts["rabbitmq/per-object"]
