@@ -9,6 +9,11 @@ and repeated NIKs), and the people whose ground truth says so follow their email
 their SMS code, at the 2020 shares. The live funnel and the queues are printed
 until every registration is decided or nothing moves any more; then everything stops with
 SIGTERM. Exit status 0 when no accepted registration was lost.
+
+The edge serves its Prometheus metrics on ``http://127.0.0.1:9464/metrics`` and
+``intake supervise`` its workers' (with the funnel and the queue depths) on
+``http://127.0.0.1:9465/metrics`` (``--metrics-port-base``); every port of the plan (the
+simulators', the edge's, the metrics ports) must be free, or the demo does not start.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import collections
 import datetime as dt
 import re
+import socket
 import tempfile
 import time
 import uuid
@@ -45,6 +51,28 @@ DEFAULT_SIM_PORT_BASE = 8101  # dukcapil 8101, dapodik 8102, dtks 8103, sms 8104
 def sim_ports(base: int) -> dict[str, int]:
     """The simulators' ports, consecutive from ``base`` (SMTP last)."""
     return {name: base + i for i, name in enumerate(SIM_NAMES)}
+
+
+DEFAULT_METRICS_PORT_BASE = 9464  # the edge's /metrics; intake supervise's is the next one
+
+
+def metrics_ports(base: int) -> dict[str, int]:
+    """The ``/metrics`` ports: the edge's at ``base``, the supervisor's (its workers) next."""
+    return {"edge": base, "supervise": base + 1}
+
+
+def busy_ports(ports: dict[str, int], host: str = "127.0.0.1") -> dict[str, int]:
+    """The ports of the plan that something already listens on. Bound without
+    ``SO_REUSEPORT``: a port another process shares that way counts as busy too (the metrics
+    endpoints bind with it, and would otherwise share a port with a stranger silently)."""
+    busy = {}
+    for name, port in ports.items():
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                busy[name] = port
+    return busy
 
 
 IDLE_LIMIT_S = 20.0  # stop watching when nothing has changed for this long
@@ -381,7 +409,12 @@ def last_verified_s(
 
 
 async def _run(
-    settings: Settings, count: int, log_dir: Path, ports: dict[str, int], report: Path | None
+    settings: Settings,
+    count: int,
+    log_dir: Path,
+    ports: dict[str, int],
+    metrics: dict[str, int],
+    report: Path | None,
 ) -> int:
     seed, today = int(time.time()), today_wib()
     people = population(count, seed=seed, today=today)
@@ -398,13 +431,23 @@ async def _run(
         )
         await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
         # Every worker kind, scaled on its queue; each worker logs to its own file here.
-        stack.start("supervise", "supervise", f"--log-dir={log_dir}")
-        stack.start("edge", "edge")
+        stack.start(
+            "supervise",
+            "supervise",
+            f"--log-dir={log_dir}",
+            settings=settings.replace(metrics_port=metrics["supervise"]),
+        )
+        stack.start("edge", "edge", settings=settings.replace(metrics_port=metrics["edge"]))
         await _wait_ready(f"{base_url}/readyz", stack, 60)
         lanes = ", ".join(k for k in WORKER_KINDS if k not in ("persist", "dispatch"))
         print(
             f"stack ready: edge at {base_url}; workers under intake supervise (lanes: {lanes});"
             f" logs in {log_dir}"
+        )
+        print(
+            f"metrics: edge http://127.0.0.1:{metrics['edge']}/metrics, workers, funnel and"
+            f" queues (intake supervise) http://127.0.0.1:{metrics['supervise']}/metrics",
+            flush=True,
         )
 
         since = dt.datetime.now(dt.UTC)
@@ -484,11 +527,26 @@ def main(
     count: int,
     sim_port_base: int = DEFAULT_SIM_PORT_BASE,
     report: Path | None = None,
+    metrics_port_base: int = DEFAULT_METRICS_PORT_BASE,
 ) -> int:
     """Run the demo against the configured RabbitMQ and PostgreSQL; 0 when nothing was lost
-    and the funnel is exactly what the population's truth says."""
-    log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
+    and the funnel is exactly what the population's truth says (2: a port of the plan is
+    taken)."""
     ports = sim_ports(sim_port_base)
+    metrics = metrics_ports(metrics_port_base)
+    plan = {
+        **{f"simulator {name}": port for name, port in ports.items()},
+        "edge": settings.edge_port,
+        **{f"{name} metrics": port for name, port in metrics.items()},
+    }
+    if len(set(plan.values())) < len(plan):
+        print(f"intake demo: ports used twice in the plan {plan}")
+        return 2
+    busy = busy_ports(plan)
+    if busy:
+        print(f"intake demo: ports already in use: {busy}; free them or choose other ports")
+        return 2
+    log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
     wired = settings.replace(
         # Each lane's PostgreSQL pool is a quarter of its prefetch: at 64, six busy lanes (the
         # photo lane included, now that selfies are uploaded) with the edge and the workers
@@ -501,4 +559,4 @@ def main(
         sms_url=f"http://127.0.0.1:{ports['sms']}",
         smtp_port=ports["smtp"],
     )
-    return asyncio.run(_run(wired, count, log_dir, ports, report))
+    return asyncio.run(_run(wired, count, log_dir, ports, metrics, report))

@@ -7,11 +7,15 @@ What is measured, in one run on a 2-core machine:
    the same JSON, answer 202, publish nothing) pinned to the same core. The load generator is
    ``wrk`` pinned to core 1 with a Lua script that POSTs one valid registration and counts
    the responses by status: only 202s count as accepted. Runs alternate (bare, edge, bare,
-   edge, ...) after a warm-up of each; the medians and their ratio edge/bare are reported
+   edge, ...; each round starts one target later than the last, so that no target always runs
+   first) after a warm-up of each; the medians and their ratio edge/bare are reported
    (goal: >= 0.5). With ``--shed`` a third target, an edge with ``INTAKE_EDGE_MAX_PENDING=0``
    that sheds every registration at admission (a ``503`` before the body is read), is measured
    in the same rounds: its ``503`` answers per second over bare's ``202`` per second is the
-   shed/bare ratio, what a shed request costs next to the cheapest possible answer.
+   shed/bare ratio, what a shed request costs next to the cheapest possible answer. With
+   ``--baseline DIR`` an edge run from the code in ``DIR`` (another checkout of the project,
+   e.g. ``git archive REV | tar -x -C DIR``; it is put first on ``PYTHONPATH``) is measured in
+   the same rounds too: the cost of a change, before and after, in the same conditions.
 2. **Latency at a constant offered rate** (default 1,333 registrations/s, the seed's peak
    minute) with :mod:`benchmarks.openloop` on core 1: p50/p90/p99/max from each request's
    *scheduled* send time, for the edge and, as a reference, for the bare server.
@@ -24,6 +28,7 @@ end (also on failure); the queue is purged between runs. The edge runs with
 line per request at INFO, to stderr redirected to a file under ``results/logs/``).
 
     .venv/bin/python -m benchmarks.edge [--duration 10] [--connections 64] [--rounds 2] [--shed]
+                                        [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -325,6 +330,11 @@ def report(results: dict[str, Any]) -> str:
             f"edge with its access log on / bare = "
             f"{medians['edge+access-log'] / medians['bare']:.2f}"
         )
+    if "ratio_baseline_over_bare" in results:
+        ratio_lines.append(
+            f"**edge-baseline/bare = {results['ratio_baseline_over_bare']:.2f}** (the --baseline"
+            f" code); edge/edge-baseline = {results['ratio_edge_over_baseline']:.2f}"
+        )
     if "ratio_shed_over_bare" in results:
         ratio_lines.append(
             f"**shed/bare = {results['ratio_shed_over_bare']:.2f}**: an edge shedding every "
@@ -402,6 +412,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.shed:
                 # Sheds every registration at admission: the cost of a shed request.
                 edge_variants.append(("edge-shed", "false", {"INTAKE_EDGE_MAX_PENDING": "0"}))
+            if args.baseline is not None:
+                # The same `intake edge`, from other code: the console script's directory comes
+                # first on sys.path, then PYTHONPATH, then the editable install of this checkout.
+                baseline = args.baseline.resolve()
+                if not (baseline / "core" / "cli.py").is_file():
+                    raise BenchError(f"--baseline {baseline}: no checkout of the project there")
+                edge_variants.append(("edge-baseline", "false", {"PYTHONPATH": str(baseline)}))
             for name, access_log, extra_env in edge_variants:
                 port = free_port()
                 env = dict(
@@ -422,7 +439,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             wrk_runs: list[dict[str, Any]] = []
             for round_no in range(1, args.rounds + 1):
-                for target in targets:
+                first = (round_no - 1) % len(targets)
+                for target in targets[first:] + targets[:first]:
                     progress(
                         f"round {round_no}/{args.rounds}: wrk -> {target.name}, "
                         f"{args.duration:g} s, {args.connections} connections"
@@ -480,15 +498,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_cpu": SERVER_CPU,
             "load_cpu": LOAD_CPU,
             "edge_access_log": False,
+            "baseline": str(args.baseline) if args.baseline is not None else None,
             "edge_log_level": "INFO",
             "vhost": BENCH_VHOST,
         },
         "accepted_per_s_median": medians,
         "ratio_edge_over_bare": medians["edge"] / medians["bare"],
         **_shed_figures(wrk_runs, medians["bare"]),
+        **_baseline_figures(medians),
         "wrk_runs": wrk_runs,
         "latency": latency,
         "generator_ceiling": ceiling,
+    }
+
+
+def _baseline_figures(medians: dict[str, float]) -> dict[str, float]:
+    if "edge-baseline" not in medians:
+        return {}
+    return {
+        "ratio_baseline_over_bare": medians["edge-baseline"] / medians["bare"],
+        "ratio_edge_over_baseline": medians["edge"] / medians["edge-baseline"],
     }
 
 
@@ -524,6 +553,13 @@ def main(argv: list[str] | None = None) -> int:
         "--shed",
         action="store_true",
         help="also measure an edge that sheds every registration (503 before reading the body)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also measure an edge run from the code in DIR (another checkout), same rounds",
     )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.connections < 1:

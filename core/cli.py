@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -26,32 +27,45 @@ from core.settings import Settings, SettingsError
 def _edge(settings: Settings, args: argparse.Namespace) -> int:
     from intake.server import run
 
-    run(settings)
+    try:
+        run(settings)
+    except SettingsError as exc:
+        print(f"intake edge: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     import uvloop
 
+    from core import metrics
     from core.verification import Check
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        if args.lane == "persist":
-            from workers.persist import serve as persist
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            if args.lane == "persist":
+                from workers.persist import serve as persist
 
-            runner.run(persist(settings))
-        elif args.lane == "dispatch":
-            from workers.dispatch import serve as dispatch
+                runner.run(persist(settings))
+            elif args.lane == "dispatch":
+                from workers.dispatch import serve as dispatch
 
-            runner.run(dispatch(settings))
-        else:
-            from workers.lane import serve as lane
+                runner.run(dispatch(settings))
+            else:
+                from workers.lane import serve as lane
 
-            runner.run(lane(settings, Check(args.lane)))
+                runner.run(lane(settings, Check(args.lane)))
+    finally:
+        metrics.process_exiting()
     return 0
 
 
 def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    # The supervisor gives its workers a multiprocess directory of its own and reads its own
+    # figures from its plan: its process must not be in prometheus-client's multiprocess mode,
+    # which is chosen from the environment when prometheus_client is first imported (below).
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        os.environ.pop(name, None)
     import uvloop
 
     from workers.supervisor import serve
@@ -107,7 +121,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from benchmarks.demo import main as demo_main
 
     return int(
-        demo_main(settings, count=args.count, sim_port_base=args.sim_port_base, report=args.report)
+        demo_main(
+            settings,
+            count=args.count,
+            sim_port_base=args.sim_port_base,
+            report=args.report,
+            metrics_port_base=args.metrics_port_base,
+        )
     )
 
 
@@ -149,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=2_000, help="registrations to send")
     demo.add_argument(
         "--sim-port-base", type=int, default=8101, help="first of the simulators' six ports"
+    )
+    demo.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=9464,
+        help="the edge's /metrics port; intake supervise's is the next one",
     )
     demo.add_argument("--report", type=Path, default=None, help="write the outcome as JSON here")
     demo.set_defaults(func=_demo)

@@ -16,20 +16,44 @@ of one machine can share the port (each answers with the aggregate).
 
 **What the database knows** (the funnel) and **what RabbitMQ knows** (queue depths) are not
 counted by processes, which restart and scale: collectors read them when scraped
-(:mod:`core.funnel` and :mod:`core.queues` hold those collectors).
+(:mod:`core.funnel` and :mod:`core.queues` hold those collectors). :mod:`core.metrics_http`
+serves them.
+
+**Series known in advance exist before the first event**: a process pre-initialises its label
+sets at 0 (:func:`init_edge`, :func:`init_persist`, :func:`init_dispatch`, :func:`init_lane`), so
+that dashboards and alerts see every lane, outcome and breaker state from the start.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from core.verification import Check
 
 # Latency buckets, seconds: HTTP answers are milliseconds; ministry calls up to the timeout.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+
+# The closed sets of label values known in advance (pre-initialised at 0).
+LANES = tuple(check.value for check in Check)
+SHED_REASONS = (
+    "shutting_down",
+    "broker_unreachable",
+    "overloaded",
+    "queue_full",
+    "confirm_timeout",
+    "unroutable",
+)
+PERSIST_OUTCOMES = ("stored", "duplicate", "already_stored", "dead_lettered")
+LANE_OUTCOMES = ("passed", "waiting", "rejected", "review", "retry", "dead_lettered", "skipped")
+SIGNALS = ("ok", "overload", "failure", "neutral")  # workers.flow.Signal
+BREAKER_STATES = ("closed", "open", "half_open")  # workers.flow.BreakerState
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # --- the edge --------------------------------------------------------------------------------
 
@@ -77,7 +101,8 @@ EDGE_PENDING = Gauge(
 
 PERSISTED = Counter(
     "intake_persist_registrations_total",
-    "Registrations handled by the persist worker, by outcome (stored, duplicate, dead_lettered).",
+    "Registrations handled by the persist worker, by outcome (stored, duplicate: stored as"
+    " rejected duplicate_nik, already_stored: redelivered, stored before, dead_lettered).",
     ["outcome"],
 )
 PERSIST_BATCH = Histogram(
@@ -152,17 +177,16 @@ LANE_BREAKER_TRANSITIONS = Counter(
 )
 
 # --- the supervisor ------------------------------------------------------------------------------
+# Read from the supervisor's plan when scraped (workers.supervisor.FleetCollector), not counted
+# in prometheus-client values: the supervisor's own process stays out of multiprocess mode.
 
-WORKER_PROCESSES = Gauge(
+WORKER_PROCESSES = (
     "intake_worker_processes",
-    "Worker processes the supervisor runs, by kind.",
-    ["kind"],
-    multiprocess_mode="livesum",
+    "Worker processes the supervisor runs (started and not exited yet), by kind.",
 )
-WORKER_RESTARTS = Counter(
-    "intake_worker_restarts_total",
+WORKER_RESTARTS = (
+    "intake_worker_restarts",  # exposed as intake_worker_restarts_total
     "Worker processes that exited unexpectedly and were replaced, by kind.",
-    ["kind"],
 )
 
 
@@ -180,3 +204,63 @@ def serving_registry() -> CollectorRegistry | None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
+
+
+def process_exiting() -> None:
+    """In multiprocess mode, withdraw this process's live gauges (``livesum``) from the sum:
+    called by a process that ends normally; ``intake supervise`` does it for a worker that dies.
+    Its counters stay, as they must."""
+    path = multiprocess_dir()
+    if path is not None:
+        mark_process_dead(os.getpid(), path)  # type: ignore[no-untyped-call]
+
+
+# --- label values ------------------------------------------------------------------------------
+
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
+
+
+def reason_label(reason: str) -> str:
+    """A reason code as a label value: the code before any ``:`` detail (``unreachable:
+    ClientConnectorError`` is ``unreachable``); anything that is not a short lower-case code
+    is ``other``, so a label can never carry free text."""
+    code = reason.partition(":")[0]
+    return code if _CODE.fullmatch(code) else "other"
+
+
+def status_class(status: int) -> str:
+    """``2xx``, ``4xx``, ..."""
+    return f"{status // 100}xx"
+
+
+# --- series that exist from the start ----------------------------------------------------------
+
+
+def init_edge() -> None:
+    for reason in SHED_REASONS:
+        REGISTRATIONS_SHED.labels(reason)
+
+
+def init_persist() -> None:
+    for outcome in PERSIST_OUTCOMES:
+        PERSISTED.labels(outcome)
+
+
+def init_dispatch() -> None:
+    for lane in LANES:
+        DISPATCHED.labels(lane)
+
+
+def init_lane(lane: str) -> None:
+    """Every series of ``lane`` whose labels are known in advance, at 0."""
+    for outcome in LANE_OUTCOMES:
+        LANE_TASKS.labels(lane, outcome)
+    for signal in SIGNALS:
+        SERVICE_CALLS.labels(lane, signal)
+    for state in BREAKER_STATES:
+        LANE_BREAKER.labels(lane, state)
+        LANE_BREAKER_TRANSITIONS.labels(lane, state)
+    LANE_TASK_DURATION.labels(lane)
+    LANE_DEAD_LETTERED.labels(lane)
+    LANE_LIMIT.labels(lane)
+    LANE_INFLIGHT.labels(lane)

@@ -145,6 +145,12 @@ class Settings:
     # Set by intake supervise for each worker it starts; empty = no status file.
     worker_status_file: str = ""
 
+    # Prometheus metrics (core.metrics, core.metrics_http): GET /metrics on this address, never
+    # on the edge's public port. 0 = the process serves no metrics (intake supervise sets it
+    # for its workers and serves theirs).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``INTAKE_*`` variables, converting each to its field's type."""
@@ -190,6 +196,8 @@ class Settings:
                 " TARGET_DRAIN_S and INTERVAL_S, COOLDOWN_S and STOP_GRACE_S >= 0"
             )
         self.worker_limits()  # raises on a malformed INTAKE_SUPERVISE_WORKER_LIMITS
+        if not 0 <= self.metrics_port <= 65_535:
+            raise SettingsError("INTAKE_METRICS_PORT must be a port number (0: no metrics)")
         if self.photo_max_bytes < 1 or self.photo_workers < 1:
             raise SettingsError("INTAKE_PHOTO_MAX_BYTES and INTAKE_PHOTO_WORKERS must be positive")
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import importlib.resources
 import logging
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import orjson
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 
+from core import metrics
 from core.envelope import Envelope
 from core.ids import uuid7
 from core.keys import Keyring
@@ -45,13 +48,31 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> w
     )
 
 
+def _invalid(response: web.Response) -> web.Response:
+    """A registration refused with a 4xx before publishing: counted, then answered."""
+    metrics.REGISTRATIONS_INVALID.inc()
+    return response
+
+
+_SHED: dict[str, Counter] = {}
+
+
+def _shed(publisher: BatchPublisher, reason: str) -> web.Response:
+    """A registration answered 503: counted by reason, then answered with its Retry-After."""
+    counter = _SHED.get(reason)
+    if counter is None:
+        counter = _SHED[reason] = metrics.REGISTRATIONS_SHED.labels(reason)
+    counter.inc()
+    return unavailable(reason, publisher.retry_after_s(reason))
+
+
 async def register(request: web.Request) -> web.StreamResponse:
     """``POST /v1/registrations``: 202 after the broker's confirm, or a 4xx/503 problem."""
     settings = request.app[SETTINGS]
     if request.content_type != "application/json":
-        return problem(415, "unsupported-media-type", "The body must be application/json")
+        return _invalid(problem(415, "unsupported-media-type", "The body must be application/json"))
     if request.content_length is not None and request.content_length > settings.edge_max_body_bytes:
-        return problem(413, "too-large", "The body is too large")
+        return _invalid(problem(413, "too-large", "The body is too large"))
     publisher = request.app[PUBLISHER]
     try:
         # Before the body is read or parsed. The unread body of a shed request is drained by
@@ -59,21 +80,21 @@ async def register(request: web.Request) -> web.StreamResponse:
         # closed), so the next request on a keep-alive connection starts where it should.
         probe = publisher.admit()
     except Unavailable as exc:
-        return unavailable(exc.reason, publisher.retry_after_s(exc.reason))
+        return _shed(publisher, exc.reason)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return problem(413, "too-large", "The body is too large")
+        return _invalid(problem(413, "too-large", "The body is too large"))
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return problem(400, "malformed-json", "The body is not valid JSON")
+        return _invalid(problem(400, "malformed-json", "The body is not valid JSON"))
     now = dt.datetime.now(dt.UTC)
     try:
         registration = validate(body, today_wib(now))
     except ValidationFailed as exc:
-        return problem(
-            422, "invalid-registration", "The registration is invalid", errors=exc.errors
+        return _invalid(
+            problem(422, "invalid-registration", "The registration is invalid", errors=exc.errors)
         )
 
     keyring = request.app[KEYRING]
@@ -83,13 +104,16 @@ async def register(request: web.Request) -> web.StreamResponse:
     elif 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_CHARS:
         registration_id = keyring.idempotent_id(idempotency_key)
     else:
-        return problem(400, "bad-idempotency-key", "Idempotency-Key must be 1-255 characters")
+        return _invalid(
+            problem(400, "bad-idempotency-key", "Idempotency-Key must be 1-255 characters")
+        )
 
     item = Envelope(registration_id, now, registration).to_json()
     try:
         await publisher.submit(item, probe=probe)
     except Unavailable as exc:
-        return unavailable(exc.reason, publisher.retry_after_s(exc.reason))
+        return _shed(publisher, exc.reason)
+    metrics.REGISTRATIONS_ACCEPTED.inc()
     status_url = f"/v1/registrations/{registration_id}"
     return _json(
         202,
@@ -169,6 +193,43 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.Response(body=spec, content_type="application/json")
 
 
+class _HttpMetrics:
+    """The request counter and duration histogram, their children cached by label values (a
+    dict look-up per request instead of prometheus-client's validated, locked ``labels()``)."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
+
+    def record(self, request: web.Request, status: int, elapsed_s: float) -> None:
+        # The route *template* (``/v1/registrations/{id}``), never the path: paths hold ids.
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        method = request.method if request.method in metrics.HTTP_METHODS else "other"
+        key = (route, method, status // 100)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = metrics.HTTP_REQUESTS.labels(route, method, metrics.status_class(status))
+            self._counters[key] = counter
+        counter.inc()
+        duration = self._durations.get(key[:2])
+        if duration is None:
+            duration = self._durations[key[:2]] = metrics.HTTP_DURATION.labels(route, method)
+        duration.observe(elapsed_s)
+
+
+HTTP_METRICS = web.AppKey("http_metrics", _HttpMetrics)
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route template, method and status class, and time it."""
+    started = time.perf_counter()
+    response = await handler(request)  # errors_middleware, inside, turns errors into answers
+    request.app[HTTP_METRICS].record(request, response.status, time.perf_counter() - started)
+    return response
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn aiohttp's HTTP exceptions into problems, and anything unexpected into a 500 that
@@ -188,9 +249,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) -> web.Application:
     """Assemble the edge application; the publisher and the database pool start with it."""
     app = web.Application(
-        client_max_size=settings.edge_max_body_bytes, middlewares=[errors_middleware]
+        client_max_size=settings.edge_max_body_bytes,
+        middlewares=[metrics_middleware, errors_middleware],
     )
     app[SETTINGS], app[KEYRING], app[PUBLISHER] = settings, keyring, publisher
+    app[HTTP_METRICS] = _HttpMetrics()
+    metrics.init_edge()
     app[STATE] = {"stopping": False}
     app.router.add_post("/v1/registrations", register)
     app.router.add_get("/v1/registrations/{id}", registration_status)

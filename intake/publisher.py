@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractExchange
 
-from core import envelope, topology
+from core import envelope, metrics, topology
 from core.keys import Keyring
 from core.settings import Settings
 from intake import shedding
@@ -70,6 +70,8 @@ DEPTH_SAMPLE_INTERVAL_S = 1.0
 _SAMPLE_TIMEOUT_S = 5.0
 # Weight of the newest batch in the moving average of confirm latencies.
 _CONFIRM_SMOOTHING = 0.2
+# How often the pending gauge is written (it is also written after each batch).
+PENDING_GAUGE_INTERVAL_S = 0.5
 
 _Batch = list[tuple[bytes, "asyncio.Future[None]"]]
 
@@ -99,6 +101,7 @@ class BatchPublisher:
         self._exchange: AbstractExchange | None = None
         self._connection: AbstractConnection | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._gauge: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._closing = False
         self._connected = asyncio.Event()
@@ -131,6 +134,14 @@ class BatchPublisher:
     async def start(self) -> None:
         """Start connecting in the background; :attr:`ready` turns true once connected."""
         self._supervisor = asyncio.create_task(self._supervise(), name="amqp-supervisor")
+        self._gauge = asyncio.create_task(self._report_pending(), name="pending-gauge")
+
+    async def _report_pending(self) -> None:
+        """The pending gauge, every ``PENDING_GAUGE_INTERVAL_S`` (and after each batch):
+        cheaper than on every request, and in multiprocess mode each process writes its own."""
+        while True:
+            metrics.EDGE_PENDING.set(self.pending)
+            await asyncio.sleep(PENDING_GAUGE_INTERVAL_S)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until connected, at most ``timeout_s``; return whether connected."""
@@ -247,12 +258,15 @@ class BatchPublisher:
             self._inflight -= 1
         elapsed_s = time.perf_counter() - started
         self.stats.record(len(batch), elapsed_s, error)
+        metrics.PUBLISH_CONFIRM.observe(elapsed_s)
+        metrics.PUBLISH_BATCH.observe(len(batch))
         self._confirm_s = (
             elapsed_s
             if self._confirm_s is None
             else _CONFIRM_SMOOTHING * elapsed_s + (1 - _CONFIRM_SMOOTHING) * self._confirm_s
         )
         self._track_fullness(seq, error, probe=probe)
+        metrics.EDGE_PENDING.set(self.pending)
         for _, future in batch:
             if future.done():  # the request's handler was cancelled (client went away)
                 continue
@@ -387,15 +401,17 @@ class BatchPublisher:
         while (self._pending or self._batches) and time.monotonic() < deadline:
             self._schedule_flush()
             await asyncio.sleep(0.01)
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        for task in (self._supervisor, self._gauge):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._connection is not None:
             await self._connection.close()
         for _, future in self._pending:
             if not future.done():
                 future.set_exception(Unavailable("shutting_down"))
+        metrics.EDGE_PENDING.set(0)
 
 
 class PublisherStats:

@@ -16,8 +16,9 @@ import uvloop
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from core import metrics, metrics_http
 from core.keys import Keyring
-from core.settings import Settings
+from core.settings import Settings, SettingsError
 from intake.app import STATE, create_app
 from intake.publisher import BatchPublisher
 
@@ -47,7 +48,15 @@ class AccessLogger(AbstractAccessLogger):
 
 
 async def serve(settings: Settings, *, sock: socket.socket | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM/SIGINT, then shut down gracefully. ``/metrics`` is served on
+    ``INTAKE_METRICS_PORT`` (if set), never on the public port."""
+    if settings.metrics_port and settings.metrics_port == settings.edge_port:
+        raise SettingsError("INTAKE_METRICS_PORT must not be the edge's public port")
+    async with metrics_http.serving(settings):
+        await _serve(settings, sock)
+
+
+async def _serve(settings: Settings, sock: socket.socket | None) -> None:
     keyring = Keyring.from_secret(settings.secret_key)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
     runner = web.AppRunner(
@@ -79,5 +88,8 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
 
 def run(settings: Settings) -> None:
     """Entry point of ``intake edge``."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings))
+    finally:
+        metrics.process_exiting()

@@ -5,7 +5,6 @@ shares are the configured proportions)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +12,7 @@ from pathlib import Path
 import orjson
 
 from core.settings import Settings
-from tests.support.processes import free_port
-
-
-def _free_port_block(size: int) -> int:
-    """A base port such that ``size`` consecutive ports look free."""
-    for _ in range(50):
-        base = free_port()
-        if base + size < 65_000 and all(_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+from tests.support.processes import free_port, free_port_block
 
 
 def test_the_demo_loses_nothing_and_matches_the_population(
@@ -39,6 +20,7 @@ def test_the_demo_loses_nothing_and_matches_the_population(
 ) -> None:
     report = tmp_path / "demo.json"
     env = {**os.environ, **settings.replace(edge_port=free_port()).to_env()}
+    ports = free_port_block(8)  # the simulators' six, then the edge's and the workers' /metrics
     done = subprocess.run(
         [
             sys.executable,
@@ -46,7 +28,8 @@ def test_the_demo_loses_nothing_and_matches_the_population(
             "core.cli",
             "demo",
             "--count=400",
-            f"--sim-port-base={_free_port_block(6)}",
+            f"--sim-port-base={ports}",
+            f"--metrics-port-base={ports + 6}",
             f"--report={report}",
         ],
         env=env,
@@ -56,6 +39,8 @@ def test_the_demo_loses_nothing_and_matches_the_population(
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for port in (ports + 6, ports + 7):  # where to point a Prometheus or a curl
+        assert f"http://127.0.0.1:{port}/metrics" in done.stdout
     outcome = orjson.loads(report.read_bytes())
     assert outcome["stored"] == outcome["accepted"] > 300
     assert outcome["observed"]["registered"] == outcome["expected"]["registered"]

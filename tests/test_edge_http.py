@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
+from prometheus_client import REGISTRY, generate_latest
 
 from core.settings import Settings
 from tests.support import inprocess
@@ -92,6 +94,64 @@ async def test_unknown_route_and_method_are_problems(settings: Settings) -> None
         response = await client.put(URL, json={})
         assert response.status == 405
         assert response.headers["Content-Type"] == "application/problem+json"
+
+
+def _counted() -> dict[str, float]:
+    """What this process's edge metrics say so far (the registry is the process's: tests
+    compare differences)."""
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def requests(route: str, method: str, status_class: str) -> float:
+        return value(
+            "intake_http_requests_total", route=route, method=method, status_class=status_class
+        )
+
+    return {
+        "accepted": value("intake_registrations_accepted_total"),
+        "invalid": value("intake_registrations_invalid_total"),
+        "shed overloaded": value("intake_registrations_shed_total", reason="overloaded"),
+        "published": value("intake_publish_batch_registrations_sum"),
+        "POST /v1/registrations 2xx": requests(URL, "POST", "2xx"),
+        "POST /v1/registrations 4xx": requests(URL, "POST", "4xx"),
+        "POST /v1/registrations 5xx": requests(URL, "POST", "5xx"),
+        "GET /v1/registrations/{id} 4xx": requests(URL + "/{id}", "GET", "4xx"),
+        "GET unmatched 4xx": requests("unmatched", "GET", "4xx"),
+        "other unmatched 4xx": requests("unmatched", "other", "4xx"),
+    }
+
+
+async def test_the_edge_counts_answers_by_route_template_and_registrations_by_outcome(
+    settings: Settings,
+) -> None:
+    before = _counted()
+    unknown = str(uuid.uuid4())
+    async with inprocess.edge(settings) as client:
+        for i in range(3):
+            assert (await client.post(URL, json=person(i))).status == 202
+        assert (await client.post(URL, json={**person(3), "phone": "1"})).status == 422
+        assert (await client.post(URL, data=b"{}", headers={"Content-Type": "x/y"})).status == 415
+        assert (await client.get(f"{URL}/{unknown}")).status == 404
+        assert (await client.get(f"/nowhere/{unknown}")).status == 404
+        assert (await client.request("PROPFIND", "/")).status in (404, 405)
+    async with inprocess.edge(settings.replace(edge_max_pending=0)) as client:
+        for i in range(2):
+            assert (await client.post(URL, json=person(10 + i))).status == 503
+    after = _counted()
+    assert {key: after[key] - before[key] for key in after} == {
+        "accepted": 3,
+        "invalid": 2,
+        "shed overloaded": 2,
+        "published": 3,
+        "POST /v1/registrations 2xx": 3,
+        "POST /v1/registrations 4xx": 2,
+        "POST /v1/registrations 5xx": 2,
+        "GET /v1/registrations/{id} 4xx": 1,
+        "GET unmatched 4xx": 1,
+        "other unmatched 4xx": 1,
+    }
+    assert unknown not in generate_latest(REGISTRY).decode()  # a template, never the path
 
 
 async def test_health_readiness_and_openapi(settings: Settings) -> None:

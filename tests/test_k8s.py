@@ -1,11 +1,12 @@
 """The Kubernetes manifests in k8s/ are valid, and agree with the code.
 
 Offline, without a cluster: built-in kinds are validated against Kubernetes' own JSON schemas
-(bundled in kubernetes-validate) in strict mode; KEDA resources against the openAPIV3Schema of
-their CRD (tests/data/crds/), refusing unknown fields as the API server's strict field
-validation does. Then the manifests are checked against the code: queue names from
-core.topology, worker kinds from core.cli, setting names and types from core.settings, the
-health routes from the edge's router.
+(bundled in kubernetes-validate) in strict mode; KEDA resources and the prometheus-operator's
+PodMonitor against the openAPIV3Schema of their CRD (tests/data/crds/), refusing unknown fields
+as the API server's strict field validation does. Then the manifests are checked against the
+code: queue names from core.topology, worker kinds from core.cli, setting names and types from
+core.settings, the health routes from the edge's router, the metrics port every process serves
+and the PodMonitor scrapes.
 
 Every checker returns its problems as strings. The tests at the end break a valid manifest in
 one place each and show that the checkers report it: a check that cannot fail checks nothing.
@@ -35,7 +36,13 @@ from core.verification import Check
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 CRDS = Path(__file__).resolve().parent / "data" / "crds"
-KEDA_CRDS = ("keda.sh_scaledobjects.yaml", "keda.sh_triggerauthentications.yaml")
+CUSTOM_CRDS = (
+    "keda.sh_scaledobjects.yaml",
+    "keda.sh_triggerauthentications.yaml",
+    "monitoring.coreos.com_podmonitors.yaml",
+)
+CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # The oldest Kubernetes the manifests are for: the edge's preStop `sleep` action is on by
 # default from 1.30.
@@ -112,7 +119,7 @@ def of_kind(manifests: Iterable[Manifest], kind: str) -> dict[str, Doc]:
 
 
 def is_custom(doc: Doc) -> bool:
-    return str(doc.get("apiVersion", "")).startswith("keda.sh/")
+    return str(doc.get("apiVersion", "")).startswith(CUSTOM_GROUPS)
 
 
 # --- 1. built-in kinds against Kubernetes' schemas -----------------------------------------
@@ -136,7 +143,7 @@ def _builtin_problems(doc_json: str, version: str) -> tuple[str, ...]:
     return ()
 
 
-# --- 2. KEDA resources against their CRD ----------------------------------------------------
+# --- 2. custom resources (KEDA, prometheus-operator) against their CRD --------------------
 
 
 def _strict(schema: Any) -> Any:
@@ -164,9 +171,9 @@ def _strict(schema: Any) -> Any:
 
 @cache
 def crd_schemas() -> dict[tuple[str, str], Any]:
-    """(apiVersion, kind) to the strict schema of each served version of the KEDA CRDs."""
+    """(apiVersion, kind) to the strict schema of each served version of the CRDs."""
     schemas = {}
-    for name in KEDA_CRDS:
+    for name in CUSTOM_CRDS:
         crd = yaml.safe_load((CRDS / name).read_text())
         group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
         for version in crd["spec"]["versions"]:
@@ -337,8 +344,10 @@ def edge_problems(where: str, pod: Doc, c: Doc, settings: Settings, grace: int) 
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
     if settings.edge_port not in ports.values():
         problems.append(f"{where}: INTAKE_EDGE_PORT {settings.edge_port} is no container port")
-    if settings.edge_host in {"127.0.0.1", "localhost"}:
+    if settings.edge_host in LOOPBACK:
         problems.append(f"{where}: INTAKE_EDGE_HOST {settings.edge_host} is unreachable")
+    if settings.metrics_port == settings.edge_port:
+        problems.append(f"{where}: INTAKE_METRICS_PORT is the public port {settings.edge_port}")
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         http = c.get(probe, {}).get("httpGet", {})
         if http.get("path") != path or path not in edge_get_routes():
@@ -431,6 +440,49 @@ def service_problems(manifests: list[Manifest], kind: str, name: str, doc: Doc) 
     return problems
 
 
+def pod_monitor_problems(manifests: list[Manifest], name: str, monitor: Doc) -> list[str]:
+    """A PodMonitor selects the pods of every Deployment, and each of its endpoints is a named
+    container port of theirs that is the port their process serves /metrics on."""
+    where = f"PodMonitor/{name}"
+    spec = monitor.get("spec", {})
+    selector = spec.get("selector", {}).get("matchLabels", {})
+    deployments = of_kind(manifests, "Deployment")
+    selected = {n: d for n, d in deployments.items() if _selects(selector, d)}
+    problems = [
+        f"{where}: its selector {selector} misses the pods of Deployment/{n}"
+        for n in sorted(set(deployments) - set(selected))
+    ]
+    endpoints = spec.get("podMetricsEndpoints", [])
+    if not endpoints:
+        problems.append(f"{where}: no podMetricsEndpoints")
+    for endpoint in endpoints:
+        port = endpoint.get("port")
+        if endpoint.get("path", "/metrics") != "/metrics":
+            problems.append(f"{where}: path {endpoint.get('path')!r}, but /metrics is served")
+        for n, deployment in sorted(selected.items()):
+            ports = {
+                p.get("name"): p["containerPort"] for p in container(deployment).get("ports", [])
+            }
+            if port not in ports:
+                problems.append(f"{where}: port {port!r} is no named port of Deployment/{n}")
+                continue
+            try:
+                settings = effective_settings(manifests, deployment)
+            except SettingsError:
+                continue  # reported with the Deployment
+            if ports[port] != settings.metrics_port:
+                problems.append(
+                    f"{where}: port {port!r} of Deployment/{n} is {ports[port]}, but its process"
+                    f" serves /metrics on INTAKE_METRICS_PORT {settings.metrics_port}"
+                )
+            if settings.metrics_host in LOOPBACK:
+                problems.append(
+                    f"{where}: Deployment/{n} serves /metrics on INTAKE_METRICS_HOST"
+                    f" {settings.metrics_host}, unreachable from Prometheus"
+                )
+    return problems
+
+
 def hpa_problems(manifests: list[Manifest], name: str, hpa: Doc) -> list[str]:
     where = f"HorizontalPodAutoscaler/{name}"
     target = hpa["spec"]["scaleTargetRef"]
@@ -489,6 +541,8 @@ def coverage_problems(manifests: list[Manifest]) -> list[str]:
     }
     if not any(process(deployments[name]) == "edge" for name in hpa_targets & set(deployments)):
         problems.append("no HorizontalPodAutoscaler scales the edge")
+    if not of_kind(manifests, "PodMonitor"):
+        problems.append("no PodMonitor scrapes the processes' /metrics")
     return problems
 
 
@@ -502,6 +556,8 @@ def consistency_problems(manifests: list[Manifest]) -> list[str]:
         problems += scaled_object_problems(manifests, name, so)
     for name, hpa in of_kind(manifests, "HorizontalPodAutoscaler").items():
         problems += hpa_problems(manifests, name, hpa)
+    for name, monitor in of_kind(manifests, "PodMonitor").items():
+        problems += pod_monitor_problems(manifests, name, monitor)
     for kind in ("Service", "PodDisruptionBudget"):
         for name, doc in of_kind(manifests, kind).items():
             problems += service_problems(manifests, kind, name, doc)
@@ -541,10 +597,26 @@ def test_builtin_kinds_validate_against_kubernetes(manifests: list[Manifest]) ->
     assert schema_problems(builtin) == []
 
 
-def test_keda_resources_validate_against_their_crds(manifests: list[Manifest]) -> None:
+def test_custom_resources_validate_against_their_crds(manifests: list[Manifest]) -> None:
     custom = [m for m in manifests if is_custom(m.doc)]
-    assert {m.kind for m in custom} == {"ScaledObject", "TriggerAuthentication"}
+    assert {m.kind for m in custom} == {"ScaledObject", "TriggerAuthentication", "PodMonitor"}
     assert schema_problems(custom) == []
+
+
+def test_every_process_serves_metrics_on_the_port_the_pod_monitor_scrapes(
+    manifests: list[Manifest],
+) -> None:
+    # Spelled out, although consistency_problems covers it.
+    (monitor,) = of_kind(manifests, "PodMonitor").values()
+    names = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
+    assert names == {"metrics"}
+    deployments = of_kind(manifests, "Deployment")
+    assert {process(d) for d in deployments.values()} == {"edge", *WORKER_KINDS}
+    for deployment in deployments.values():
+        ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+        settings = effective_settings(manifests, deployment)
+        assert ports["metrics"] == settings.metrics_port != 0
+        assert settings.metrics_host not in LOOPBACK
 
 
 def test_manifests_agree_with_the_code(manifests: list[Manifest]) -> None:
@@ -775,6 +847,57 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "intake-rabbitmq",
         lambda d: d["spec"]["secretTargetRef"][0].update(key="AMQP_URL"),
         "has no key 'AMQP_URL'",
+    ),
+    (
+        "misspelled PodMonitor field",
+        "PodMonitor",
+        "intake",
+        lambda d: _rename(d["spec"], "podMetricsEndpoints", "podMetricEndpoints"),
+        "'podMetricEndpoints' was unexpected",
+    ),
+    (
+        "a PodMonitor scraping a port the pods do not name",
+        "PodMonitor",
+        "intake",
+        lambda d: d["spec"]["podMetricsEndpoints"][0].update(port="metric"),
+        "port 'metric' is no named port of Deployment/intake-edge",
+    ),
+    (
+        "a PodMonitor missing some pods",
+        "PodMonitor",
+        "intake",
+        lambda d: d["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/component": "edge"}
+        ),
+        "misses the pods of Deployment/intake-worker-persist",
+    ),
+    (
+        "a worker without its metrics port",
+        "Deployment",
+        "intake-worker-dtks",
+        lambda d: container(d).pop("ports"),
+        "port 'metrics' is no named port of Deployment/intake-worker-dtks",
+    ),
+    (
+        "a metrics port that is not where the process serves",
+        "Deployment",
+        "intake-worker-email",
+        lambda d: container(d)["ports"][0].update(containerPort=9465),
+        "serves /metrics on INTAKE_METRICS_PORT 9464",
+    ),
+    (
+        "metrics on loopback",
+        "ConfigMap",
+        "intake-config",
+        lambda d: d["data"].update(INTAKE_METRICS_HOST="127.0.0.1"),
+        "unreachable from Prometheus",
+    ),
+    (
+        "metrics on the edge's public port",
+        "Deployment",
+        "intake-edge",
+        lambda d: container(d)["env"].append({"name": "INTAKE_METRICS_PORT", "value": "8080"}),
+        "INTAKE_METRICS_PORT is the public port 8080",
     ),
     (
         "HPA on a worker",

@@ -24,6 +24,7 @@ idempotent. It wakes on ``NOTIFY intake_outbox`` and polls once a second otherwi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -32,8 +33,10 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractExchange
 
-from core import topology
+from core import metrics, metrics_http, topology
 from core.checks import OUTBOX_CHANNEL
+from core.funnel import FunnelCollector
+from core.queues import QueueCollector
 from core.settings import Settings
 from core.verification import INITIAL_CHECKS, Check, Task
 from workers.sessions import keep_running
@@ -82,6 +85,7 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self.dispatched = 0
+        metrics.init_dispatch()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -153,6 +157,8 @@ class Dispatcher:
                 [t.check.value for t in tasks],
             )
         self.dispatched += len(tasks)
+        for lane, count in collections.Counter(t.check.value for t in tasks).items():
+            metrics.DISPATCHED.labels(lane).inc(count)  # committed: published once here
         return len(tasks)
 
 
@@ -177,16 +183,25 @@ async def publish_task(
 
 
 async def serve(settings: Settings) -> None:
-    """Entry point of ``intake worker dispatch``."""
+    """Entry point of ``intake worker dispatch``. With ``INTAKE_METRICS_PORT`` set it also
+    serves the funnel (from PostgreSQL) and the queue depths (from RabbitMQ): the dispatcher
+    runs once per deployment, so a cluster has those figures once."""
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
         max_size=3,
         server_settings={"application_name": "intake-dispatch"},
     )
-    async with pool:
-        dispatcher = Dispatcher(settings, pool)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, dispatcher.stop)
-        await dispatcher.run()
+    queues = QueueCollector(settings.amqp_url)
+    async with (
+        pool,
+        metrics_http.serving(settings, collectors=[FunnelCollector(pool), queues]),
+    ):
+        try:
+            dispatcher = Dispatcher(settings, pool)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, dispatcher.stop)
+            await dispatcher.run()
+        finally:
+            await queues.close()

@@ -15,6 +15,11 @@ and reports the call's round-trip time and outcome when it ends. The gate combin
 The lane worker turns the gate's state into consumer prefetch (it follows the limit) and stops
 consuming while the breaker is open: the backlog waits in RabbitMQ, not in retries.
 
+A gate built for a lane (``LaneGate(..., lane="dukcapil")``) exports its state as Prometheus
+gauges (``core.metrics``: the limit, the calls in flight, its breaker's state) whenever they
+change and whenever :meth:`LaneGate.export` is called (the lane does, every second), and counts
+its breaker's transitions.
+
 Only the service's own signals count. A registration that fails a check, or a bug in our code,
 says nothing about the ministry's health; see :func:`classify`.
 """
@@ -31,6 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
+from prometheus_client import Counter, Gauge
+
+from core import metrics
 
 Clock = Callable[[], float]
 
@@ -222,6 +230,8 @@ class CircuitBreaker:
         self.opened = 0  # times it opened
         self.probes = 0  # calls let through while half-open
         self.changed = asyncio.Event()
+        # Called with the new state at every transition (the gate's metrics).
+        self.on_change: Callable[[BreakerState], None] | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -236,6 +246,8 @@ class CircuitBreaker:
         if state is not self._state:
             self._state = state
             self.changed.set()
+            if self.on_change is not None:
+                self.on_change(state)
 
     def open_remaining_s(self) -> float:
         if self.state is not BreakerState.OPEN:
@@ -358,6 +370,38 @@ class Permit:
         self.probe = probe
 
 
+class _GateGauges:
+    """One lane's gauges and breaker transition counters, written only when a value changed
+    (in multiprocess mode each write is a write to a memory-mapped file)."""
+
+    def __init__(self, lane: str) -> None:
+        metrics.init_lane(lane)
+        self._limit = metrics.LANE_LIMIT.labels(lane)
+        self._inflight = metrics.LANE_INFLIGHT.labels(lane)
+        self._states: dict[BreakerState, Gauge] = {
+            state: metrics.LANE_BREAKER.labels(lane, state.value) for state in BreakerState
+        }
+        self._transitions: dict[BreakerState, Counter] = {
+            state: metrics.LANE_BREAKER_TRANSITIONS.labels(lane, state.value)
+            for state in BreakerState
+        }
+        self._last: tuple[float, int, BreakerState | None] = (-1.0, -1, None)
+
+    def write(self, limit: float, inflight: int, state: BreakerState) -> None:
+        last_limit, last_inflight, last_state = self._last
+        if limit != last_limit:
+            self._limit.set(limit)
+        if inflight != last_inflight:
+            self._inflight.set(inflight)
+        if state is not last_state:
+            for each, gauge in self._states.items():
+                gauge.set(1 if each is state else 0)
+        self._last = (limit, inflight, state)
+
+    def transition(self, state: BreakerState) -> None:
+        self._transitions[state].inc()
+
+
 class LaneGate:
     """Admission of calls to one lane's service: breaker, adaptive limit, rate cap."""
 
@@ -367,6 +411,7 @@ class LaneGate:
         breaker: CircuitBreaker,
         rate_cap: SharedRateCap | None = None,
         clock: Clock = time.monotonic,
+        lane: str | None = None,
     ) -> None:
         self.limit = limit
         self.breaker = breaker
@@ -375,6 +420,21 @@ class LaneGate:
         self.inflight = 0
         self._wakeup = asyncio.Event()
         self.calls = 0
+        self._gauges = _GateGauges(lane) if lane is not None else None
+        if self._gauges is not None:
+            breaker.on_change = self._on_breaker_change
+            self.export()
+
+    def export(self) -> None:
+        """Write the gauges (no-op for a gate without a lane). Reading the breaker's state
+        also turns an open breaker whose wait has passed half-open."""
+        if self._gauges is not None:
+            self._gauges.write(self.limit.limit, self.inflight, self.breaker.state)
+
+    def _on_breaker_change(self, state: BreakerState) -> None:
+        assert self._gauges is not None
+        self._gauges.transition(state)
+        self.export()
 
     async def acquire(self) -> Permit:
         """Wait until a call may start: the breaker allows it and the limit has room."""
@@ -400,8 +460,10 @@ class LaneGate:
             if probe:
                 self.breaker.record(Signal.NEUTRAL, probe=True)
             self._wakeup.set()
+            self.export()
             raise
         self.calls += 1
+        self.export()
         return Permit(self._clock(), probe)
 
     def release(self, permit: Permit, signal: Signal) -> None:
@@ -411,6 +473,7 @@ class LaneGate:
         self.inflight -= 1
         self.breaker.record(signal, probe=permit.probe)
         self._wakeup.set()
+        self.export()
 
     def snapshot(self) -> dict[str, object]:
         return {

@@ -44,7 +44,7 @@ import aiohttp
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from core import checks, topology
+from core import checks, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
@@ -77,8 +77,13 @@ class LaneWorker:
         self._stopping = asyncio.Event()
         self._lanes: topology.LaneTopology | None = None
         self._inflight: set[asyncio.Task[None]] = set()
-        self.outcomes: dict[str, int] = {}
+        self.outcomes: dict[str, int] = {}  # tasks finished, by outcome (metrics.LANE_OUTCOMES)
         self.processed = 0
+        lane = self._check.value
+        metrics.init_lane(lane)
+        self._tasks = {o: metrics.LANE_TASKS.labels(lane, o) for o in metrics.LANE_OUTCOMES}
+        self._task_duration = metrics.LANE_TASK_DURATION.labels(lane)
+        self._calls = {s: metrics.SERVICE_CALLS.labels(lane, s.value) for s in flow.Signal}
         self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
 
     def status(self) -> dict[str, object]:
@@ -95,12 +100,23 @@ class LaneWorker:
         self._stopping.set()
 
     async def run(self) -> None:
+        gauges = asyncio.create_task(self._export_gauges())
         try:
             await self._run()
         finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
             close = getattr(self._verifier, "close", None)
             if close is not None:
                 await close()  # e.g. the photo verifier's process pool
+
+    async def _export_gauges(self) -> None:
+        """The gate writes its gauges when they change; this writes them at least once a
+        second too (and so turns an open breaker half-open in them when its wait is over)."""
+        while True:
+            self.gate.export()
+            await asyncio.sleep(1.0)
 
     async def _run(self) -> None:
         await keep_running(self._session, self._stopping, f"lane {self._check}")
@@ -153,12 +169,18 @@ class LaneWorker:
         current = asyncio.current_task()
         assert current is not None
         self._inflight.add(current)
+        started = time.perf_counter()
         try:
-            await self._handle(message)
+            outcome = await self._handle(message)
         finally:
             self._inflight.discard(current)
+        if outcome is not None:  # finished and acknowledged
+            self._count(outcome)
+            self._task_duration.observe(time.perf_counter() - started)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(self, message: AbstractIncomingMessage) -> str | None:
+        """Handle one delivery; return the task's outcome (``metrics.LANE_OUTCOMES``) once it
+        is acknowledged, None when it was not (returned to the queue, or the worker stops)."""
         try:
             task = Task.from_json(message.body)
         except TaskError as exc:
@@ -166,7 +188,7 @@ class LaneWorker:
                 "unreadable task returned to the queue", extra={"fields": {"error": str(exc)}}
             )
             await message.nack(requeue=True)
-            return
+            return None
         async with self._pool.acquire() as connection:
             state = await connection.fetchval(
                 "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2",
@@ -174,10 +196,9 @@ class LaneWorker:
                 task.check.value,
             )
             if state is None or state in FINAL_STATES:
-                self._count("skipped")
                 await message.ack()
                 self.processed += 1
-                return
+                return "skipped"
             try:
                 subject = await checks.load_subject(connection, self._keyring, task.registration_id)
             except DecryptionError:
@@ -187,11 +208,12 @@ class LaneWorker:
                 await self._dead_letter(task, "unreadable_registration")
                 await message.ack()
                 self.processed += 1
-                return
+                return "dead_lettered"
         permit = await self._permit()
         if permit is None:
-            return  # stopping: the task goes back to the queue when the channel closes
+            return None  # stopping: the task goes back to the queue when the channel closes
         outcome: Passed | Reject | Review | Retry
+        called = time.perf_counter()
         try:
             outcome = await self._verifier.verify(task, subject)
         except (Reject, Review, Retry) as exc:
@@ -201,16 +223,18 @@ class LaneWorker:
             outcome = Retry(f"internal:{type(exc).__name__}")
         except BaseException:  # cancelled mid-call: the service said nothing
             self.gate.release(permit, flow.Signal.NEUTRAL)
+            self._calls[flow.Signal.NEUTRAL].observe(time.perf_counter() - called)
             raise
-        self.gate.release(
-            permit, flow.classify(outcome.reason if isinstance(outcome, Retry) else None)
-        )
+        signal = flow.classify(outcome.reason if isinstance(outcome, Retry) else None)
+        self._calls[signal].observe(time.perf_counter() - called)
+        self.gate.release(permit, signal)
         if isinstance(outcome, Retry):
-            await self._retry(task, outcome)
+            result = await self._retry(task, outcome)
         else:
-            await self._record(task, outcome)
+            result = await self._record(task, outcome)
         await message.ack()
         self.processed += 1
+        return result
 
     async def _permit(self) -> flow.Permit | None:
         """Wait for the gate, unless the worker stops first."""
@@ -225,30 +249,38 @@ class LaneWorker:
             await acquire
         return None
 
-    async def _record(self, task: Task, outcome: Passed | Reject | Review) -> None:
+    async def _record(self, task: Task, outcome: Passed | Reject | Review) -> str:
+        """Record the outcome; return it as a task outcome (once committed)."""
         async with self._pool.acquire() as connection, connection.transaction():
             state = await checks.lock_state(connection, task.registration_id, task.check)
             if state is None or state in FINAL_STATES:
-                self._count("skipped")
-                return  # a redelivery raced an earlier delivery: the first outcome stands
+                return "skipped"  # a redelivery raced an earlier delivery: the first stands
             if isinstance(outcome, Passed):
                 await checks.record_passed(connection, task.registration_id, task.check, outcome)
-                self._count("passed")
+                result = "waiting" if outcome.waiting else "passed"
             elif isinstance(outcome, Review):
                 await checks.record_review(
                     connection, task.registration_id, task.check, outcome.reason
                 )
-                self._count(f"review:{outcome.reason}")
+                result = "review"
             else:
                 await checks.record_failed(
                     connection, task.registration_id, task.check, outcome.reason
                 )
-                self._count(f"rejected:{outcome.reason}")
+                result = "rejected"
+        if isinstance(outcome, Reject | Review):
+            metrics.LANE_REJECTIONS.labels(
+                self._check.value, metrics.reason_label(outcome.reason)
+            ).inc()
+        return result
 
-    async def _retry(self, task: Task, retry: Retry) -> None:
+    async def _retry(self, task: Task, retry: Retry) -> str:
+        """Send the next attempt to a delay queue (or the task to the dead letters once its
+        attempts are spent); return the task outcome."""
         if task.attempt >= self._settings.lane_max_attempts:
             await self._dead_letter(task, f"attempts_exhausted:{retry.reason}")
             reason = f"dead_lettered:{retry.reason}"
+            result = "dead_lettered"
         else:
             delay_s = retry.after_s if retry.after_s is not None else self.backoff_s(task.attempt)
             tier_s = topology.retry_tier(delay_s)
@@ -260,11 +292,13 @@ class LaneWorker:
                 expiration_s=min(delay_s, tier_s),
             )
             reason = retry.reason
+            result = "retry"
+            metrics.LANE_RETRIES.labels(self._check.value, metrics.reason_label(reason)).inc()
         async with self._pool.acquire() as connection, connection.transaction():
             state = await checks.lock_state(connection, task.registration_id, task.check)
             if state is not None and state not in FINAL_STATES:
                 await checks.record_retrying(connection, task.registration_id, task.check, reason)
-        self._count(f"retry:{retry.reason}")
+        return result
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter (AWS architecture blog): uniform in
@@ -285,13 +319,14 @@ class LaneWorker:
             ),
             routing_key=topology.lane_queue(task.check),
         )
-        self._count("dead_lettered")
+        metrics.LANE_DEAD_LETTERED.labels(self._check.value).inc()
         log.warning(
             "task dead-lettered", extra={"fields": {"lane": task.check.value, "reason": reason}}
         )
 
     def _count(self, outcome: str) -> None:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self._tasks[outcome].inc()
 
 
 class _Consumer:
@@ -360,6 +395,7 @@ def build_gate(settings: Settings, check: Check, pool: asyncpg.Pool) -> flow.Lan
         flow.AdaptiveLimit(limit_config),
         flow.CircuitBreaker(breaker_config),
         flow.SharedRateCap(pool, check.value, rate) if rate else None,
+        lane=check.value,
     )
 
 
@@ -375,7 +411,11 @@ async def serve(settings: Settings, check: Check) -> None:
         server_settings={"application_name": f"intake-{check}"},
     )
     connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
-    async with pool, aiohttp.ClientSession(connector=connector) as http:
+    async with (
+        pool,
+        aiohttp.ClientSession(connector=connector) as http,
+        metrics_http.serving(settings),
+    ):
         worker = LaneWorker(settings, keyring, pool, registry.build(check, settings, http, pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

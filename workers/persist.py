@@ -38,7 +38,7 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from core import envelope, topology
+from core import envelope, metrics, metrics_http, topology
 from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate
@@ -97,6 +97,7 @@ class PersistWorker:
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._held = 0  # delivered and not yet acked or nacked
         self.stats = PersistStats()
+        metrics.init_persist()
 
     def stop(self) -> None:
         """Stop consuming, store what was already delivered, then return from :meth:`run`."""
@@ -251,6 +252,7 @@ class PersistWorker:
             routing_key=topology.PERSIST_QUEUE,
         )
         self.stats.dead_lettered += 1
+        metrics.PERSISTED.labels("dead_lettered").inc()
         log.warning("envelope dead-lettered", extra={"fields": {"reason": reason}})
 
     async def _settle(self, message: AbstractIncomingMessage, *, ack: bool) -> None:
@@ -298,10 +300,19 @@ class PersistWorker:
             self.stats.messages += 1
 
     async def _write(self, rows: Rows) -> None:
-        result = await self._store.write(rows)
+        started = time.perf_counter()
+        result = await self._store.write(rows)  # committed when it returns
+        metrics.PERSIST_BATCH.observe(time.perf_counter() - started)
         self.stats.received += result.received
         self.stats.duplicates += result.duplicates
         self.stats.already_stored += result.already_stored
+        for outcome, count in (
+            ("stored", result.received),
+            ("duplicate", result.duplicates),
+            ("already_stored", result.already_stored),
+        ):
+            if count:
+                metrics.PERSISTED.labels(outcome).inc(count)
 
 
 def _count(message: AbstractIncomingMessage) -> int:
@@ -318,7 +329,7 @@ async def serve(settings: Settings) -> None:
         max_size=2,
         server_settings={"application_name": "intake-persist"},
     )
-    async with pool:
+    async with pool, metrics_http.serving(settings):
         async with pool.acquire() as connection:
             await migrate(connection)
         worker = PersistWorker(settings, keyring, RegistrationStore(pool))

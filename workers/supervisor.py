@@ -51,6 +51,15 @@ worker the same way and waits for them.
 
 Every scaling decision is one JSON log line (kind, depth, rates, from and to); never personal
 data. :meth:`Supervisor.plan` shows the current plan.
+
+**Metrics.** The workers run in prometheus-client's multiprocess mode: each gets
+``PROMETHEUS_MULTIPROC_DIR`` (``metrics/`` under the run directory, emptied at start) and
+``INTAKE_METRICS_PORT=0``, and writes its samples there; when one exits, its live gauges are
+withdrawn (``mark_process_dead``), its counters stay. With ``INTAKE_METRICS_PORT`` set the
+supervisor serves ``/metrics``: the aggregate of its workers, its own figures read from its
+plan on scrape (:class:`FleetCollector`: processes and restarts by kind; its own process is not
+in multiprocess mode), the funnel from PostgreSQL (a pool of at most two connections) and the
+queue depths.
 """
 
 from __future__ import annotations
@@ -61,21 +70,30 @@ import ctypes
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import aio_pika
+import asyncpg
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
-from core import topology
+from core import metrics, metrics_http, topology
 from core.cli import WORKER_KINDS
+from core.funnel import FunnelCollector
+from core.queues import QueueCollector
 from core.settings import Settings, SettingsError
 from workers.sessions import BROKER_GONE
 from workers.status import read_status, remove_status
@@ -383,6 +401,10 @@ class Supervisor:
         self._broker_down = False
         self.decisions: list[Decision] = []
         self.exits: list[Exit] = []
+        # Workers that exited unexpectedly (and were replaced), by kind.
+        self.restarts: dict[str, int] = dict.fromkeys(self._kinds, 0)
+        # The workers' prometheus-client multiprocess directory.
+        self.metrics_dir = run_dir / "metrics"
         needed = sum(db_connections(settings, k) * s.limits.low for k, s in self._state.items())
         if needed > settings.supervise_db_connections:
             raise SettingsError(
@@ -413,9 +435,19 @@ class Supervisor:
         """Where the worker ``pid`` writes its status file (while it runs)."""
         return next((w.status_path for w in self._workers if w.pid == pid), None)
 
+    def process_counts(self) -> dict[str, int]:
+        """Worker processes started and not exited yet (stopping ones included), by kind."""
+        counts = dict.fromkeys(self._kinds, 0)
+        for worker in list(self._workers):
+            counts[worker.kind] += 1
+        return counts
+
     async def run(self) -> None:
         """Start the fewest workers of every kind, then scale until :meth:`stop`."""
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        # Fresh: files left by an earlier run's workers would be summed with this run's.
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir()
         log.info(
             "supervising",
             extra={
@@ -425,6 +457,13 @@ class Supervisor:
                 }
             },
         )
+        try:
+            async with self._serving_metrics():
+                await self._supervise()
+        finally:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
+
+    async def _supervise(self) -> None:
         sampler = asyncio.create_task(self._sample_forever())
         try:
             while not self._stopping.is_set():
@@ -437,6 +476,34 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
             await self._shutdown()
+
+    @contextlib.asynccontextmanager
+    async def _serving_metrics(self) -> AsyncIterator[None]:
+        """``/metrics`` on ``INTAKE_METRICS_PORT`` while inside (nothing if it is 0)."""
+        if not self._settings.metrics_port:
+            yield
+            return
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        registry.register(FleetCollector(self))
+        # min_size=0: the supervisor starts, and serves its workers' figures, with PostgreSQL
+        # down; the funnel is then left out of the scrapes.
+        pool = await asyncpg.create_pool(
+            self._settings.database_url,
+            min_size=0,
+            max_size=2,
+            command_timeout=5,
+            server_settings={"application_name": "intake-supervise"},
+        )
+        queues = QueueCollector(self._settings.amqp_url)
+        try:
+            async with metrics_http.serving(
+                self._settings, registry=registry, collectors=[FunnelCollector(pool), queues]
+            ):
+                yield
+        finally:
+            await queues.close()
+            await pool.close()
 
     # --- processes --------------------------------------------------------------------------
 
@@ -478,6 +545,8 @@ class Supervisor:
                 continue
             self._workers.remove(worker)
             remove_status(str(worker.status_path))  # left behind by a worker that was killed
+            # Its live gauges leave the sums (its counters stay: what it did, it did).
+            mark_process_dead(worker.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
             expected = worker.stop_at is not None
             self.exits.append(Exit(worker.kind, worker.pid, code, expected))
             fields: dict[str, object] = {"kind": worker.kind, "pid": worker.pid, "code": code}
@@ -485,6 +554,7 @@ class Supervisor:
                 log.info("worker stopped", extra={"fields": fields})
                 continue
             state = self._state[worker.kind]
+            self.restarts[worker.kind] += 1
             uptime_s = now - worker.started_at
             state.crash_streak = state.crash_streak + 1 if uptime_s < QUICK_EXIT_S else 1
             delay_s = (
@@ -532,7 +602,11 @@ class Supervisor:
             **os.environ,
             **self._settings.to_env(),
             "INTAKE_WORKER_STATUS_FILE": str(status_path),
+            # Multiprocess mode: the worker's samples go to files the supervisor serves.
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            "INTAKE_METRICS_PORT": "0",
         }
+        env.pop("prometheus_multiproc_dir", None)
         output = _open_log(self._log_dir, f"worker-{kind}-{state.serials}.log")
         try:
             process = await asyncio.create_subprocess_exec(
@@ -740,6 +814,24 @@ class Supervisor:
                 worker.reported = True
                 found.append(status)
         return found
+
+
+class FleetCollector(Collector):
+    """The supervisor's own figures, read from its plan when scraped (``core.metrics``:
+    ``intake_worker_processes``, ``intake_worker_restarts_total``)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        processes = GaugeMetricFamily(*metrics.WORKER_PROCESSES, labels=["kind"])
+        for kind, count in sorted(self._supervisor.process_counts().items()):
+            processes.add_metric([kind], count)
+        yield processes
+        restarts = CounterMetricFamily(*metrics.WORKER_RESTARTS, labels=["kind"])
+        for kind, count in sorted(dict(self._supervisor.restarts).items()):
+            restarts.add_metric([kind], count)
+        yield restarts
 
 
 def _round(value: float | None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,12 +17,52 @@ from pathlib import Path
 
 from core.settings import Settings
 
+# Ports handed out in this test run, never handed out again (none is bound yet when it is).
+_HANDED_OUT: set[int] = set()
+_LOWEST = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections."""
+    try:
+        low, _ = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low)
+    except (OSError, ValueError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int = 1) -> int:
+    """The first of ``size`` consecutive ports free right now, below the kernel's ephemeral
+    range: a port from that range (what binding port 0 gives) can be taken by any outgoing
+    connection between this check and the bind of the process it is for, which then fails.
+    Never the same port twice in a test run."""
+    ceiling = _ephemeral_low() - size
+    for _ in range(500):
+        if ceiling <= _LOWEST:  # no room below the range: let the kernel choose
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                base: int = sock.getsockname()[1]
+        else:
+            base = random.randint(_LOWEST, ceiling)
+        ports = set(range(base, base + size))
+        if _HANDED_OUT.isdisjoint(ports) and all(_bindable(port) for port in ports):
+            _HANDED_OUT.update(ports)
+            return base
+    raise RuntimeError(f"no block of {size} free ports")
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free right now (see :func:`free_port_block`)."""
+    return free_port_block(1)
 
 
 class Process:

@@ -7,7 +7,9 @@ import time
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
+from core import metrics
 from core.settings import Settings, SettingsError
 from workers.flow import (
     AdaptiveLimit,
@@ -210,3 +212,66 @@ def test_rate_caps_are_read_from_the_settings() -> None:
     for bad in ("dukcapil", "dukcapil=0", "=5", "dtks=fast", "kemenkes=10"):
         with pytest.raises(SettingsError, match="INTAKE_LANE_RATE_CAPS"):
             Settings(lane_rate_caps=bad).check()
+
+
+def _sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_a_lanes_gate_exports_its_state_and_counts_its_breaker_transitions() -> None:
+    lane = "gate_under_test"  # a lane of its own: other tests' gates share this registry
+    clock = Clock()
+    gate = LaneGate(
+        AdaptiveLimit(LimitConfig(initial=4, min_limit=4, max_limit=4), clock),
+        CircuitBreaker(BreakerConfig(window=20, min_calls=10, open_s=5, probes=1), clock),
+        clock=clock,
+        lane=lane,
+    )
+    # Every series known in advance exists from the start.
+    for outcome in metrics.LANE_OUTCOMES:
+        assert _sample("intake_lane_tasks_total", lane=lane, outcome=outcome) == 0
+    for signal in metrics.SIGNALS:
+        assert _sample("intake_service_call_duration_seconds_count", lane=lane, signal=signal) == 0
+
+    def breaker() -> dict[str, float | None]:
+        return {
+            state: _sample("intake_lane_breaker_workers", lane=lane, state=state)
+            for state in metrics.BREAKER_STATES
+        }
+
+    def transitions() -> dict[str, float | None]:
+        return {
+            state: _sample("intake_lane_breaker_transitions_total", lane=lane, state=state)
+            for state in metrics.BREAKER_STATES
+        }
+
+    assert breaker() == {"closed": 1, "open": 0, "half_open": 0}
+    assert _sample("intake_lane_concurrency_limit", lane=lane) == 4
+    permit = await gate.acquire()
+    assert _sample("intake_lane_inflight_calls", lane=lane) == 1
+    gate.release(permit, Signal.FAILURE)
+    assert _sample("intake_lane_inflight_calls", lane=lane) == 0
+    for _ in range(9):
+        gate.release(await gate.acquire(), Signal.FAILURE)
+    assert breaker() == {"closed": 0, "open": 1, "half_open": 0}
+    clock.now += 6.1  # the wait is over: the next export shows it half-open
+    gate.export()
+    assert breaker() == {"closed": 0, "open": 0, "half_open": 1}
+    gate.release(await gate.acquire(), Signal.OK)  # the probe that closes it
+    assert breaker() == {"closed": 1, "open": 0, "half_open": 0}
+    assert transitions() == {"closed": 1, "open": 1, "half_open": 1}
+
+
+def test_a_gate_without_a_lane_exports_nothing() -> None:
+    before = {
+        (m.name, s.name, tuple(sorted(s.labels.items())))
+        for m in REGISTRY.collect()
+        for s in m.samples
+    }
+    LaneGate(AdaptiveLimit(), CircuitBreaker()).export()
+    after = {
+        (m.name, s.name, tuple(sorted(s.labels.items())))
+        for m in REGISTRY.collect()
+        for s in m.samples
+    }
+    assert after == before

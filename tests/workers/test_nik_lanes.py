@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aio_pika
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from benchmarks.population import Proportions, Registrant, population
 from core import topology
@@ -104,6 +105,18 @@ def _expected(person: Registrant) -> tuple[str, str | None]:
     return "received", None
 
 
+def _lane_counts() -> dict[tuple[str, str], float]:
+    """Tasks the NIK lanes of this process finished as passed or rejected, so far."""
+    return {
+        (check.value, outcome): REGISTRY.get_sample_value(
+            "intake_lane_tasks_total", {"lane": check.value, "outcome": outcome}
+        )
+        or 0.0
+        for check in NIK_CHECKS
+        for outcome in ("passed", "rejected")
+    }
+
+
 async def _settled(db: asyncpg.Pool, ids: list[uuid.UUID]) -> int:
     """Registrations whose NIK checks are over: rejected, or all three checks passed."""
     count: int = await db.fetchval(
@@ -119,6 +132,7 @@ async def test_each_person_ends_as_the_ministries_say(
     settings: Settings, db: asyncpg.Pool, simulators: Running
 ) -> None:
     wired = _wired(settings, simulators)
+    before = _lane_counts()
     submitted = await _submit(wired, list(simulators.people))
     ids = list(submitted)
     async with (
@@ -127,6 +141,20 @@ async def test_each_person_ends_as_the_ministries_say(
         inprocess.lanes(wired, db, NIK_CHECKS),
     ):
         await eventually(lambda: _settled(db, ids), lambda n: n == len(ids), 90)
+
+    # The lanes' counters say what the checks table says (this process's registry: the
+    # difference is this test's).
+    after = _lane_counts()
+    counted = {key: after[key] - before.get(key, 0.0) for key in after}
+    checks = await db.fetch(
+        "SELECT check_name, state, count(*) AS n FROM checks"
+        " WHERE check_name = ANY($1::text[]) AND state IN ('passed', 'failed') GROUP BY 1, 2",
+        [c.value for c in NIK_CHECKS],
+    )
+    assert {key: n for key, n in counted.items() if n} == {
+        (row["check_name"], "rejected" if row["state"] == "failed" else "passed"): row["n"]
+        for row in checks
+    }
 
     rows = await db.fetch(
         "SELECT id, status, reject_reason, priority FROM registrations WHERE id = ANY($1)", ids
