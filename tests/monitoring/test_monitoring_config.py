@@ -371,13 +371,16 @@ def code_metrics() -> dict[str, frozenset[str]]:
 def collector_metrics() -> dict[str, frozenset[str]]:
     """Every metric the scrape-time collectors serve, with its labels (read from the families
     they yield; with nothing read yet, they yield them empty)."""
-    collectors = [FunnelCollector(pool=None), QueueCollector("amqp://unused")]
-    return {
+    found = {
         family.name: frozenset(family._labelnames)
-        for collector in collectors
+        for collector in (FunnelCollector(pool=None), QueueCollector("amqp://unused"))
         for family in collector.collect()
         if isinstance(family, GaugeMetricFamily)
     }
+    # The supervisor's own figures (workers.supervisor.FleetCollector, read from its plan).
+    found[metrics.WORKER_PROCESSES[0]] = frozenset({"kind"})
+    found[metrics.WORKER_RESTARTS[0] + "_total"] = frozenset({"kind"})
+    return found
 
 
 def known_metrics(recorded: Iterable[str]) -> dict[str, frozenset[str] | None]:
