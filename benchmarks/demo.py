@@ -12,8 +12,11 @@ SIGTERM. Exit status 0 when no accepted registration was lost.
 
 The edge serves its Prometheus metrics on ``http://127.0.0.1:9464/metrics`` and
 ``intake supervise`` its workers' (with the funnel and the queue depths) on
-``http://127.0.0.1:9465/metrics`` (``--metrics-port-base``); every port of the plan (the
-simulators', the edge's, the metrics ports) must be free, or the demo does not start.
+``http://127.0.0.1:9465/metrics`` (``--metrics-port-base``), and a Prometheus (Debian's
+package, ``monitoring/prometheus.yml`` pointed at these ports and with the project's rules)
+scrapes them and RabbitMQ on ``http://127.0.0.1:9090`` (``--prometheus-port``); at the end the
+demo prints ``intake top``'s view of it. Every port of the plan (the simulators', the edge's,
+the metrics ports, Prometheus') must be free, or the demo does not start.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from benchmarks.stack import Stack
 from core.cli import WORKER_KINDS
 from core.settings import Settings
 from intake.validation import today_wib
+from monitoring import local, top
 
 CONCURRENCY = 64
 SIM_NAMES = ("dukcapil", "dapodik", "dtks", "sms", "smtp_admin", "smtp")
@@ -415,6 +419,7 @@ async def _run(
     ports: dict[str, int],
     metrics: dict[str, int],
     report: Path | None,
+    prometheus_port: int,
 ) -> int:
     seed, today = int(time.time()), today_wib()
     people = population(count, seed=seed, today=today)
@@ -447,6 +452,18 @@ async def _run(
         print(
             f"metrics: edge http://127.0.0.1:{metrics['edge']}/metrics, workers, funnel and"
             f" queues (intake supervise) http://127.0.0.1:{metrics['supervise']}/metrics",
+        )
+        prometheus_url = f"http://127.0.0.1:{prometheus_port}"
+        config = local.write_config(
+            log_dir / "prometheus.yml",
+            local.local_config(metrics["edge"], metrics["supervise"], settings.amqp_url),
+        )
+        stack.start_program(
+            "prometheus", local.prometheus_command(config, log_dir / "tsdb", prometheus_port)
+        )
+        print(
+            f"prometheus: {prometheus_url} (alerts: {prometheus_url}/alerts); live view in"
+            f" another terminal: intake top --prometheus {prometheus_url}",
             flush=True,
         )
 
@@ -471,6 +488,9 @@ async def _run(
         end_to_end_s = (
             (final.last_decided_at - since).total_seconds() if final.last_decided_at else 0.0
         )
+        await asyncio.sleep(6)  # one more scrape after the last decision
+        view, targets = await _prometheus_view(prometheus_url)
+        print("\n" + view)
         # The supervisor waits for its workers (a lane finishes the tasks in hand).
         codes = stack.stop(timeout_s=90)
 
@@ -510,6 +530,7 @@ async def _run(
             "end_to_end_s": end_to_end_s,
             "last_verified_s": last_verified_s(decisions, since),
             "exit_codes": codes,
+            "prometheus_targets": targets,
         }
         report.write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))  # noqa: ASYNC240
     lost = len(accepted) - stored
@@ -522,12 +543,26 @@ async def _run(
     return 0
 
 
+async def _prometheus_view(url: str) -> tuple[str, dict[str, int]]:
+    """``intake top``'s view of the demo, and Prometheus' scrape targets up and down."""
+    async with aiohttp.ClientSession() as session:
+        snapshot = await top.read(session, url)
+        try:
+            async with session.get(f"{url}/api/v1/targets", timeout=aiohttp.ClientTimeout(5)) as r:
+                active = (await r.json())["data"]["activeTargets"]
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+            active = []
+    health = [t.get("health") for t in active]
+    return top.render(snapshot), {"up": health.count("up"), "total": len(health)}
+
+
 def main(
     settings: Settings,
     count: int,
     sim_port_base: int = DEFAULT_SIM_PORT_BASE,
     report: Path | None = None,
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE,
+    prometheus_port: int = 9090,
 ) -> int:
     """Run the demo against the configured RabbitMQ and PostgreSQL; 0 when nothing was lost
     and the funnel is exactly what the population's truth says (2: a port of the plan is
@@ -538,6 +573,7 @@ def main(
         **{f"simulator {name}": port for name, port in ports.items()},
         "edge": settings.edge_port,
         **{f"{name} metrics": port for name, port in metrics.items()},
+        "prometheus": prometheus_port,
     }
     if len(set(plan.values())) < len(plan):
         print(f"intake demo: ports used twice in the plan {plan}")
@@ -559,4 +595,4 @@ def main(
         sms_url=f"http://127.0.0.1:{ports['sms']}",
         smtp_port=ports["smtp"],
     )
-    return asyncio.run(_run(wired, count, log_dir, ports, metrics, report))
+    return asyncio.run(_run(wired, count, log_dir, ports, metrics, report, prometheus_port))

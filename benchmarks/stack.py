@@ -23,10 +23,19 @@ class Stack:
     def start(
         self, name: str, *args: str, settings: Settings | None = None
     ) -> subprocess.Popen[bytes]:
+        """Start ``intake <args>``."""
+        return self.start_program(
+            name, [sys.executable, "-m", "core.cli", *args], settings=settings
+        )
+
+    def start_program(
+        self, name: str, argv: list[str], settings: Settings | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start another program (e.g. Prometheus) the same way."""
         env = {**os.environ, **(settings or self.settings).to_env()}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", *args],
+                argv,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

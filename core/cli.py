@@ -127,6 +127,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             sim_port_base=args.sim_port_base,
             report=args.report,
             metrics_port_base=args.metrics_port_base,
+            prometheus_port=args.prometheus_port,
         )
     )
 
@@ -175,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=9464,
         help="the edge's /metrics port; intake supervise's is the next one",
+    )
+    demo.add_argument(
+        "--prometheus-port", type=int, default=9090, help="where the demo's Prometheus listens"
     )
     demo.add_argument("--report", type=Path, default=None, help="write the outcome as JSON here")
     demo.set_defaults(func=_demo)

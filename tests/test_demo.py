@@ -20,7 +20,8 @@ def test_the_demo_loses_nothing_and_matches_the_population(
 ) -> None:
     report = tmp_path / "demo.json"
     env = {**os.environ, **settings.replace(edge_port=free_port()).to_env()}
-    ports = free_port_block(8)  # the simulators' six, then the edge's and the workers' /metrics
+    # The simulators' six, the edge's and the workers' /metrics, Prometheus.
+    ports = free_port_block(9)
     done = subprocess.run(
         [
             sys.executable,
@@ -30,6 +31,7 @@ def test_the_demo_loses_nothing_and_matches_the_population(
             "--count=400",
             f"--sim-port-base={ports}",
             f"--metrics-port-base={ports + 6}",
+            f"--prometheus-port={ports + 8}",
             f"--report={report}",
         ],
         env=env,
@@ -47,3 +49,7 @@ def test_the_demo_loses_nothing_and_matches_the_population(
     for stage, expected in outcome["expected"].items():
         assert outcome["observed"].get(stage, 0) == expected, stage
     assert set(outcome["exit_codes"].values()) == {0}
+    # The demo's Prometheus scraped the edge, the supervisor and RabbitMQ, and intake top's
+    # view of it shows the funnel it read there.
+    assert outcome["prometheus_targets"]["up"] == outcome["prometheus_targets"]["total"] == 4
+    assert f"registered {outcome['stored']:,}" in done.stdout

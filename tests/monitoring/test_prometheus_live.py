@@ -14,16 +14,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import yaml
 
 from benchmarks.population import population
 from core.settings import Settings
 from intake.validation import today_wib
+from monitoring import local
 from simulators.behaviour import Behaviour
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.monitoring.test_monitoring_config import (
-    PROMETHEUS_YML,
-    RULES,
     alerts,
     dashboard_targets,
     load_dashboard,
@@ -46,26 +44,6 @@ async def simulators() -> AsyncIterator[Running]:
     )
     async with run_simulators(config) as running:
         yield running
-
-
-def _prometheus_config(tmp_path: Path, settings: Settings, edge: int, supervisor: int) -> Path:
-    """The project's configuration with the test's ports, vhost and a 1 s scrape."""
-    config: dict[str, Any] = yaml.safe_load(PROMETHEUS_YML.read_text())
-    config["global"]["scrape_interval"] = "1s"
-    config["global"]["evaluation_interval"] = "1s"
-    config["global"]["scrape_timeout"] = "1s"
-    config["rule_files"] = [str(RULES / Path(f).name) for f in config["rule_files"]]
-    vhost = urllib.parse.unquote(urllib.parse.urlsplit(settings.amqp_url).path[1:])
-    for job in config["scrape_configs"]:
-        if job["job_name"] == "intake-edge":
-            job["static_configs"] = [{"targets": [f"127.0.0.1:{edge}"]}]
-        elif job["job_name"] == "intake-supervisor":
-            job["static_configs"] = [{"targets": [f"127.0.0.1:{supervisor}"]}]
-        if "vhost" in job.get("params", {}):
-            job["params"]["vhost"] = [vhost]
-    path = tmp_path / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 async def _query(http: aiohttp.ClientSession, base: str, expr: str) -> dict[str, Any]:
@@ -102,14 +80,14 @@ async def test_every_panel_rule_and_alert_query_returns_data_from_a_running_stac
         name="supervise",
     )
     wait_until_ready(edge_port, edge)
-    config = _prometheus_config(tmp_path, wired, edge_metrics, supervisor_metrics)
+    config = local.write_config(
+        tmp_path / "prometheus.yml",
+        local.local_config(edge_metrics, supervisor_metrics, wired.amqp_url, scrape_interval_s=1),
+    )
     prometheus_log = tmp_path / "prometheus.log"
     with prometheus_log.open("w") as log:
         prometheus = await asyncio.create_subprocess_exec(
-            "prometheus",
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
+            *local.prometheus_command(config, tmp_path / "tsdb", prom_port),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=log,
         )
