@@ -78,13 +78,10 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import datetime as dt
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -100,20 +97,15 @@ import uvloop
 from benchmarks._support import (
     RESULTS_DIR,
     BenchError,
-    create_vhost,
-    delete_vhost,
-    free_port,
     machine_info,
     markdown_table,
     percentile,
     progress,
-    tail,
-    with_path,
     write_results,
 )
-from benchmarks.persist import cpu_seconds, drop_database, recreate_database
+from benchmarks.persist import cpu_seconds
 from benchmarks.population import Registrant, population
-from benchmarks.stack import Stack
+from benchmarks.rig import Rig
 from core.settings import Settings
 from intake.validation import today_wib
 from workers.status import read_status
@@ -121,7 +113,6 @@ from workers.status import read_status
 VHOST = "intake_bench_backpressure"
 DATABASE = "intake_bench_backpressure"
 LOG_DIR = RESULTS_DIR / "logs" / "backpressure"
-SIM_PORTS = ("dukcapil", "dapodik", "dtks", "sms", "smtp", "smtp_admin")
 NIK_LANES = ("dukcapil", "dapodik", "dtks")
 PRIME_CONCURRENCY = 64
 SAMPLE_S = 0.5
@@ -297,109 +288,11 @@ def cores_used(
     return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
-class Rig:
-    """One fresh vhost and database with the system's own processes, as an operator starts
-    them; everything is stopped and dropped on exit."""
+class WaveRig(Rig):
+    """The rig of this benchmark, with its own vhost and database."""
 
     def __init__(self, base: Settings, name: str) -> None:
-        self.base = base
-        self.name = name
-        self.ports = {p: free_port() for p in SIM_PORTS}
-        edge_port = free_port()
-        self.blob_dir = tempfile.mkdtemp(prefix="intake-bench-blobs-")
-        self.settings = base.replace(
-            amqp_url=with_path(base.amqp_url, VHOST),
-            database_url=with_path(base.database_url, DATABASE),
-            edge_port=edge_port,
-            edge_access_log=False,
-            public_base_url=f"http://127.0.0.1:{edge_port}",
-            dukcapil_url=f"http://127.0.0.1:{self.ports['dukcapil']}",
-            dapodik_url=f"http://127.0.0.1:{self.ports['dapodik']}",
-            dtks_url=f"http://127.0.0.1:{self.ports['dtks']}",
-            sms_url=f"http://127.0.0.1:{self.ports['sms']}",
-            smtp_port=self.ports["smtp"],
-            blob_dir=self.blob_dir,
-        )
-        self.base_url = f"http://127.0.0.1:{edge_port}"
-        self.log_dir = LOG_DIR / name
-        if self.log_dir.exists():
-            shutil.rmtree(self.log_dir)
-        self.log_dir.mkdir(parents=True)
-        self.stack = Stack(self.settings, self.log_dir)
-        self.stop_timeout_s = 30.0
-
-    def sim_url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.ports[name]}"
-
-    async def __aenter__(self) -> Rig:
-        progress(f"{self.name}: fresh vhost {VHOST} and database {DATABASE}")
-        create_vhost(VHOST)
-        await recreate_database(self.base.database_url, DATABASE)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        try:
-            codes = await asyncio.to_thread(self.stack.stop, self.stop_timeout_s)
-            progress(f"  {self.name}: stopped {codes}")
-        finally:
-            await drop_database(self.base.database_url, DATABASE)
-            delete_vhost(VHOST)
-            shutil.rmtree(self.blob_dir, ignore_errors=True)
-
-    def check_alive(self) -> None:
-        dead = self.stack.dead()
-        if dead:
-            logs = "\n".join(tail(self.log_dir / f"{name}.log", 10) for name in dead)
-            raise BenchError(f"{self.name}: exited on their own: {dead}\n{logs}")
-
-    async def wait_http(self, url: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                self.check_alive()
-                try:
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise BenchError(f"{url} did not answer within {timeout_s:.0f} s")
-
-    async def migrate(self) -> None:
-        migrate = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "core.cli",
-            "migrate",
-            env={**os.environ, **self.settings.to_env()},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await migrate.communicate()
-        if migrate.returncode != 0:
-            raise BenchError(f"intake migrate failed: {output.decode()[-2000:]}")
-
-    async def start_simulators(
-        self, count: int, seed: int, today: dt.date, flags: Sequence[str]
-    ) -> None:
-        ports = [f"--{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()]
-        self.stack.start(
-            "simulate",
-            "simulate",
-            f"--seed={seed}",
-            f"--count={count}",
-            f"--today={today.isoformat()}",
-            "--invalid-share=0",
-            "--duplicate-share=0",
-            *ports,
-            *flags,
-        )
-        await self.wait_http(f"{self.sim_url('dukcapil')}/_sim/stats", 180)
-
-    async def start_edge(self) -> None:
-        self.stack.start("edge", "edge")
-        await self.wait_http(f"{self.base_url}/readyz", 60)
+        super().__init__(base, name, VHOST, DATABASE, LOG_DIR)
 
     async def prime(self, people: Sequence[Registrant]) -> None:
         """Store every registration and publish its first checks' tasks: the persist worker,
@@ -440,20 +333,6 @@ class Rig:
         finally:
             await connection.close()
 
-    async def wait_count(
-        self, connection: asyncpg.Connection, what: str, sql: str, target: int, timeout_s: float
-    ) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self.check_alive()
-            value = int(await connection.fetchval(sql))
-            if value >= target:
-                progress(f"  {what}: {value:,}/{target:,}")
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: {what} {value:,}/{target:,} after {timeout_s:g} s")
-            await asyncio.sleep(0.25)
-
 
 async def sim_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     async with session.get(f"{url}/_sim/stats") as response:
@@ -482,7 +361,7 @@ class LaneRun:
 
 
 async def watch_lane(
-    rig: Rig,
+    rig: WaveRig,
     count: int,
     lane_settings: Settings,
     *,
@@ -660,11 +539,11 @@ async def lane_phase(
     lane_changes: dict[str, Any],
     *,
     timeout_s: float,
-    until: Callable[[Rig, aiohttp.ClientSession], Until] | None = None,
-) -> tuple[LaneRun, Rig]:
+    until: Callable[[WaveRig, aiohttp.ClientSession], Until] | None = None,
+) -> tuple[LaneRun, WaveRig]:
     today = today_wib()
     people = population(count, seed=seed, today=today, invalid_share=0, duplicate_share=0)
-    async with Rig(base, name) as rig:
+    async with WaveRig(base, name) as rig:
         await rig.migrate()
         await rig.start_simulators(count, seed, today, ministry.flags("dukcapil"))
         await rig.prime(people)
@@ -768,7 +647,7 @@ async def part_b(
     count = math.ceil(ministry.rate * max_wait_s + target * (transition_s + 15))
     change: dict[str, float] = {}
 
-    def until(rig: Rig, session: aiohttp.ClientSession) -> Until:
+    def until(rig: WaveRig, session: aiohttp.ClientSession) -> Until:
         async def check(samples: list[dict[str, Any]]) -> bool:
             t = samples[-1]["t"]
             if not change:
@@ -994,7 +873,7 @@ async def offer(
 
 
 async def watch_pipeline(
-    rig: Rig,
+    rig: WaveRig,
     run_dir: Path,
     started: float,
     samples: list[dict[str, Any]],
@@ -1073,7 +952,7 @@ async def part_c(
     truth_matches = sum(1 for p in people if p.truth.dukcapil == "match")
     kinds = ["persist", "dispatch", *NIK_LANES]
     flags = [flag for name, m in ministries.items() for flag in m.flags(name)]
-    async with Rig(base.replace(supervise_db_connections=db_budget), "wave") as rig:
+    async with WaveRig(base.replace(supervise_db_connections=db_budget), "wave") as rig:
         rig.stop_timeout_s = 120.0
         run_dir = rig.log_dir / "run"
         run_dir.mkdir()

@@ -39,10 +39,7 @@ import asyncio
 import collections
 import datetime as dt
 import io
-import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -60,26 +57,19 @@ from benchmarks._support import (
     BENCH_VHOST,
     RESULTS_DIR,
     BenchError,
-    create_vhost,
-    delete_vhost,
-    free_port,
     machine_info,
     markdown_table,
     progress,
-    tail,
-    with_path,
     write_results,
 )
-from benchmarks.persist import drop_database, recreate_database
 from benchmarks.population import Registrant, population
-from benchmarks.stack import Stack
+from benchmarks.rig import Rig
 from core.settings import Settings
 from intake.validation import today_wib
 
 CONCURRENCY = 64
 REALISTIC_MS = (50, 200)  # lognormal latency of a ministry: median, p99
 NIK_LANES = ("dukcapil", "dapodik", "dtks")
-SIM_PORTS = ("dukcapil", "dapodik", "dtks", "sms", "smtp", "smtp_admin")
 LOG_DIR = RESULTS_DIR / "logs" / "verification"
 
 # Registrations whose NIK checks are all final (Dukcapil failed, or Dukcapil passed and Dapodik
@@ -114,91 +104,25 @@ def selfie() -> bytes:
     return buffer.getvalue()
 
 
-class Phase:
+class Phase(Rig):
     """One fresh vhost + database with simulators, edge, persist worker and dispatcher."""
 
     def __init__(
         self, base: Settings, name: str, sim_flags: list[str], people: list[Registrant]
     ) -> None:
-        self.name = name
+        super().__init__(base, name, BENCH_VHOST, BENCH_DATABASE, LOG_DIR)
         self.sim_flags = sim_flags
         self.people = people
-        self.ports = {p: free_port() for p in SIM_PORTS}
-        edge_port = free_port()
-        self.blob_dir = tempfile.mkdtemp(prefix="intake-bench-blobs-")
-        self.settings = base.replace(
-            amqp_url=with_path(base.amqp_url, BENCH_VHOST),
-            database_url=with_path(base.database_url, BENCH_DATABASE),
-            edge_port=edge_port,
-            edge_access_log=False,
-            public_base_url=f"http://127.0.0.1:{edge_port}",
-            dukcapil_url=f"http://127.0.0.1:{self.ports['dukcapil']}",
-            dapodik_url=f"http://127.0.0.1:{self.ports['dapodik']}",
-            dtks_url=f"http://127.0.0.1:{self.ports['dtks']}",
-            sms_url=f"http://127.0.0.1:{self.ports['sms']}",
-            smtp_port=self.ports["smtp"],
-            blob_dir=self.blob_dir,
-        )
-        self.base_url = f"http://127.0.0.1:{edge_port}"
-        self.log_dir = LOG_DIR / name
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.log_dir.glob("*.log"):
-            old.unlink()
-        self.stack = Stack(self.settings, self.log_dir)
 
     def start_lane(self, kind: str) -> None:
         self.stack.start(f"worker-{kind}", "worker", kind)
 
-    def check_alive(self) -> None:
-        dead = self.stack.dead()
-        if dead:
-            logs = "\n".join(tail(self.log_dir / f"{name}.log", 10) for name in dead)
-            raise BenchError(f"{self.name}: exited on their own: {dead}\n{logs}")
-
-    async def wait_http(self, url: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                self.check_alive()
-                try:
-                    async with session.get(url) as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise BenchError(f"{url} did not answer within {timeout_s:.0f} s")
-
     async def start(self, seed: int, today: dt.date) -> None:
-        migrate = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "core.cli",
-            "migrate",
-            env={**os.environ, **self.settings.to_env()},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        output, _ = await migrate.communicate()
-        if migrate.returncode != 0:
-            raise BenchError(f"intake migrate failed: {output.decode()[-2000:]}")
-        ports = [f"--{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()]
-        self.stack.start(
-            "simulate",
-            "simulate",
-            f"--seed={seed}",
-            f"--count={len(self.people)}",
-            f"--today={today.isoformat()}",
-            "--invalid-share=0",
-            "--duplicate-share=0",
-            *ports,
-            *self.sim_flags,
-        )
-        await self.wait_http(f"http://127.0.0.1:{self.ports['dukcapil']}/_sim/stats", 120)
+        await self.migrate()
+        await self.start_simulators(len(self.people), seed, today, self.sim_flags)
         self.stack.start("worker-persist", "worker", "persist")
         self.stack.start("worker-dispatch", "worker", "dispatch")
-        self.stack.start("edge", "edge")
-        await self.wait_http(f"{self.base_url}/readyz", 60)
+        await self.start_edge()
 
     async def register(self) -> list[Accepted]:
         """POST every form through the edge, 64 at a time; every one must be accepted."""
@@ -463,11 +387,8 @@ async def run_phase(
 ) -> dict[str, Any]:
     today = today_wib()
     people = population(count, seed=seed, today=today, invalid_share=0, duplicate_share=0)
-    progress(f"{name}: fresh vhost and database, {count:,} registrations")
-    create_vhost(BENCH_VHOST)
-    await recreate_database(base.database_url, BENCH_DATABASE)
-    phase = Phase(base, name, sim_flags, people)
-    try:
+    progress(f"{name}: {count:,} registrations")
+    async with Phase(base, name, sim_flags, people) as phase:
         await phase.start(seed, today)
         accepted = await phase.register()
         connection = await asyncpg.connect(phase.settings.database_url)
@@ -476,12 +397,6 @@ async def run_phase(
             result = await measure(phase, connection, accepted)
         finally:
             await connection.close()
-    finally:
-        codes = phase.stack.stop()
-        progress(f"  stopped: {codes}")
-        await drop_database(base.database_url, BENCH_DATABASE)
-        delete_vhost(BENCH_VHOST)
-        shutil.rmtree(phase.blob_dir, ignore_errors=True)
     result["simulator_flags"] = sim_flags
     if not result["verified"]:
         raise BenchError(f"{name}: verification failed: {result}")
