@@ -4,7 +4,6 @@ and a Retry-After that reflects the backlog. Real RabbitMQ, real edge, real pers
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 import uuid
@@ -24,6 +23,7 @@ from intake.publisher import BatchPublisher
 from intake.shedding import DrainMeter, drain_time_s, retry_after_s
 from tests.support import inprocess, openapi
 from tests.support.people import person
+from tests.support.proxy import TcpProxy
 from tests.support.waiting import eventually
 
 URL = "/v1/registrations"
@@ -112,64 +112,6 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     }
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     return int(status_line.split()[1]), headers, body
-
-
-class StallingProxy:
-    """A TCP proxy to the broker that can hold back whatever the broker sends (its confirms
-    among them), as a congested link or a struggling broker would, while what the edge sends
-    still goes through. Released, everything held is delivered in order."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def stall(self) -> None:
-        self._flowing.clear()
-
-    def release(self) -> None:
-        self._flowing.set()
-
-    async def close(self) -> None:
-        self.release()
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers.update((writer, up_writer))
-        for src, dst, gated in ((reader, up_writer, False), (up_reader, writer, True)):
-            task = asyncio.create_task(self._pipe(src, dst, gated))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gated: bool
-    ) -> None:
-        try:
-            while data := await src.read(65536):
-                if gated:
-                    await self._flowing.wait()
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            dst.transport.abort()
 
 
 async def _stored_once(db: asyncpg.Pool, accepted: set[uuid.UUID]) -> None:
@@ -262,7 +204,7 @@ async def test_at_the_in_process_bound_a_request_is_shed_before_its_body_is_read
     settings: Settings, db: asyncpg.Pool
 ) -> None:
     url = aio_pika.connection.make_url(settings.amqp_url)
-    proxy = StallingProxy(url.host or "127.0.0.1", url.port or 5672)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
     await proxy.start()
     bounded = settings.replace(
         amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port)),

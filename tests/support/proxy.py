@@ -3,6 +3,9 @@
 In the spirit of aio-pika's own test suite: the system under test connects through the proxy;
 :meth:`TcpProxy.cut` closes the listening socket and aborts every open connection, which is what
 a client sees when the server process stops; :meth:`TcpProxy.restore` listens again.
+:meth:`TcpProxy.stall` holds back whatever the server sends (a broker's confirms among them), as
+a congested link or a struggling server would, while what the client sends still goes through;
+:meth:`TcpProxy.release` delivers everything held, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -33,11 +38,19 @@ class TcpProxy:
         self._writers.clear()
         await asyncio.sleep(0)
 
+    def stall(self) -> None:
+        """Hold back what the server sends until :meth:`release`."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        self._flowing.set()
+
     async def restore(self) -> None:
         """Listen again on the same port."""
         await self.start()
 
     async def close(self) -> None:
+        self.release()
         await self.cut()
         for task in list(self._tasks):
             task.cancel()
@@ -51,14 +64,18 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, gated in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(src, dst, gated))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gated: bool
+    ) -> None:
         try:
             while data := await src.read(65536):
+                if gated:
+                    await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
