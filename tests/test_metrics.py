@@ -17,6 +17,7 @@ import signal
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -319,7 +320,7 @@ async def test_a_fleet_serves_the_sum_of_its_workers_and_forgets_the_gauges_of_t
     fleet = _fleet(settings, "persist=2-2,dukcapil=2-2", persist_prefetch=20, metrics_port=port)
     url = f"http://127.0.0.1:{port}/metrics"
     async with _supervising(fleet, tmp_path, ("persist", "dukcapil")) as supervisor:
-        await eventually(_probe(supervisor, _all_reported), lambda n: n == 4, 60)
+        await eventually(partial(_all_reported, supervisor), lambda n: n == 4, 60)
         served = await scrape(url)
         assert served.value("intake_worker_processes", kind="persist") == 2
         assert served.by("intake_lane_breaker_workers", "state", lane="dukcapil") == {
@@ -333,13 +334,13 @@ async def test_a_fleet_serves_the_sum_of_its_workers_and_forgets_the_gauges_of_t
         async with _registrations_locked(fleet):
             ids = await _publish(fleet, 100)
             await eventually(
-                _probe(supervisor, _reported),
+                partial(_reported, supervisor),
                 lambda found: len(found) == 2 and all(_number(s, "inflight") == 20 for s in found),
                 30,
             )
         await eventually(lambda: _stored(db), lambda n: n == len(ids), 60)
         each = await eventually(
-            _probe(supervisor, _registrations_by_pid),
+            partial(_registrations_by_pid, supervisor),
             lambda by_pid: len(by_pid) == 2 and sum(by_pid.values()) == len(ids),
             30,
         )
@@ -350,7 +351,7 @@ async def test_a_fleet_serves_the_sum_of_its_workers_and_forgets_the_gauges_of_t
         # A persist worker killed: what it stored stays counted.
         victim = min(each)
         os.kill(victim, signal.SIGKILL)
-        await eventually(_probe(supervisor, lambda s: _persist_replaced(s, victim)), bool, 60)
+        await eventually(lambda: _persist_replaced(supervisor, victim), bool, 60)
         served = await scrape(url)
         assert served.value("intake_persist_registrations_total", outcome="stored") == len(ids)
         assert served.value("intake_worker_restarts_total", kind="persist") == 1
@@ -359,7 +360,7 @@ async def test_a_fleet_serves_the_sum_of_its_workers_and_forgets_the_gauges_of_t
         # A lane worker killed: its live gauges leave the sums, and its replacement's count.
         lane_victim = min(supervisor.plan()["dukcapil"].running)
         os.kill(lane_victim, signal.SIGKILL)
-        await eventually(_probe(supervisor, lambda s: _lane_replaced(s, lane_victim)), bool, 60)
+        await eventually(lambda: _lane_replaced(supervisor, lane_victim), bool, 60)
         # The replacement wrote its gauges before its status file: had the victim's stayed,
         # the sums would count three workers.
         served = await scrape(url)
@@ -372,13 +373,6 @@ async def test_a_fleet_serves_the_sum_of_its_workers_and_forgets_the_gauges_of_t
         assert not (supervisor.metrics_dir / f"gauge_livesum_{lane_victim}.db").exists()
         assert (supervisor.metrics_dir / f"counter_{victim}.db").exists()
     assert not supervisor.metrics_dir.exists()  # removed when the supervisor ends
-
-
-def _probe(supervisor: Supervisor, pick: Callable[[Supervisor], Any]) -> Callable[[], Any]:
-    async def probe() -> Any:
-        return pick(supervisor)
-
-    return probe
 
 
 def _all_reported(supervisor: Supervisor) -> int:

@@ -68,18 +68,14 @@ async def test_a_valid_person_goes_all_the_way_to_verified(
                 body: dict[str, object] = await response.json()
                 return body
 
-            mails = await eventually(
-                lambda: _async(sims.mailbox.for_address(person.form["email"])), bool
-            )
+            mails = await eventually(lambda: sims.mailbox.for_address(person.form["email"]), bool)
             (link,) = [link for link in mails[0].links if "/v1/verify/email" in link]
             response = await client.get(
                 "/v1/verify/email", params={"token": URL(link).query["token"]}
             )
             assert response.status == 200
 
-            texts = await eventually(
-                lambda: _async(sims.outbox.for_number(person.form["phone"])), bool
-            )
+            texts = await eventually(lambda: sims.outbox.for_number(person.form["phone"]), bool)
             (code,) = re.findall(r"\b[0-9]{6}\b", texts[0].text)
             response = await client.post(f"{status_url}/otp", json={"code": code}, headers=auth)
             assert response.status == 200
@@ -99,7 +95,3 @@ async def test_a_valid_person_goes_all_the_way_to_verified(
     assert isinstance(checks, dict)
     assert {name: c["state"] for name, c in checks.items()} == {c.value: "passed" for c in Check}
     assert final["decided_at"] is not None
-
-
-async def _async(value: T) -> T:
-    return value

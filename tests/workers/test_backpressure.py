@@ -92,14 +92,12 @@ async def test_the_limit_falls_when_dukcapil_slows_down_and_climbs_back_when_it_
         sampler = asyncio.create_task(sample(worker))
         try:
             # Phase 1: 100 ms calls. The limit settles around the five the ministry serves.
-            await eventually(lambda: _noop(worker.processed), lambda n: n >= 300, 120)
+            await eventually(lambda: worker.processed, lambda n: n >= 300, 120)
             fast = statistics.median(samples[-40:])
             assert fast >= CAPACITY  # at least the ministry's concurrency: it is kept busy
             # Phase 2: every call takes a second. The same concurrency now means a queue.
             simulators.set_behaviour("dukcapil", latency_median_ms=1000, latency_p99_ms=1000)
-            await eventually(
-                lambda: _noop(worker.gate.limit.limit), lambda limit: limit < fast / 2, 60
-            )
+            await eventually(lambda: worker.gate.limit.limit, lambda limit: limit < fast / 2, 60)
             slow = worker.gate.limit.limit
             # The consumer's prefetch follows: RabbitMQ itself reports the smaller prefetch.
             await eventually(
@@ -112,7 +110,7 @@ async def test_the_limit_falls_when_dukcapil_slows_down_and_climbs_back_when_it_
             # the lane measured, which CPU contention on this machine inflates).
             simulators.set_behaviour("dukcapil", latency_median_ms=100, latency_p99_ms=100)
             await eventually(
-                lambda: _noop(worker.gate.limit.limit),
+                lambda: worker.gate.limit.limit,
                 lambda limit: limit >= min(fast, CAPACITY + 2) and limit > slow + 2,
                 60,
             )
@@ -132,7 +130,3 @@ async def test_the_limit_falls_when_dukcapil_slows_down_and_climbs_back_when_it_
     assert stats["rejected_overload"] == 0
     # Every registration was decided once: as many Dukcapil calls served as checks.
     assert stats["served"] == len(ids)
-
-
-async def _noop(value: float) -> float:
-    return value

@@ -77,10 +77,6 @@ async def _submit(settings: Settings, people: list[Registrant]) -> dict[uuid.UUI
     return submitted
 
 
-async def _value(value: int) -> int:
-    return value
-
-
 async def _lane_queue(settings: Settings, check: Check) -> tuple[int, int]:
     """(messages ready, consumers) of a lane's queue."""
     connection = await aio_pika.connect(settings.amqp_url)
@@ -203,8 +199,8 @@ async def test_an_outage_opens_the_breaker_the_ministry_sees_only_probes_and_not
         inprocess.lanes(wired, db, NIK_CHECKS) as lanes,
     ):
         gate = lanes[Check.DUKCAPIL].gate
-        await eventually(lambda: _value(gate.breaker.opened), lambda n: n >= 1, 60)
-        await eventually(lambda: _value(gate.inflight), lambda n: n == 0, 30)
+        await eventually(lambda: gate.breaker.opened, lambda n: n >= 1, 60)
+        await eventually(lambda: gate.inflight, lambda n: n == 0, 30)
         probes_before = gate.breaker.probes
         calls_before = simulators.stats("dukcapil")["calls"]
         assert isinstance(calls_before, int)
@@ -214,7 +210,7 @@ async def test_an_outage_opens_the_breaker_the_ministry_sees_only_probes_and_not
         await eventually(
             lambda: _lane_queue(wired, Check.DUKCAPIL), lambda queue: queue[1] == 0, 30
         )
-        await eventually(lambda: _value(gate.breaker.probes), lambda n: n >= probes_before + 3, 60)
+        await eventually(lambda: gate.breaker.probes, lambda n: n >= probes_before + 3, 60)
         depth, _ = await _lane_queue(wired, Check.DUKCAPIL)
         assert depth > 0
         calls_after = simulators.stats("dukcapil")["calls"]

@@ -16,6 +16,7 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -311,13 +312,6 @@ async def _supervising(
                         os.kill(pid, signal.SIGKILL)
 
 
-def _probe(supervisor: Supervisor, pick: Callable[[Supervisor], T]) -> Callable[[], Awaitable[T]]:
-    async def probe() -> T:
-        return pick(supervisor)
-
-    return probe
-
-
 def _running(supervisor: Supervisor) -> int:
     return len(supervisor.plan()["persist"].running)
 
@@ -364,7 +358,7 @@ async def test_a_backlog_adds_workers_and_they_go_when_it_has_drained(
             ids += await _publish(fleet, 500, first=len(ids))
         await eventually(lambda: _stored(db), lambda n: n == len(ids), 120)
         await eventually(
-            _probe(supervisor, lambda s: (_running(s), s.plan()["persist"].stopping)),
+            lambda: (_running(supervisor), supervisor.plan()["persist"].stopping),
             lambda state: state == (1, ()),
             60,
         )
@@ -386,16 +380,16 @@ async def test_scaling_down_a_worker_that_holds_messages_loses_nothing(
 ) -> None:
     fleet = _fleet(settings, "persist=1-3", persist_prefetch=20)
     async with _supervising(fleet, tmp_path) as supervisor:
-        await eventually(_probe(supervisor, _reported), lambda found: len(found) == 1, 60)
+        await eventually(partial(_reported, supervisor), lambda found: len(found) == 1, 60)
         async with _registrations_locked(fleet):
             # 50 messages for workers that hold 20 each and cannot store them: the backlog
             # does not move, so the supervisor adds workers until all are held.
             ids = await _publish(fleet, 50)
-            await eventually(_probe(supervisor, _running), lambda n: n == 3, 60)
+            await eventually(partial(_running, supervisor), lambda n: n == 3, 60)
             # Nothing waits in the queue any more: after the cooldown one worker is asked to
             # stop (the one holding the least), and it cannot finish yet.
             stopping = await eventually(
-                _probe(supervisor, lambda s: s.plan()["persist"].stopping),
+                lambda: supervisor.plan()["persist"].stopping,
                 lambda pids: len(pids) >= 1,
                 60,
             )
@@ -408,14 +402,12 @@ async def test_scaling_down_a_worker_that_holds_messages_loses_nothing(
             assert await _stored(db) == 0
         # The lock is gone: the stopping worker stores and acknowledges what it held, and exits.
         await eventually(
-            _probe(
-                supervisor, lambda s: [(e.code, e.expected) for e in s.exits if e.pid == victim]
-            ),
+            lambda: [(e.code, e.expected) for e in supervisor.exits if e.pid == victim],
             lambda exits: exits == [(0, True)],
             60,
         )
         await eventually(lambda: _stored(db), lambda n: n == len(ids), 60)
-        await eventually(_probe(supervisor, _running), lambda n: n == 1, 60)
+        await eventually(partial(_running, supervisor), lambda n: n == 1, 60)
     await _assert_stored_exactly_once(db, fleet, ids)
 
 
@@ -424,20 +416,20 @@ async def test_a_killed_worker_is_replaced_and_its_messages_are_stored_once(
 ) -> None:
     fleet = _fleet(settings, "persist=2-2", persist_prefetch=20)
     async with _supervising(fleet, tmp_path) as supervisor:
-        await eventually(_probe(supervisor, _reported), lambda found: len(found) == 2, 60)
+        await eventually(partial(_reported, supervisor), lambda found: len(found) == 2, 60)
         before = set(supervisor.plan()["persist"].running)
         async with _registrations_locked(fleet):
             ids = await _publish(fleet, 100)
             # Both workers hold messages they cannot store yet.
             await eventually(
-                _probe(supervisor, _reported),
+                partial(_reported, supervisor),
                 lambda found: len(found) == 2 and all(_number(s, "inflight") == 20 for s in found),
                 30,
             )
             victim = min(before)
             os.kill(victim, signal.SIGKILL)
             after = await eventually(
-                _probe(supervisor, lambda s: set(s.plan()["persist"].running)),
+                lambda: set(supervisor.plan()["persist"].running),
                 lambda pids: len(pids) == 2 and victim not in pids,
                 30,
             )
@@ -445,7 +437,7 @@ async def test_a_killed_worker_is_replaced_and_its_messages_are_stored_once(
             assert [(e.pid, e.code, e.expected) for e in supervisor.exits] == [
                 (victim, -signal.SIGKILL, False)
             ]
-            await eventually(_probe(supervisor, _reported), lambda found: len(found) == 2, 60)
+            await eventually(partial(_reported, supervisor), lambda found: len(found) == 2, 60)
         await eventually(lambda: _stored(db), lambda n: n == len(ids), 60)
     assert supervisor.decisions == []  # a fixed count: replacing is not scaling
     await _assert_stored_exactly_once(db, fleet, ids)
