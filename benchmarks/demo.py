@@ -46,6 +46,7 @@ from core.cli import WORKER_KINDS
 from core.settings import Settings
 from intake.validation import today_wib
 from monitoring import local, top
+from simulators.server import Ports
 
 CONCURRENCY = 64
 SIM_NAMES = ("dukcapil", "dapodik", "dtks", "sms", "smtp_admin", "smtp")
@@ -583,16 +584,10 @@ def main(
         print(f"intake demo: ports already in use: {busy}; free them or choose other ports")
         return 2
     log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
-    wired = settings.replace(
-        # Each lane's PostgreSQL pool is a quarter of its prefetch: at 64, six busy lanes (the
-        # photo lane included, now that selfies are uploaded) with the edge and the workers
-        # would want more than PostgreSQL's default 100 connections.
-        edge_access_log=False,
-        public_base_url=f"http://{settings.edge_host}:{settings.edge_port}",
-        dukcapil_url=f"http://127.0.0.1:{ports['dukcapil']}",
-        dapodik_url=f"http://127.0.0.1:{ports['dapodik']}",
-        dtks_url=f"http://127.0.0.1:{ports['dtks']}",
-        sms_url=f"http://127.0.0.1:{ports['sms']}",
-        smtp_port=ports["smtp"],
+    wired = Ports(**ports).wire(
+        settings.replace(
+            edge_access_log=False,
+            public_base_url=f"http://{settings.edge_host}:{settings.edge_port}",
+        )
     )
     return asyncio.run(_run(wired, count, log_dir, ports, metrics, report, prometheus_port))

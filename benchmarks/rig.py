@@ -30,6 +30,7 @@ from benchmarks._support import (
 from benchmarks.persist import drop_database, recreate_database
 from benchmarks.stack import Stack
 from core.settings import Settings
+from simulators.server import Ports
 
 # The simulators' ports, by the name of their ``intake simulate --<name>-port`` flag.
 SIM_PORTS = ("dukcapil", "dapodik", "dtks", "sms", "smtp", "smtp_admin")
@@ -53,13 +54,9 @@ class Rig:
             edge_port=edge_port,
             edge_access_log=False,
             public_base_url=f"http://127.0.0.1:{edge_port}",
-            dukcapil_url=f"http://127.0.0.1:{self.ports['dukcapil']}",
-            dapodik_url=f"http://127.0.0.1:{self.ports['dapodik']}",
-            dtks_url=f"http://127.0.0.1:{self.ports['dtks']}",
-            sms_url=f"http://127.0.0.1:{self.ports['sms']}",
-            smtp_port=self.ports["smtp"],
             blob_dir=self.blob_dir,
         )
+        self.settings = Ports(**self.ports).wire(self.settings)
         self.base_url = f"http://127.0.0.1:{edge_port}"
         self.log_dir = log_dir / name
         if self.log_dir.exists():

@@ -30,6 +30,7 @@ from benchmarks.population import (
     Registry,
     population,
 )
+from core.settings import Settings
 from simulators import dapodik, dtks, dukcapil, sms, smtp
 from simulators.behaviour import Behaviour, Gate
 
@@ -54,6 +55,17 @@ class Ports:
     def ephemeral(cls) -> Ports:
         """Every port ``0``."""
         return cls(0, 0, 0, 0, 0, 0)
+
+    def wire(self, settings: Settings, host: str = "127.0.0.1") -> Settings:
+        """``settings`` pointed at simulators listening on these ports of ``host``."""
+        return settings.replace(
+            dukcapil_url=f"http://{host}:{self.dukcapil}",
+            dapodik_url=f"http://{host}:{self.dapodik}",
+            dtks_url=f"http://{host}:{self.dtks}",
+            sms_url=f"http://{host}:{self.sms}",
+            smtp_host=host,
+            smtp_port=self.smtp,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,17 @@ class Running:
     gates: dict[str, Gate]
     outbox: sms.Outbox
     mailbox: smtp.Mailbox
+
+    def wire(self, settings: Settings) -> Settings:
+        """``settings`` pointed at these simulators (the ministries, the SMS gateway, SMTP)."""
+        return settings.replace(
+            dukcapil_url=self.urls["dukcapil"],
+            dapodik_url=self.urls["dapodik"],
+            dtks_url=self.urls["dtks"],
+            sms_url=self.urls["sms"],
+            smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port,
+        )
 
     def set_behaviour(self, name: str, **changes: Any) -> Behaviour:
         """Replace some behaviour fields of simulator ``name`` at once; returns the new one."""

@@ -44,13 +44,7 @@ async def test_a_valid_person_goes_all_the_way_to_verified(
     await db.execute("TRUNCATE contact_codes")
     config = SimulatorConfig(ports=Ports.ephemeral(), people=[person])
     async with run_simulators(config) as sims:
-        wired = settings.replace(
-            dukcapil_url=sims.urls["dukcapil"],
-            dapodik_url=sims.urls["dapodik"],
-            dtks_url=sims.urls["dtks"],
-            sms_url=sims.urls["sms"],
-            smtp_host=sims.smtp_host,
-            smtp_port=sims.smtp_port,
+        wired = sims.wire(settings).replace(
             blob_dir=str(tmp_path / "blobs"),
         )
         async with (

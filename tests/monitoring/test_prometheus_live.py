@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,11 @@ async def simulators() -> AsyncIterator[Running]:
     config = SimulatorConfig(
         ports=Ports.ephemeral(),
         people=population(PEOPLE, seed=17, today=today_wib()),
-        behaviours={name: quick for name in ("dukcapil", "dapodik", "dtks", "sms")},
+        behaviours={
+            **{name: quick for name in ("dukcapil", "dtks", "sms")},
+            # Some 500s, so that the retry series exist as they do in any real wave.
+            "dapodik": quick.replace(error_rate=0.3),
+        },
     )
     async with run_simulators(config) as running:
         yield running
@@ -60,12 +63,7 @@ async def test_every_panel_rule_and_alert_query_returns_data_from_a_running_stac
     tmp_path: Path,
 ) -> None:
     edge_port, edge_metrics, supervisor_metrics, prom_port = (free_port() for _ in range(4))
-    wired = settings.replace(
-        dukcapil_url=simulators.urls["dukcapil"],
-        dapodik_url=simulators.urls["dapodik"],
-        dtks_url=simulators.urls["dtks"],
-        sms_url=simulators.urls["sms"],
-        smtp_port=int(urllib.parse.urlsplit(simulators.urls["smtp"]).port or 0),
+    wired = simulators.wire(settings).replace(
         edge_port=edge_port,
         edge_access_log=False,
         supervise_min_workers=1,

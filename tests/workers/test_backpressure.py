@@ -69,8 +69,7 @@ def _broker_prefetch(settings: Settings) -> list[int]:
 async def test_the_limit_falls_when_dukcapil_slows_down_and_climbs_back_when_it_recovers(
     settings: Settings, db: asyncpg.Pool, simulators: Running
 ) -> None:
-    wired = settings.replace(
-        dukcapil_url=simulators.urls["dukcapil"],
+    wired = simulators.wire(settings).replace(
         ministry_timeout_s=20.0,
         lane_limit_probe_interval_s=600.0,  # no re-measurement during the test
     )

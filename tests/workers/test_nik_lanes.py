@@ -58,10 +58,7 @@ async def simulators() -> AsyncIterator[Running]:
 
 
 def _wired(settings: Settings, running: Running) -> Settings:
-    return settings.replace(
-        dukcapil_url=running.urls["dukcapil"],
-        dapodik_url=running.urls["dapodik"],
-        dtks_url=running.urls["dtks"],
+    return running.wire(settings).replace(
         retry_base_delay_s=0.05,
         ministry_timeout_s=2.0,
     )
