@@ -6,6 +6,7 @@ Nothing here measures anything; the measuring scripts are :mod:`benchmarks.edge`
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import http.client
 import json
@@ -18,11 +19,12 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import uvloop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "results"
@@ -232,3 +234,22 @@ def write_results(name: str, data: Mapping[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}-{stamp}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path
+
+
+def run_benchmark(
+    name: str,
+    measure: Callable[[], Coroutine[Any, Any, dict[str, Any]]],
+    report: Callable[[dict[str, Any]], str],
+) -> tuple[int, dict[str, Any] | None]:
+    """Run ``measure()`` on uvloop, write its results to ``results/`` and print its report;
+    ``(1, None)`` with the reason on stderr when it raised :class:`BenchError`."""
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            results = runner.run(measure())
+    except BenchError as exc:
+        print(f"benchmarks.{name}: {exc}", file=sys.stderr)
+        return 1, None
+    path = write_results(name, results)
+    print(report(results))
+    print(f"\nresults: {path}")
+    return 0, results

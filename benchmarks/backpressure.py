@@ -92,7 +92,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-import uvloop
 
 from benchmarks._support import (
     RESULTS_DIR,
@@ -101,7 +100,7 @@ from benchmarks._support import (
     markdown_table,
     percentile,
     progress,
-    write_results,
+    run_benchmark,
 )
 from benchmarks.persist import cpu_seconds
 from benchmarks.population import Registrant, population
@@ -1438,15 +1437,9 @@ def main(argv: list[str] | None = None) -> int:
         _parse_rates(args.wave_rates)
     except ValueError as exc:
         parser.error(f"--wave-rates: {exc}")
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(run(args))
-    except BenchError as exc:
-        print(f"benchmarks.backpressure: {exc}", file=sys.stderr)
-        return 1
-    path = write_results("backpressure", results)
-    print(report(results))
-    print(f"\nresults: {path}")
+    code, results = run_benchmark("backpressure", lambda: run(args), report)
+    if results is None:
+        return code
     if "C" in results["parts"] and not results["parts"]["C"]["audit"]["verified"]:
         print("benchmarks.backpressure: the loss audit failed", file=sys.stderr)
         return 1

@@ -29,14 +29,12 @@ import asyncio
 import datetime as dt
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import asyncpg
-import uvloop
 
 from benchmarks._support import (
     BENCH_DATABASE,
@@ -49,10 +47,10 @@ from benchmarks._support import (
     markdown_table,
     progress,
     purge_queue,
+    run_benchmark,
     tail,
     venv_bin,
     with_path,
-    write_results,
 )
 from core import envelope, topology
 from core.envelope import Envelope, Registration
@@ -478,16 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1:
         parser.error("--count must be positive")
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(run(args))
-    except BenchError as exc:
-        print(f"benchmarks.persist: {exc}", file=sys.stderr)
-        return 1
-    path = write_results("persist", results)
-    print(report(results))
-    print(f"\nresults: {path}")
-    return 0
+    code, _ = run_benchmark("persist", lambda: run(args), report)
+    return code
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import asyncio
 import collections
 import datetime as dt
 import io
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -49,7 +48,6 @@ from typing import Any
 import aiohttp
 import asyncpg
 import numpy as np
-import uvloop
 from PIL import Image
 
 from benchmarks._support import (
@@ -60,7 +58,7 @@ from benchmarks._support import (
     machine_info,
     markdown_table,
     progress,
-    write_results,
+    run_benchmark,
 )
 from benchmarks.population import Registrant, population
 from benchmarks.rig import Rig
@@ -528,16 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 2 or args.photos < 2:
         parser.error("--count and --photos must be at least 2")
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            results = runner.run(run(args))
-    except BenchError as exc:
-        print(f"benchmarks.verification: {exc}", file=sys.stderr)
-        return 1
-    path = write_results("verification", results)
-    print(report(results))
-    print(f"\nresults: {path}")
-    return 0
+    code, _ = run_benchmark("verification", lambda: run(args), report)
+    return code
 
 
 if __name__ == "__main__":
