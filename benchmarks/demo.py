@@ -39,7 +39,7 @@ import asyncpg
 import orjson
 
 from benchmarks import funnel
-from benchmarks.photos import selfie
+from benchmarks.photos import DistinctSelfies
 from benchmarks.population import Registrant, population
 from benchmarks.stack import Stack
 from core.cli import WORKER_KINDS
@@ -126,11 +126,15 @@ async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
 
 
 async def _upload_photo(
-    session: aiohttp.ClientSession, base_url: str, a: Accepted, seed: int
+    session: aiohttp.ClientSession,
+    base_url: str,
+    a: Accepted,
+    seed: int,
+    selfies: DistinctSelfies,
 ) -> str:
     """PUT the person's selfie as soon as the registration takes one (the photo check exists a
     moment after storage: until then the answer is 409 not-ready); the last answer, as a label."""
-    photo = await asyncio.to_thread(selfie, a.registrant.truth.photo, seed)
+    photo = await asyncio.to_thread(selfies.make, a.registrant.truth.photo, seed)
     headers = {"Authorization": f"Bearer {a.token}", "Content-Type": "image/jpeg"}
     end = time.monotonic() + UPLOAD_TIMEOUT_S
     while True:
@@ -164,6 +168,7 @@ async def _register(
     for i, p in enumerate(people):
         queue.put_nowait((i, p))
     photos = "photo" in WORKER_KINDS
+    selfies = DistinctSelfies()
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
@@ -181,7 +186,9 @@ async def _register(
                 # Right away, so that the photo check is pending before the ministries answer.
                 if photos and person.kind == "valid":
                     uploads[
-                        await _upload_photo(session, base_url, a, selfie_seed(run_seed, index))
+                        await _upload_photo(
+                            session, base_url, a, selfie_seed(run_seed, index), selfies
+                        )
                     ] += 1
 
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)

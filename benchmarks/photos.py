@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 import io
+import threading
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from skimage import data
 
-from verifiers.imaging import PhotoLimits, analyse
+from verifiers.imaging import SAME_PHOTO_MAX_DISTANCE, PhotoLimits, analyse, hamming
 
 SIDE_PX = 512
 QUALITY = 85
@@ -84,13 +86,44 @@ def selfie(kind: str, seed: int) -> bytes:
     here, and the next composition of the same seed is taken until the outcome is the one
     ``kind`` stands for, so that the demo's ground truth holds exactly.
     """
+    return _first(kind, seed, lambda _: True)
+
+
+def _first(kind: str, seed: int, accept: Callable[[str | None], bool]) -> bytes:
+    """The first composition of ``seed`` showing what ``kind`` says whose perceptual hash
+    ``accept`` takes."""
     if kind not in _OUTCOMES:
         raise ValueError(f"unknown selfie kind {kind!r}")
     for attempt in range(_ATTEMPTS):
         photo = compose(kind, seed, attempt)
-        if analyse(photo, _LIMITS).outcome == _OUTCOMES[kind]:
+        analysis = analyse(photo, _LIMITS)
+        if analysis.outcome == _OUTCOMES[kind] and accept(analysis.phash):
             return photo
     raise RuntimeError(f"no {kind} selfie for seed {seed} in {_ATTEMPTS} attempts")
+
+
+class DistinctSelfies:
+    """Selfies of which the photo check takes no two for one photo: each one's perceptual hash
+    is more than ``SAME_PHOTO_MAX_DISTANCE`` bits from every earlier one's. Random backgrounds
+    make that almost always so already, but over a few thousand selfies a pair does come
+    within the distance now and then, and a demo whose ground truth says "distinct people"
+    must not send one. Safe to use from several threads."""
+
+    def __init__(self) -> None:
+        self._hashes: list[str] = []
+        self._lock = threading.Lock()
+
+    def make(self, kind: str, seed: int) -> bytes:
+        return _first(kind, seed, self._take)
+
+    def _take(self, phash: str | None) -> bool:
+        if phash is None:
+            return True
+        with self._lock:
+            if any(hamming(phash, seen) <= SAME_PHOTO_MAX_DISTANCE for seen in self._hashes):
+                return False
+            self._hashes.append(phash)
+            return True
 
 
 def compose(kind: str, seed: int, attempt: int = 0) -> bytes:

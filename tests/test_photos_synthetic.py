@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from benchmarks.photos import compose, selfie
+from benchmarks.photos import DistinctSelfies, compose, selfie
 from verifiers.imaging import SAME_PHOTO_MAX_DISTANCE, PhotoLimits, analyse, hamming
 
 LIMITS = PhotoLimits()
@@ -47,3 +47,17 @@ def test_one_face_selfies_pass_and_are_all_distinct() -> None:
 def test_other_kinds_are_rejected_for_what_they_show(kind: str, outcome: str) -> None:
     for seed in OTHER_SEEDS:
         assert analyse(selfie(kind, seed), LIMITS).outcome == outcome, seed
+
+
+def test_distinct_selfies_never_repeat_a_photo_the_check_would_call_reused() -> None:
+    selfies = DistinctSelfies()
+    first = selfies.make("one_face", 7)
+    assert first == selfie("one_face", 7)
+    # The same seed again: its first composition is the same photo, so the next one is taken.
+    again = selfies.make("one_face", 7)
+    assert again != first
+    a, b = analyse(first, LIMITS), analyse(again, LIMITS)
+    assert b.outcome == "ok"
+    assert a.phash is not None
+    assert b.phash is not None
+    assert hamming(a.phash, b.phash) > SAME_PHOTO_MAX_DISTANCE
