@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aio_pika
+import aiohttp
 import asyncpg
 
 from core import topology
@@ -46,8 +47,11 @@ async def test_each_worker_serves_its_metrics_and_the_dispatcher_the_funnel_and_
     await eventually(lambda: _stored(db), lambda n: n == len(ids), 60)
 
     async def figures() -> dict[str, Any]:
-        persisted = await scrape(f"http://127.0.0.1:{persist_port}/metrics")
-        dispatched = await scrape(f"http://127.0.0.1:{dispatch_port}/metrics")
+        try:
+            persisted = await scrape(f"http://127.0.0.1:{persist_port}/metrics")
+            dispatched = await scrape(f"http://127.0.0.1:{dispatch_port}/metrics")
+        except aiohttp.ClientConnectionError as exc:  # a worker still starting
+            return {"unreachable": str(exc)}
         return {
             "stored": persisted.get("intake_persist_registrations_total", outcome="stored"),
             "registered": dispatched.get("intake_funnel_registrations", stage="registered"),
