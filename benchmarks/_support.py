@@ -27,7 +27,8 @@ import orjson
 import uvloop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO_ROOT / "results"
+# ``make bench`` gathers one run's results in a folder of their own (benchmarks/run.py).
+RESULTS_DIR = Path(os.environ.get("INTAKE_BENCH_RESULTS", REPO_ROOT / "results"))
 BENCH_VHOST = "intake_bench"
 BENCH_DATABASE = "intake_bench"
 
@@ -229,7 +230,7 @@ def machine_info() -> dict[str, Any]:
 
 def write_results(name: str, data: Mapping[str, Any]) -> Path:
     """Write ``results/NAME-<UTC time>.json`` and return its path."""
-    RESULTS_DIR.mkdir(exist_ok=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS_DIR / f"{name}-{stamp}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

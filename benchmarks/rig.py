@@ -118,7 +118,14 @@ class Rig:
             raise BenchError(f"intake migrate failed: {output.decode()[-2000:]}")
 
     async def start_simulators(
-        self, count: int, seed: int, today: dt.date, flags: Sequence[str]
+        self,
+        count: int,
+        seed: int,
+        today: dt.date,
+        flags: Sequence[str],
+        *,
+        invalid_share: float = 0.0,
+        duplicate_share: float = 0.0,
     ) -> None:
         ports = [f"--{name.replace('_', '-')}-port={port}" for name, port in self.ports.items()]
         self.stack.start(
@@ -127,8 +134,8 @@ class Rig:
             f"--seed={seed}",
             f"--count={count}",
             f"--today={today.isoformat()}",
-            "--invalid-share=0",
-            "--duplicate-share=0",
+            f"--invalid-share={invalid_share}",
+            f"--duplicate-share={duplicate_share}",
             *ports,
             *flags,
         )
