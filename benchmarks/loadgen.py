@@ -194,6 +194,7 @@ class Tally:
     first_answers: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     latency: HdrHistogram = field(default_factory=lambda: HdrHistogram(*_HDR_RANGE))
+    final: HdrHistogram = field(default_factory=lambda: HdrHistogram(*_HDR_RANGE))
     interval: HdrHistogram = field(default_factory=lambda: HdrHistogram(*_HDR_RANGE))
     lag: HdrHistogram = field(default_factory=lambda: HdrHistogram(*_HDR_RANGE))
     second: _Second = field(default_factory=_Second)
@@ -304,6 +305,8 @@ class Generator:
                 failures += 1
                 delay_s = min(30.0, 2.0**failures) * self._rng.uniform(0.5, 1.0)
             await asyncio.sleep(delay_s)
+        # Every registrant's last answer, whatever it was (a timeout at its timeout).
+        tally.final.record_value(_micros(done - scheduled))
         tally.done += 1
 
     async def open_loop(self, profile: Profile, start: float) -> None:
@@ -481,7 +484,10 @@ async def run(
         "answers_202_per_s": round(tally.answers["202"] / elapsed, 1),
         "answers_per_s": round(sum(tally.answers.values()) / elapsed, 1),
         "retry_after_s": {str(k): v for k, v in sorted(tally.retry_after_s.items())},
+        # From the scheduled send to the 202 (retries included), and to the final answer of
+        # every registrant whatever it was (accepted, refused, shed or failed without retry).
         "latency_ms": _summary(tally.latency),
+        "final_answer_latency_ms": _summary(tally.final),
         "latency_hdr": tally.latency.encode().decode(),
         "send_lag_ms": _summary(tally.lag),
         "max_inflight": tally.max_inflight,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import sys
 import time
@@ -123,18 +124,26 @@ class Sampler:
 def merge(
     generator: list[dict[str, Any]], sampled: list[dict[str, Any]], start_wall: float
 ) -> list[dict[str, Any]]:
-    """The generator's per-second samples with the system's, by the second they fall in."""
-    by_second: dict[int, dict[str, Any]] = {int(s["t"]): dict(s) for s in generator}
+    """The generator's per-second samples with the system's: a system sample joins the
+    generator's sample nearest in time (within half a second), or stands alone (after the
+    generator finished)."""
+    merged = [dict(s) for s in generator]
+    times = [s["t"] for s in merged]
+    alone: list[dict[str, Any]] = []
     for sample in sampled:
         t = sample["wall"] - start_wall
         if t < 0:
             continue
-        second = int(t)
-        entry = by_second.setdefault(second, {"t": round(t, 3)})
+        at = bisect.bisect_left(times, t)
+        near = [i for i in (at - 1, at) if 0 <= i < len(times) and abs(times[i] - t) <= 0.5]
+        entry = merged[min(near, key=lambda i: abs(times[i] - t))] if near else None
+        if entry is None:
+            entry = {"t": round(t, 3)}
+            alone.append(entry)
         for key in ("queues", "funnel", "ministries"):
             if key in sample:
                 entry[key] = sample[key]
-    return [by_second[k] for k in sorted(by_second)]
+    return sorted(merged + alone, key=lambda s: float(s["t"]))
 
 
 async def ceiling(work_dir: Path, connections: int, seconds: float) -> dict[str, Any]:
@@ -225,7 +234,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.worker_limits:
         base = base.replace(supervise_worker_limits=args.worker_limits)
     today = today_wib()
-    async with Rig(base, "wave", VHOST, DATABASE, work_dir) as rig:
+    async with Rig(base, "wave", args.vhost, args.database, work_dir) as rig:
         rig.stop_timeout_s = 120.0
         await rig.migrate()
         await rig.start_simulators(
@@ -321,6 +330,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             "db_connections": args.db_connections,
             "worker_limits": base.supervise_worker_limits,
             "seed": args.seed,
+            "vhost": args.vhost,
+            "database": args.database,
         },
         "ceiling": limit,
         "generator": result,
@@ -395,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-s", type=float, default=5.0, help="generator ceiling run")
     parser.add_argument("--stall-s", type=float, default=120.0, help="give up waiting after")
     parser.add_argument("--seed", type=int, default=2020, help="the population's seed")
+    parser.add_argument("--vhost", default=VHOST, help="RabbitMQ vhost (created and deleted)")
+    parser.add_argument("--database", default=DATABASE, help="database (created and dropped)")
     args = parser.parse_args(argv)
     if args.edges < 1:
         parser.error("--edges must be at least 1")
