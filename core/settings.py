@@ -41,6 +41,11 @@ class Settings:
     # Edge.
     edge_host: str = "127.0.0.1"
     edge_port: int = 8080
+    # The listen backlog: connections the kernel completes before the edge accepts them. At a
+    # wave's opening thousands of browsers connect at once; with aiohttp's default of 128 the
+    # kernel drops the SYNs beyond it and the browsers retry after 1, 3, 7 s (capped by
+    # net.core.somaxconn).
+    edge_backlog: int = 4096
     edge_max_body_bytes: int = 8 * 1024
     edge_publish_timeout_s: float = 2.0
     edge_max_pending: int = 20_000
@@ -179,6 +184,8 @@ class Settings:
             )
         if self.delivery_limit < 1:
             raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
+        if self.edge_backlog < 1:
+            raise SettingsError("INTAKE_EDGE_BACKLOG must be positive")
         if self.lane_limit_initial < 1 or self.lane_limit_fixed < 0:
             raise SettingsError("INTAKE_LANE_LIMIT_INITIAL must be positive")
         if not 0 < self.breaker_failure_rate <= 1 or self.breaker_probes < 1:

@@ -71,7 +71,13 @@ async def _serve(settings: Settings, sock: socket.socket | None) -> None:
     if sock is not None:
         site = web.SockSite(runner, sock)
     else:
-        site = web.TCPSite(runner, settings.edge_host, settings.edge_port, reuse_port=True)
+        site = web.TCPSite(
+            runner,
+            settings.edge_host,
+            settings.edge_port,
+            backlog=settings.edge_backlog,
+            reuse_port=True,
+        )
     await site.start()
     log.info("edge listening", extra={"fields": {"address": site.name}})
 

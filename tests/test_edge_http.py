@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -195,3 +196,16 @@ async def test_sigterm_finishes_what_is_in_flight_then_exits(
             lambda rows: len(rows) >= len(accepted),
         )
     assert accepted <= {r["id"] for r in stored}
+
+
+def test_the_edge_listens_with_the_configured_backlog(settings: Settings, spawn: Spawn) -> None:
+    """A wave's opening burst of connections waits in the kernel's accept queue instead of
+    being dropped (``ss`` shows a listening socket's backlog as its Send-Q)."""
+    port = free_port()
+    edge = spawn(["edge"], settings.replace(edge_port=port, edge_backlog=1500))
+    wait_until_ready(port, edge)
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert listing[0] == "LISTEN"
+    assert int(listing[2]) == 1500  # State Recv-Q Send-Q Local Peer
