@@ -210,7 +210,7 @@ EXITED = "exited processes of ours"
 OTHERS = "others (other users, kernel)"
 
 
-def cpu_by_role() -> dict[str, float]:
+def cpu_by_role(me: str = "load generator (this process)") -> dict[str, float]:
     """CPU seconds so far of the processes on this machine, by role: this benchmark (the load
     generator), each of its descendants by its ``intake`` command (``edge``, ``simulate``,
     ``supervise``, ``worker <kind>``, summed over the processes of a kind), PostgreSQL and
@@ -235,21 +235,21 @@ def cpu_by_role() -> dict[str, float]:
         parents[pid] = int(fields[1])
         cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
         reaped[pid] = (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
-    me = os.getpid()
+    me_pid = os.getpid()
     totals: collections.defaultdict[str, float] = collections.defaultdict(float)
     for pid, seconds in cpu.items():
         role = {"postgres": "postgres", "beam.smp": "rabbitmq"}.get(names[pid])
         if role is None:
             ancestor, depth = parents.get(pid, 0), 0
-            while ancestor not in (0, 1, me) and depth < 8:
+            while ancestor not in (0, 1, me_pid) and depth < 8:
                 ancestor, depth = parents.get(ancestor, 0), depth + 1
-            if pid == me:
-                role = "load generator (this process)"
-            elif ancestor == me:
+            if pid == me_pid:
+                role = me
+            elif ancestor == me_pid:
                 role = _intake_role(pid)
         if role is not None:
             totals[role] += seconds
-            if pid == me or role not in ("postgres", "rabbitmq"):
+            if pid == me_pid or role not in ("postgres", "rabbitmq"):
                 totals[EXITED] += reaped[pid]
     with open("/proc/stat") as file:
         values = [float(x) for x in file.readline().split()[1:]]
@@ -263,6 +263,8 @@ def _intake_role(pid: int) -> str:
             argv = file.read().decode(errors="replace").split("\0")
     except OSError:
         return "other descendants"
+    if any(arg.endswith("benchmarks.loadgen") for arg in argv):
+        return "load generator"
     if "core.cli" in argv:
         words = argv[argv.index("core.cli") + 1 :]
         return " ".join(words[:2]) if words[:1] == ["worker"] else (words[0] if words else "?")

@@ -121,14 +121,15 @@ class Pool:
         return f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n".encode()
 
     async def request(self, raw: bytes, timeout_s: float) -> Answer:
-        """Send ``raw`` (a complete HTTP/1.1 request) and return the answer; raises
+        """Send ``raw`` (a complete HTTP/1.1 request) and return the answer within
+        ``timeout_s``, the wait for a free connection included; raises
         :class:`ConnectionLost`, :class:`OSError` or :class:`TimeoutError`."""
-        async with self._slots:
+        async with asyncio.timeout(timeout_s), self._slots:
             protocol = self._idle.pop() if self._idle else None
             if protocol is None or protocol.closed:
-                protocol = await self._connect(timeout_s)
+                protocol = await self._connect()
             try:
-                answer: Answer = await asyncio.wait_for(protocol.send(raw), timeout_s)
+                answer: Answer = await protocol.send(raw)
             except BaseException:
                 protocol.close()
                 raise
@@ -138,11 +139,9 @@ class Pool:
                 protocol.close()
             return answer
 
-    async def _connect(self, timeout_s: float) -> _Protocol:
+    async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(_Protocol, self.host, self.port), timeout_s
-        )
+        _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
         self.opened += 1
         return protocol
 

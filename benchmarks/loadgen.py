@@ -255,11 +255,15 @@ class Generator:
         failures, first = 0, True
         while True:
             tally.second.sent += 1
+            sent = time.perf_counter()
             tally.inflight += 1
             tally.max_inflight = max(tally.max_inflight, tally.inflight)
             answer: Answer | None = None
             try:
-                answer = await self.pool.request(request, self.timeout_s)
+                # A registrant's patience runs from the click: the first attempt's from the
+                # scheduled time, its wait for a free connection included.
+                patience = self.timeout_s if not first else scheduled + self.timeout_s - sent
+                answer = await self.pool.request(request, max(0.001, patience))
                 status = str(answer.status)
             except TimeoutError:
                 status = "timeout"

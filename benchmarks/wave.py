@@ -50,6 +50,7 @@ from benchmarks._support import (
     progress,
     run_benchmark,
 )
+from benchmarks.backpressure import cores_used, cpu_by_role
 from benchmarks.funnel import queue_depths
 from benchmarks.loadgen import PROFILES, Offered, spawn
 from benchmarks.rig import Rig
@@ -60,6 +61,7 @@ from intake.validation import today_wib
 VHOST = "intake_bench_wave"
 DATABASE = "intake_bench_wave"
 MINISTRIES = ("dukcapil", "dapodik", "dtks")
+_ME = "benchmark (sampling)"
 LANES = ("dukcapil", "dapodik", "dtks", "email", "phone")
 
 
@@ -261,6 +263,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         rig.check_alive()
         sampler = Sampler(rig, ministries="dukcapil" in kinds)
         sampling = asyncio.create_task(sampler.run())
+        cpu_marks = [(time.monotonic(), cpu_by_role(_ME))]
         try:
             progress(f"  offering with {connections} connections; workers: {' '.join(kinds)}")
             offered = await spawn(
@@ -273,6 +276,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed,
             )
             result = offered.result
+            cpu_marks.append((time.monotonic(), cpu_by_role(_ME)))
             progress(
                 f"  offered: {len(offered.ids):,} accepted; answers {result['answers']}; "
                 f"waiting until all are stored"
@@ -287,6 +291,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     progress(f"  nothing stored for {args.stall_s:.0f} s: auditing now")
                     break
                 await asyncio.sleep(2.0)
+            cpu_marks.append((time.monotonic(), cpu_by_role(_ME)))
             await asyncio.sleep(1.5)  # one more sample after the last row
         finally:
             sampler.stop.set()
@@ -337,6 +342,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "generator": result,
         "figures": figures,
         "errors": errors_seen(result),
+        # Cores used by each role (PostgreSQL and RabbitMQ: all their processes).
+        "cores_used": {
+            "offering": cores_used(
+                cpu_marks[0][1], cpu_marks[1][1], cpu_marks[1][0] - cpu_marks[0][0]
+            ),
+            "offer_to_last_stored": cores_used(
+                cpu_marks[0][1], cpu_marks[-1][1], cpu_marks[-1][0] - cpu_marks[0][0]
+            ),
+        },
         "audit": checked,
         "stored_outcomes": {f"{r['status']}:{r['reason']}": int(r["n"]) for r in outcomes},
         "series": series,
@@ -373,6 +387,10 @@ def report(results: dict[str, Any]) -> str:
             "generator: ceiling / CPU share in the run",
             f"{results['ceiling']['answers_per_s']:,.0f} requests/s / "
             f"{g['generator']['cpu_share']:.2f} of CPU {g['generator']['cpus']}",
+        ],
+        [
+            "cores used while offering",
+            ", ".join(f"{role} {n:.2f}" for role, n in results["cores_used"]["offering"].items()),
         ],
         ["errors seen by registrants", str(results["errors"] or "none")],
         [
