@@ -147,6 +147,10 @@ class Settings:
     # PostgreSQL connections the supervised workers' pools may open together at most: scaling
     # up stops there (PostgreSQL allows 100 by default; the edge and tools need some too).
     supervise_db_connections: int = 80
+    # The nice value of the dispatcher and the verification lanes (not the persist worker): on
+    # a machine they share with the edge, deferrable verification yields the CPU to taking
+    # registrations (0 = the supervisor's own priority).
+    supervise_verification_nice: int = 10
     # Set by intake supervise for each worker it starts; empty = no status file.
     worker_status_file: str = ""
 
@@ -184,6 +188,8 @@ class Settings:
             )
         if self.delivery_limit < 1:
             raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
+        if not 0 <= self.supervise_verification_nice <= 19:
+            raise SettingsError("INTAKE_SUPERVISE_VERIFICATION_NICE must be in 0..19")
         if self.edge_backlog < 1:
             raise SettingsError("INTAKE_EDGE_BACKLOG must be positive")
         if self.lane_limit_initial < 1 or self.lane_limit_fixed < 0:

@@ -77,7 +77,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -619,10 +619,10 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT if output is not None else None,
-                # Its own session: a Ctrl-C at the terminal reaches the supervisor only, which
-                # stops the workers gracefully; and the workers stop if the supervisor dies.
-                start_new_session=True,
-                preexec_fn=_terminate_with_parent,
+                # Its own session (a Ctrl-C at the terminal reaches the supervisor only, which
+                # stops the workers gracefully), its priority, and the workers stop if the
+                # supervisor dies: all in _child_setup, in that order.
+                preexec_fn=_child_setup(self._nice(kind)),
             )
         finally:
             if output is not None:
@@ -633,6 +633,11 @@ class Supervisor:
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
         log.info("worker started", extra={"fields": {"kind": kind, "pid": worker.pid}})
+
+    def _nice(self, kind: str) -> int:
+        """The persist worker at the supervisor's priority (the accept path needs its queue
+        drained); the dispatcher and the lanes below it, deferrable as they are."""
+        return 0 if kind == "persist" else self._settings.supervise_verification_nice
 
     async def _watch(self, worker: Worker) -> None:
         await worker.process.wait()
@@ -871,6 +876,38 @@ def _load_prctl() -> object | None:
 
 _PRCTL = _load_prctl()
 _PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(nice: int) -> Callable[[], None]:
+    """What runs in a worker before exec: a session of its own, :func:`_terminate_with_parent`,
+    then ``nice``.
+
+    The session is made here rather than with ``start_new_session``, because uvloop runs this
+    function before libuv's own ``setsid``, and the order matters: where the kernel groups the
+    scheduling of a session's processes (``kernel.sched_autogroup_enabled``, the default of
+    Debian's kernels) a process's own nice value only orders it within that group, and every
+    session competes with the same weight: each worker would weigh as much as the edge's whole
+    session. So the worker's new session's group is niced too (``/proc/self/autogroup``, which
+    a process may do to its own group; a kernel without it has the plain nice value)."""
+    value = str(nice).encode()
+
+    def setup() -> None:
+        os.setsid()
+        _terminate_with_parent()
+        if nice:
+            os.nice(nice)
+            try:
+                fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+            except OSError:
+                return
+            try:
+                os.write(fd, value)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    return setup
 
 
 def _terminate_with_parent() -> None:

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import aio_pika
 import asyncpg
+import orjson
 import pytest
 
 from benchmarks.persist import unique_nik
@@ -473,3 +474,48 @@ def test_the_workers_do_not_outlive_a_killed_supervisor(
     process.kill()  # kill -9: the supervisor cannot stop anyone
     # The worker is told by the kernel (SIGTERM), stops gracefully and removes its file.
     asyncio.run(eventually(_status_of(run_dir / "persist-1.json"), lambda s: s is None, 60))
+
+
+def test_verification_workers_yield_the_cpu_to_the_accept_path(
+    settings: Settings, tmp_path: Path, spawn: Callable[..., Process]
+) -> None:
+    """The dispatcher and the lanes run niced, the persist worker does not: on a machine they
+    share with the edge, taking registrations comes first."""
+    run_dir = tmp_path / "run"
+    fleet = _fleet(settings, "", supervise_verification_nice=7)
+    process = spawn(["supervise", "persist", "dispatch", f"--run-dir={run_dir}"], fleet)
+    # The dispatcher writes no status file (it is always one): its pid is in the log.
+    asyncio.run(eventually(_status_of(run_dir / "persist-1.json"), bool, 60))
+    started = asyncio.run(eventually(lambda: _started(process), lambda found: len(found) == 2, 60))
+    nice = {kind: _nice_of(pid) - _nice_of(process.pid) for kind, pid in started.items()}
+    assert nice == {"persist": 0, "dispatch": 7}
+    # Each worker has a session of its own: where the kernel groups a session's scheduling,
+    # the group is niced too, or the worker's own nice value would change nothing.
+    groups = {kind: _autogroup_nice(pid) for kind, pid in started.items()}
+    if groups["persist"] is not None:
+        assert groups == {"persist": 0, "dispatch": 7}
+    assert process.terminate(60) == 0
+
+
+def _started(process: Process) -> dict[str, int]:
+    """Worker kind → pid, from the supervisor's "worker started" log lines."""
+    found = {}
+    for line in process.log().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = orjson.loads(line)
+            if entry.get("msg") == "worker started":
+                found[str(entry["kind"])] = int(entry["pid"])
+    return found
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/autogroup").read_text()  # "/autogroup-85 nice 7"
+    except OSError:
+        return None
+    return int(text.split()[-1])
+
+
+def _nice_of(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[16])  # field 19 of proc(5): the nice value
