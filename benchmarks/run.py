@@ -35,9 +35,9 @@ BENCHMARKS: tuple[tuple[str, str, list[str], str], ...] = (
     ("versus", "versus", [], "versus"),
     ("backpressure", "backpressure", ["--parts=B,C"], "backpressure"),
     ("wave-ci", "wave", ["--profile=ci"], "wave-ci"),
-    ("wave-peak", "wave", ["--profile=peak"], "wave-peak"),
-    ("wave-opening", "wave", ["--profile=opening"], "wave-opening"),
-    ("wave-day", "wave", ["--profile=day"], "wave-day"),
+    ("wave-peak", "wave", ["--profile=peak", "--edges=2"], "wave-peak"),
+    ("wave-opening", "wave", ["--profile=opening", "--edges=2"], "wave-opening"),
+    ("wave-day", "wave", ["--profile=day", "--edges=2"], "wave-day"),
 )
 
 
