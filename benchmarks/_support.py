@@ -1,7 +1,7 @@
 """Plumbing shared by the benchmark scripts: processes, ports, RabbitMQ vhosts, results.
 
 Nothing here measures anything; the measuring scripts are :mod:`benchmarks.edge`,
-:mod:`benchmarks.persist` and :mod:`benchmarks.openloop`.
+:mod:`benchmarks.persist` and :mod:`benchmarks.loadgen`.
 """
 
 from __future__ import annotations

@@ -77,13 +77,10 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import math
 import os
-import random
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +99,7 @@ from benchmarks._support import (
     progress,
     run_benchmark,
 )
+from benchmarks.loadgen import spawn
 from benchmarks.persist import cpu_seconds
 from benchmarks.population import Registrant, population
 from benchmarks.rig import Rig
@@ -210,7 +208,7 @@ EXITED = "exited processes of ours"
 OTHERS = "others (other users, kernel)"
 
 
-def cpu_by_role(me: str = "load generator (this process)") -> dict[str, float]:
+def cpu_by_role(me: str = "benchmark (this process)") -> dict[str, float]:
     """CPU seconds so far of the processes on this machine, by role: this benchmark (the load
     generator), each of its descendants by its ``intake`` command (``edge``, ``simulate``,
     ``supervise``, ``worker <kind>``, summed over the processes of a kind), PostgreSQL and
@@ -760,119 +758,6 @@ async def part_b(
 # --- part C: the wave ---------------------------------------------------------------------------
 
 
-@dataclass
-class Offer:
-    """What the open-loop generator saw."""
-
-    ids: list[str | None]
-    first: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    every: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    latencies_s: list[float] = dataclasses.field(default_factory=list)
-    lags_s: list[float] = dataclasses.field(default_factory=list)
-    retry_after_s: list[float] = dataclasses.field(default_factory=list)
-    gave_up: int = 0
-    inflight: int = 0
-    max_inflight: int = 0
-
-
-async def offer(
-    url: str,
-    bodies: Sequence[bytes],
-    rate: float,
-    *,
-    connections: int = 1024,
-    timeout_s: float = 30.0,
-    give_up_s: float = 1800.0,
-) -> tuple[Offer, float, float]:
-    """Offer ``bodies`` open loop, body ``i`` scheduled at ``start + i / rate``, each
-    registration a client of its own with a random ``Idempotency-Key``: a ``503`` is sent again
-    after its ``Retry-After``; a timeout or a connection error after an exponential backoff
-    with jitter (0.5-1 x 2^n s, at most 30 s); always with the same key, until accepted or
-    ``give_up_s`` after its scheduled time. Up to ``connections`` requests are on the wire at
-    once; a request waiting for a connection waits in the generator, with no timeout (its
-    latency still counts from its scheduled time), so that the generator's own queue never
-    turns into timeouts and retries. Returns what was seen, the wall-clock time of the first
-    scheduled send, and the seconds until the last registration was answered ``202`` (or
-    given up)."""
-    tally = Offer(ids=[None] * len(bodies))
-    connector = aiohttp.TCPConnector(limit=connections)
-    # No total timeout: it would include the wait for a pooled connection.
-    client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
-
-    async def one(session: aiohttp.ClientSession, i: int, scheduled: float) -> None:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
-        tally.lags_s.append(time.perf_counter() - scheduled)
-        first, failures = True, 0
-        while True:
-            retry_after: str | None = None
-            payload = b""
-            tally.inflight += 1
-            tally.max_inflight = max(tally.max_inflight, tally.inflight)
-            try:
-                async with session.post(url, data=bodies[i], headers=headers) as response:
-                    payload = await response.read()
-                    status = str(response.status)
-                    retry_after = response.headers.get("Retry-After")
-            except TimeoutError:
-                status = "timeout"
-            except aiohttp.ClientError as exc:
-                status = f"error:{type(exc).__name__}"
-            finally:
-                tally.inflight -= 1
-            tally.every[status] += 1
-            if first:
-                tally.first[status] += 1
-                first = False
-            if status == "202":
-                tally.ids[i] = str(orjson.loads(payload)["id"])
-                tally.latencies_s.append(time.perf_counter() - scheduled)
-                return
-            if status.isdigit() and status != "503":
-                return  # refused for good (422, 400, ...): not expected with these forms
-            if time.perf_counter() - scheduled > give_up_s:
-                tally.gave_up += 1
-                return
-            if status == "503" and retry_after is not None and retry_after.isdigit():
-                delay_s = float(retry_after)
-                tally.retry_after_s.append(delay_s)
-            else:  # no answer, or a 503 without Retry-After: back off
-                failures += 1
-                delay_s = min(30.0, 2.0**failures) * random.uniform(0.5, 1.0)
-            await asyncio.sleep(delay_s)
-
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
-        tasks: set[asyncio.Task[None]] = set()
-        start = time.perf_counter() + 0.05
-        start_wall = time.time() + (start - time.perf_counter())
-        next_report = start + 10.0
-        i, total = 0, len(bodies)
-        while i < total:
-            now = time.perf_counter()
-            due = start + i / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-                continue
-            while i < total and start + i / rate <= now:
-                task = asyncio.create_task(one(session, i, start + i / rate))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                i += 1
-            if now >= next_report:
-                progress(
-                    f"  offered {i:,}/{total:,}; answers {dict(tally.every)}; "
-                    f"in flight {tally.inflight}"
-                )
-                next_report += 10.0
-        while tasks:
-            await asyncio.wait(set(tasks), timeout=10.0)
-            if tasks:
-                progress(
-                    f"  {len(tasks):,} registrations still waiting for a 202; {dict(tally.every)}"
-                )
-        answered_s = time.perf_counter() - start
-    return tally, start_wall, answered_s
-
-
 async def watch_pipeline(
     rig: WaveRig,
     run_dir: Path,
@@ -949,7 +834,6 @@ async def part_c(
 ) -> dict[str, Any]:
     today = today_wib()
     people = population(count, seed=seed, today=today, invalid_share=0, duplicate_share=0)
-    bodies = [orjson.dumps(p.form) for p in people]
     truth_matches = sum(1 for p in people if p.truth.dukcapil == "match")
     kinds = ["persist", "dispatch", *NIK_LANES]
     flags = [flag for name, m in ministries.items() for flag in m.flags(name)]
@@ -978,14 +862,19 @@ async def part_c(
         cpu_marks: list[tuple[float, dict[str, float]]] = [(time.monotonic(), cpu_by_role())]
         try:
             progress(f"  offering {count:,} registrations at {rate:,.0f}/s")
-            tally, start_wall, answered_s = await offer(
-                f"{rig.base_url}/v1/registrations", bodies, rate
+            # The population's forms (all valid, no repeated NIK: the `peak` profile's), each
+            # registrant retrying a 503 after its Retry-After (benchmarks.loadgen).
+            offered = await spawn(
+                rig.base_url, "peak", rig.log_dir, count=count, rate=rate, seed=seed
             )
+            tally = offered.result
+            start_wall = tally["start_wall"] + (tally["first_send_s"] or 0.0)
+            answered_s = (tally["last_accepted_s"] or 0.0) - (tally["first_send_s"] or 0.0)
             cpu_marks.append((time.monotonic(), cpu_by_role()))
-            accepted = [i for i in tally.ids if i is not None]
+            accepted = offered.ids
             progress(
                 f"  offered: {len(accepted):,} accepted after {answered_s:.1f} s; first answers "
-                f"{dict(tally.first)}, all answers {dict(tally.every)}"
+                f"{tally['first_answers']}, all answers {tally['answers']}"
             )
             # Until every accepted registration has a final NIK result, or nothing moves.
             theoretical = count / ministries["dukcapil"].rate
@@ -1070,38 +959,31 @@ async def part_c(
     slowest = max(minimum, key=lambda k: minimum[k])
     last_final = nik["last"]
     measured_s = last_final.timestamp() - start_wall if last_final is not None else None
-    latencies = sorted(tally.latencies_s)
-    lags = sorted(tally.lags_s)
     cpu = [s["cpu_busy"] for s in samples if s.get("cpu_busy") is not None]
     offer_end = count / rate
+    retry_after = collections.Counter({float(k): int(v) for k, v in tally["retry_after_s"].items()})
     return {
         "count": count,
         "rate": rate,
         "ministries": {name: m.describe() for name, m in ministries.items()},
         "worker_kinds": kinds,
         "supervise_db_connections": db_budget,
-        "first_answers": dict(tally.first),
-        "all_answers": dict(tally.every),
-        "answers_503": tally.every.get("503", 0),
+        "first_answers": tally["first_answers"],
+        "all_answers": tally["answers"],
+        "answers_503": tally["answers"].get("503", 0),
         "retry_after_s": {
-            "count": len(tally.retry_after_s),
-            "median": percentile(sorted(tally.retry_after_s), 50) if tally.retry_after_s else None,
-            "max": max(tally.retry_after_s) if tally.retry_after_s else None,
+            "count": retry_after.total(),
+            "median": percentile(sorted(retry_after.elements()), 50) if retry_after else None,
+            "max": max(retry_after) if retry_after else None,
         },
-        "gave_up": tally.gave_up,
+        "gave_up": tally["outcomes"].get("gave_up", 0),
         "accepted": len(accepted),
         "all_accepted_after_s": round(answered_s, 1),
-        "accept_latency_ms": {
-            "p50": round(percentile(latencies, 50) * 1000, 1),
-            "p99": round(percentile(latencies, 99) * 1000, 1),
-            "max": round(latencies[-1] * 1000, 1) if latencies else None,
-        },
-        "send_lag_ms": {
-            "p50": round(percentile(lags, 50) * 1000, 1),
-            "p99": round(percentile(lags, 99) * 1000, 1),
-            "max": round(lags[-1] * 1000, 1) if lags else None,
-        },
-        "max_inflight": tally.max_inflight,
+        "accept_latency_ms": tally["latency_ms"],
+        "accept_latency_hdr": tally["latency_hdr"],
+        "send_lag_ms": tally["send_lag_ms"],
+        "max_inflight": tally["max_inflight"],
+        "generator_cpu_share": tally["generator"]["cpu_share"],
         "nik_final": int(nik["n"]),
         "dukcapil_matches": matches,
         "ground_truth_matches": truth_matches,

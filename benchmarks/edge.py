@@ -17,10 +17,11 @@ What is measured, in one run on a 2-core machine:
    e.g. ``git archive REV | tar -x -C DIR``; it is put first on ``PYTHONPATH``) is measured in
    the same rounds too: the cost of a change, before and after, in the same conditions.
 2. **Latency at a constant offered rate** (default 1,333 registrations/s, the seed's peak
-   minute) with :mod:`benchmarks.openloop` on core 1: p50/p90/p99/max from each request's
-   *scheduled* send time, for the edge and, as a reference, for the bare server.
-3. **The open-loop generator's own ceiling**: offered rates stepping up against the bare
-   server until it no longer keeps up, so the reader can see it was not the bottleneck.
+   minute) with :mod:`benchmarks.loadgen` on core 1 (its ``peak`` profile, no retries):
+   p50/p90/p99/max from each request's *scheduled* send time (HDR histogram), for the edge and,
+   as a reference, for the bare server.
+3. **The generator's own ceiling**: closed loop against the bare server, so the reader can see
+   it was not the bottleneck.
 
 Isolation: a dedicated RabbitMQ vhost ``intake_bench``, created at the start and deleted at the
 end (also on failure); the queue is purged between runs. The edge runs with
@@ -197,37 +198,39 @@ def run_wrk(
 
 
 def run_openloop(
-    target: Target, rate: float, duration_s: float, timeout_s: float = 5.0
+    target: Target, rate: float, duration_s: float, timeout_s: float = 5.0, **more: str
 ) -> dict[str, Any]:
-    """One open-loop run on the load core; returns :func:`benchmarks.openloop.run_open_loop`."""
-    command = [
-        "taskset",
-        "-c",
-        LOAD_CPU,
-        sys.executable,
-        "-m",
-        "benchmarks.openloop",
-        "--url",
-        target.url,
-        "--rate",
-        f"{rate:g}",
-        "--duration",
-        f"{duration_s:g}",
-        "--timeout",
-        f"{timeout_s:g}",
-        "--json",
-    ]
-    result = subprocess.run(
-        command,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=duration_s + 4 * timeout_s + 60,
-        check=False,
-    )
-    target.check_alive()
-    if result.returncode != 0:
-        raise BenchError(f"openloop failed with {result.returncode}")
-    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    """One :mod:`benchmarks.loadgen` run on the load core (``peak`` at ``rate`` for
+    ``duration_s``, no retries; ``more``: other flags, e.g. ``ceiling``); returns its result."""
+    with tempfile.TemporaryDirectory(prefix="intake-bench-loadgen-") as work:
+        out = Path(work) / "result.json"
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.loadgen",
+            f"--url=http://127.0.0.1:{target.port}",
+            "--profile=peak",
+            f"--count={max(1, round(rate * duration_s))}",
+            f"--rate={rate:g}",
+            "--connections=256",
+            "--no-retry",
+            f"--timeout={timeout_s:g}",
+            f"--cpu={LOAD_CPU}",
+            f"--out={out}",
+            *(f"--{flag}={value}" for flag, value in more.items()),
+        ]
+        result = subprocess.run(
+            command,
+            stdout=subprocess.DEVNULL,
+            timeout=duration_s + 4 * timeout_s + 120,
+            check=False,
+        )
+        target.check_alive()
+        if result.returncode != 0:
+            raise BenchError(f"the load generator failed with {result.returncode}")
+        data: dict[str, Any] = json.loads(out.read_text())
+    data.pop("series", None)
+    data.pop("latency_hdr", None)
     data["target"] = target.name
     return data
 
@@ -252,12 +255,12 @@ def _fmt_rate(value: float) -> str:
 
 
 def _fmt_latency(result: dict[str, Any]) -> str:
-    lat = result["latency_ms"]
+    lat = result["final_answer_latency_ms"]
     return f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f} / {lat['max']:.1f}"
 
 
 def _fmt_statuses(result: dict[str, Any]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in result["statuses"].items())
+    return ", ".join(f"{k}: {v}" for k, v in result["answers"].items())
 
 
 def report(results: dict[str, Any]) -> str:
@@ -312,9 +315,10 @@ def report(results: dict[str, Any]) -> str:
     )
     rows.append(
         [
-            f"open loop at {rate:,.0f}/s: achieved send rate / generator lag p99 (ms)",
+            f"open loop at {rate:,.0f}/s: generator send lag p99 (ms) / its CPU share",
             *(
-                f"{latency[n]['send_rate']:,.0f} / {latency[n]['send_lag_ms']['p99']:.2f}"
+                f"{latency[n]['send_lag_ms']['p99']:.2f} / "
+                f"{latency[n]['generator']['cpu_share']:.2f}"
                 if n in latency
                 else "-"
                 for n in names
@@ -342,42 +346,25 @@ def report(results: dict[str, Any]) -> str:
             f"against bare's {medians['bare']:,.0f} 202/s"
         )
     ceiling = results["generator_ceiling"]
-    steps = ", ".join(
-        f"{s['offered_rate']:,.0f} -> {s['completed_in_window_rate']:,.0f}"
-        f" (lag p99 {s['send_lag_ms']['p99']:.1f} ms)"
-        for s in ceiling["steps"]
-    )
     ratio_lines.append(
-        f"open-loop generator ceiling (against bare, offered -> answered/s): {steps}; "
-        f"kept up to {ceiling['kept_up_to']:,.0f}/s "
-        f"({ceiling['kept_up_to'] / rate:.1f}x the latency run's rate)"
+        f"load generator ceiling (closed loop against bare, 256 connections): "
+        f"{ceiling['answers_per_s']:,.0f} requests/s at {ceiling['cpu_share']:.2f} of its CPU, "
+        f"{ceiling['answers_per_s'] / rate:.1f}x the latency run's rate"
     )
     return table + "\n\n" + "\n".join(f"- {line}" for line in ratio_lines)
 
 
-def generator_ceiling(target: Target, base_rate: float, step_s: float) -> dict[str, Any]:
-    """Step the offered rate up until the generator no longer delivers 95 % of it."""
-    steps: list[dict[str, Any]] = []
-    kept_up_to = 0.0
-    for factor in (2, 2.5, 3, 4, 6, 8):
-        rate = base_rate * factor
-        progress(f"generator ceiling: offering {rate:,.0f}/s to bare for {step_s:g} s")
-        result = run_openloop(target, rate, step_s, timeout_s=2.0)
-        steps.append(result)
-        ok = (
-            result["completed_in_window_rate"] >= 0.95 * rate
-            and result["unfinished"] == 0
-            and set(result["statuses"]) == {"202"}
-        )
-        progress(
-            f"  answered {result['completed_in_window_rate']:,.0f}/s within the window, "
-            f"send lag p99 {result['send_lag_ms']['p99']:.1f} ms: "
-            + ("kept up" if ok else "did not keep up")
-        )
-        if not ok:
-            break
-        kept_up_to = rate
-    return {"kept_up_to": kept_up_to, "steps": steps}
+def generator_ceiling(target: Target, seconds: float) -> dict[str, Any]:
+    """The load generator closed loop against the bare server for ``seconds``."""
+    progress(f"generator ceiling: closed loop against bare for {seconds:g} s")
+    result = run_openloop(target, 1.0, 1.0, timeout_s=2.0, ceiling=f"{seconds:g}")
+    figures = {
+        "answers_per_s": result["answers_202_per_s"],
+        "cpu_share": result["generator"]["cpu_share"],
+        "answers": result["answers"],
+    }
+    progress(f"  {figures['answers_per_s']:,.0f} requests/s, CPU {figures['cpu_share']:.2f}")
+    return figures
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -472,7 +459,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if target.name != "bare":
                     purge_queue(BENCH_VHOST, PERSIST_QUEUE)
 
-            ceiling = generator_ceiling(targets[0], args.rate, args.ceiling_step)
+            ceiling = generator_ceiling(targets[0], args.ceiling_s)
         finally:
             for target in reversed(targets):
                 code = stop_process(target.process)
@@ -542,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-duration", type=float, default=20.0, help="seconds of the open-loop run"
     )
     parser.add_argument(
-        "--ceiling-step", type=float, default=3.0, help="seconds per generator-ceiling step"
+        "--ceiling-s", type=float, default=5.0, help="seconds of the generator-ceiling run"
     )
     parser.add_argument(
         "--access-log",
