@@ -44,6 +44,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from core.funnel import STAGES
+
 __all__ = ["compare", "rates", "render", "values"]
 
 FIGSIZE_IN = (10.0, 4.0)
@@ -51,16 +53,7 @@ DPI = 100
 TIME_LABEL = "time since first scheduled request (s)"
 
 # Funnel stages in the order a registration goes through them; unknown stages follow.
-FUNNEL_STAGES = (
-    "registered",
-    "email_verified",
-    "phone_verified",
-    "nik_verified",
-    "photo_verified",
-    "verified",
-    "rejected",
-    "review",
-)
+FUNNEL_STAGES = STAGES
 
 Series = Sequence[Mapping[str, Any]]
 

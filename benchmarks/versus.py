@@ -89,7 +89,7 @@ from benchmarks._support import (
 from benchmarks.backpressure import Ministry, calibrate, part_a, sim_stats
 from benchmarks.loadgen import PROFILES, Offered, spawn
 from benchmarks.rig import Rig
-from benchmarks.wave import Sampler, audit, merge
+from benchmarks.wave import Sampler, audit, merge, start_system, wait_stored
 from core.settings import Settings
 from intake.validation import today_wib
 
@@ -199,18 +199,7 @@ async def run_edge(
         rig.stop_timeout_s = 120.0
         await rig.migrate()
         await start_simulators(rig, args, ministry)
-        run_dir = rig.log_dir / "run"
-        run_dir.mkdir()
-        rig.stack.start(
-            "supervise",
-            "supervise",
-            *EDGE_KINDS,
-            f"--run-dir={run_dir}",
-            f"--log-dir={rig.log_dir / 'workers'}",
-        )
-        await rig.start_edge()
-        await asyncio.sleep(3)  # the first workers open their pools and queues
-        rig.check_alive()
+        await start_system(rig, EDGE_KINDS)
         sampler = Sampler(rig, ministries=True)
         sampling = asyncio.create_task(sampler.run())
         try:
@@ -220,16 +209,7 @@ async def run_edge(
                 f"  edge: {len(offered.ids):,} accepted; answers "
                 f"{offered.result['first_answers']}; waiting until all are stored"
             )
-            last, moved = -1, time.monotonic()
-            while sampler.stored < len(offered.ids):
-                rig.check_alive()
-                if sampler.stored != last:
-                    last, moved = sampler.stored, time.monotonic()
-                elif time.monotonic() - moved > args.stall_s:
-                    progress(f"  edge: nothing stored for {args.stall_s:.0f} s: auditing now")
-                    break
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(1.5)  # one more sample after the last row
+            await wait_stored(rig, sampler, len(offered.ids), args.stall_s)
         finally:
             sampler.stop.set()
             await sampling

@@ -33,6 +33,7 @@ import contextlib
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,41 @@ async def ceiling(work_dir: Path, connections: int, seconds: float) -> dict[str,
     }
 
 
+async def start_system(rig: Rig, kinds: Sequence[str], edges: int = 1) -> None:
+    """``intake supervise KINDS`` and ``edges`` edge processes sharing the port, as an
+    operator starts them, once the simulators run."""
+    run_dir = rig.log_dir / "run"
+    run_dir.mkdir()
+    rig.stack.start(
+        "supervise",
+        "supervise",
+        *kinds,
+        f"--run-dir={run_dir}",
+        f"--log-dir={rig.log_dir / 'workers'}",
+    )
+    await rig.start_edge()
+    for extra in range(1, edges):
+        rig.stack.start(f"edge-{extra + 1}", "edge")
+    await asyncio.sleep(3)  # the first workers open their pools and queues
+    rig.check_alive()
+
+
+async def wait_stored(rig: Rig, sampler: Sampler, accepted: int, stall_s: float) -> None:
+    """Until the sampler has seen ``accepted`` registrations stored, or none more for
+    ``stall_s``; then one more sample."""
+    last, moved = -1, time.monotonic()
+    while sampler.stored < accepted:
+        rig.check_alive()
+        if sampler.stored != last:
+            last, moved = sampler.stored, time.monotonic()
+            progress(f"  stored {sampler.stored:,}/{accepted:,}")
+        elif time.monotonic() - moved > stall_s:
+            progress(f"  nothing stored for {stall_s:.0f} s: auditing now")
+            break
+        await asyncio.sleep(2.0)
+    await asyncio.sleep(1.5)  # one more sample after the last row
+
+
 async def audit(pool: asyncpg.Pool, offered: Offered) -> dict[str, Any]:
     """Every 202 id stored exactly once, nothing stored that was not answered 202."""
     rows = await pool.fetch("SELECT id::text AS id FROM registrations")
@@ -247,20 +283,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             invalid_share=profile.invalid_share,
             duplicate_share=profile.duplicate_share,
         )
-        run_dir = rig.log_dir / "run"
-        run_dir.mkdir()
-        rig.stack.start(
-            "supervise",
-            "supervise",
-            *kinds,
-            f"--run-dir={run_dir}",
-            f"--log-dir={rig.log_dir / 'workers'}",
-        )
-        await rig.start_edge()
-        for extra in range(1, args.edges):
-            rig.stack.start(f"edge-{extra + 1}", "edge")
-        await asyncio.sleep(3)  # the first workers open their pools and queues
-        rig.check_alive()
+        await start_system(rig, kinds, args.edges)
         sampler = Sampler(rig, ministries="dukcapil" in kinds)
         sampling = asyncio.create_task(sampler.run())
         cpu_marks = [(time.monotonic(), cpu_by_role(_ME))]
@@ -281,18 +304,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 f"  offered: {len(offered.ids):,} accepted; answers {result['answers']}; "
                 f"waiting until all are stored"
             )
-            last, moved = -1, time.monotonic()
-            while sampler.stored < len(offered.ids):
-                rig.check_alive()
-                if sampler.stored != last:
-                    last, moved = sampler.stored, time.monotonic()
-                    progress(f"  stored {sampler.stored:,}/{len(offered.ids):,}")
-                elif time.monotonic() - moved > args.stall_s:
-                    progress(f"  nothing stored for {args.stall_s:.0f} s: auditing now")
-                    break
-                await asyncio.sleep(2.0)
+            await wait_stored(rig, sampler, len(offered.ids), args.stall_s)
             cpu_marks.append((time.monotonic(), cpu_by_role(_ME)))
-            await asyncio.sleep(1.5)  # one more sample after the last row
         finally:
             sampler.stop.set()
             await sampling
