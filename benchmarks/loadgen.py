@@ -202,7 +202,6 @@ class Tally:
     inflight: int = 0
     max_inflight: int = 0
     scheduled: int = 0
-    done: int = 0
     first_send: float | None = None
     last_accepted: float | None = None
 
@@ -311,7 +310,6 @@ class Generator:
             await asyncio.sleep(delay_s)
         # Every registrant's last answer, whatever it was (a timeout at its timeout).
         tally.final.record_value(_micros(done - scheduled))
-        tally.done += 1
 
     async def open_loop(self, profile: Profile, start: float) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -459,6 +457,7 @@ async def run(
             for registration_id in tally.ids:
                 if registration_id is not None:
                     out.write(registration_id + "\n")
+    accepted = sum(1 for i in tally.ids if i is not None)
     expected = Counter(
         "valid" if p.kind in ("valid", "duplicate") else "invalid"
         for p in people[: tally.scheduled]
@@ -483,8 +482,8 @@ async def run(
         "answers": dict(sorted(tally.answers.items())),
         "first_answers": dict(sorted(tally.first_answers.items())),
         "outcomes": dict(sorted(tally.outcomes.items())),
-        "accepted": sum(1 for i in tally.ids if i is not None),
-        "accepted_per_s": round(sum(1 for i in tally.ids if i is not None) / elapsed, 1),
+        "accepted": accepted,
+        "accepted_per_s": round(accepted / elapsed, 1),
         "answers_202_per_s": round(tally.answers["202"] / elapsed, 1),
         "answers_per_s": round(sum(tally.answers.values()) / elapsed, 1),
         "retry_after_s": {str(k): v for k, v in sorted(tally.retry_after_s.items())},

@@ -33,7 +33,7 @@ BENCHMARKS: tuple[tuple[str, str, list[str], str], ...] = (
     ("persist", "persist", [], "persist"),
     ("verification", "verification", [], "verification"),
     ("versus", "versus", [], "versus"),
-    ("backpressure", "backpressure", ["--parts=B,C"], "backpressure"),
+    ("backpressure", "backpressure", [], "backpressure"),
     ("wave-ci", "wave", ["--profile=ci"], "wave-ci"),
     ("wave-peak", "wave", ["--profile=peak", "--edges=2"], "wave-peak"),
     ("wave-opening", "wave", ["--profile=opening", "--edges=2"], "wave-opening"),
@@ -65,6 +65,7 @@ def summarise(folder: Path, exit_codes: dict[str, int]) -> tuple[str, dict[str, 
     """The summary tables of one run, and their figures."""
     edge = _load(folder, "edge")
     versus = _load(folder, "versus")
+    backpressure = _load(folder, "backpressure")
     day = _load(folder, "wave-day")
     figures: dict[str, Any] = {"machine": machine_info(), "exit_codes": exit_codes}
     sections: list[str] = []
@@ -101,7 +102,7 @@ def summarise(folder: Path, exit_codes: dict[str, int]) -> tuple[str, dict[str, 
                 f"{_num(ratios.get('final_answer_p99_edge_over_naive'), 3)} (goal < 1)",
             ]
         )
-    lanes = _get(versus, "parts", "lanes")
+    lanes = _get(backpressure, "parts", "A")
     if lanes is not None:
         for key in ("adaptive", "fixed_high", "fixed_low"):
             lane = lanes.get(key, {})

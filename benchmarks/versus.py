@@ -1,9 +1,8 @@
-"""The design against its alternatives, side by side in one run.
+"""The design against its alternative, side by side in one run: the edge versus the naive
+synchronous design under a slow ministry. (The adaptive lanes against fixed concurrency limits:
+:mod:`benchmarks.backpressure`, Part A.)
 
-The edge versus the naive synchronous design under a slow ministry (part ``naive``), and the
-adaptive lane versus fixed concurrency limits toward a ministry (part ``lanes``).
-
-**Part naive.** Dukcapil is slow: ``--capacity`` calls served at once (default 10), each taking
+Dukcapil is slow: ``--capacity`` calls served at once (default 10), each taking
 ``--latency-ms`` (default 200 ms, fixed), 50 calls/s; what it cannot serve at once waits in its
 queue (``--queue-limit``, default 10,000; ``503`` beyond), so its answers slow down as the calls
 pile up, as the ministries' did in 2020. (With a short queue, e.g. ``--queue-limit 5``, it
@@ -41,13 +40,6 @@ second edge / naive (the goal: >= 20) and the p99 of the final answers, edge / n
 below 1). Plots: each run over time (:func:`benchmarks.plots.render`) and both side by side
 (:func:`benchmarks.plots.compare`).
 
-**Part lanes.** :mod:`benchmarks.backpressure`'s Part A as it is, with its defaults: ONE
-Dukcapil lane worker drains a backlog of 40 s at the capacity of a ministry of 10 calls at once,
-100 ms fixed latency, a queue of 5 (100 calls/s), with the adaptive limit, a fixed limit too high
-and one too low, after its calibration against a fast simulator. Reported: goodput as a share of
-the capacity, rejected share, breaker openings, drain time (see that module for how each is
-measured).
-
 Writes ``results/versus-<time>.json`` and PNG plots in ``results/<name>/`` (``name`` in the
 JSON: the time the run started): ``naive-accepted.png`` and ``naive-latency.png`` compare the
 two systems, ``edge-run-*.png`` and ``naive-run-*.png`` show each run alone. Prints a markdown
@@ -56,8 +48,8 @@ report. Exits 1 if a loss audit fails: a registration answered ``202`` not store
 registrant gave up before its ``202`` is reported, not failed (that is the design's own flaw).
 Never because of a time.
 
-    .venv/bin/python -m benchmarks.versus [--parts naive,lanes] [--count 20000] [--rate 1333]
-    .venv/bin/python -m benchmarks.versus --parts naive --count 4000   # smaller
+    .venv/bin/python -m benchmarks.versus [--count 20000] [--rate 1333]
+    .venv/bin/python -m benchmarks.versus --count 4000   # smaller
 """
 
 from __future__ import annotations
@@ -86,7 +78,7 @@ from benchmarks._support import (
     progress,
     run_benchmark,
 )
-from benchmarks.backpressure import Ministry, calibrate, part_a, sim_stats
+from benchmarks.backpressure import Ministry, sim_stats
 from benchmarks.loadgen import PROFILES, Offered, spawn
 from benchmarks.rig import Rig
 from benchmarks.wave import Sampler, audit, merge, start_system, wait_stored
@@ -97,14 +89,8 @@ VHOST = "intake_bench_versus"
 DATABASE = "intake_bench_versus"
 PROFILE = "peak"  # all valid, no repeated NIK, a constant rate
 EDGE_KINDS = ("persist", "dispatch", "dukcapil")
-PARTS = ("naive", "lanes")
 NAIVE_DRAIN_S = 10.0
 QUIET_S = 3.0  # naive: done once nothing was stored and nothing was at the ministry for this long
-
-# Part lanes: backpressure.py's Part A with the defaults of its command line.
-LANES_MINISTRY = Ministry(capacity=10, latency_ms=100.0, queue_limit=5)
-LANES_BACKLOG_S = 40.0
-LANES_SEED = 11
 
 
 # --- part naive ---------------------------------------------------------------------------------
@@ -427,22 +413,6 @@ async def part_naive(base: Settings, args: argparse.Namespace, name: str) -> dic
     }
 
 
-# --- part lanes ---------------------------------------------------------------------------------
-
-
-async def part_lanes(base: Settings) -> dict[str, Any]:
-    backlog = math.ceil(LANES_MINISTRY.rate * LANES_BACKLOG_S)
-    progress(f"part lanes: backpressure.py's Part A, {backlog:,} tasks")
-    calibration = await calibrate(base, LANES_MINISTRY, backlog, LANES_SEED)
-    return {
-        "ministry": LANES_MINISTRY.describe(),
-        "backlog_s": LANES_BACKLOG_S,
-        "backlog_tasks": backlog,
-        "seed": LANES_SEED,
-        "calibration": calibration,
-    } | await part_a(base, LANES_MINISTRY, backlog, LANES_SEED)
-
-
 # --- the run and the report ---------------------------------------------------------------------
 
 
@@ -450,18 +420,13 @@ async def measure(args: argparse.Namespace, command: str) -> dict[str, Any]:
     base = Settings.from_env()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     name = f"versus-{stamp}"
-    parts: dict[str, Any] = {}
-    if "naive" in args.parts:
-        parts["naive"] = await part_naive(base, args, name)
-    if "lanes" in args.parts:
-        parts["lanes"] = await part_lanes(base)
+    parts = {"naive": await part_naive(base, args, name)}
     return {
         "benchmark": "versus",
         "name": name,
         "machine": machine_info(),
         "command": command,
         "config": {
-            "parts": [p for p in PARTS if p in args.parts],
             "profile": PROFILE,
             "count": args.count,
             "rate": args.rate,
@@ -590,64 +555,28 @@ def report_naive(n: dict[str, Any]) -> str:
     return text
 
 
-def report_lanes(lanes: dict[str, Any]) -> str:
-    m, cal = lanes["ministry"], lanes["calibration"]
-    head = (
-        f"**Part lanes** (backpressure.py Part A: Dukcapil {m['capacity']} at once, "
-        f"{m['latency_ms']:g} ms fixed, queue {m['queue_limit']}, 503 beyond: "
-        f"{m['calls_per_s']:g} calls/s; {lanes['backlog_tasks']:,} tasks; one lane worker). "
-        f"Calibration: the worker alone made {cal['worker_calls_per_s']:,.0f} calls/s against a "
-        f"fast simulator = {cal['over_capacity']:.2f} x the capacity.\n"
-    )
-    rows = []
-    for key in ("adaptive", "fixed_high", "fixed_low"):
-        a = lanes[key]
-        rows.append(
-            [
-                a["limit"],
-                f"**{a['goodput_share']:.1%}** ({a['goodput_per_s']:,.1f}/s)",
-                f"{a['rejected_share']:.2%} ({a['rejected_overload']:,}/{a['calls']:,})",
-                str(a["breaker_opened"]),
-                f"{a['drain_s']} s" if a["drain_s"] is not None else "not drained",
-            ]
-        )
-    return (
-        head
-        + "\n"
-        + markdown_table(
-            ["limit", "goodput / capacity", "rejected share", "breaker openings", "drain time"],
-            rows,
-        )
-    )
-
-
 def report(results: dict[str, Any]) -> str:
     parts = results["parts"]
-    out = []
-    if "naive" in parts:
-        out.append(report_naive(parts["naive"]))
-    if "lanes" in parts:
-        out.append(report_lanes(parts["lanes"]))
+    out = [report_naive(parts["naive"])]
     machine = results["machine"]
     out.append(
         f"Machine: Python {machine['python']}, {machine['cpus']} CPUs, load average "
         + " / ".join(f"{x:.2f}" for x in machine["loadavg"])
         + f", {machine['time']}."
     )
-    commands = [f"    {results['command']}"]
-    if "naive" in parts:
-        n, cfg = parts["naive"], results["config"]
-        ministry = Ministry(cfg["capacity"], cfg["latency_ms"], cfg["queue_limit"])
-        commands += [
-            f"    intake simulate --seed={cfg['seed']} --count={cfg['count']} "
-            f"--invalid-share=0 --duplicate-share=0 {' '.join(ministry.flags('dukcapil'))}",
-            f"    intake supervise {' '.join(EDGE_KINDS)}; intake edge",
-            f"    python -m benchmarks.naive --pool-size={n['pool_size']} "
-            f"--ministry-timeout={n['ministry_timeout_s']:g} --database-url=... --dukcapil-url=...",
-            f"    python -m benchmarks.loadgen --profile={PROFILE} --count={cfg['count']} "
-            f"--rate={cfg['rate']:g} --connections={cfg['connections']} --no-retry "
-            f"--timeout={cfg['timeout_s']:g} --seed={cfg['seed']} --url=...",
-        ]
+    n, cfg = parts["naive"], results["config"]
+    ministry = Ministry(cfg["capacity"], cfg["latency_ms"], cfg["queue_limit"])
+    commands = [
+        f"    {results['command']}",
+        f"    intake simulate --seed={cfg['seed']} --count={cfg['count']} "
+        f"--invalid-share=0 --duplicate-share=0 {' '.join(ministry.flags('dukcapil'))}",
+        f"    intake supervise {' '.join(EDGE_KINDS)}; intake edge",
+        f"    python -m benchmarks.naive --pool-size={n['pool_size']} "
+        f"--ministry-timeout={n['ministry_timeout_s']:g} --database-url=... --dukcapil-url=...",
+        f"    python -m benchmarks.loadgen --profile={PROFILE} --count={cfg['count']} "
+        f"--rate={cfg['rate']:g} --connections={cfg['connections']} --no-retry "
+        f"--timeout={cfg['timeout_s']:g} --seed={cfg['seed']} --url=...",
+    ]
     out.append("Commands:\n\n" + "\n".join(commands))
     return "\n\n".join(out)
 
@@ -657,7 +586,6 @@ def main(argv: list[str] | None = None) -> int:
         description=(__doc__ or "").splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--parts", default=",".join(PARTS), help="which parts: naive, lanes")
     parser.add_argument("--count", type=int, default=20_000, help="naive: registrations offered")
     parser.add_argument("--rate", type=float, default=1333.0, help="naive: offered per second")
     parser.add_argument("--connections", type=int, default=1024, help="naive: on the wire")
@@ -676,9 +604,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=2020, help="naive: the population's seed")
     args = parser.parse_args(argv)
-    args.parts = {p.strip().lower() for p in args.parts.split(",") if p.strip()}
-    if not args.parts or not args.parts <= set(PARTS):
-        parser.error(f"--parts: a comma-separated subset of {', '.join(PARTS)}")
     if args.count < 10 or args.rate <= 0 or args.connections < 1 or args.timeout <= 0:
         parser.error("--count >= 10, --rate > 0, --connections >= 1, --timeout > 0")
     if args.capacity < 1 or args.latency_ms <= 0 or args.queue_limit < 0 or args.pool_size < 1:
@@ -689,16 +614,15 @@ def main(argv: list[str] | None = None) -> int:
     code, results = run_benchmark("versus", lambda: measure(args, command), report)
     if results is None:
         return code
-    naive = results["parts"].get("naive")
-    if naive is not None:
-        failed = [
-            label
-            for label, run in (("edge", naive["edge"]), ("naive", naive["naive"]))
-            if lost(run["audit"]) or (label == "edge" and not run["audit"]["verified"])
-        ]
-        if failed:
-            print(f"benchmarks.versus: the loss audit failed: {failed}", file=sys.stderr)
-            return 1
+    naive = results["parts"]["naive"]
+    failed = [
+        label
+        for label, run in (("edge", naive["edge"]), ("naive", naive["naive"]))
+        if lost(run["audit"]) or (label == "edge" and not run["audit"]["verified"])
+    ]
+    if failed:
+        print(f"benchmarks.versus: the loss audit failed: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
