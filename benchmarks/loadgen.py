@@ -8,10 +8,11 @@ HDR histogram (``hdrhistogram``: every value kept to 3 significant digits from 1
 hour; the encoded histogram is in the result, so any percentile can be read back later).
 
 A registrant behaves as a person with a browser: a ``503`` is sent again after its
-``Retry-After`` with the same ``Idempotency-Key``; a timeout or a broken connection after an
-exponential backoff with jitter; a ``422`` is final (the form is wrong, as the population says
-it is); up to ``--connections`` requests are on the wire at once, the others wait in the
-generator (their wait counts in their latency).
+``Retry-After`` with the same ``Idempotency-Key``; a request not answered within the person's
+patience (``--timeout``, 10 s, counted from the click) is abandoned and, like a broken
+connection, sent again after an exponential backoff with jitter (pressing refresh); a ``422`` is
+final (the form is wrong, as the population says it is); up to ``--connections`` requests are on
+the wire at once, the others wait in the generator (their wait counts in their latency).
 
 Profiles (``--count`` and ``--rate`` scale them):
 
@@ -199,6 +200,10 @@ class Tally:
     lag: HdrHistogram = field(default_factory=lambda: HdrHistogram(*_HDR_RANGE))
     second: _Second = field(default_factory=_Second)
     retry_after_s: Counter[int] = field(default_factory=Counter)
+    # Every registrant's first answer, whatever it was, from the scheduled send.
+    first: HdrHistogram = field(default_factory=lambda: HdrHistogram(*_HDR_RANGE))
+    # How many registrants needed how many attempts (first try and retries).
+    attempts: Counter[int] = field(default_factory=Counter)
     inflight: int = 0
     max_inflight: int = 0
     scheduled: int = 0
@@ -220,7 +225,7 @@ class Generator:
         people: Sequence[Registrant],
         *,
         retry: bool = True,
-        timeout_s: float = 30.0,
+        timeout_s: float = 10.0,
         give_up_s: float = 1800.0,
     ) -> None:
         self.pool = pool
@@ -251,8 +256,9 @@ class Generator:
         tally.second.offered += 1
         expected_valid = self.people[index].kind in ("valid", "duplicate")
         request = self._request(index, uuid.uuid4().hex.encode())
-        failures, first = 0, True
+        failures, first, attempts = 0, True, 0
         while True:
+            attempts += 1
             tally.second.sent += 1
             sent = time.perf_counter()
             tally.inflight += 1
@@ -274,6 +280,7 @@ class Generator:
             tally.answers[status] += 1
             if first:
                 tally.first_answers[status] += 1
+                tally.first.record_value(_micros(done - scheduled))
                 first = False
             tally.interval.record_value(_micros(done - scheduled))
             if answer is not None and answer.status == 202:
@@ -310,6 +317,7 @@ class Generator:
             await asyncio.sleep(delay_s)
         # Every registrant's last answer, whatever it was (a timeout at its timeout).
         tally.final.record_value(_micros(done - scheduled))
+        tally.attempts[attempts] += 1
 
     async def open_loop(self, profile: Profile, start: float) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -357,6 +365,18 @@ def _summary(histogram: HdrHistogram) -> dict[str, float | None]:
         "p99": histogram.get_value_at_percentile(99) / 1000,
         "p99.9": histogram.get_value_at_percentile(99.9) / 1000,
         "max": histogram.get_max_value() / 1000,
+    }
+
+
+def _attempts(counts: Counter[int]) -> dict[str, Any]:
+    """Attempts per registrant (first try and retries): mean, max, and how many needed each."""
+    registrants = sum(counts.values())
+    return {
+        "mean": round(sum(n * c for n, c in counts.items()) / registrants, 3)
+        if registrants
+        else None,
+        "max": max(counts) if counts else None,
+        "registrants_by_attempts": {str(n): counts[n] for n in sorted(counts)},
     }
 
 
@@ -413,9 +433,10 @@ async def run(
     *,
     seed: int = 2020,
     retry: bool = True,
-    timeout_s: float = 30.0,
+    timeout_s: float = 10.0,
     ceiling_s: float | None = None,
     ids_path: Path | None = None,
+    give_up_s: float = 1800.0,
 ) -> dict[str, Any]:
     """Run ``profile`` against ``url`` (the edge's base URL) and return the result."""
     parts = urllib.parse.urlsplit(url)
@@ -428,7 +449,9 @@ async def run(
         duplicate_share=profile.duplicate_share,
     )
     pool = Pool(host, port, profile.connections)
-    generator = Generator(pool, "/v1/registrations", people, retry=retry, timeout_s=timeout_s)
+    generator = Generator(
+        pool, "/v1/registrations", people, retry=retry, timeout_s=timeout_s, give_up_s=give_up_s
+    )
     series: list[dict[str, Any]] = []
     stop = asyncio.Event()
     cpu_start = time.process_time()
@@ -491,6 +514,9 @@ async def run(
         # every registrant whatever it was (accepted, refused, shed or failed without retry).
         "latency_ms": _summary(tally.latency),
         "final_answer_latency_ms": _summary(tally.final),
+        "first_answer_latency_ms": _summary(tally.first),
+        "attempts": _attempts(tally.attempts),
+        "timeouts": tally.answers["timeout"],
         "latency_hdr": tally.latency.encode().decode(),
         "send_lag_ms": _summary(tally.lag),
         "max_inflight": tally.max_inflight,
@@ -512,8 +538,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None, help="peak rate (scales the shape)")
     parser.add_argument("--connections", type=int, default=None, help="requests on the wire")
     parser.add_argument("--seed", type=int, default=2020, help="the population's seed")
-    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, s")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="patience: a request not answered by then is abandoned and sent again, s",
+    )
     parser.add_argument("--no-retry", action="store_true", help="the first answer is final")
+    parser.add_argument(
+        "--give-up", type=float, default=1800.0, help="a registrant stops retrying after this, s"
+    )
     parser.add_argument(
         "--ceiling", type=float, default=None, metavar="S", help="closed loop for S seconds"
     )
@@ -536,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=args.timeout,
                 ceiling_s=args.ceiling,
                 ids_path=args.ids,
+                give_up_s=args.give_up,
             )
         )
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
@@ -564,9 +599,10 @@ async def spawn(
     connections: int | None = None,
     seed: int = 2020,
     retry: bool = True,
-    timeout_s: float = 30.0,
+    timeout_s: float = 10.0,
     ceiling_s: float | None = None,
     cpu: int | None = None,
+    give_up_s: float | None = None,
 ) -> Offered:
     """Run the generator as a process of its own (pinned to one CPU, its progress on this
     process's stderr) and return what it saw."""
@@ -581,6 +617,7 @@ async def spawn(
         ("connections", connections),
         ("ceiling", ceiling_s),
         ("cpu", cpu),
+        ("give-up", give_up_s),
     ):
         if value is not None:
             argv.append(f"--{flag}={value}")

@@ -48,6 +48,8 @@ SHED_REASONS = (
     "queue_full",
     "confirm_timeout",
     "unroutable",
+    "queue_delay",
+    "deadline",
 )
 PERSIST_OUTCOMES = ("stored", "duplicate", "already_stored", "dead_lettered")
 LANE_OUTCOMES = ("passed", "waiting", "rejected", "review", "retry", "dead_lettered", "skipped")
@@ -90,6 +92,18 @@ PUBLISH_BATCH = Histogram(
     "intake_publish_batch_registrations",
     "Registrations per published batch message.",
     buckets=BATCH_BUCKETS,
+)
+EDGE_LOOP_LAG = Gauge(
+    "intake_edge_loop_lag_seconds",
+    "The largest lag of the edge's event loop over the last second: how long a request read"
+    " then had waited for the CPU (the slowest edge process).",
+    multiprocess_mode="livemax",
+)
+EDGE_STANDING_QUEUE = Gauge(
+    "intake_edge_standing_queue",
+    "1 while an edge process has a standing queue (its loop late beyond the target for a"
+    " whole interval: it sheds what waited longer than the target), else 0; summed.",
+    multiprocess_mode="livesum",
 )
 EDGE_PENDING = Gauge(
     "intake_edge_pending_registrations",

@@ -61,6 +61,14 @@ class Settings:
     # While the persist queue is full, one registration is let through this often to find out
     # whether it has room again; every other one is shed without a publish.
     edge_full_probe_interval_s: float = 0.2
+    # Admission by time (intake.admission): every registration is answered within
+    # edge_deadline_s of being read, 202 or 503. A request that waited for the CPU longer than
+    # edge_queue_interval_s is shed; once the edge's loop has been late beyond
+    # edge_queue_target_s for a whole interval (a standing queue), one that waited longer
+    # than the target is shed too.
+    edge_deadline_s: float = 1.0
+    edge_queue_target_s: float = 0.02
+    edge_queue_interval_s: float = 0.1
     edge_shutdown_timeout_s: float = 10.0
     edge_reconnect_max_delay_s: float = 2.0
     edge_access_log: bool = True
@@ -190,6 +198,11 @@ class Settings:
             raise SettingsError("INTAKE_DELIVERY_LIMIT must be positive")
         if not 0 <= self.supervise_verification_nice <= 19:
             raise SettingsError("INTAKE_SUPERVISE_VERIFICATION_NICE must be in 0..19")
+        if not 0 < self.edge_queue_target_s <= self.edge_queue_interval_s < self.edge_deadline_s:
+            raise SettingsError(
+                "need 0 < INTAKE_EDGE_QUEUE_TARGET_S <= INTAKE_EDGE_QUEUE_INTERVAL_S"
+                " < INTAKE_EDGE_DEADLINE_S"
+            )
         if self.edge_backlog < 1:
             raise SettingsError("INTAKE_EDGE_BACKLOG must be positive")
         if self.lane_limit_initial < 1 or self.lane_limit_fixed < 0:

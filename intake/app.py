@@ -8,6 +8,7 @@ a 503 and nothing else (see :meth:`~intake.publisher.BatchPublisher.admit`).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import importlib.resources
 import logging
@@ -26,6 +27,7 @@ from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings
 from intake.access import authorized_id
+from intake.gate import Gate
 from intake.problems import problem, unavailable
 from intake.publisher import BatchPublisher, Unavailable
 from intake.validation import ValidationFailed, today_wib, validate
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 KEYRING = web.AppKey("keyring", Keyring)
 PUBLISHER = web.AppKey("publisher", BatchPublisher)
+GATE = web.AppKey("gate", Gate)
 DB = web.AppKey("db", asyncpg.Pool)
 STATE = web.AppKey("state", dict[str, bool])
 
@@ -54,33 +57,43 @@ def _invalid(response: web.Response) -> web.Response:
     return response
 
 
-_SHED: dict[str, Counter] = {}
-
-
-def _shed(publisher: BatchPublisher, reason: str) -> web.Response:
+def _shed(gate: Gate, reason: str) -> web.Response:
     """A registration answered 503: counted by reason, then answered with its Retry-After."""
-    counter = _SHED.get(reason)
-    if counter is None:
-        counter = _SHED[reason] = metrics.REGISTRATIONS_SHED.labels(reason)
-    counter.inc()
-    return unavailable(reason, publisher.retry_after_s(reason))
+    gate.count(reason)
+    return unavailable(reason, gate.retry_after_s(reason, asyncio.get_running_loop().time()))
+
+
+def _read_at(request: web.Request, now_s: float) -> float:
+    """When the request was read, backdated by its wait for the loop (intake.protocol records
+    it); the handler's own start under another protocol (aiohttp's test server)."""
+    read_at: float | None = getattr(request.protocol, "read_at_s", None)
+    return now_s if read_at is None else min(read_at, now_s)
 
 
 async def register(request: web.Request) -> web.StreamResponse:
     """``POST /v1/registrations``: 202 after the broker's confirm, or a 4xx/503 problem."""
-    settings = request.app[SETTINGS]
+    settings, publisher, gate = request.app[SETTINGS], request.app[PUBLISHER], request.app[GATE]
+    loop_now = asyncio.get_running_loop().time()
+    waited_s = loop_now - _read_at(request, loop_now)
+    taken = getattr(request.protocol, "taken", None)  # intake.protocol.EdgeRequestHandler
+    admitted_at = taken() if taken is not None else None
+    if admitted_at is not None:
+        gate.handling(loop_now, loop_now - admitted_at)
     if request.content_type != "application/json":
         return _invalid(problem(415, "unsupported-media-type", "The body must be application/json"))
     if request.content_length is not None and request.content_length > settings.edge_max_body_bytes:
         return _invalid(problem(413, "too-large", "The body is too large"))
-    publisher = request.app[PUBLISHER]
     try:
-        # Before the body is read or parsed. The unread body of a shed request is drained by
-        # aiohttp after the answer (its "lingering" read, up to 10 s; else the connection is
-        # closed), so the next request on a keep-alive connection starts where it should.
+        # Before the body is read or parsed. Most sheds were answered earlier, as the request
+        # was parsed (intake.protocol); these are the rest. The unread body of a shed request
+        # is drained by aiohttp after the answer (its "lingering" read, up to 10 s; else the
+        # connection is closed), so the next request on a keep-alive connection starts where
+        # it should.
+        if admitted_at is None and waited_s > gate.interval_s:
+            raise Unavailable("queue_delay")  # not asked early, and waited too long already
         probe = publisher.admit()
     except Unavailable as exc:
-        return _shed(publisher, exc.reason)
+        return _shed(gate, exc.reason)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -110,9 +123,17 @@ async def register(request: web.Request) -> web.StreamResponse:
 
     item = Envelope(registration_id, now, registration).to_json()
     try:
-        await publisher.submit(item, probe=probe)
+        confirmed = publisher.submit(item, probe=probe)
+        # Within the deadline, counted from when the request was read. A registration whose
+        # confirm comes later may still be stored: its retry (same Idempotency-Key, same id)
+        # is then stored once.
+        async with asyncio.timeout(max(0.0, gate.deadline_s - waited_s) + 1e-3):
+            await confirmed
     except Unavailable as exc:
-        return _shed(publisher, exc.reason)
+        return _shed(gate, exc.reason)
+    except TimeoutError:
+        return _shed(gate, "deadline")
+    gate.accepted()
     metrics.REGISTRATIONS_ACCEPTED.inc()
     status_url = f"/v1/registrations/{registration_id}"
     return _json(
@@ -253,6 +274,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
         middlewares=[metrics_middleware, errors_middleware],
     )
     app[SETTINGS], app[KEYRING], app[PUBLISHER] = settings, keyring, publisher
+    app[GATE] = Gate(settings, publisher)
     app[HTTP_METRICS] = _HttpMetrics()
     metrics.init_edge()
     app[STATE] = {"stopping": False}
@@ -278,6 +300,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[DB] = await asyncpg.create_pool(
         app[SETTINGS].database_url, min_size=0, max_size=4, command_timeout=5
     )
-    yield
+    async with app[GATE].running():
+        yield
     await app[PUBLISHER].close()
     await app[DB].close()

@@ -37,12 +37,25 @@ def problem(
     )
 
 
+_UNAVAILABLE_TITLE = "Registration is temporarily unavailable, please retry"
+
+
+def unavailable_body(reason: str) -> dict[str, Any]:
+    """The problem document of a 503 (also prepared as bytes by the early 503, intake.gate)."""
+    return {
+        "type": _TYPE_BASE + "unavailable",
+        "title": _UNAVAILABLE_TITLE,
+        "status": 503,
+        "reason": reason,
+    }
+
+
 def unavailable(reason: str, retry_after_s: int) -> web.Response:
     """503 with ``Retry-After``: the registration was not accepted; the client may retry."""
     return problem(
         503,
         "unavailable",
-        "Registration is temporarily unavailable, please retry",
+        _UNAVAILABLE_TITLE,
         headers={"Retry-After": str(retry_after_s)},
         reason=reason,
     )

@@ -158,20 +158,31 @@ class BatchPublisher:
         returns whether this registration is the full queue's probe (pass it to :meth:`submit`).
         Costs a few attribute reads; a shed request touches neither its body nor the broker.
         """
-        if self._closing:
-            raise self._shed("shutting_down")
-        if self._exchange is None:
-            raise self._shed("broker_unreachable")
-        if self.pending >= self._settings.edge_max_pending:
-            raise self._shed("overloaded")
+        reason = self.refusal()
+        if reason is not None:
+            raise self._shed(reason)
         if not self._full:
             return False
-        now = time.monotonic()
-        if self._probe_inflight or now < self._next_probe_at:
-            raise self._shed("queue_full")
         # This one may probe; the next may not before an interval, whatever becomes of it.
-        self._next_probe_at = now + self._settings.edge_full_probe_interval_s
+        self._next_probe_at = time.monotonic() + self._settings.edge_full_probe_interval_s
         return True
+
+    def refusal(self) -> str | None:
+        """Why a registration would be shed now (see :meth:`admit`), or None; changes nothing
+        and counts nothing (the early 503 of :mod:`intake.protocol` asks it)."""
+        if self._closing:
+            return "shutting_down"
+        if self._exchange is None:
+            return "broker_unreachable"
+        if self.pending >= self._settings.edge_max_pending:
+            return "overloaded"
+        if self._full and (self._probe_inflight or time.monotonic() < self._next_probe_at):
+            return "queue_full"
+        return None
+
+    def count_shed(self, reason: str) -> None:
+        """Count a registration shed elsewhere (the early 503) in :attr:`stats`."""
+        self.stats.shed[reason] = self.stats.shed.get(reason, 0) + 1
 
     def submit(self, item: bytes, *, probe: bool = False) -> asyncio.Future[None]:
         """Queue one serialised envelope; the future resolves once the broker confirmed it.
@@ -227,7 +238,7 @@ class BatchPublisher:
         )
 
     def _shed(self, reason: str) -> Unavailable:
-        self.stats.shed[reason] = self.stats.shed.get(reason, 0) + 1
+        self.count_shed(reason)
         return Unavailable(reason)
 
     def _schedule_flush(self) -> None:

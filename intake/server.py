@@ -19,7 +19,8 @@ from aiohttp.abc import AbstractAccessLogger
 from core import metrics, metrics_http
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
-from intake.app import STATE, create_app
+from intake.app import GATE, STATE, create_app
+from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher
 
 log = logging.getLogger(__name__)
@@ -67,17 +68,16 @@ async def _serve(settings: Settings, sock: socket.socket | None) -> None:
         handle_signals=False,
     )
     await runner.setup()
-    site: web.BaseSite
-    if sock is not None:
-        site = web.SockSite(runner, sock)
-    else:
-        site = web.TCPSite(
-            runner,
-            settings.edge_host,
-            settings.edge_port,
-            backlog=settings.edge_backlog,
-            reuse_port=True,
-        )
+    # Connections answer shed registrations as they are parsed (intake.protocol).
+    site = EdgeSite(
+        runner,
+        app[GATE],
+        host=settings.edge_host,
+        port=settings.edge_port,
+        sock=sock,
+        backlog=settings.edge_backlog,
+        reuse_port=True,
+    )
     await site.start()
     log.info("edge listening", extra={"fields": {"address": site.name}})
 

@@ -3,6 +3,7 @@ and removed at the end; the system's processes and in-process parts built on the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 import pytest
+import uvloop
 
 from core import topology
 from core.keys import Keyring
@@ -20,6 +22,15 @@ from tests.support import services
 from tests.support.processes import Process
 
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's loop, or uvloop (the edge's and workers' own) for a test marked ``uvloop``."""
+    if item.get_closest_marker("uvloop") is not None:
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application, Request
 
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.app import PUBLISHER, create_app
+from intake.app import GATE, PUBLISHER, create_app
+from intake.gate import Gate
+from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher
 from verifiers import registry
 from workers.dispatch import Dispatcher
@@ -73,3 +78,42 @@ async def lanes(
             for worker in workers.values():
                 worker.stop()
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+@dataclass
+class RunningEdge:
+    """The edge served as in production (its own site and connection protocol), in-process."""
+
+    app: Application
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def gate(self) -> Gate:
+        return self.app[GATE]
+
+    @property
+    def publisher(self) -> BatchPublisher:
+        return self.app[PUBLISHER]
+
+
+@contextlib.asynccontextmanager
+async def served_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
+    """The edge on a free port with :class:`~intake.listener.EdgeSite` (aiohttp's test server
+    would bypass the early 503 and the accept loop)."""
+    keyring = Keyring.from_secret(settings.secret_key)
+    app = create_app(settings, keyring, BatchPublisher(settings, keyring))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        site = EdgeSite(runner, app[GATE], sock=sock, backlog=settings.edge_backlog)
+        await site.start()
+        assert await app[PUBLISHER].wait_ready(10), "edge could not reach the broker"
+        yield RunningEdge(app, runner, "127.0.0.1", sock.getsockname()[1])
+    finally:
+        await runner.cleanup()
+        sock.close()

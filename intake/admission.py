@@ -1,0 +1,227 @@
+"""Admission by time: every registration is answered within a deadline, the excess at once.
+
+Counting what waits for the broker (``edge_max_pending``) does not see the queue that matters
+when the edge is short of CPU: requests wait in the kernel's socket buffers and accept queue,
+and in the event loop's ready queue, for a loop that is busy with earlier ones. Their wait is
+the loop's *lag*: how late a timer set for now fires. :class:`LoopMonitor` measures it with a
+timer every ``probe_interval_s``; a request read now has waited about as long as the loop's
+current iteration has been running, which the monitor knows without being called
+(:meth:`LoopMonitor.delay_s`).
+
+:class:`QueueDelayRule` turns the delay into a decision with the rule that Facebook's servers
+use for their request queues (CoDel adapted to servers, B. Maurer, "Fail at Scale", ACM Queue
+2015). A queue that empties now and then is a burst being absorbed; a queue that has not
+emptied for a whole ``interval_s`` is a standing queue, which only adds latency. So:
+
+- while the delay has been at or under ``target_s`` at least once in the last ``interval_s``,
+  a request is admitted unless it has already waited ``interval_s``;
+- otherwise (a standing queue) a request is admitted only if it waited ``target_s`` or less.
+
+Under overload the loop therefore settles near the target: while it is late the new requests
+are shed at a fraction of an accepted one's cost (:mod:`intake.protocol`), the loop catches up
+within an iteration or two, and the next requests are admitted. Goodput stays at what the CPU
+can accept, and what is admitted has waited at most ``target_s`` plus an iteration.
+
+:class:`RetrySpread` is the ``Retry-After`` of a request shed for its wait: the clients told to
+come back are given successive slots at the rate this edge accepts, so that their retries
+return spread over the coming seconds at the rate they can be taken instead of together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+# The edge's accepted rate, for RetrySpread, is a moving average over about this many seconds.
+RATE_WINDOW_S = 1.0
+# The rate assumed before anything was measured, and its floor: an edge that accepts nothing
+# still spreads its retries at this rate.
+MIN_RATE_PER_S = 20.0
+
+
+class QueueDelayRule:
+    """CoDel for a server's request queue: the longest wait a request may have had to be
+    admitted, ``interval_s`` normally and ``target_s`` during a standing queue (see the module)."""
+
+    def __init__(self, target_s: float, interval_s: float, now_s: float = 0.0) -> None:
+        if not 0 < target_s <= interval_s:
+            raise ValueError("need 0 < target_s <= interval_s")
+        self.target_s = target_s
+        self.interval_s = interval_s
+        self._last_short_s = now_s
+
+    def observe(self, now_s: float, delay_s: float) -> None:
+        """One measured queueing delay (the loop's lag at ``now_s``)."""
+        if delay_s <= self.target_s:
+            self._last_short_s = now_s
+
+    def standing(self, now_s: float) -> bool:
+        """Whether the delay has stayed above the target for a whole interval."""
+        return now_s - self._last_short_s > self.interval_s
+
+    def limit_s(self, now_s: float) -> float:
+        """The longest wait a request may have had at ``now_s`` and still be admitted."""
+        return self.target_s if self.standing(now_s) else self.interval_s
+
+    def admits(self, now_s: float, waited_s: float) -> bool:
+        """Whether a request that has waited ``waited_s`` is admitted at ``now_s``."""
+        return waited_s <= self.limit_s(now_s)
+
+
+class QueueLimit:
+    """How many admitted registrations may wait for the CPU inside the edge at once: read and
+    admitted, their handler not yet run. The loop's lag shows the wait *before* a request is
+    read; this bounds the wait *after*: admitting every request read in one iteration would
+    queue all of them behind each other for the next one, where the last of them would wait
+    for the whole lot.
+
+    Additive increase, multiplicative decrease (as TCP), on the longest wait a handler saw in
+    each window of ``target_s``: longer than the target, the limit falls by a quarter; under
+    half of it while the limit was reached, it grows by a tenth. It settles near what the CPU
+    handles within the target. Outside a standing queue (:class:`QueueDelayRule`) a burst may
+    queue ``interval_s / target_s`` times as many.
+    """
+
+    def __init__(
+        self,
+        target_s: float,
+        *,
+        initial: int = 64,
+        minimum: int = 4,
+        maximum: int = 4096,
+    ) -> None:
+        self.target_s = target_s
+        self.limit = initial
+        self.minimum, self.maximum = minimum, maximum
+        self._window_end_s = 0.0
+        self._window_max_s = 0.0
+        self._reached = False
+
+    def reached(self, queued: int, burst: bool) -> bool:
+        """Whether ``queued`` registrations waiting already fill the limit (``burst``: outside
+        a standing queue)."""
+        limit = self.limit * 5 if burst else self.limit
+        if queued + 1 >= limit:
+            self._reached = True
+        return queued >= limit
+
+    def observe(self, now_s: float, waited_s: float) -> None:
+        """A handler started ``waited_s`` after its request was admitted."""
+        self._window_max_s = max(self._window_max_s, waited_s)
+        if now_s < self._window_end_s:
+            return
+        if self._window_max_s > self.target_s:
+            self.limit = max(self.minimum, int(self.limit * 0.75))
+        elif self._window_max_s < self.target_s / 2 and self._reached:
+            self.limit = min(self.maximum, self.limit + max(1, self.limit // 10))
+        self._window_end_s = now_s + self.target_s
+        self._window_max_s, self._reached = 0.0, False
+
+
+class LoopMonitor:
+    """The event loop's lag, measured by a timer every ``probe_interval_s``, fed to a
+    :class:`QueueDelayRule`; and this edge's accepted rate, for :class:`RetrySpread`."""
+
+    def __init__(self, rule: QueueDelayRule, probe_interval_s: float = 0.005) -> None:
+        self.rule = rule
+        self.probe_interval_s = probe_interval_s
+        self.lag_s = 0.0
+        self.max_lag_s = 0.0  # since the last read of take_max_lag_s()
+        self.accepted = 0  # registrations accepted, counted by the caller
+        self.rate_per_s = MIN_RATE_PER_S
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due_s = 0.0
+        self._rate_since_s = 0.0
+        self._rate_accepted = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start probing on ``loop`` (the running loop by default)."""
+        self._loop = loop or asyncio.get_running_loop()
+        self.reset(self._loop.time())
+        self._handle = self._loop.call_at(self._due_s, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        self.probe(self._loop.time())
+        self._handle = self._loop.call_at(self._due_s, self._tick)
+
+    def reset(self, now_s: float) -> None:
+        """Start afresh at ``now_s``: no lag, the first probe due an interval later."""
+        self.rule.observe(now_s, 0.0)
+        self._rate_since_s, self._rate_accepted = now_s, self.accepted
+        self._due_s = now_s + self.probe_interval_s
+
+    def probe(self, now_s: float) -> None:
+        """The probe due at ``_due_s`` runs at ``now_s``: it was this late; the next is due
+        an interval later (the timer calls it; tests too)."""
+        lag_s = max(0.0, now_s - self._due_s)
+        self.lag_s = lag_s
+        self.max_lag_s = max(self.max_lag_s, lag_s)
+        self.rule.observe(now_s, lag_s)
+        self._due_s = now_s + self.probe_interval_s
+        elapsed_s = now_s - self._rate_since_s
+        if elapsed_s >= RATE_WINDOW_S:
+            instant = (self.accepted - self._rate_accepted) / elapsed_s
+            self.rate_per_s = max(MIN_RATE_PER_S, 0.5 * instant + 0.5 * self.rate_per_s)
+            self._rate_since_s, self._rate_accepted = now_s, self.accepted
+
+    def delay_s(self, now_s: float) -> float:
+        """How long a request read at ``now_s`` has waited for the loop, about: the lag of the
+        last probe, or, if the next probe is overdue, how overdue it is (the loop is still in
+        an iteration that started before it was due)."""
+        return max(self.lag_s, now_s - self._due_s)
+
+    def shed(self, now_s: float) -> bool:
+        """Whether a request read at ``now_s`` is to be shed for its wait (asked for every
+        registration: :meth:`delay_s` and :meth:`QueueDelayRule.admits`, inlined)."""
+        overdue_s = now_s - self._due_s
+        delay_s = self.lag_s if self.lag_s > overdue_s else overdue_s
+        rule = self.rule
+        if delay_s <= rule.target_s:
+            return False
+        return delay_s > rule.interval_s or rule.standing(now_s)
+
+    def take_max_lag_s(self) -> float:
+        """The largest lag since the last call (for the metrics)."""
+        value, self.max_lag_s = self.max_lag_s, 0.0
+        return value
+
+
+class RetrySpread:
+    """Slots for the retries of the clients shed for their wait: each is told to come back one
+    slot after the last one given out, slots ``1 / rate`` apart at the rate the edge accepts.
+
+    Without it every client shed in the same second is told the same wait, and they all come
+    back in the same second, to be shed again. With it the retries come back at about the rate
+    the edge takes registrations: a growing crowd is told a growing wait, honestly.
+    """
+
+    def __init__(self) -> None:
+        self._horizon_s = 0.0
+
+    def wait_s(self, now_s: float, rate_per_s: float, maximum_s: float) -> float:
+        """The wait to give the next client shed at ``now_s`` (seconds, not rounded), at most
+        ``maximum_s``: the slots beyond it all go to ``maximum_s`` (a client who comes back
+        then and is shed again takes a new slot; letting the horizon grow past the maximum
+        would count that client twice)."""
+        step_s = 1.0 / max(rate_per_s, 1e-9)
+        self._horizon_s = min(max(self._horizon_s, now_s) + step_s, now_s + maximum_s)
+        return self._horizon_s - now_s
+
+    def backlog_s(self, now_s: float) -> float:
+        """How far ahead the last slot given out is."""
+        return max(0.0, self._horizon_s - now_s)
+
+
+def retry_after_header(wait_s: float, maximum_s: int) -> int:
+    """A slot's wait as a ``Retry-After`` in whole seconds, in ``[1, maximum_s]``. No jitter:
+    the slots are already spread, and a client is never told to come before its slot."""
+    if math.isnan(wait_s):
+        return maximum_s
+    return max(1, min(maximum_s, math.ceil(wait_s)))

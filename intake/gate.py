@@ -1,0 +1,159 @@
+"""The edge's admission gate: one answer to "take this registration now?", asked twice.
+
+First as the request is parsed (:mod:`intake.protocol`, the cheap early 503), then in the
+handler (:func:`intake.app.register`) for what could not be answered early. A registration is
+shed, in this order, while the edge is shutting down, while the broker is unreachable, at the
+in-process bound, while the persist queue is full (see :class:`~intake.publisher.BatchPublisher`)
+and when it has waited too long for the CPU (``queue_delay``, see :mod:`intake.admission`).
+An admitted one is answered within ``edge_deadline_s`` of being read: if the broker's confirm
+has not come by then, ``deadline`` (its retry, with the same ``Idempotency-Key``, is stored
+once whatever became of the first attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import orjson
+from prometheus_client import Counter
+
+from core import metrics
+from core.settings import Settings
+from intake import admission
+from intake.problems import unavailable_body
+from intake.protocol import REGISTRATIONS_PATH, HttpDate
+from intake.publisher import BatchPublisher
+
+# How often the early 503s are added to the counters and the gauges written.
+GAUGE_INTERVAL_S = 0.25
+
+
+class Gate:
+    """Admission of registrations for one edge process; implements
+    :class:`intake.protocol.Shedder`."""
+
+    def __init__(self, settings: Settings, publisher: BatchPublisher) -> None:
+        self.max_body_bytes = settings.edge_max_body_bytes
+        self.deadline_s = settings.edge_deadline_s
+        self.interval_s = settings.edge_queue_interval_s
+        self._retry_after_max_s = settings.edge_retry_after_max_s
+        self._publisher = publisher
+        self.monitor = admission.LoopMonitor(
+            admission.QueueDelayRule(settings.edge_queue_target_s, settings.edge_queue_interval_s)
+        )
+        self.queue = admission.QueueLimit(settings.edge_queue_target_s)
+        self.queued = 0  # admitted as they were read, their handler not yet run
+        self._spread = admission.RetrySpread()
+        self._date = HttpDate()
+        self._bodies = {
+            reason: orjson.dumps(unavailable_body(reason)) for reason in metrics.SHED_REASONS
+        }
+        self._shed: dict[str, Counter] = {}
+        self.early = 0  # registrations answered 503 before aiohttp saw them
+        self._uncounted: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Probe the loop and report the gauges while the edge runs."""
+        self.monitor.start()
+        gauges = asyncio.create_task(self._report(), name="admission-gauges")
+        try:
+            yield
+        finally:
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+            self.flush()
+            self.monitor.stop()
+            metrics.EDGE_STANDING_QUEUE.set(0)
+
+    async def _report(self) -> None:
+        loop = asyncio.get_running_loop()
+        lag_s = 0.0
+        ticks = 0
+        while True:
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+            self.flush()
+            lag_s = max(lag_s, self.monitor.take_max_lag_s())
+            ticks += 1
+            if ticks * GAUGE_INTERVAL_S >= 1.0:  # the gauge's "over the last second"
+                metrics.EDGE_LOOP_LAG.set(lag_s)
+                lag_s, ticks = 0.0, 0
+            metrics.EDGE_STANDING_QUEUE.set(int(self.monitor.rule.standing(loop.time())))
+
+    def flush(self) -> None:
+        """Add the early 503s answered since the last flush to the metrics."""
+        uncounted, self._uncounted = self._uncounted, {}
+        for reason, count in uncounted.items():
+            self._counter(reason).inc(count)
+            metrics.HTTP_REQUESTS.labels(REGISTRATIONS_PATH, "POST", "5xx").inc(count)
+
+    # --- the early path (intake.protocol.Shedder) ------------------------------------------
+
+    def early_reason(self, now_s: float) -> str | None:
+        reason = self._publisher.refusal()
+        if reason is not None:
+            return reason
+        monitor = self.monitor
+        if monitor.shed(now_s):
+            return "queue_delay"
+        if self.queue.reached(self.queued, not monitor.rule.standing(now_s)):
+            return "queue_delay"
+        self.queued += 1
+        return None
+
+    def release(self) -> None:
+        """A registration admitted early will not reach its handler (its connection closed)."""
+        self.queued -= 1
+
+    def handling(self, now_s: float, waited_s: float) -> None:
+        """The handler of a registration admitted early starts, ``waited_s`` after it was
+        admitted."""
+        self.queued -= 1
+        self.queue.observe(now_s, waited_s)
+
+    def delay_s(self, now_s: float) -> float:
+        return self.monitor.delay_s(now_s)
+
+    def answer(self, reason: str, now_s: float) -> bytes:
+        self.early += 1
+        # Counted into the metrics every GAUGE_INTERVAL_S: a counter's inc() (a lock, and a
+        # write to a shared file in multiprocess mode) would be a fair share of the answer.
+        self._uncounted[reason] = self._uncounted.get(reason, 0) + 1
+        self._publisher.count_shed(reason)  # refused without a publish, as its own sheds
+        body = self._bodies[reason]
+        return (
+            b"HTTP/1.1 503 Service Unavailable\r\n"
+            b"Content-Type: application/problem+json\r\n"
+            b"Content-Length: %d\r\nRetry-After: %d\r\nDate: %b\r\nServer: intake\r\n\r\n%b"
+            % (len(body), self.retry_after_s(reason, now_s), self._date(), body)
+        )
+
+    # --- both paths ------------------------------------------------------------------------
+
+    def count(self, reason: str) -> None:
+        """Count one registration shed for ``reason`` (by the handler)."""
+        self._counter(reason).inc()
+
+    def _counter(self, reason: str) -> Counter:
+        counter = self._shed.get(reason)
+        if counter is None:
+            counter = self._shed[reason] = metrics.REGISTRATIONS_SHED.labels(reason)
+        return counter
+
+    def retry_after_s(self, reason: str, now_s: float) -> int:
+        """The ``Retry-After`` for a registration shed for ``reason`` at ``now_s``: a slot of
+        the :class:`~intake.admission.RetrySpread` for ``queue_delay`` and ``deadline``
+        (the edge is short of time: come back when it will have some), the publisher's
+        estimate for the rest (see :meth:`~intake.publisher.BatchPublisher.retry_after_s`)."""
+        if reason in ("queue_delay", "deadline"):
+            maximum_s = self._retry_after_max_s
+            wait_s = self._spread.wait_s(now_s, self.monitor.rate_per_s, maximum_s)
+            return admission.retry_after_header(wait_s, maximum_s)
+        return self._publisher.retry_after_s(reason)
+
+    def accepted(self) -> None:
+        """Count one registration answered 202 (the accepted rate sizes the retry slots)."""
+        self.monitor.accepted += 1

@@ -1,0 +1,186 @@
+"""The edge's HTTP connections: aiohttp's, with a 503 answered as the request is parsed.
+
+Shedding is only worth doing if a shed request costs a small fraction of an accepted one:
+at five times its capacity an edge sheds four requests for every one it accepts. aiohttp's
+cheapest answer (a request object, routing, middleware, a response object, the access log)
+costs about half of an accepted registration here, so a 503 answered by a handler leaves too
+little CPU for the registrations. :class:`EdgeRequestHandler` is aiohttp's connection protocol
+with one addition: when a request line and its headers have been parsed (by aiohttp's own C
+parser, in ``data_received``), a ``POST /v1/registrations`` that the :class:`Shedder` refuses
+is answered on the spot with prepared bytes, and aiohttp never sees it. Everything else (every
+other route, every admitted registration, anything unusual) goes to aiohttp as before.
+
+The shortcut is taken only when it cannot change what a client sees on its connection:
+HTTP/1.1 with keep-alive, a ``Content-Length`` body no larger than the edge accepts and already
+complete in the bytes read, and no earlier request on the connection still unanswered (so
+responses stay in order). Otherwise the request goes the normal way, where the handler asks
+the same question (``intake.app.register``).
+
+This leans on three attributes of aiohttp's ``RequestHandler`` (its parser, its message queue,
+its idle waiter). :func:`supported` checks that they exist; if a future aiohttp changes them,
+the edge logs it and serves without the shortcut (the handler still sheds, at a higher cost),
+and ``tests/intake/test_overload.py`` fails.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger(__name__)
+
+REGISTRATIONS_PATH = "/v1/registrations"
+
+
+class Shedder(Protocol):
+    """What the connection asks about a registration before aiohttp sees it."""
+
+    max_body_bytes: int
+
+    def early_reason(self, now_s: float) -> str | None:
+        """The reason to shed a registration read at ``now_s`` (loop time), or None: then it
+        is admitted, and counted until its handler runs (or :meth:`release`)."""
+
+    def answer(self, reason: str, now_s: float) -> bytes:
+        """The whole HTTP response (503 with ``Retry-After``) for a shed registration; the
+        shedder counts it."""
+
+    def delay_s(self, now_s: float) -> float:
+        """About how long a request read at ``now_s`` has waited to be read."""
+
+    def release(self) -> None:
+        """A registration admitted by :meth:`early_reason` will not reach its handler."""
+
+
+def supported() -> bool:
+    """Whether this aiohttp's ``RequestHandler`` has what the shortcut relies on."""
+    slots = set(getattr(RequestHandler, "__slots__", ())) | set(BaseProtocol.__slots__)
+    names = {"_request_count", "_payload_parser", "_upgraded"}
+    return names <= slots and hasattr(RequestHandler, "_handle_request")
+
+
+# The request line of a registration, and what in its head would make the shortcut unsafe: a
+# body framed otherwise (chunked), a connection to close or upgrade, an expected 100-continue.
+_REGISTRATION_LINE = b"POST " + REGISTRATIONS_PATH.encode() + b" HTTP/1.1\r\n"
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,9})[ \t]*\r\n", re.IGNORECASE)
+_UNUSUAL = re.compile(
+    rb"\r\n(?:transfer-encoding|upgrade|expect|connection:[^\r]*close)", re.IGNORECASE
+)
+_HEAD_END = b"\r\n\r\n"
+
+
+def _one_request(data: bytes) -> tuple[bool, int]:
+    """Whether ``data`` is exactly one whole HTTP/1.1 request, head and body (framed by
+    ``Content-Length`` or bodiless), and where its head ends (-1 if it does not)."""
+    end = data.find(_HEAD_END)
+    if end < 0:
+        return False, -1
+    if _UNUSUAL.search(data, 0, end + 2):
+        return False, end
+    length = _CONTENT_LENGTH.search(data, 0, end + 2)
+    body = int(length[1]) if length is not None else 0
+    return end + 4 + body == len(data), end
+
+
+class EdgeRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, with registrations shed as they are read (see the
+    module docstring)."""
+
+    def __init__(self, manager: web.Server, shedder: Shedder, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._shedder = shedder
+        # Whether everything this connection sent so far ended at a request's end: aiohttp's
+        # parser holds no partial request, so the next bytes start one.
+        self._at_boundary = True
+        self._answered = 0  # requests whose response aiohttp has written (or given up on)
+        self.read_at_s: float | None = None
+        # When a registration admitted early was read (loop time, not backdated), until its
+        # handler takes it (intake.app.register calls taken()).
+        self.admitted_at_s: float | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # The hot path of a shed registration: keep it short (see the module docstring).
+        now = self._loop.time()
+        if self._at_boundary and data:  # (aiohttp feeds itself b"" to re-parse what it held)
+            whole, head_end = _one_request(data)
+            if not whole:
+                self._at_boundary = False  # for good: the shortcut is for the simple case
+            elif (
+                data.startswith(_REGISTRATION_LINE)
+                and len(data) - head_end - 4 <= self._shedder.max_body_bytes
+                and self._request_count == self._answered  # see _idle()
+                and self._idle()
+            ):
+                reason = self._shedder.early_reason(now)
+                if reason is None:
+                    self.admitted_at_s = now
+                elif self.transport is not None:
+                    self.transport.write(self._shedder.answer(reason, now))
+                    return  # aiohttp never sees it; its parser is still between requests
+        self.read_at_s = now - self._shedder.delay_s(now)
+        super().data_received(data)
+
+    def taken(self) -> float | None:
+        """The handler of a registration took it: when it was admitted early, if it was."""
+        admitted, self.admitted_at_s = self.admitted_at_s, None
+        return admitted
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.admitted_at_s is not None:
+            self.admitted_at_s = None
+            self._shedder.release()
+        super().connection_lost(exc)
+
+    def _idle(self) -> bool:
+        """No request on this connection is unanswered: every request aiohttp parsed has had
+        its response written (a client that pipelines gets its answers in order)."""
+        return (
+            self._request_count == self._answered
+            and not self._upgraded
+            and self._payload_parser is None
+        )
+
+    async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        # aiohttp's: run the handler and write its response (finish_response) for one request.
+        try:
+            return await super()._handle_request(*args, **kwargs)
+        finally:
+            self._answered += 1
+
+
+def protocol_factory(server: web.Server, shedder: Shedder) -> Callable[[], RequestHandler]:
+    if not supported():
+        log.warning("this aiohttp's RequestHandler is not as expected: no early 503s")
+        return server
+    """What makes the edge's connections: :class:`EdgeRequestHandler`, built with what
+    ``web.Server.__call__`` passes to aiohttp's own (or aiohttp's, see :func:`supported`)."""
+    kwargs = dict(server._kwargs)
+
+    def factory() -> RequestHandler:
+        return EdgeRequestHandler(server, shedder, loop=server._loop, **kwargs)
+
+    return factory
+
+
+class HttpDate:
+    """The ``Date`` header's value, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(now, usegmt=True).encode()
+        return self._value

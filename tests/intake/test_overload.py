@@ -1,0 +1,327 @@
+"""Admission by time: a stalled edge answers 503 at once instead of holding requests, every
+answer comes within the deadline, a waiting connection is accepted in one go. Real RabbitMQ,
+real PostgreSQL, the edge served as in production (its site, its connection protocol).
+
+No wall clock decides a test: a stall is made on purpose (the event loop blocked), and what
+happened is read from counters (answered early, shed by reason, published batches)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import time
+import uuid
+
+import aio_pika
+import asyncpg
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from core.settings import Settings
+from intake import admission
+from intake.protocol import _one_request
+from tests.support import inprocess
+from tests.support.people import person
+from tests.support.proxy import TcpProxy
+from tests.support.waiting import eventually
+
+# --- the rules, without services -----------------------------------------------------------
+
+
+def test_a_burst_is_absorbed_a_standing_queue_is_not() -> None:
+    rule = admission.QueueDelayRule(target_s=0.02, interval_s=0.1, now_s=0.0)
+    # A burst: late, but the delay was short within the interval: only a wait past the
+    # interval is refused.
+    rule.observe(0.05, 0.06)
+    assert not rule.standing(0.05)
+    assert rule.admits(0.05, 0.09)
+    assert not rule.admits(0.05, 0.11)
+    # Late for a whole interval: a standing queue, the target applies.
+    rule.observe(0.12, 0.03)
+    assert rule.standing(0.12)
+    assert rule.admits(0.12, 0.02)
+    assert not rule.admits(0.12, 0.03)
+    # One short delay ends it.
+    rule.observe(0.13, 0.001)
+    assert not rule.standing(0.13)
+    assert rule.admits(0.13, 0.05)
+    with pytest.raises(ValueError, match="target_s"):
+        admission.QueueDelayRule(target_s=0.2, interval_s=0.1)
+
+
+def test_the_loop_monitor_sees_a_late_loop_before_its_probe_runs() -> None:
+    monitor = admission.LoopMonitor(admission.QueueDelayRule(0.02, 0.1), probe_interval_s=0.005)
+    monitor.reset(1.0)
+    assert monitor.delay_s(1.001) == 0.0
+    assert not monitor.shed(1.001)
+    # The probe is 300 ms overdue: the loop is in an iteration that started before it was due.
+    assert monitor.delay_s(1.305) == pytest.approx(0.3)
+    assert monitor.shed(1.305)
+    # The probe then runs, 305 ms late, and says so until the next one is due.
+    monitor.probe(1.31)
+    assert monitor.lag_s == pytest.approx(0.305)
+    assert monitor.delay_s(1.311) == pytest.approx(0.305)
+    monitor.probe(1.315)  # on time
+    assert monitor.delay_s(1.316) == 0.0
+    assert monitor.take_max_lag_s() == pytest.approx(0.305)
+    assert monitor.take_max_lag_s() == 0.0
+
+
+def test_the_loop_monitor_measures_the_accepted_rate() -> None:
+    monitor = admission.LoopMonitor(admission.QueueDelayRule(0.02, 0.1))
+    monitor.reset(0.0)
+    monitor.accepted = 1_000
+    monitor.probe(1.0)
+    first = monitor.rate_per_s
+    assert admission.MIN_RATE_PER_S < first < 1_000
+    for second in range(2, 10):
+        monitor.accepted += 1_000
+        monitor.probe(float(second))
+    assert monitor.rate_per_s == pytest.approx(1_000, rel=0.01)
+    monitor.probe(11.0)  # nothing accepted for 2 s: the rate falls, not below the floor
+    assert admission.MIN_RATE_PER_S <= monitor.rate_per_s < 1_000
+
+
+def test_the_queue_limit_falls_when_handlers_wait_and_grows_when_they_do_not() -> None:
+    limit = admission.QueueLimit(0.02, initial=64, minimum=4, maximum=256)
+    assert not limit.reached(63, burst=False)
+    assert limit.reached(64, burst=False)
+    assert not limit.reached(64, burst=True)  # a burst may queue five times as many
+    limit.observe(0.0, 0.05)  # a handler waited 50 ms: too long
+    assert limit.limit == 48
+    limit.observe(0.01, 0.001)  # the same window: no second cut
+    assert limit.limit == 48
+    for step in range(1, 200):  # short waits while the limit is reached: it grows, capped
+        limit.reached(limit.limit, burst=False)
+        limit.observe(step * 0.03, 0.001)
+    assert limit.limit == 256
+    for step in range(200, 400):
+        limit.observe(step * 0.03, 0.5)
+    assert limit.limit == 4
+    for step in range(400, 500):  # short waits but the limit never reached: no evidence
+        limit.observe(step * 0.03, 0.001)
+    assert limit.limit == 4
+
+
+def test_retry_slots_come_back_at_the_accepted_rate() -> None:
+    spread = admission.RetrySpread()
+    waits = [spread.wait_s(100.0, rate_per_s=50.0, maximum_s=60) for _ in range(500)]
+    # 500 shed in the same instant are given 500 successive slots 20 ms apart: 10 s in all.
+    assert waits == sorted(waits)
+    assert waits[0] == pytest.approx(0.02)
+    assert waits[-1] == pytest.approx(10.0)
+    headers = [admission.retry_after_header(w, 60) for w in waits]
+    per_second = {s: headers.count(s) for s in set(headers)}
+    assert set(per_second) == set(range(1, 11))
+    assert max(per_second.values()) <= 51  # about 50 a second, the rate they can be taken
+    # Time passes: the horizon is where it was, the next slot comes after it.
+    assert spread.wait_s(105.0, 50.0, 60) == pytest.approx(5.02)
+    # A crowd larger than the longest wait: everyone beyond it gets the longest wait, and
+    # the horizon does not run away (a client shed again takes a new slot).
+    for _ in range(10_000):
+        last = spread.wait_s(105.0, 50.0, 60)
+    assert last == pytest.approx(60.0)
+    assert spread.backlog_s(105.0) == pytest.approx(60.0)
+    assert admission.retry_after_header(0.001, 60) == 1
+    assert admission.retry_after_header(1e9, 60) == 60
+    assert admission.retry_after_header(math.nan, 60) == 60
+
+
+def test_the_shortcut_takes_only_one_whole_simple_request() -> None:
+    body = b'{"a": 1}'
+    head = b"POST /v1/registrations HTTP/1.1\r\nHost: e\r\nContent-Type: application/json\r\n"
+    whole = head + b"Content-Length: 8\r\n\r\n" + body
+    assert _one_request(whole)[0]
+    assert _one_request(b"GET /healthz HTTP/1.1\r\nHost: e\r\n\r\n")[0]
+    assert not _one_request(whole[:-1])[0]  # the body not all here
+    assert not _one_request(whole + whole)[0]  # pipelined: two requests
+    assert not _one_request(head)[0]  # the head not all here
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n8\r\n" + body + b"\r\n0\r\n\r\n"
+    assert not _one_request(chunked)[0]
+    closing = head + b"Connection: close\r\nContent-Length: 8\r\n\r\n" + body
+    assert not _one_request(closing)[0]
+    assert _one_request(head + b"connection: keep-alive\r\ncontent-length: 8\r\n\r\n" + body)[0]
+
+
+# --- the edge, served -------------------------------------------------------------------------
+
+
+def _request(index: int, seed: int, key: str | None = None) -> bytes:
+    payload = orjson.dumps(person(index, seed=seed))
+    idempotency = b"Idempotency-Key: %s\r\n" % key.encode() if key else b""
+    return (
+        b"POST /v1/registrations HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+        b"%sContent-Length: %d\r\n\r\n%s" % (idempotency, len(payload), payload)
+    )
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers, body
+
+
+def _shed(reason: str) -> float:
+    value = REGISTRY.get_sample_value("intake_registrations_shed_total", {"reason": reason})
+    return value or 0.0
+
+
+async def _stored_once(db: asyncpg.Pool, accepted: set[uuid.UUID]) -> None:
+    await eventually(
+        lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", accepted),
+        lambda count: count == len(accepted),
+        60,
+    )
+    assert await db.fetchval("SELECT count(*) FROM registrations") == len(accepted)
+
+
+async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    accepted: set[uuid.UUID] = set()
+    async with inprocess.served_edge(settings) as edge, inprocess.persist_worker(settings, db):
+        connections = [await asyncio.open_connection(edge.host, edge.port) for _ in range(40)]
+        try:
+            # Warm: each connection has had one registration accepted.
+            for i, (reader, writer) in enumerate(connections):
+                writer.write(_request(i, seed=71))
+                status, _, raw = await _answer(reader)
+                assert status == 202, raw
+                accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
+            early, batches = edge.gate.early, edge.publisher.stats.batches
+
+            # Forty registrations sent, then the edge stalls (its loop blocked, as a CPU held
+            # by something else would) for longer than the CoDel interval.
+            for i, (_, writer) in enumerate(connections):
+                writer.write(_request(100 + i, seed=71))
+            time.sleep(0.5)  # noqa: ASYNC251 - the stall, on purpose
+            answers = [await _answer(reader) for reader, _ in connections]
+
+            # Each was answered 503 queue_delay as it was read: no handler, no publish.
+            for status, headers, raw in answers:
+                assert status == 503, raw
+                assert orjson.loads(raw)["reason"] == "queue_delay"
+                assert headers["retry-after"].isdigit()
+                assert 1 <= int(headers["retry-after"]) <= settings.edge_retry_after_max_s
+            assert edge.gate.early - early == 40
+            assert edge.publisher.stats.batches == batches
+            # Their retries were given successive slots, not all the same second.
+            assert len({h["retry-after"] for _, h, _ in answers}) >= 1
+
+            # The stall over, the same connections are served again.
+            async def accepted_again() -> int:
+                reader, writer = connections[0]
+                writer.write(_request(200 + len(accepted), seed=71))
+                status, _, raw = await _answer(reader)
+                if status == 202:
+                    accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
+                return status
+
+            await eventually(accepted_again, lambda status: status == 202, 30)
+            for i, (reader, writer) in enumerate(connections[1:]):
+                writer.write(_request(300 + i, seed=71))
+                status, _, raw = await _answer(reader)
+                assert status == 202, raw
+                accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
+        finally:
+            for _, writer in connections:
+                writer.close()
+        await _stored_once(db, accepted)
+
+
+async def test_pipelined_requests_are_answered_in_order_while_shedding(
+    settings: Settings,
+) -> None:
+    async with inprocess.served_edge(settings) as edge:
+        reader, writer = await asyncio.open_connection(edge.host, edge.port)
+        try:
+            early = edge.gate.early
+            writer.write(
+                b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
+                + _request(1, seed=72)
+                + b"GET /readyz HTTP/1.1\r\nHost: edge\r\n\r\n"
+            )
+            time.sleep(0.3)  # noqa: ASYNC251 - the stall, on purpose
+            first, second, third = [await _answer(reader) for _ in range(3)]
+            assert (first[0], first[2]) == (200, b'{"status":"ok"}')
+            assert (second[0], orjson.loads(second[2])["reason"]) == (503, "queue_delay")
+            assert (third[0], orjson.loads(third[2])["status"]) == (200, "ready")
+            assert edge.gate.early == early  # not the shortcut: it keeps to one request
+        finally:
+            writer.close()
+
+
+@pytest.mark.uvloop  # its server accepts one connection per loop iteration; the edge's site, all
+async def test_every_waiting_connection_is_accepted_in_one_go(settings: Settings) -> None:
+    async with inprocess.served_edge(settings) as edge:
+        server = edge.runner.server
+        assert server is not None
+        before = len(server.connections)
+        # 300 connections completed by the kernel while the loop is busy (these blocking
+        # connects return once the kernel holds them in the listen queue).
+        clients = [socket.create_connection((edge.host, edge.port)) for _ in range(300)]
+        try:
+            # A handful of loop iterations later, every one is the edge's: the loop's own
+            # server would have taken one per iteration.
+            for _ in range(6):
+                await asyncio.sleep(0)
+            assert len(server.connections) - before == 300
+        finally:
+            for client in clients:
+                client.close()
+
+
+async def test_the_deadline_is_honoured_by_what_the_counters_show(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    url = aio_pika.connection.make_url(settings.amqp_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    slow = settings.replace(
+        amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port)),
+        edge_deadline_s=0.3,
+        edge_publish_timeout_s=60.0,  # the broker's own bound would answer much later
+    )
+    keys = [uuid.uuid4().hex for _ in range(20)]
+    try:
+        async with inprocess.served_edge(slow) as edge:
+            reader, writer = await asyncio.open_connection(edge.host, edge.port)
+            try:
+                deadline, confirm_timeout = _shed("deadline"), _shed("confirm_timeout")
+                proxy.stall()  # the broker takes the publishes and confirms nothing
+                for i, key in enumerate(keys):
+                    writer.write(_request(i, seed=73, key=key))
+                    status, _, raw = await _answer(reader)
+                    assert status == 503, raw
+                    assert orjson.loads(raw)["reason"] == "deadline"
+                # Answered by the deadline, not by the publish timeout.
+                assert _shed("deadline") - deadline == 20
+                assert _shed("confirm_timeout") == confirm_timeout
+                assert edge.gate.early == 0
+                proxy.release()
+                # The retries, same keys: accepted, with the ids the keys give.
+                ids = set()
+                for i, key in enumerate(keys):
+
+                    async def retried(i: int = i, key: str = key) -> tuple[int, bytes]:
+                        writer.write(_request(i, seed=73, key=key))
+                        status, _, raw = await _answer(reader)
+                        return status, raw
+
+                    status, raw = await eventually(retried, lambda a: a[0] == 202, 30)
+                    ids.add(uuid.UUID(orjson.loads(raw)["id"]))
+            finally:
+                writer.close()
+            shed = edge.publisher.stats.failures
+            assert "confirm_timeout" not in shed
+    finally:
+        await proxy.close()
+    async with inprocess.persist_worker(settings, db):
+        await _stored_once(db, ids)
