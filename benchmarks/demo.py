@@ -174,8 +174,16 @@ async def _register(
         while not queue.empty():
             index, person = queue.get_nowait()
             started = time.perf_counter()
-            async with session.post(f"{base_url}/v1/registrations", json=person.form) as response:
-                body = await response.json(content_type=None)
+            # As a browser: a 503 is sent again after its Retry-After, as the same registration.
+            headers = {"Idempotency-Key": f"demo-{run_seed}-{index}"}
+            while True:
+                async with session.post(
+                    f"{base_url}/v1/registrations", json=person.form, headers=headers
+                ) as response:
+                    body = await response.json(content_type=None)
+                if response.status != 503:
+                    break
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
             latencies.append(time.perf_counter() - started)
             statuses[response.status] += 1
             for error in body.get("errors", []):

@@ -63,9 +63,9 @@ class Settings:
     edge_full_probe_interval_s: float = 0.2
     # Admission by time (intake.admission): every registration is answered within
     # edge_deadline_s of being read, 202 or 503. A request that waited for the CPU longer than
-    # edge_queue_interval_s is shed; once the edge's loop has been late beyond
-    # edge_queue_target_s for a whole interval (a standing queue), one that waited longer
-    # than the target is shed too.
+    # half the deadline is shed; once the edge's loop has been late beyond edge_queue_target_s
+    # for a whole edge_queue_interval_s (a standing queue), one that waited longer than the
+    # target is shed too.
     edge_deadline_s: float = 1.0
     edge_queue_target_s: float = 0.02
     edge_queue_interval_s: float = 0.1

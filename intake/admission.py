@@ -14,7 +14,8 @@ use for their request queues (CoDel adapted to servers, B. Maurer, "Fail at Scal
 emptied for a whole ``interval_s`` is a standing queue, which only adds latency. So:
 
 - while the delay has been at or under ``target_s`` at least once in the last ``interval_s``,
-  a request is admitted unless it has already waited ``interval_s``;
+  a request is admitted unless it has already waited ``burst_s`` (the edge: half its deadline;
+  a burst, or a machine busy for a moment, is absorbed, and answered within the deadline);
 - otherwise (a standing queue) a request is admitted only if it waited ``target_s`` or less.
 
 Under overload the loop therefore settles near the target: while it is late the new requests
@@ -41,13 +42,17 @@ MIN_RATE_PER_S = 20.0
 
 class QueueDelayRule:
     """CoDel for a server's request queue: the longest wait a request may have had to be
-    admitted, ``interval_s`` normally and ``target_s`` during a standing queue (see the module)."""
+    admitted, ``burst_s`` normally and ``target_s`` during a standing queue (see the module)."""
 
-    def __init__(self, target_s: float, interval_s: float, now_s: float = 0.0) -> None:
-        if not 0 < target_s <= interval_s:
-            raise ValueError("need 0 < target_s <= interval_s")
+    def __init__(
+        self, target_s: float, interval_s: float, burst_s: float | None = None, now_s: float = 0.0
+    ) -> None:
+        burst_s = interval_s if burst_s is None else burst_s
+        if not 0 < target_s <= interval_s <= burst_s:
+            raise ValueError("need 0 < target_s <= interval_s <= burst_s")
         self.target_s = target_s
         self.interval_s = interval_s
+        self.burst_s = burst_s
         self._last_short_s = now_s
 
     def observe(self, now_s: float, delay_s: float) -> None:
@@ -61,7 +66,7 @@ class QueueDelayRule:
 
     def limit_s(self, now_s: float) -> float:
         """The longest wait a request may have had at ``now_s`` and still be admitted."""
-        return self.target_s if self.standing(now_s) else self.interval_s
+        return self.target_s if self.standing(now_s) else self.burst_s
 
     def admits(self, now_s: float, waited_s: float) -> bool:
         """Whether a request that has waited ``waited_s`` is admitted at ``now_s``."""
@@ -185,7 +190,7 @@ class LoopMonitor:
         rule = self.rule
         if delay_s <= rule.target_s:
             return False
-        return delay_s > rule.interval_s or rule.standing(now_s)
+        return delay_s > rule.burst_s or rule.standing(now_s)
 
     def take_max_lag_s(self) -> float:
         """The largest lag since the last call (for the metrics)."""

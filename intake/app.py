@@ -89,7 +89,7 @@ async def register(request: web.Request) -> web.StreamResponse:
         # is drained by aiohttp after the answer (its "lingering" read, up to 10 s; else the
         # connection is closed), so the next request on a keep-alive connection starts where
         # it should.
-        if admitted_at is None and waited_s > gate.interval_s:
+        if admitted_at is None and waited_s > gate.burst_s:
             raise Unavailable("queue_delay")  # not asked early, and waited too long already
         probe = publisher.admit()
     except Unavailable as exc:

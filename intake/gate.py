@@ -37,11 +37,14 @@ class Gate:
     def __init__(self, settings: Settings, publisher: BatchPublisher) -> None:
         self.max_body_bytes = settings.edge_max_body_bytes
         self.deadline_s = settings.edge_deadline_s
-        self.interval_s = settings.edge_queue_interval_s
+        # Outside a standing queue, a registration that waited half the deadline is shed.
+        self.burst_s = max(settings.edge_queue_interval_s, settings.edge_deadline_s / 2)
         self._retry_after_max_s = settings.edge_retry_after_max_s
         self._publisher = publisher
         self.monitor = admission.LoopMonitor(
-            admission.QueueDelayRule(settings.edge_queue_target_s, settings.edge_queue_interval_s)
+            admission.QueueDelayRule(
+                settings.edge_queue_target_s, settings.edge_queue_interval_s, self.burst_s
+            )
         )
         self.queue = admission.QueueLimit(settings.edge_queue_target_s)
         self.queued = 0  # admitted as they were read, their handler not yet run

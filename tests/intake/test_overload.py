@@ -31,13 +31,13 @@ from tests.support.waiting import eventually
 
 
 def test_a_burst_is_absorbed_a_standing_queue_is_not() -> None:
-    rule = admission.QueueDelayRule(target_s=0.02, interval_s=0.1, now_s=0.0)
+    rule = admission.QueueDelayRule(target_s=0.02, interval_s=0.1, burst_s=0.5, now_s=0.0)
     # A burst: late, but the delay was short within the interval: only a wait past the
-    # interval is refused.
+    # burst limit is refused.
     rule.observe(0.05, 0.06)
     assert not rule.standing(0.05)
-    assert rule.admits(0.05, 0.09)
-    assert not rule.admits(0.05, 0.11)
+    assert rule.admits(0.05, 0.45)
+    assert not rule.admits(0.05, 0.55)
     # Late for a whole interval: a standing queue, the target applies.
     rule.observe(0.12, 0.03)
     assert rule.standing(0.12)
@@ -49,10 +49,13 @@ def test_a_burst_is_absorbed_a_standing_queue_is_not() -> None:
     assert rule.admits(0.13, 0.05)
     with pytest.raises(ValueError, match="target_s"):
         admission.QueueDelayRule(target_s=0.2, interval_s=0.1)
+    with pytest.raises(ValueError, match="burst_s"):
+        admission.QueueDelayRule(target_s=0.02, interval_s=0.1, burst_s=0.05)
 
 
 def test_the_loop_monitor_sees_a_late_loop_before_its_probe_runs() -> None:
-    monitor = admission.LoopMonitor(admission.QueueDelayRule(0.02, 0.1), probe_interval_s=0.005)
+    rule = admission.QueueDelayRule(0.02, 0.1, burst_s=0.25)
+    monitor = admission.LoopMonitor(rule, probe_interval_s=0.005)
     monitor.reset(1.0)
     assert monitor.delay_s(1.001) == 0.0
     assert not monitor.shed(1.001)
@@ -198,10 +201,10 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             early, batches = edge.gate.early, edge.publisher.stats.batches
 
             # Forty registrations sent, then the edge stalls (its loop blocked, as a CPU held
-            # by something else would) for longer than the CoDel interval.
+            # by something else would) for longer than half the deadline.
             for i, (_, writer) in enumerate(connections):
                 writer.write(_request(100 + i, seed=71))
-            time.sleep(0.5)  # noqa: ASYNC251 - the stall, on purpose
+            time.sleep(0.8)  # noqa: ASYNC251 - the stall, past half the deadline, on purpose
             answers = [await _answer(reader) for reader, _ in connections]
 
             # Each was answered 503 queue_delay as it was read: no handler, no publish.
@@ -248,7 +251,7 @@ async def test_pipelined_requests_are_answered_in_order_while_shedding(
                 + _request(1, seed=72)
                 + b"GET /readyz HTTP/1.1\r\nHost: edge\r\n\r\n"
             )
-            time.sleep(0.3)  # noqa: ASYNC251 - the stall, on purpose
+            time.sleep(0.8)  # noqa: ASYNC251 - the stall, on purpose
             first, second, third = [await _answer(reader) for _ in range(3)]
             assert (first[0], first[2]) == (200, b'{"status":"ok"}')
             assert (second[0], orjson.loads(second[2])["reason"]) == (503, "queue_delay")

@@ -731,6 +731,8 @@ def stack_series(config: Doc, *, troubled: bool) -> list[Series]:
     s.histogram(edge, "intake_publish_confirm_duration_seconds", 20)
     s.histogram(edge, "intake_publish_batch_registrations", 20)
     s.gauge(edge, "intake_edge_pending_registrations", 40)
+    s.gauge(edge, "intake_edge_loop_lag_seconds", 0.004)
+    s.gauge(edge, "intake_edge_standing_queue", 0)
 
     s.counter(sup, "intake_persist_registrations_total", 290, outcome="stored")
     s.histogram(sup, "intake_persist_batch_duration_seconds", 5)
