@@ -43,6 +43,10 @@ class Stack:
         self._processes.append((name, process))
         return process
 
+    def forget(self, process: subprocess.Popen[bytes]) -> None:
+        """No longer track ``process`` (its caller stopped it on purpose)."""
+        self._processes = [(n, p) for n, p in self._processes if p is not process]
+
     def dead(self) -> list[str]:
         """Names of processes that exited on their own."""
         return [name for name, p in self._processes if p.poll() is not None]

@@ -33,11 +33,15 @@ from __future__ import annotations
 import asyncio
 import math
 
-# The edge's accepted rate, for RetrySpread, is a moving average over about this many seconds.
-RATE_WINDOW_S = 1.0
-# The rate assumed before anything was measured, and its floor: an edge that accepts nothing
-# still spreads its retries at this rate.
+# The edge's accepted rate, for RetrySpread: a moving average of windows this long (short:
+# at a wave's opening the rate under load is learnt within a second).
+RATE_WINDOW_S = 0.25
+# The rate assumed before anything was measured (a fraction of what one edge process takes),
+# and its floor: an edge that accepts nothing still spreads its retries at the floor.
+INITIAL_RATE_PER_S = 500.0
 MIN_RATE_PER_S = 20.0
+# Admitted registrations that may always wait for their handler, whatever the estimates.
+MIN_QUEUED = 8
 
 
 class QueueDelayRule:
@@ -73,59 +77,12 @@ class QueueDelayRule:
         return waited_s <= self.limit_s(now_s)
 
 
-class QueueLimit:
-    """How many admitted registrations may wait for the CPU inside the edge at once: read and
-    admitted, their handler not yet run. The loop's lag shows the wait *before* a request is
-    read; this bounds the wait *after*: admitting every request read in one iteration would
-    queue all of them behind each other for the next one, where the last of them would wait
-    for the whole lot.
-
-    Additive increase, multiplicative decrease (as TCP), on the longest wait a handler saw in
-    each window of ``target_s``: longer than the target, the limit falls by a quarter; under
-    half of it while the limit was reached, it grows by a tenth. It settles near what the CPU
-    handles within the target. Outside a standing queue (:class:`QueueDelayRule`) a burst may
-    queue ``interval_s / target_s`` times as many.
-    """
-
-    def __init__(
-        self,
-        target_s: float,
-        *,
-        initial: int = 64,
-        minimum: int = 4,
-        maximum: int = 4096,
-    ) -> None:
-        self.target_s = target_s
-        self.limit = initial
-        self.minimum, self.maximum = minimum, maximum
-        self._window_end_s = 0.0
-        self._window_max_s = 0.0
-        self._reached = False
-
-    def reached(self, queued: int, burst: bool) -> bool:
-        """Whether ``queued`` registrations waiting already fill the limit (``burst``: outside
-        a standing queue)."""
-        limit = self.limit * 5 if burst else self.limit
-        if queued + 1 >= limit:
-            self._reached = True
-        return queued >= limit
-
-    def observe(self, now_s: float, waited_s: float) -> None:
-        """A handler started ``waited_s`` after its request was admitted."""
-        self._window_max_s = max(self._window_max_s, waited_s)
-        if now_s < self._window_end_s:
-            return
-        if self._window_max_s > self.target_s:
-            self.limit = max(self.minimum, int(self.limit * 0.75))
-        elif self._window_max_s < self.target_s / 2 and self._reached:
-            self.limit = min(self.maximum, self.limit + max(1, self.limit // 10))
-        self._window_end_s = now_s + self.target_s
-        self._window_max_s, self._reached = 0.0, False
-
-
 class LoopMonitor:
     """The event loop's lag, measured by a timer every ``probe_interval_s``, fed to a
-    :class:`QueueDelayRule`; and this edge's accepted rate, for :class:`RetrySpread`."""
+    :class:`QueueDelayRule`; and this edge's **capacity**: the registrations it accepts per
+    second while saturated (a standing queue), or any higher rate it has shown. The capacity
+    sizes two things: how many admitted registrations may wait for their handler at once
+    (:meth:`queue_full`), and the retry slots (:class:`RetrySpread`)."""
 
     def __init__(self, rule: QueueDelayRule, probe_interval_s: float = 0.005) -> None:
         self.rule = rule
@@ -133,7 +90,8 @@ class LoopMonitor:
         self.lag_s = 0.0
         self.max_lag_s = 0.0  # since the last read of take_max_lag_s()
         self.accepted = 0  # registrations accepted, counted by the caller
-        self.rate_per_s = MIN_RATE_PER_S
+        self.rate_per_s = INITIAL_RATE_PER_S  # accepted per second, moving average
+        self.capacity_per_s = INITIAL_RATE_PER_S
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due_s = 0.0
@@ -174,6 +132,10 @@ class LoopMonitor:
         if elapsed_s >= RATE_WINDOW_S:
             instant = (self.accepted - self._rate_accepted) / elapsed_s
             self.rate_per_s = max(MIN_RATE_PER_S, 0.5 * instant + 0.5 * self.rate_per_s)
+            if self.rule.standing(now_s):  # saturated: what it accepts is what it can
+                self.capacity_per_s = max(MIN_RATE_PER_S, 0.5 * instant + 0.5 * self.capacity_per_s)
+            else:  # not saturated: it can at least what it did
+                self.capacity_per_s = max(self.capacity_per_s, instant)
             self._rate_since_s, self._rate_accepted = now_s, self.accepted
 
     def delay_s(self, now_s: float) -> float:
@@ -192,6 +154,16 @@ class LoopMonitor:
             return False
         return delay_s > rule.burst_s or rule.standing(now_s)
 
+    def queue_full(self, now_s: float, queued: int) -> bool:
+        """Whether ``queued`` admitted registrations, not yet handled, are already as many as
+        the edge handles within the target in a standing queue, else within the interval:
+        the lag bounds the wait *before* a request is read, this the wait *after*; admitting
+        every request read in one iteration would queue all of them behind each other for the
+        next, and the one after would have to shed them all."""
+        rule = self.rule
+        allowed = self.capacity_per_s * (rule.target_s if rule.standing(now_s) else rule.interval_s)
+        return queued >= max(MIN_QUEUED, allowed)
+
     def take_max_lag_s(self) -> float:
         """The largest lag since the last call (for the metrics)."""
         value, self.max_lag_s = self.max_lag_s, 0.0
@@ -199,29 +171,37 @@ class LoopMonitor:
 
 
 class RetrySpread:
-    """Slots for the retries of the clients shed for their wait: each is told to come back one
-    slot after the last one given out, slots ``1 / rate`` apart at the rate the edge accepts.
+    """Slots for the retries of the clients shed for want of time: a virtual queue. Each is
+    told to come back after everyone told before them, at the rate the edge accepts: the wait
+    is (the clients still ahead + 1) / rate, and the clients ahead drain at that rate.
 
     Without it every client shed in the same second is told the same wait, and they all come
     back in the same second, to be shed again. With it the retries come back at about the rate
-    the edge takes registrations: a growing crowd is told a growing wait, honestly.
+    the edge takes registrations: a growing crowd is told a growing wait, honestly. Counting
+    clients rather than seconds keeps the waits right when the rate is learnt: the first
+    clients of a wave are shed before the edge has measured what it accepts under load.
     """
 
     def __init__(self) -> None:
-        self._horizon_s = 0.0
+        self._ahead = 0.0
+        self._at_s = 0.0
 
-    def wait_s(self, now_s: float, rate_per_s: float, maximum_s: float) -> float:
-        """The wait to give the next client shed at ``now_s`` (seconds, not rounded), at most
-        ``maximum_s``: the slots beyond it all go to ``maximum_s`` (a client who comes back
-        then and is shed again takes a new slot; letting the horizon grow past the maximum
-        would count that client twice)."""
-        step_s = 1.0 / max(rate_per_s, 1e-9)
-        self._horizon_s = min(max(self._horizon_s, now_s) + step_s, now_s + maximum_s)
-        return self._horizon_s - now_s
+    def wait_s(self, now_s: float, rate_per_s: float, maximum_s: float, jitter: float) -> float:
+        """The wait to give the next client shed at ``now_s`` (seconds, not rounded). The queue
+        holds at most ``maximum_s`` of clients: the clients beyond it are told a wait spread
+        over its upper half (``jitter`` in ``[0, 1)``); when they come back and are shed
+        again, they take a slot then (counting them now would count them twice)."""
+        rate = max(rate_per_s, 1e-9)
+        self._ahead = max(0.0, self._ahead - (now_s - self._at_s) * rate)
+        self._at_s = now_s
+        if self._ahead + 1 > rate * maximum_s:
+            return maximum_s * (1 - jitter / 2)
+        self._ahead += 1
+        return self._ahead / rate
 
-    def backlog_s(self, now_s: float) -> float:
-        """How far ahead the last slot given out is."""
-        return max(0.0, self._horizon_s - now_s)
+    def backlog(self, now_s: float, rate_per_s: float) -> float:
+        """The clients told to come back who are still ahead at ``now_s``."""
+        return max(0.0, self._ahead - (now_s - self._at_s) * max(rate_per_s, 1e-9))
 
 
 def retry_after_header(wait_s: float, maximum_s: int) -> int:

@@ -78,7 +78,7 @@ async def register(request: web.Request) -> web.StreamResponse:
     taken = getattr(request.protocol, "taken", None)  # intake.protocol.EdgeRequestHandler
     admitted_at = taken() if taken is not None else None
     if admitted_at is not None:
-        gate.handling(loop_now, loop_now - admitted_at)
+        gate.handling()
     if request.content_type != "application/json":
         return _invalid(problem(415, "unsupported-media-type", "The body must be application/json"))
     if request.content_length is not None and request.content_length > settings.edge_max_body_bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 
 import orjson
@@ -46,7 +47,6 @@ class Gate:
                 settings.edge_queue_target_s, settings.edge_queue_interval_s, self.burst_s
             )
         )
-        self.queue = admission.QueueLimit(settings.edge_queue_target_s)
         self.queued = 0  # admitted as they were read, their handler not yet run
         self._spread = admission.RetrySpread()
         self._date = HttpDate()
@@ -102,7 +102,7 @@ class Gate:
         monitor = self.monitor
         if monitor.shed(now_s):
             return "queue_delay"
-        if self.queue.reached(self.queued, not monitor.rule.standing(now_s)):
+        if monitor.queue_full(now_s, self.queued):
             return "queue_delay"
         self.queued += 1
         return None
@@ -111,11 +111,9 @@ class Gate:
         """A registration admitted early will not reach its handler (its connection closed)."""
         self.queued -= 1
 
-    def handling(self, now_s: float, waited_s: float) -> None:
-        """The handler of a registration admitted early starts, ``waited_s`` after it was
-        admitted."""
+    def handling(self) -> None:
+        """The handler of a registration admitted early starts."""
         self.queued -= 1
-        self.queue.observe(now_s, waited_s)
 
     def delay_s(self, now_s: float) -> float:
         return self.monitor.delay_s(now_s)
@@ -153,7 +151,8 @@ class Gate:
         estimate for the rest (see :meth:`~intake.publisher.BatchPublisher.retry_after_s`)."""
         if reason in ("queue_delay", "deadline"):
             maximum_s = self._retry_after_max_s
-            wait_s = self._spread.wait_s(now_s, self.monitor.rate_per_s, maximum_s)
+            jitter = random.random()  # noqa: S311 - jitter, not a secret
+            wait_s = self._spread.wait_s(now_s, self.monitor.capacity_per_s, maximum_s, jitter)
             return admission.retry_after_header(wait_s, maximum_s)
         return self._publisher.retry_after_s(reason)
 

@@ -7,11 +7,11 @@ listening socket is reported ready, that is once per loop iteration: with the lo
 wave's burst of new connections was accepted at about a hundred per second while thousands
 waited in the queue, for seconds, before admission could even answer them 503.
 
-:class:`EdgeSite` accepts instead: on every readiness it drains the queue (up to the backlog),
-so that a connection waits there at most one loop iteration, and admission
-(:mod:`intake.admission`) keeps iterations short. The backlog (``edge_backlog``) then only has
-to hold the connections that arrive during one iteration; the kernel drops the SYNs beyond it
-and a browser resends its SYN after a second.
+:class:`EdgeSite` accepts instead: on every readiness it drains the queue, up to
+``ACCEPT_BATCH`` connections, so that a connection waits there a loop iteration or a few, and
+admission (:mod:`intake.admission`) keeps iterations short. The backlog (``edge_backlog``) then
+only has to hold the connections that arrive during one iteration; the kernel drops the SYNs
+beyond it and a browser resends its SYN after a second.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from aiohttp import web
 from intake.protocol import Shedder, protocol_factory
 
 log = logging.getLogger(__name__)
+
+# Connections accepted per readiness of the listening socket, at most: setting one up costs
+# about as much CPU as a shed registration several times over, so a burst of thousands is taken
+# over a few loop iterations rather than in one that would keep every request waiting.
+ACCEPT_BATCH = 128
 
 
 class EdgeSite(web.BaseSite):
@@ -81,7 +86,7 @@ class EdgeSite(web.BaseSite):
         if sock is None:
             return
         loop = asyncio.get_running_loop()
-        for _ in range(self._backlog):
+        for _ in range(ACCEPT_BATCH):
             try:
                 connection, _ = sock.accept()
             except (BlockingIOError, InterruptedError):

@@ -75,42 +75,59 @@ def test_the_loop_monitor_sees_a_late_loop_before_its_probe_runs() -> None:
 def test_the_loop_monitor_measures_the_accepted_rate() -> None:
     monitor = admission.LoopMonitor(admission.QueueDelayRule(0.02, 0.1))
     monitor.reset(0.0)
-    monitor.accepted = 1_000
-    monitor.probe(1.0)
-    first = monitor.rate_per_s
-    assert admission.MIN_RATE_PER_S < first < 1_000
-    for second in range(2, 10):
-        monitor.accepted += 1_000
-        monitor.probe(float(second))
+    assert monitor.rate_per_s == admission.INITIAL_RATE_PER_S
+    window = admission.RATE_WINDOW_S
+    for step in range(1, 40):
+        monitor.accepted += round(1_000 * window)
+        monitor.probe(step * window)
     assert monitor.rate_per_s == pytest.approx(1_000, rel=0.01)
-    monitor.probe(11.0)  # nothing accepted for 2 s: the rate falls, not below the floor
+    monitor.probe(41 * window)  # nothing accepted for two windows: it falls, not below the floor
     assert admission.MIN_RATE_PER_S <= monitor.rate_per_s < 1_000
 
 
-def test_the_queue_limit_falls_when_handlers_wait_and_grows_when_they_do_not() -> None:
-    limit = admission.QueueLimit(0.02, initial=64, minimum=4, maximum=256)
-    assert not limit.reached(63, burst=False)
-    assert limit.reached(64, burst=False)
-    assert not limit.reached(64, burst=True)  # a burst may queue five times as many
-    limit.observe(0.0, 0.05)  # a handler waited 50 ms: too long
-    assert limit.limit == 48
-    limit.observe(0.01, 0.001)  # the same window: no second cut
-    assert limit.limit == 48
-    for step in range(1, 200):  # short waits while the limit is reached: it grows, capped
-        limit.reached(limit.limit, burst=False)
-        limit.observe(step * 0.03, 0.001)
-    assert limit.limit == 256
-    for step in range(200, 400):
-        limit.observe(step * 0.03, 0.5)
-    assert limit.limit == 4
-    for step in range(400, 500):  # short waits but the limit never reached: no evidence
-        limit.observe(step * 0.03, 0.001)
-    assert limit.limit == 4
+def _run(
+    monitor: admission.LoopMonitor, t: float, seconds: float, rate: float, lag: float
+) -> float:
+    """Probes every 5 ms (each ``lag`` late) for ``seconds`` from ``t``, ``rate`` accepted/s."""
+    end = t + seconds
+    while t < end:
+        step = monitor.probe_interval_s + lag
+        t += step
+        monitor.accepted += round(rate * step)
+        monitor.probe(t)
+    return t
+
+
+def test_the_capacity_is_what_a_saturated_edge_accepts() -> None:
+    rule = admission.QueueDelayRule(0.02, 0.1, burst_s=0.5)
+    monitor = admission.LoopMonitor(rule)
+    monitor.reset(0.0)
+    # Not saturated, 200/s: the capacity is not known to be lower than the prior.
+    t = _run(monitor, 0.0, 3.0, rate=200, lag=0.0)
+    assert monitor.capacity_per_s == admission.INITIAL_RATE_PER_S
+    assert monitor.rate_per_s == pytest.approx(200, rel=0.1)
+    # Not saturated, 1,200/s: it can at least that much.
+    t = _run(monitor, t, 1.0, rate=1_200, lag=0.0)
+    assert monitor.capacity_per_s == pytest.approx(1_200, rel=0.1)
+    # Saturated (30 ms late, a standing queue), 800/s: that is its capacity now.
+    t = _run(monitor, t, 4.0, rate=800, lag=0.03)
+    assert rule.standing(t)
+    assert monitor.capacity_per_s == pytest.approx(800, rel=0.1)
+    # What may wait for a handler: the capacity's worth of the wait allowed now.
+    allowed = monitor.capacity_per_s * 0.02
+    assert not monitor.queue_full(t, math.floor(allowed) - 1)
+    assert monitor.queue_full(t, math.ceil(allowed))
+    t = _run(monitor, t, 0.01, rate=800, lag=0.0)  # on time again: an interval's worth
+    assert not rule.standing(t)
+    assert not monitor.queue_full(t, math.floor(monitor.capacity_per_s * 0.1) - 1)
+    assert monitor.queue_full(t, math.ceil(monitor.capacity_per_s * 0.1))
+    monitor.capacity_per_s = 1.0
+    assert not monitor.queue_full(t, admission.MIN_QUEUED - 1)
 
 
 def test_retry_slots_come_back_at_the_accepted_rate() -> None:
     spread = admission.RetrySpread()
-    waits = [spread.wait_s(100.0, rate_per_s=50.0, maximum_s=60) for _ in range(500)]
+    waits = [spread.wait_s(100.0, 50.0, 60, jitter=0.5) for _ in range(500)]
     # 500 shed in the same instant are given 500 successive slots 20 ms apart: 10 s in all.
     assert waits == sorted(waits)
     assert waits[0] == pytest.approx(0.02)
@@ -119,14 +136,19 @@ def test_retry_slots_come_back_at_the_accepted_rate() -> None:
     per_second = {s: headers.count(s) for s in set(headers)}
     assert set(per_second) == set(range(1, 11))
     assert max(per_second.values()) <= 51  # about 50 a second, the rate they can be taken
-    # Time passes: the horizon is where it was, the next slot comes after it.
-    assert spread.wait_s(105.0, 50.0, 60) == pytest.approx(5.02)
-    # A crowd larger than the longest wait: everyone beyond it gets the longest wait, and
-    # the horizon does not run away (a client shed again takes a new slot).
-    for _ in range(10_000):
-        last = spread.wait_s(105.0, 50.0, 60)
-    assert last == pytest.approx(60.0)
-    assert spread.backlog_s(105.0) == pytest.approx(60.0)
+    # Time passes: those ahead drain at the rate, the next slot comes after the rest.
+    assert spread.backlog(105.0, 50.0) == pytest.approx(250)
+    assert spread.wait_s(105.0, 50.0, 60, jitter=0.5) == pytest.approx(5.02)
+    # The rate learnt is ten times higher: the same clients ahead mean a tenth of the wait.
+    assert spread.wait_s(105.0, 500.0, 60, jitter=0.5) == pytest.approx(252 / 500)
+    # A crowd larger than the longest wait holds: those beyond it are spread over its upper
+    # half, and not counted (they take a slot when they come back).
+    beyond = [spread.wait_s(105.0, 50.0, 60, jitter=(j % 100) / 100) for j in range(3_100)]
+    assert max(beyond) == pytest.approx(60.0)
+    assert beyond[:2_000] == sorted(beyond[:2_000])  # slots, until the queue holds 60 s
+    assert min(beyond[-100:]) >= 30.0
+    assert len({round(w) for w in beyond[-100:]}) >= 25  # then spread over 30-60 s
+    assert spread.backlog(105.0, 50.0) <= 50 * 60
     assert admission.retry_after_header(0.001, 60) == 1
     assert admission.retry_after_header(1e9, 60) == 60
     assert admission.retry_after_header(math.nan, 60) == 60
