@@ -104,8 +104,8 @@ from benchmarks.persist import cpu_seconds
 from benchmarks.population import Registrant, population
 from benchmarks.rig import Rig
 from core.settings import Settings
+from core.status import read_status
 from intake.validation import today_wib
-from workers.status import read_status
 
 VHOST = "intake_bench_backpressure"
 DATABASE = "intake_bench_backpressure"

@@ -194,6 +194,11 @@ LANE_BREAKER_TRANSITIONS = Counter(
 # Read from the supervisor's plan when scraped (workers.supervisor.FleetCollector), not counted
 # in prometheus-client values: the supervisor's own process stays out of multiprocess mode.
 
+VERIFICATION_HELD = (
+    "intake_supervisor_verification_held",
+    "1 while intake supervise holds the dispatcher and the verification lanes back because an"
+    " edge on the machine sheds (workers/pressure.py), else 0.",
+)
 WORKER_PROCESSES = (
     "intake_worker_processes",
     "Worker processes the supervisor runs (started and not exited yet), by kind.",

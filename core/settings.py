@@ -70,6 +70,9 @@ class Settings:
     edge_queue_target_s: float = 0.02
     edge_queue_interval_s: float = 0.1
     edge_shutdown_timeout_s: float = 10.0
+    # Where each edge writes its status file (edge-<pid>.json: whether it sheds) and where
+    # intake supervise reads them, to hold verification back while an edge sheds. Empty: none.
+    edge_status_dir: str = ""
     edge_reconnect_max_delay_s: float = 2.0
     edge_access_log: bool = True
 

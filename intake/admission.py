@@ -40,6 +40,8 @@ RATE_WINDOW_S = 0.25
 # and its floor: an edge that accepts nothing still spreads its retries at the floor.
 INITIAL_RATE_PER_S = 500.0
 MIN_RATE_PER_S = 20.0
+# Per RATE_WINDOW_S, how much of the capacity estimate is kept when less is accepted.
+CAPACITY_DECAY = 0.995
 # Admitted registrations that may always wait for their handler, whatever the estimates.
 MIN_QUEUED = 8
 
@@ -79,8 +81,8 @@ class QueueDelayRule:
 
 class LoopMonitor:
     """The event loop's lag, measured by a timer every ``probe_interval_s``, fed to a
-    :class:`QueueDelayRule`; and this edge's **capacity**: the registrations it accepts per
-    second while saturated (a standing queue), or any higher rate it has shown. The capacity
+    :class:`QueueDelayRule`; and this edge's **capacity**: the most registrations it has
+    accepted per second lately (a quarter-second window; at first a prior). The capacity
     sizes two things: how many admitted registrations may wait for their handler at once
     (:meth:`queue_full`), and the retry slots (:class:`RetrySpread`)."""
 
@@ -132,10 +134,10 @@ class LoopMonitor:
         if elapsed_s >= RATE_WINDOW_S:
             instant = (self.accepted - self._rate_accepted) / elapsed_s
             self.rate_per_s = max(MIN_RATE_PER_S, 0.5 * instant + 0.5 * self.rate_per_s)
-            if self.rule.standing(now_s):  # saturated: what it accepts is what it can
-                self.capacity_per_s = max(MIN_RATE_PER_S, 0.5 * instant + 0.5 * self.capacity_per_s)
-            else:  # not saturated: it can at least what it did
-                self.capacity_per_s = max(self.capacity_per_s, instant)
+            # The most it has accepted lately, forgotten slowly (half in about half a minute):
+            # not what it accepts while it sheds, which admission itself decides (an estimate
+            # that followed it would shrink the queue it allows, and itself, to nothing).
+            self.capacity_per_s = max(instant, CAPACITY_DECAY * self.capacity_per_s)
             self._rate_since_s, self._rate_accepted = now_s, self.accepted
 
     def delay_s(self, now_s: float) -> float:

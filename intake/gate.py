@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import random
 from collections.abc import AsyncIterator
 
 import orjson
 from prometheus_client import Counter
 
-from core import metrics
+from core import metrics, status
 from core.settings import Settings
 from intake import admission
 from intake.problems import unavailable_body
 from intake.protocol import REGISTRATIONS_PATH, HttpDate
 from intake.publisher import BatchPublisher
 
-# How often the early 503s are added to the counters and the gauges written.
+log = logging.getLogger(__name__)
+
+# How often the early 503s are added to the counters, the gauges and the status file written.
 GAUGE_INTERVAL_S = 0.25
+# Sheds that mean this edge is short of time or room (not a broker down or a full queue).
+PRESSURE_REASONS = frozenset({"queue_delay", "deadline", "overloaded"})
 
 
 class Gate:
@@ -55,6 +61,11 @@ class Gate:
         }
         self._shed: dict[str, Counter] = {}
         self.early = 0  # registrations answered 503 before aiohttp saw them
+        self.pressed = 0  # registrations shed for want of time or room in this edge
+        status_dir = settings.edge_status_dir
+        self._status_path = (
+            os.path.join(status_dir, f"edge-{os.getpid()}.json") if status_dir else ""
+        )
         self._uncounted: dict[str, int] = {}
 
     @contextlib.asynccontextmanager
@@ -71,20 +82,41 @@ class Gate:
             self.flush()
             self.monitor.stop()
             metrics.EDGE_STANDING_QUEUE.set(0)
+            if self._status_path:
+                status.remove_status(self._status_path)
 
     async def _report(self) -> None:
         loop = asyncio.get_running_loop()
         lag_s = 0.0
         ticks = 0
+        pressed = self.pressed
         while True:
             await asyncio.sleep(GAUGE_INTERVAL_S)
             self.flush()
+            if self._status_path:
+                standing = self.monitor.rule.standing(loop.time())
+                self._write_status(standing or self.pressed > pressed, standing)
+                pressed = self.pressed
             lag_s = max(lag_s, self.monitor.take_max_lag_s())
             ticks += 1
             if ticks * GAUGE_INTERVAL_S >= 1.0:  # the gauge's "over the last second"
                 metrics.EDGE_LOOP_LAG.set(lag_s)
                 lag_s, ticks = 0.0, 0
             metrics.EDGE_STANDING_QUEUE.set(int(self.monitor.rule.standing(loop.time())))
+
+    def _write_status(self, shedding: bool, standing: bool) -> None:
+        """The edge's status file, for ``intake supervise`` (workers/pressure.py)."""
+        snapshot: dict[str, object] = {
+            "kind": "edge",
+            "pid": os.getpid(),
+            "shedding": shedding,
+            "standing": standing,
+            "capacity_per_s": round(self.monitor.capacity_per_s, 1),
+        }
+        try:
+            status.write_status(self._status_path, snapshot)
+        except OSError as exc:
+            log.debug("edge status not written: %s", type(exc).__name__)
 
     def flush(self) -> None:
         """Add the early 503s answered since the last flush to the metrics."""
@@ -123,6 +155,8 @@ class Gate:
         # Counted into the metrics every GAUGE_INTERVAL_S: a counter's inc() (a lock, and a
         # write to a shared file in multiprocess mode) would be a fair share of the answer.
         self._uncounted[reason] = self._uncounted.get(reason, 0) + 1
+        if reason in PRESSURE_REASONS:
+            self.pressed += 1
         self._publisher.count_shed(reason)  # refused without a publish, as its own sheds
         body = self._bodies[reason]
         return (
@@ -137,6 +171,8 @@ class Gate:
     def count(self, reason: str) -> None:
         """Count one registration shed for ``reason`` (by the handler)."""
         self._counter(reason).inc()
+        if reason in PRESSURE_REASONS:
+            self.pressed += 1
 
     def _counter(self, reason: str) -> Counter:
         counter = self._shed.get(reason)

@@ -27,6 +27,7 @@ import pytest
 
 from benchmarks.population import Registrant, population
 from core.settings import Settings
+from core.status import read_status
 from intake.validation import today_wib
 from simulators.behaviour import Behaviour
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
@@ -44,7 +45,6 @@ from tests.workers.test_supervisor import (
     _stored,
     _supervising,
 )
-from workers.status import read_status
 from workers.supervisor import Supervisor
 
 Spawn = Callable[..., Process]

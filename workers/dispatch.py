@@ -38,6 +38,7 @@ from core.checks import OUTBOX_CHANNEL
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings
+from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
 from core.verification import INITIAL_CHECKS, Check, Task
 from workers.sessions import keep_running
 
@@ -85,11 +86,20 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self.dispatched = 0
+        # Held back (intake supervise, while an edge sheds): the outbox waits in PostgreSQL.
+        self.held = False
         metrics.init_dispatch()
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
+
+    def hold(self, held: bool) -> None:
+        """Hold back (publish nothing from the outbox) or let go again."""
+        if held != self.held:
+            self.held = held
+            self._wake.set()
+            log.info("dispatcher held back" if held else "dispatcher resumes")
 
     async def run(self) -> None:
         """Dispatch until stopped, starting again when the broker or the database goes away."""
@@ -110,7 +120,7 @@ class Dispatcher:
                 log.info("dispatcher running")
                 while not self._stopping.is_set():
                     self._wake.clear()
-                    if await self.dispatch_once(lanes.verify_exchange):
+                    if not self.held and await self.dispatch_once(lanes.verify_exchange):
                         continue
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_S)
@@ -202,6 +212,8 @@ async def serve(settings: Settings) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, dispatcher.stop)
+            loop.add_signal_handler(HOLD_SIGNAL, dispatcher.hold, True)
+            loop.add_signal_handler(RELEASE_SIGNAL, dispatcher.hold, False)
             await dispatcher.run()
         finally:
             await queues.close()

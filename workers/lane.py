@@ -48,11 +48,11 @@ from core import checks, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
+from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, report_forever
 from core.verification import Check, Passed, Reject, Retry, Review, Task, TaskError, Verifier
 from workers import flow
 from workers.dispatch import publish_task
 from workers.sessions import keep_running
-from workers.status import report_forever
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,10 @@ class LaneWorker:
         self._task_duration = metrics.LANE_TASK_DURATION.labels(lane)
         self._calls = {s: metrics.SERVICE_CALLS.labels(lane, s.value) for s in flow.Signal}
         self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
+        # Held back (intake supervise, while an edge sheds): no new deliveries, the tasks in
+        # hand finish; the backlog waits in the queue.
+        self.held = False
+        self._held_changed = asyncio.Event()
 
     def status(self) -> dict[str, object]:
         """What ``intake supervise`` reads from the worker's status file."""
@@ -93,11 +97,22 @@ class LaneWorker:
             "pid": os.getpid(),
             "processed": self.processed,
             "prefetch": self.prefetch,
+            "held": self.held,
             **self.gate.snapshot(),
         }
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def hold(self, held: bool) -> None:
+        """Hold back (stop taking tasks, finish those in hand) or let go again."""
+        if held != self.held:
+            self.held = held
+            self._held_changed.set()
+            log.info(
+                "lane held back" if held else "lane resumes",
+                extra={"fields": {"lane": self._check.value}},
+            )
 
     async def run(self) -> None:
         gauges = asyncio.create_task(self._export_gauges())
@@ -146,7 +161,7 @@ class LaneWorker:
         """Deliveries to hold: none while the breaker is open, one per probe while half-open,
         else the limit plus a quarter (at least two) so that the next task is at hand."""
         state = self.gate.breaker.state
-        if state is flow.BreakerState.OPEN:
+        if state is flow.BreakerState.OPEN or self.held:
             return 0
         if state is flow.BreakerState.HALF_OPEN:
             return 1
@@ -157,7 +172,9 @@ class LaneWorker:
         """Until the breaker changes state, a second passes, or the session ends."""
         changed = self.gate.breaker.changed
         changed.clear()
-        waits = [asyncio.create_task(event.wait()) for event in (changed, lost, self._stopping)]
+        self._held_changed.clear()
+        events = (changed, self._held_changed, lost, self._stopping)
+        waits = [asyncio.create_task(event.wait()) for event in events]
         remaining = self.gate.breaker.open_remaining_s()
         timeout = min(1.0, remaining + 0.01) if remaining else 1.0
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -420,6 +437,8 @@ async def serve(settings: Settings, check: Check) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(HOLD_SIGNAL, worker.hold, True)
+        loop.add_signal_handler(RELEASE_SIGNAL, worker.hold, False)
         # The status file (set by ``intake supervise``) lasts until the tasks in hand are done.
         stopped = asyncio.Event()
         reporter = None

@@ -43,8 +43,8 @@ from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate
 from core.settings import Settings
+from core.status import report_forever
 from workers.sessions import keep_running
-from workers.status import report_forever
 from workers.store import RegistrationStore, Rows, prepare
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class PersistWorker:
         self._inbox.put_nowait(None)
 
     def status(self) -> dict[str, object]:
-        """The worker's status file (``workers.status``). ``processed`` and ``inflight`` count
+        """The worker's status file (``core.status``). ``processed`` and ``inflight`` count
         messages, the unit of the queue's depth (each message carries a batch of
         registrations): messages stored and acknowledged, and messages delivered and not yet
         acknowledged. ``registrations`` counts the registrations those messages carried

@@ -11,7 +11,7 @@ its analysis is CPU-bound).
 
 **The rule.** Every ``supervise_interval_s`` the supervisor reads each kind's queue depth ``D``
 (passive declare: messages ready, not those held by workers) and the workers' status files
-(``workers.status``: work processed and acknowledged, in the queue's unit). Over a window of the
+(``core.status``: work processed and acknowledged, in the queue's unit). Over a window of the
 last few samples (five intervals, at least 3 s) it estimates
 
 - the service rate ``S``, the sum of the workers' processed-per-second;
@@ -95,8 +95,10 @@ from core.cli import WORKER_KINDS
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings, SettingsError
+from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, read_status, remove_status
+from workers import pressure
+from workers.pressure import EdgePressure
 from workers.sessions import BROKER_GONE
-from workers.status import read_status, remove_status
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +407,9 @@ class Supervisor:
         self.restarts: dict[str, int] = dict.fromkeys(self._kinds, 0)
         # The workers' prometheus-client multiprocess directory.
         self.metrics_dir = run_dir / "metrics"
+        # While an edge sheds, verification is held back (workers/pressure.py).
+        self.pressure = EdgePressure(settings.edge_status_dir)
+        self._pressure_sent_s = 0.0
         needed = sum(db_connections(settings, k) * s.limits.low for k, s in self._state.items())
         if needed > settings.supervise_db_connections:
             raise SettingsError(
@@ -469,6 +474,7 @@ class Supervisor:
             while not self._stopping.is_set():
                 self._wake.clear()
                 await self._reconcile()
+                self._apply_pressure()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _RECONCILE_S)
         finally:
@@ -525,6 +531,20 @@ class Supervisor:
                     state.start_after = now + MAX_RESTART_DELAY_S / 10
             for worker in self._pick_to_stop(live, len(live) - state.target):
                 self._terminate(worker, now)
+
+    def _apply_pressure(self) -> None:
+        """Hold verification back while an edge sheds, let it go after (workers/pressure.py).
+        While held, the signal and the nice value are applied again every second: to workers
+        started since, and to any that missed the signal while starting."""
+        changed = self.pressure.update()
+        now = time.monotonic()
+        if not changed and (not self.pressure.held or now - self._pressure_sent_s < 1.0):
+            return
+        self._pressure_sent_s = now
+        pids = [w.pid for w in self._workers if w.kind != PERSIST and w.stop_at is None]
+        pressure.signal_all(pids, self.pressure.held)
+        nice = pressure.HELD_NICE if self.pressure.held else self._nice(DISPATCH)
+        pressure.renice(pids, nice)
 
     def _reap(self, now: float) -> None:
         for worker in list(self._workers):
@@ -742,6 +762,9 @@ class Supervisor:
             reason = "backlog" if after > current else "calm"
             if current < state.limits.low or current > state.limits.high:
                 reason = "limits"
+            elif after > current and kind != PERSIST and self.pressure.held:
+                self._hold(kind, state, load, current, desired, "edge_shedding")
+                after, reason = current, "edge_shedding"
             elif after > current:
                 after, why = self._within_budget(kind, current, after, live, monotonic)
                 if why:
@@ -837,6 +860,9 @@ class FleetCollector(Collector):
         for kind, count in sorted(dict(self._supervisor.restarts).items()):
             restarts.add_metric([kind], count)
         yield restarts
+        held = GaugeMetricFamily(*metrics.VERIFICATION_HELD)
+        held.add_metric([], int(self._supervisor.pressure.held))
+        yield held
 
 
 def _round(value: float | None) -> float | None:
@@ -894,6 +920,10 @@ def _child_setup(nice: int) -> Callable[[], None]:
     def setup() -> None:
         os.setsid()
         _terminate_with_parent()
+        # Until the worker installs its own handlers, the supervisor's hold and release
+        # signals are ignored, not fatal (an ignored signal stays ignored across exec).
+        signal.signal(HOLD_SIGNAL, signal.SIG_IGN)
+        signal.signal(RELEASE_SIGNAL, signal.SIG_IGN)
         if nice:
             os.nice(nice)
             try:

@@ -31,9 +31,10 @@ from core.envelope import Envelope, Registration
 from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
+from core.status import read_status, report_forever, write_status
 from tests.support.processes import Process
 from tests.support.waiting import eventually
-from workers.status import read_status, report_forever, write_status
+from workers.pressure import RELEASE_AFTER_S, EdgePressure
 from workers.supervisor import (
     Limits,
     Load,
@@ -519,3 +520,65 @@ def _autogroup_nice(pid: int) -> int | None:
 def _nice_of(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return int(fields[16])  # field 19 of proc(5): the nice value
+
+
+def test_verification_is_held_back_while_an_edge_sheds(
+    settings: Settings, tmp_path: Path, spawn: Callable[..., Process]
+) -> None:
+    """An edge's status file says it sheds: the dispatcher and the lanes stop taking work and
+    drop to the lowest priority; some seconds after it stops shedding, they go on as before."""
+    run_dir, edges = tmp_path / "run", tmp_path / "edges"
+    edges.mkdir()
+    fleet = _fleet(settings, "", supervise_verification_nice=7, edge_status_dir=str(edges))
+    process = spawn(["supervise", "persist", "dispatch", "dukcapil", f"--run-dir={run_dir}"], fleet)
+    lane = run_dir / "dukcapil-1.json"
+    asyncio.run(eventually(_status_of(lane), bool, 60))
+    started = asyncio.run(eventually(lambda: _started(process), lambda found: len(found) == 3, 60))
+    base = _nice_of(process.pid)
+    edge = edges / "edge-4242.json"
+
+    def edge_says(shedding: bool) -> Callable[[], Awaitable[dict[str, object] | None]]:
+        async def probe() -> dict[str, object] | None:
+            write_status(str(edge), {"kind": "edge", "pid": 4242, "shedding": shedding})
+            return await _status_of(lane)()
+
+        return probe
+
+    assert read_status(lane) is not None
+    assert read_status(lane)["held"] is False  # type: ignore[index]
+    asyncio.run(eventually(edge_says(True), lambda status: bool(status and status["held"]), 30))
+    for kind in ("dispatch", "dukcapil"):
+        assert _nice_of(started[kind]) == 19
+    assert _nice_of(started["persist"]) == base  # it stores what the edges accepted
+    assert "verification held back" in process.log()
+
+    asyncio.run(
+        eventually(edge_says(False), lambda status: bool(status and not status["held"]), 30)
+    )
+    for kind in ("dispatch", "dukcapil"):
+        assert _nice_of(started[kind]) - base == 7
+    assert process.terminate(60) == 0
+
+
+def test_edge_pressure_holds_at_the_first_shed_and_lets_go_after_a_quiet_while(
+    tmp_path: Path,
+) -> None:
+    pressure = EdgePressure(str(tmp_path))
+    edge = tmp_path / "edge-1.json"
+    write_status(str(edge), {"kind": "edge", "pid": 1, "shedding": False})
+    now = read_status(edge)["at"]  # type: ignore[index]
+    assert isinstance(now, float)
+    assert not pressure.update(now)
+    assert not pressure.held
+    write_status(str(edge), {"kind": "edge", "pid": 1, "shedding": True})
+    assert pressure.update(now)
+    assert pressure.held
+    assert not pressure.update(now + 1.0)  # still shedding as far as it is known: held
+    # A stale file (its edge stopped) does not count; a quiet while after the last shed seen
+    # (at now + 1), let go.
+    assert not pressure.update(now + 1.0 + RELEASE_AFTER_S - 0.5)
+    assert pressure.held
+    assert pressure.update(now + 1.0 + RELEASE_AFTER_S + 0.5)
+    assert not pressure.held
+    # No directory configured: never held.
+    assert not EdgePressure("").update(now)

@@ -1,4 +1,4 @@
-"""Worker status files: what a running worker tells ``intake supervise`` about itself.
+"""Status files: what a running worker or edge tells ``intake supervise`` about itself.
 
 A worker started by the supervisor finds a path in ``INTAKE_WORKER_STATUS_FILE`` (empty: no
 file). :func:`report_forever` writes the worker's snapshot there as one JSON object every
@@ -14,12 +14,16 @@ The snapshot's keys:
   the unit of the kind's queue depth: messages for the persist worker (one message carries a
   batch of registrations), tasks for a lane;
 - ``inflight``: the same unit, delivered and not yet acknowledged;
-- lanes also: ``limit`` (the concurrency limit, a float) and ``breaker`` (``closed``, ``open`` or
-  ``half_open``);
+- lanes also: ``limit`` (the concurrency limit, a float), ``breaker`` (``closed``, ``open`` or
+  ``half_open``) and ``held`` (held back, see below);
 - ``at``: added here, the Unix time of the write, so that a reader computes rates from the
   writer's own clock.
 
 Counters and states only: never personal data.
+
+The other way, two signals: :data:`HOLD_SIGNAL` asks the dispatcher or a lane to hold back
+(take no new work, finish what it holds: its PostgreSQL and RabbitMQ work stops with it) and
+:data:`RELEASE_SIGNAL` to go on; the supervisor sends them while an edge sheds.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 
 import orjson
 
 log = logging.getLogger(__name__)
+
+HOLD_SIGNAL = signal.SIGUSR1
+RELEASE_SIGNAL = signal.SIGUSR2
 
 
 async def report_forever(

@@ -1,0 +1,100 @@
+"""The accept path first: verification is held back while an edge on this machine sheds.
+
+On a machine that runs the edges and the workers together (``intake supervise`` beside
+``intake edge``), a registration waiting for the CPU is worth more than a verification: the
+verification can wait in its queue, the person at the edge cannot. Nice values order the CPU
+between processes, but not the work they cause elsewhere: a lane's PostgreSQL queries and
+RabbitMQ deliveries run in those servers' processes, at full priority. So while an edge sheds
+(its status file says so), the supervisor
+
+- sends the dispatcher and the verification lanes :data:`~core.status.HOLD_SIGNAL`: they take
+  no new work and finish what they hold, so their PostgreSQL and RabbitMQ work stops with them
+  (the tasks wait in the outbox and the lane queues, where nothing is lost);
+- renices them to 19, the lowest priority, their sessions' scheduling groups too;
+- starts no new verification workers (the persist worker still scales: it drains what the
+  edges accepted);
+
+and undoes it once no edge has shed for :data:`RELEASE_AFTER_S`. Edges write their status
+files into ``INTAKE_EDGE_STATUS_DIR`` (``edge-<pid>.json``, :mod:`intake.gate`); the same
+setting tells the supervisor where to look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, read_status
+
+log = logging.getLogger(__name__)
+
+# An edge status file older than this is an edge that stopped: it no longer counts.
+FRESH_S = 3.0
+# Verification is let go once no edge has shed for this long.
+RELEASE_AFTER_S = 5.0
+HELD_NICE = 19
+
+
+def edges_shedding(directory: Path, now_s: float) -> bool:
+    """Whether a fresh edge status file in ``directory`` says that edge sheds."""
+    for path in directory.glob("edge-*.json"):
+        status = read_status(path)
+        if status is None:
+            continue
+        at = status.get("at")
+        if isinstance(at, int | float) and now_s - at <= FRESH_S and status.get("shedding"):
+            return True
+    return False
+
+
+class EdgePressure:
+    """Whether verification is held back now, from the edges' status files, with hysteresis:
+    held at the first shed seen, let go after :data:`RELEASE_AFTER_S` without one."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = Path(directory) if directory else None
+        self._last_shed_s = -float("inf")
+        self.held = False
+
+    def update(self, now_s: float | None = None) -> bool:
+        """Read the edges' files; return whether :attr:`held` changed."""
+        if self._directory is None:
+            return False
+        now = time.time() if now_s is None else now_s
+        if edges_shedding(self._directory, now):
+            self._last_shed_s = now
+        held = now - self._last_shed_s < RELEASE_AFTER_S
+        changed, self.held = held != self.held, held
+        if changed:
+            log.warning(
+                "an edge sheds: verification held back"
+                if held
+                else "edges keep up: verification goes on"
+            )
+        return changed
+
+
+def signal_all(pids: Iterable[int], held: bool) -> None:
+    """Ask the processes to hold back (``held``) or go on; a process that exited is skipped."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, HOLD_SIGNAL if held else RELEASE_SIGNAL)
+
+
+def renice(pids: Iterable[int], nice: int) -> None:
+    """Set the processes' nice value and their sessions' scheduling groups' (lowering it back
+    needs the privilege to; without it they stay where they are, and a warning says so)."""
+    for pid in pids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            log.warning("cannot renice worker %s to %s: not permitted", pid, nice)
+            continue
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/autogroup").write_text(str(nice))
