@@ -190,6 +190,9 @@ async def start_system(rig: Rig, kinds: Sequence[str], edges: int = 1) -> None:
     operator starts them, once the simulators run."""
     run_dir = rig.log_dir / "run"
     run_dir.mkdir()
+    # The edges tell the supervisor when they shed (it then holds verification back).
+    rig.settings = rig.settings.replace(edge_status_dir=str(run_dir))
+    rig.stack.settings = rig.settings
     rig.stack.start(
         "supervise",
         "supervise",
