@@ -104,8 +104,10 @@ class Server:
         return self.process.pid
 
 
-async def start(rig: Rig, design: str, quota: CpuQuota, settings: Settings) -> Server:
-    """One design's server on CPU 0, in the quota's cgroup."""
+async def start(
+    rig: Rig, design: str, quota: CpuQuota, settings: Settings, ready: str = "/readyz"
+) -> Server:
+    """One design's server on CPU 0, in the quota's cgroup, once ``ready`` answers 200."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     python = ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m"]
@@ -127,7 +129,7 @@ async def start(rig: Rig, design: str, quota: CpuQuota, settings: Settings) -> S
         ]
     process = rig.stack.start_program(f"{design}-{port}", argv, settings=settings)
     quota.add(process.pid)
-    await rig.wait_http(f"{url}/readyz", 60)
+    await rig.wait_http(f"{url}{ready}", 60)
     return Server(design, url, process, metrics_url)
 
 
@@ -368,7 +370,9 @@ async def costs(rig: Rig, pool: asyncpg.Pool, quota: CpuQuota, work_dir: Path) -
     progress(f"  {accepted['accepted_per_s']:,.0f}/s, {accepted['cpu_us_per_answer']} µs each")
     progress("edge: the cost of a shed (an edge whose broker is unreachable sheds everything)")
     unreachable = rig.settings.replace(amqp_url="amqp://guest:guest@127.0.0.1:1/none")
-    server = await start_unready(rig, quota, unreachable)
+    # It never gets ready: it sheds every registration (broker_unreachable), early, which is
+    # the shortest path a registration takes through it.
+    server = await start(rig, "edge", quota, unreachable, ready="/healthz")
     try:
         shed = await closed_loop(server, work_dir, 5.0, 256)
     finally:
@@ -384,19 +388,6 @@ async def costs(rig: Rig, pool: asyncpg.Pool, quota: CpuQuota, work_dir: Path) -
         ),
         "capacity_audit": capacity_audit,
     }
-
-
-async def start_unready(rig: Rig, quota: CpuQuota, settings: Settings) -> Server:
-    """An edge that cannot reach its broker: it sheds every registration (broker_unreachable),
-    early, which is the shortest path a registration takes through it."""
-    port = free_port()
-    argv = ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "core.cli", "edge"]
-    process = rig.stack.start_program(
-        f"edge-unreachable-{port}", argv, settings=settings.replace(edge_port=port)
-    )
-    quota.add(process.pid)
-    await rig.wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-    return Server("edge", f"http://127.0.0.1:{port}", process, None)
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ Each benchmark prints its progress on stderr and its markdown table on stdout, a
 JSON (and the wave's plots) into ``results/bench-<UTC time>/``; this runner then writes
 ``summary.md`` and ``summary.json`` there: the edge against the bare aiohttp ceiling, the edge
 against the naive synchronous design under a slow ministry, adaptive against fixed lanes, the
-``day`` profile's time to the last registration stored, and every loss audit of the run. A
+``day`` profile's time to the last registration stored, goodput past capacity (the edge and
+the naive designs under one CPU quota), and every loss audit of the run. A
 benchmark that fails (a lost registration fails it; a slow run does not) is reported and the
 suite goes on; the exit code says whether any failed.
 
@@ -34,6 +35,7 @@ BENCHMARKS: tuple[tuple[str, str, list[str], str], ...] = (
     ("verification", "verification", [], "verification"),
     ("versus", "versus", [], "versus"),
     ("backpressure", "backpressure", [], "backpressure"),
+    ("overload", "overload", [], "overload"),
     ("wave-ci", "wave", ["--profile=ci"], "wave-ci"),
     ("wave-peak", "wave", ["--profile=peak", "--edges=2"], "wave-peak"),
     ("wave-opening", "wave", ["--profile=opening", "--edges=2"], "wave-opening"),
@@ -67,6 +69,7 @@ def summarise(folder: Path, exit_codes: dict[str, int]) -> tuple[str, dict[str, 
     versus = _load(folder, "versus")
     backpressure = _load(folder, "backpressure")
     day = _load(folder, "wave-day")
+    overload = _load(folder, "overload")
     figures: dict[str, Any] = {"machine": machine_info(), "exit_codes": exit_codes}
     sections: list[str] = []
 
@@ -111,6 +114,23 @@ def summarise(folder: Path, exit_codes: dict[str, int]) -> tuple[str, dict[str, 
                     f"lanes, {lane.get('limit', key)}: goodput / ministry capacity; rejected",
                     f"{_num(lane.get('goodput_share'), 3)}; {_num(lane.get('rejected_share'), 4)}",
                     "adaptive: goal >= 0.95; <= 0.01" if key == "adaptive" else "",
+                ]
+            )
+    if overload is not None:
+        ratios = overload.get("ratios", {})
+        figures["overload_goodput_over_1x"] = ratios
+        for design, by_load in ratios.items():
+            worst_p99 = max(
+                (r["first_answer_ms"]["p99"] or 0.0 for r in overload["designs"][design]["runs"]),
+                default=None,
+            )
+            rows.append(
+                [
+                    f"overload, {design} on {_num(100 * overload['quota_of_one_core'])} % of a "
+                    "core: goodput at 2x and 5x / the edge's at 1x; worst first-answer p99",
+                    f"{_num(by_load.get('2x'), 2)}, {_num(by_load.get('5x'), 2)}; "
+                    f"{_num(worst_p99, 0, ' ms')}",
+                    "edge: goal >= 0.9; <= 1 s" if design == "edge" else "",
                 ]
             )
     if day is not None:

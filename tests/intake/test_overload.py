@@ -15,7 +15,6 @@ import time
 import uuid
 from pathlib import Path
 
-import aio_pika
 import asyncpg
 import orjson
 import pytest
@@ -27,7 +26,7 @@ from intake import admission
 from intake.protocol import _one_request
 from tests.support import inprocess
 from tests.support.people import person
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import broker_proxy
 from tests.support.waiting import eventually
 
 # --- the rules, without services -----------------------------------------------------------
@@ -319,16 +318,12 @@ async def test_every_waiting_connection_is_accepted_in_one_go(settings: Settings
 async def test_the_deadline_is_honoured_by_what_the_counters_show(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
-    url = aio_pika.connection.make_url(settings.amqp_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
-    await proxy.start()
-    slow = settings.replace(
-        amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port)),
-        edge_deadline_s=0.3,
-        edge_publish_timeout_s=60.0,  # the broker's own bound would answer much later
-    )
     keys = [uuid.uuid4().hex for _ in range(20)]
-    try:
+    async with broker_proxy(settings) as (proxy, proxied):
+        slow = proxied.replace(
+            edge_deadline_s=0.3,
+            edge_publish_timeout_s=60.0,  # the broker's own bound would answer much later
+        )
         async with inprocess.served_edge(slow) as edge:
             reader, writer = await asyncio.open_connection(edge.host, edge.port)
             try:
@@ -357,9 +352,6 @@ async def test_the_deadline_is_honoured_by_what_the_counters_show(
                     ids.add(uuid.UUID(orjson.loads(raw)["id"]))
             finally:
                 writer.close()
-            shed = edge.publisher.stats.failures
-            assert "confirm_timeout" not in shed
-    finally:
-        await proxy.close()
+            assert "confirm_timeout" not in edge.publisher.stats.failures
     async with inprocess.persist_worker(settings, db):
         await _stored_once(db, ids)

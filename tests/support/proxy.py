@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+
+import aio_pika
+
+from core.settings import Settings
 
 
 class TcpProxy:
@@ -83,3 +88,18 @@ class TcpProxy:
         finally:
             self._writers.discard(dst)
             dst.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def broker_proxy(settings: Settings) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+    """A proxy in front of the settings' RabbitMQ, and the settings that connect through it."""
+    url = aio_pika.connection.make_url(settings.amqp_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    try:
+        yield (
+            proxy,
+            settings.replace(amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port))),
+        )
+    finally:
+        await proxy.close()
