@@ -400,6 +400,17 @@ def report(results: dict[str, Any]) -> str:
             " / ".join(_ms(lat, k) for k in ("p50", "p90", "p99", "max")),
         ],
         [
+            "latency to the first answer p50 / p90 / p99 / max (ms)",
+            " / ".join(
+                _ms(g.get("first_answer_latency_ms", {}), k) for k in ("p50", "p90", "p99", "max")
+            ),
+        ],
+        [
+            "attempts per registrant mean / max; timeouts",
+            f"{(g.get('attempts') or {}).get('mean')} / {(g.get('attempts') or {}).get('max')}; "
+            f"{g.get('timeouts', 0):,}",
+        ],
+        [
             "generator: ceiling / CPU share in the run",
             f"{results['ceiling']['answers_per_s']:,.0f} requests/s / "
             f"{g['generator']['cpu_share']:.2f} of CPU {g['generator']['cpus']}",
