@@ -26,7 +26,8 @@ Spawn = Callable[..., Process]
 async def _register_many(
     port: int, people: list[dict[str, Any]], concurrency: int = 64
 ) -> list[uuid.UUID]:
-    """POST every registrant; return the ids answered 202 (any other answer is not promised)."""
+    """POST every registrant as a browser would (a 503 is sent again after its Retry-After,
+    with the same Idempotency-Key); return the ids answered 202."""
     accepted: list[uuid.UUID] = []
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     for p in people:
@@ -36,9 +37,15 @@ async def _register_many(
     async def client(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
             registrant = queue.get_nowait()
-            async with session.post(url, json=registrant) as response:
-                if response.status == 202:
-                    accepted.append(uuid.UUID((await response.json())["id"]))
+            headers = {"Idempotency-Key": uuid.uuid4().hex}
+            while True:
+                async with session.post(url, json=registrant, headers=headers) as response:
+                    if response.status == 202:
+                        accepted.append(uuid.UUID((await response.json())["id"]))
+                    if response.status != 503:
+                        break
+                    retry_after_s = float(response.headers.get("Retry-After", "1"))
+                await asyncio.sleep(retry_after_s)
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
