@@ -24,7 +24,7 @@ from core.settings import Settings
 from core.status import read_status
 from intake import admission
 from intake.protocol import _one_request
-from tests.support import inprocess
+from tests.support import inprocess, openapi
 from tests.support.people import person
 from tests.support.proxy import broker_proxy
 from tests.support.waiting import eventually
@@ -237,7 +237,9 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             # Each was answered 503 queue_delay as it was read: no handler, no publish.
             for status, headers, raw in answers:
                 assert status == 503, raw
+                openapi.validate("UnavailableProblem", orjson.loads(raw))
                 assert orjson.loads(raw)["reason"] == "queue_delay"
+                assert headers["content-type"] == "application/problem+json"
                 assert headers["retry-after"].isdigit()
                 assert 1 <= int(headers["retry-after"]) <= settings.edge_retry_after_max_s
             assert edge.gate.early - early == 40
