@@ -62,20 +62,23 @@ class EdgeSite(web.BaseSite):
     @property
     def name(self) -> str:
         listening = self._listening or self._sock
-        if listening is not None:
-            host, port = listening.getsockname()[:2]
-            return f"http://{host}:{port}"
-        return f"http://{self._host}:{self._port}"
+        host, port = (
+            listening.getsockname()[:2] if listening is not None else (self._host, self._port)
+        )
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     async def start(self) -> None:
         await super().start()
         sock = self._sock
         if sock is None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if self._reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self._host, self._port))
+            sock.bind(address)
         sock.listen(self._backlog)
         sock.setblocking(False)
         self._listening = sock
