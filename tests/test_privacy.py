@@ -39,7 +39,9 @@ async def test_no_nik_name_email_or_phone_in_any_log_line(
     duplicates = [{**p, "email": f"dup{i}@contoh.co.id"} for i, p in enumerate(valid[:10])]
     invalid = [
         {**person(100, seed=11), "birth_date": "2015-01-01"},  # underage, NIK mismatch
-        {**person(101, seed=11), "phone": "12345"},
+        # Invalid, and unlike any number a log line may hold by chance (a timestamp's
+        # microseconds, a duration): "12345" once matched one.
+        {**person(101, seed=11), "phone": "nomor-rumah-saya"},
         {**person(102, seed=11), "email": "not-an-email"},
         {**person(103, seed=11), "nik": person(103, seed=11)["nik"][:12] + "0000"},
         {**person(104, seed=11), "full_name": "R2-D2 " + person(104, seed=11)["full_name"]},
