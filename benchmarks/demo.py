@@ -440,10 +440,6 @@ async def _run(
     seed, today = int(time.time()), today_wib()
     people = population(count, seed=seed, today=today)
     base_url = f"http://{settings.edge_host}:{settings.edge_port}"
-    # The edge tells the supervisor when it sheds (the supervisor then holds verification back).
-    edge_status = log_dir / "edges"
-    edge_status.mkdir(parents=True, exist_ok=True)
-    settings = settings.replace(edge_status_dir=str(edge_status))
     with Stack(settings, log_dir) as stack:
         flags = [f"--{name.replace('_', '-')}-port={port}" for name, port in ports.items()]
         stack.start(
