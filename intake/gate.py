@@ -89,17 +89,14 @@ class Gate:
         loop = asyncio.get_running_loop()
         lag_s = 0.0
         ticks = 0
-        pressed, pressed_before = self.pressed, False
+        pressed = self.pressed
         while True:
             await asyncio.sleep(GAUGE_INTERVAL_S)
             self.flush()
             if self._status_path:
-                # Shedding, for intake supervise: a standing queue, or sheds in two windows in
-                # a row; not a moment's hiccup of a busy machine.
                 standing = self.monitor.rule.standing(loop.time())
-                pressed_now, pressed = self.pressed > pressed, self.pressed
-                self._write_status(standing or (pressed_now and pressed_before), standing)
-                pressed_before = pressed_now
+                self._write_status(standing or self.pressed > pressed, standing)
+                pressed = self.pressed
             lag_s = max(lag_s, self.monitor.take_max_lag_s())
             ticks += 1
             if ticks * GAUGE_INTERVAL_S >= 1.0:  # the gauge's "over the last second"
