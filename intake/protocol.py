@@ -1,25 +1,29 @@
-"""The edge's HTTP connections: aiohttp's, with a 503 answered as the request is parsed.
+"""The edge's HTTP connections: aiohttp's, with a 503 answered as the request is read.
 
 Shedding is only worth doing if a shed request costs a small fraction of an accepted one:
 at five times its capacity an edge sheds four requests for every one it accepts. aiohttp's
 cheapest answer (a request object, routing, middleware, a response object, the access log)
 costs about half of an accepted registration here, so a 503 answered by a handler leaves too
 little CPU for the registrations. :class:`EdgeRequestHandler` is aiohttp's connection protocol
-with one addition: when a request line and its headers have been parsed (by aiohttp's own C
-parser, in ``data_received``), a ``POST /v1/registrations`` that the :class:`Shedder` refuses
-is answered on the spot with prepared bytes, and aiohttp never sees it. Everything else (every
-other route, every admitted registration, anything unusual) goes to aiohttp as before.
+with one addition: in ``data_received``, when the bytes read are exactly one whole
+``POST /v1/registrations`` (checked on the bytes: the request line, the end of the head, the
+``Content-Length``), the :class:`Shedder` is asked first, and a refused registration is answered
+on the spot with prepared bytes: aiohttp's parser never sees it and stays between requests.
+Everything else (every other route, every admitted registration, anything unusual) goes to
+aiohttp as before.
 
 The shortcut is taken only when it cannot change what a client sees on its connection:
-HTTP/1.1 with keep-alive, a ``Content-Length`` body no larger than the edge accepts and already
-complete in the bytes read, and no earlier request on the connection still unanswered (so
-responses stay in order). Otherwise the request goes the normal way, where the handler asks
-the same question (``intake.app.register``).
+HTTP/1.1 keep-alive (no ``Connection: close``, no chunked body, no upgrade, no ``Expect``), a
+body no larger than the edge accepts and all in the bytes read, everything the connection sent
+before ending at a request's end, and no earlier request on it still unanswered (so responses
+stay in order). Otherwise the request goes the normal way, where the handler asks the same
+question (``intake.app.register``).
 
-This leans on three attributes of aiohttp's ``RequestHandler`` (its parser, its message queue,
-its idle waiter). :func:`supported` checks that they exist; if a future aiohttp changes them,
-the edge logs it and serves without the shortcut (the handler still sheds, at a higher cost),
-and ``tests/intake/test_overload.py`` fails.
+This leans on aiohttp's ``RequestHandler``: its request count, its payload parser and upgrade
+flags, and its ``_handle_request`` (counted to know when a response was written).
+:func:`supported` checks that they exist; if a future aiohttp changes them, the edge logs it
+and serves without the shortcut (the handler still sheds, at a higher cost), and
+``tests/intake/test_overload.py`` fails.
 """
 
 from __future__ import annotations
@@ -116,7 +120,6 @@ class EdgeRequestHandler(RequestHandler):
             elif (
                 data.startswith(_REGISTRATION_LINE)
                 and len(data) - head_end - 4 <= self._shedder.max_body_bytes
-                and self._request_count == self._answered  # see _idle()
                 and self._idle()
             ):
                 reason = self._shedder.early_reason(now)

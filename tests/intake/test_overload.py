@@ -27,6 +27,8 @@ from intake.protocol import _one_request
 from tests.support import inprocess, openapi
 from tests.support.people import person
 from tests.support.proxy import broker_proxy
+from tests.support.rawhttp import read_response
+from tests.support.stored import stored_once
 from tests.support.waiting import eventually
 
 # --- the rules, without services -----------------------------------------------------------
@@ -185,29 +187,9 @@ def _request(index: int, seed: int, key: str | None = None) -> bytes:
     )
 
 
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines if line)
-    }
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(status_line.split()[1]), headers, body
-
-
 def _shed(reason: str) -> float:
     value = REGISTRY.get_sample_value("intake_registrations_shed_total", {"reason": reason})
     return value or 0.0
-
-
-async def _stored_once(db: asyncpg.Pool, accepted: set[uuid.UUID]) -> None:
-    await eventually(
-        lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", accepted),
-        lambda count: count == len(accepted),
-        60,
-    )
-    assert await db.fetchval("SELECT count(*) FROM registrations") == len(accepted)
 
 
 async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
@@ -222,7 +204,7 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             # Warm: each connection has had one registration accepted.
             for i, (reader, writer) in enumerate(connections):
                 writer.write(_request(i, seed=71))
-                status, _, raw = await _answer(reader)
+                status, _, raw = await read_response(reader)
                 assert status == 202, raw
                 accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
             early, batches = edge.gate.early, edge.publisher.stats.batches
@@ -232,7 +214,7 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             for i, (_, writer) in enumerate(connections):
                 writer.write(_request(100 + i, seed=71))
             time.sleep(0.8)  # noqa: ASYNC251 - the stall, past half the deadline, on purpose
-            answers = [await _answer(reader) for reader, _ in connections]
+            answers = [await read_response(reader) for reader, _ in connections]
 
             # Each was answered 503 queue_delay as it was read: no handler, no publish.
             for status, headers, raw in answers:
@@ -253,7 +235,7 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             async def accepted_again() -> int:
                 reader, writer = connections[0]
                 writer.write(_request(200 + len(accepted), seed=71))
-                status, _, raw = await _answer(reader)
+                status, _, raw = await read_response(reader)
                 if status == 202:
                     accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
                 return status
@@ -261,7 +243,7 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             await eventually(accepted_again, lambda status: status == 202, 30)
             for i, (reader, writer) in enumerate(connections[1:]):
                 writer.write(_request(300 + i, seed=71))
-                status, _, raw = await _answer(reader)
+                status, _, raw = await read_response(reader)
                 assert status == 202, raw
                 accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
             # Shedding over, it says so.
@@ -271,7 +253,7 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
         finally:
             for _, writer in connections:
                 writer.close()
-        await _stored_once(db, accepted)
+        await stored_once(db, accepted, only=True)
     assert not status_file.exists()  # removed when the edge stops
 
 
@@ -288,7 +270,7 @@ async def test_pipelined_requests_are_answered_in_order_while_shedding(
                 + b"GET /readyz HTTP/1.1\r\nHost: edge\r\n\r\n"
             )
             time.sleep(0.8)  # noqa: ASYNC251 - the stall, on purpose
-            first, second, third = [await _answer(reader) for _ in range(3)]
+            first, second, third = [await read_response(reader) for _ in range(3)]
             assert (first[0], first[2]) == (200, b'{"status":"ok"}')
             assert (second[0], orjson.loads(second[2])["reason"]) == (503, "queue_delay")
             assert (third[0], orjson.loads(third[2])["status"]) == (200, "ready")
@@ -333,7 +315,7 @@ async def test_the_deadline_is_honoured_by_what_the_counters_show(
                 proxy.stall()  # the broker takes the publishes and confirms nothing
                 for i, key in enumerate(keys):
                     writer.write(_request(i, seed=73, key=key))
-                    status, _, raw = await _answer(reader)
+                    status, _, raw = await read_response(reader)
                     assert status == 503, raw
                     assert orjson.loads(raw)["reason"] == "deadline"
                 # Answered by the deadline, not by the publish timeout.
@@ -347,7 +329,7 @@ async def test_the_deadline_is_honoured_by_what_the_counters_show(
 
                     async def retried(i: int = i, key: str = key) -> tuple[int, bytes]:
                         writer.write(_request(i, seed=73, key=key))
-                        status, _, raw = await _answer(reader)
+                        status, _, raw = await read_response(reader)
                         return status, raw
 
                     status, raw = await eventually(retried, lambda a: a[0] == 202, 30)
@@ -356,4 +338,4 @@ async def test_the_deadline_is_honoured_by_what_the_counters_show(
                 writer.close()
             assert "confirm_timeout" not in edge.publisher.stats.failures
     async with inprocess.persist_worker(settings, db):
-        await _stored_once(db, ids)
+        await stored_once(db, ids, only=True)

@@ -24,6 +24,8 @@ from intake.shedding import DrainMeter, drain_time_s, retry_after_s
 from tests.support import inprocess, openapi
 from tests.support.people import person
 from tests.support.proxy import TcpProxy
+from tests.support.rawhttp import read_response
+from tests.support.stored import stored_once
 from tests.support.waiting import eventually
 
 URL = "/v1/registrations"
@@ -103,30 +105,6 @@ def _assert_shed(status: int, body: dict[str, Any], retry_after: str, reason: st
     return int(retry_after)
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines if line)
-    }
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(status_line.split()[1]), headers, body
-
-
-async def _stored_once(db: asyncpg.Pool, accepted: set[uuid.UUID]) -> None:
-    """Every id answered 202 is in the database, each exactly once."""
-    await eventually(
-        lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", accepted),
-        lambda n: n == len(accepted),
-        60,
-    )
-    rows = await db.fetch(
-        "SELECT id, count(*) AS n FROM registrations WHERE id = ANY($1) GROUP BY id", accepted
-    )
-    assert {r["id"]: r["n"] for r in rows} == dict.fromkeys(accepted, 1)
-
-
 # --- a full persist queue --------------------------------------------------------------------
 
 
@@ -192,7 +170,7 @@ async def test_a_full_queue_is_shed_without_publishing_until_it_drains(
                         assert status in (202, 503)
                         if status == 202:
                             accepted.add(uuid.UUID(body["id"]))
-                    await _stored_once(db, accepted)
+                    await stored_once(db, accepted)
         finally:
             await channel.queue_delete(topology.PERSIST_QUEUE)  # the next test declares it anew
 
@@ -257,13 +235,13 @@ async def test_at_the_in_process_bound_a_request_is_shed_before_its_body_is_read
                     b"Content-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n" % len(smuggled)
                 )
-                status, headers, raw = await asyncio.wait_for(_read_response(reader), 30)
+                status, headers, raw = await asyncio.wait_for(read_response(reader), 30)
                 assert status == 503
                 assert headers.get("connection", "keep-alive").lower() != "close"
                 assert int(headers["retry-after"]) >= 1
                 writer.write(smuggled)  # the body, late
                 writer.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
-                status, _, raw = await _read_response(reader)
+                status, _, raw = await read_response(reader)
                 assert (status, raw) == (200, b'{"status":"ok"}')
 
                 proxy.release()
@@ -278,7 +256,7 @@ async def test_at_the_in_process_bound_a_request_is_shed_before_its_body_is_read
                     b"Content-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
                 )
-                status, _, raw = await _read_response(reader)
+                status, _, raw = await read_response(reader)
                 assert status == 202, raw
                 accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
             finally:
@@ -295,4 +273,4 @@ async def test_at_the_in_process_bound_a_request_is_shed_before_its_body_is_read
     finally:
         await proxy.close()
     async with inprocess.persist_worker(settings, db):
-        await _stored_once(db, accepted)
+        await stored_once(db, accepted)
