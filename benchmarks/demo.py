@@ -93,7 +93,7 @@ class Accepted:
     photo_accepted: bool = False  # the selfie's upload was answered 202
 
 
-UPLOAD_TIMEOUT_S = 30.0
+UPLOAD_TIMEOUT_S = 120.0
 _NIK_REASONS = {
     "not_found": "nik_not_found",
     "mismatch_full_name": "nik_data_mismatch",
