@@ -169,10 +169,16 @@ async def _register(
         queue.put_nowait((i, p))
     photos = "photo" in WORKER_KINDS
     selfies = DistinctSelfies()
+    # A person registers again only once done with their first registration (its selfie taken,
+    # so it is stored): otherwise the repeat could be stored first, and the original rejected
+    # as the duplicate.
+    answered = [asyncio.Event() for _ in people]
 
     async def client(session: aiohttp.ClientSession) -> None:
         while not queue.empty():
             index, person = queue.get_nowait()
+            if person.repeats is not None:
+                await answered[person.repeats].wait()
             started = time.perf_counter()
             # As a browser: a 503 is sent again after its Retry-After, as the same registration.
             headers = {"Idempotency-Key": f"demo-{run_seed}-{index}"}
@@ -198,6 +204,7 @@ async def _register(
                             session, base_url, a, selfie_seed(run_seed, index), selfies
                         )
                     ] += 1
+            answered[index].set()
 
     connector = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:

@@ -112,6 +112,7 @@ class Registrant:
     form: dict[str, Any]
     kind: str  # "valid", "duplicate" or a key of INVALID_KINDS
     truth: Truth = Truth()
+    repeats: int | None = None  # a duplicate's: the index of the registration it repeats
 
 
 def valid_person(rng: random.Random, today: dt.date, index: int) -> dict[str, Any]:
@@ -219,22 +220,22 @@ def population(
     rng = random.Random(seed)
     truths = random.Random(f"prakerja-population-truth:{seed}")
     people: list[Registrant] = []
-    valid: list[Registrant] = []
+    valid: list[tuple[int, Registrant]] = []
     kinds = sorted(INVALID_KINDS)
     for index in range(count):
         roll = rng.random()
         truth = draw_truth(truths, proportions)
         if roll < duplicate_share and valid:
-            original = rng.choice(valid)
+            at, original = rng.choice(valid)
             form = {**original.form, "email": f"lagi{index}@contoh.co.id"}
-            people.append(Registrant(form, "duplicate", original.truth))
+            people.append(Registrant(form, "duplicate", original.truth, repeats=at))
         elif roll < duplicate_share + invalid_share:
             kind = kinds[index % len(kinds)]
             form = invalid_person(rng, today, index, kind)
             people.append(Registrant(form, kind, _invalid_truth(kind, truth)))
         else:
             registrant = Registrant(valid_person(rng, today, index), "valid", truth)
-            valid.append(registrant)
+            valid.append((index, registrant))
             people.append(registrant)
     return people
 

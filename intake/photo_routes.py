@@ -99,10 +99,13 @@ def _refusal(row: asyncpg.Record | None, sha256: str | None) -> web.Response | N
     """The 409 for a registration that takes no photo now, or None if it does (or if ``sha256``
     is the photo being checked already: a retried upload; None before the upload, when the
     bytes are not known yet)."""
-    if row is None or row["state"] is None:
+    if row is None:
         return problem(409, "not-ready", "The registration is not stored yet; try again shortly")
+    # Before the check's state: a repeated NIK is rejected when stored and never gets checks.
     if row["status"] != "received":
         return problem(409, "registration-closed", "The registration is decided already")
+    if row["state"] is None:
+        return problem(409, "not-ready", "The registration is not started yet; try again shortly")
     if row["state"] == "waiting":
         return None
     if row["state"] in ("pending", "retrying") and sha256 in (None, row["sha256"]):

@@ -91,6 +91,16 @@ def test_a_duplicate_shares_its_originals_truth(large: list[Registrant]) -> None
     assert duplicates
     for duplicate in duplicates:
         assert duplicate.truth == by_nik[duplicate.form["nik"]].truth
+    # Each names the earlier, valid registration it repeats; nobody else names one.
+    for index, registrant in enumerate(large):
+        if registrant.kind != "duplicate":
+            assert registrant.repeats is None
+            continue
+        assert registrant.repeats is not None
+        assert registrant.repeats < index
+        original = large[registrant.repeats]
+        assert original.kind == "valid"
+        assert original.form["nik"] == registrant.form["nik"]
 
 
 def test_a_record_differs_from_the_form_exactly_where_the_truth_says(

@@ -173,6 +173,27 @@ async def test_each_bad_photo_rejects_the_registration_with_its_reason(stack: St
     assert (status, body["type"]) == (409, PROBLEMS + "registration-closed")
 
 
+async def test_a_registration_rejected_when_stored_refuses_its_photo_as_closed(
+    stack: Stack,
+) -> None:
+    """A repeated NIK is rejected when stored and never gets checks: its upload is refused as
+    closed for good, not as "not ready yet" (a client would retry that for ever)."""
+    first = await stack.register(50)
+    form = {**person(50, seed=41), "email": "lagi50@contoh.co.id"}
+    response = await stack.client.post("/v1/registrations", json=form)
+    assert response.status == 202
+    body = await response.json()
+    again = Registrant(uuid.UUID(body["id"]), body["access_token"])
+    await eventually(
+        lambda: stack.db.fetchval("SELECT status FROM registrations WHERE id = $1", again.id),
+        lambda status: status == "rejected",
+        20,
+    )
+    status, problem = await stack.upload(again, selfie())
+    assert (status, problem["type"]) == (409, PROBLEMS + "registration-closed")
+    assert (await stack.upload(first, selfie()))[0] == 202
+
+
 async def test_the_same_selfie_on_a_second_registration_goes_to_review(stack: Stack) -> None:
     first, second = await stack.register(30), await stack.register(31)
     original = sample("astronaut")
