@@ -101,11 +101,11 @@ from benchmarks._support import (
 )
 from benchmarks.loadgen import spawn
 from benchmarks.persist import cpu_seconds
-from benchmarks.population import Registrant, population
 from benchmarks.rig import Rig
 from core.settings import Settings
 from core.status import read_status
 from intake.validation import today_wib
+from simulators.population import Registrant, population
 
 VHOST = "intake_bench_backpressure"
 DATABASE = "intake_bench_backpressure"
@@ -263,8 +263,8 @@ def _intake_role(pid: int) -> str:
         return "other descendants"
     if any(arg.endswith("benchmarks.loadgen") for arg in argv):
         return "load generator"
-    if "core.cli" in argv:
-        words = argv[argv.index("core.cli") + 1 :]
+    if "cli" in argv:
+        words = argv[argv.index("cli") + 1 :]
         return " ".join(words[:2]) if words[:1] == ["worker"] else (words[0] if words else "?")
     return "other descendants"
 

@@ -40,12 +40,12 @@ import orjson
 
 from benchmarks import funnel
 from benchmarks.photos import DistinctSelfies
-from benchmarks.population import Registrant, population
 from benchmarks.stack import Stack
-from core.cli import WORKER_KINDS
 from core.settings import Settings
+from core.verification import WORKER_KINDS
 from intake.validation import today_wib
 from monitoring import local, top
+from simulators.population import Registrant, population
 from simulators.server import Ports
 
 CONCURRENCY = 64

@@ -1,6 +1,6 @@
 """The wave-opening load generator: shaped, open-loop registrants, HDR latencies, every 202 kept.
 
-Each registrant of a synthetic population (:mod:`benchmarks.population`) is *scheduled* by a
+Each registrant of a synthetic population (:mod:`simulators.population`) is *scheduled* by a
 profile and sent at that time whatever earlier ones got back (open loop), so a stalled server
 cannot slow the offered load down and hide its stall (no coordinated omission). Latency is
 measured from the scheduled time to the registrant's final answer, retries included, into an
@@ -62,8 +62,8 @@ import uvloop
 from hdrh.histogram import HdrHistogram
 
 from benchmarks.client import Answer, ConnectionLost, Pool
-from benchmarks.population import Registrant, population
 from intake.validation import today_wib
+from simulators.population import Registrant, population
 
 PEAK_RATE = 80_000 / 60  # the 2020 peak: 80,000 registrations within one minute
 DAY_COUNT = 1_432_133  # registered in the first 21 hours of the first wave, 2020

@@ -113,7 +113,7 @@ async def start(
     python = ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m"]
     metrics_url = None
     if design == "edge":
-        argv = [*python, "core.cli", "edge"]
+        argv = [*python, "cli", "edge"]
         metrics_port = free_port()
         settings = settings.replace(edge_port=port, metrics_port=metrics_port)
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -334,7 +334,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await rig.start_simulators(1_000, 7, today_wib(), [])
             rig.stack.start_program(
                 "persist",
-                ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "core.cli", "worker"],
+                ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "cli", "worker"],
             )
             pool = await asyncpg.create_pool(rig.settings.database_url, min_size=1, max_size=2)
             try:

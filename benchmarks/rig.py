@@ -107,7 +107,7 @@ class Rig:
         migrate = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "core.cli",
+            "cli",
             "migrate",
             env={**os.environ, **self.settings.to_env()},
             stdout=asyncio.subprocess.PIPE,

@@ -24,9 +24,7 @@ class Stack:
         self, name: str, *args: str, settings: Settings | None = None
     ) -> subprocess.Popen[bytes]:
         """Start ``intake <args>``."""
-        return self.start_program(
-            name, [sys.executable, "-m", "core.cli", *args], settings=settings
-        )
+        return self.start_program(name, [sys.executable, "-m", "cli", *args], settings=settings)
 
     def start_program(
         self, name: str, argv: list[str], settings: Settings | None = None

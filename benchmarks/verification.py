@@ -60,10 +60,10 @@ from benchmarks._support import (
     progress,
     run_benchmark,
 )
-from benchmarks.population import Registrant, population
 from benchmarks.rig import Rig
 from core.settings import Settings
 from intake.validation import today_wib
+from simulators.population import Registrant, population
 
 CONCURRENCY = 64
 REALISTIC_MS = (50, 200)  # lognormal latency of a ministry: median, p99

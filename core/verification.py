@@ -38,6 +38,8 @@ class Check(enum.StrEnum):
 # photo is uploaded.
 INITIAL_CHECKS = (Check.EMAIL, Check.PHONE, Check.DUKCAPIL)
 REQUIRED_CHECKS = frozenset(Check)
+# The worker processes: the persist worker, the outbox dispatcher, and one lane per check.
+WORKER_KINDS = ["persist", "dispatch", *(check.value for check in Check)]
 
 
 class TaskError(ValueError):

@@ -18,9 +18,9 @@ import datetime as dt
 import os
 import sys
 
-from benchmarks.population import Proportions
 from core import logs
 from simulators.behaviour import OUTAGE_MODES, OVERLOAD_MODES, Behaviour, field_types
+from simulators.population import Proportions
 from simulators.server import SIMULATORS, Ports, SimulatorConfig, serve
 
 _CHOICES = {"overload": OVERLOAD_MODES, "outage_mode": OUTAGE_MODES}

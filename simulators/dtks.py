@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from benchmarks.population import Registry
 from simulators.admin import admin_routes
 from simulators.behaviour import Gate
 from simulators.jsonhttp import nik_lookup_app
+from simulators.population import Registry
 
 
 def create_app(registry: Registry, gate: Gate) -> web.Application:

@@ -6,9 +6,9 @@
       404 {"result": "not_found"}
       400 {"error": "...", "fields": [...]}   a malformed request (fields named, never quoted)
 
-It answers from a :class:`~benchmarks.population.Registry`: a NIK is found when the synthetic
+It answers from a :class:`~simulators.population.Registry`: a NIK is found when the synthetic
 person's truth says Dukcapil holds it, and the record compared is
-:func:`~benchmarks.population.dukcapil_record`. Names and places are compared
+:func:`~simulators.population.dukcapil_record`. Names and places are compared
 case-insensitively, with runs of whitespace treated as one space (and Unicode in NFC); birth
 dates as dates. The request is a POST so that the NIK never appears in a URL or an access log.
 """
@@ -21,7 +21,6 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from benchmarks.population import Registry
 from simulators.admin import admin_routes
 from simulators.behaviour import Gate
 from simulators.jsonhttp import (
@@ -33,6 +32,7 @@ from simulators.jsonhttp import (
     read_object,
     strings,
 )
+from simulators.population import Registry
 
 # Compared in this order, and reported in it.
 COMPARED_FIELDS = ("full_name", "birth_place", "birth_date")

@@ -3,7 +3,7 @@
 :func:`run_simulators` is the in-process entry point (tests bind port ``0`` and read the bound
 ports from :class:`Running`); :func:`serve` runs them until SIGTERM or SIGINT, as
 ``intake simulate`` does. Both answer from the same synthetic population the load generators
-send (:func:`benchmarks.population.population` with the same seed, count, day and shares), so
+send (:func:`simulators.population.population` with the same seed, count, day and shares), so
 every simulated ministry knows exactly the people who register.
 
 On shutdown the listeners close first, hangs and simulated delays end at once, and calls in
@@ -23,16 +23,16 @@ from typing import Any
 
 from aiohttp import web
 
-from benchmarks.population import (
+from core.settings import Settings
+from simulators import dapodik, dtks, dukcapil, sms, smtp
+from simulators.behaviour import Behaviour, Gate
+from simulators.population import (
     DEFAULT_PROPORTIONS,
     Proportions,
     Registrant,
     Registry,
     population,
 )
-from core.settings import Settings
-from simulators import dapodik, dtks, dukcapil, sms, smtp
-from simulators.behaviour import Behaviour, Gate
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class SimulatorConfig:
 
     host: str = "127.0.0.1"
     ports: Ports = Ports()
-    # The population, as benchmarks.population.population() draws it. ``today`` None: the
+    # The population, as simulators.population.population() draws it. ``today`` None: the
     # current day in WIB, as the edge and the load generators use.
     seed: int = 0
     count: int = 10_000

@@ -26,7 +26,7 @@ def test_the_demo_loses_nothing_and_matches_the_population(
         [
             sys.executable,
             "-m",
-            "core.cli",
+            "cli",
             "demo",
             "--count=400",
             f"--sim-port-base={ports}",

@@ -4,9 +4,9 @@ Offline, without a cluster: built-in kinds are validated against Kubernetes' own
 (bundled in kubernetes-validate) in strict mode; KEDA resources and the prometheus-operator's
 PodMonitor against the openAPIV3Schema of their CRD (tests/data/crds/), refusing unknown fields
 as the API server's strict field validation does. Then the manifests are checked against the
-code: queue names from core.topology, worker kinds from core.cli, setting names and types from
-core.settings, the health routes from the edge's router, the metrics port every process serves
-and the PodMonitor scrapes.
+code: queue names from core.topology, worker kinds from core.verification, setting names and
+types from core.settings, the health routes from the edge's router, the metrics port every
+process serves and the PodMonitor scrapes.
 
 Every checker returns its problems as strings. The tests at the end break a valid manifest in
 one place each and show that the checkers report it: a check that cannot fail checks nothing.
@@ -29,9 +29,8 @@ import yaml
 from kubernetes_validate.utils import all_versions
 
 from core import topology
-from core.cli import WORKER_KINDS
 from core.settings import Settings, SettingsError
-from core.verification import Check
+from core.verification import WORKER_KINDS, Check
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -308,7 +307,7 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
     if kind is None:
         problems.append(
             f"{where}: runs {argv(deployment)}, not `intake edge` nor `intake worker <kind>`"
-            f" with a kind of core.cli.WORKER_KINDS {WORKER_KINDS}"
+            f" with a kind of core.verification.WORKER_KINDS {WORKER_KINDS}"
         )
     c = container(deployment)
     for env in c.get("env", []):

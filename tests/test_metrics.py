@@ -25,11 +25,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from benchmarks.population import Registrant, population
 from core.settings import Settings
 from core.status import read_status
 from intake.validation import today_wib
 from simulators.behaviour import Behaviour
+from simulators.population import Registrant, population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support.metrics import Samples, scrape
 from tests.support.people import person

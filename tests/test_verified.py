@@ -10,10 +10,10 @@ from typing import TypeVar
 import asyncpg
 from yarl import URL
 
-from benchmarks.population import Proportions, population
 from core.settings import Settings
 from core.verification import Check
 from intake.validation import today_wib
+from simulators.population import Proportions, population
 from simulators.server import Ports, SimulatorConfig, run_simulators
 from tests.support import inprocess, openapi
 from tests.support.photos import selfie

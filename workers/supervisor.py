@@ -91,11 +91,11 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from core import metrics, metrics_http, topology
-from core.cli import WORKER_KINDS
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings, SettingsError
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, read_status, remove_status
+from core.verification import WORKER_KINDS
 from workers import pressure
 from workers.pressure import EdgePressure
 from workers.sessions import BROKER_GONE
@@ -632,7 +632,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "core.cli",
+                "cli",
                 "worker",
                 kind,
                 env=env,

@@ -21,11 +21,11 @@ import asyncpg
 import orjson
 import pytest
 
-from benchmarks.population import Proportions, Registrant, population
 from core.keys import Keyring
 from core.settings import Settings
 from intake.validation import today_wib
 from simulators.admin import AdminClient
+from simulators.population import Proportions, Registrant, population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support.processes import free_port
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-from benchmarks.population import population
 from core.settings import Settings
 from intake.validation import today_wib
+from simulators.population import population
 from tests.support import services
 
 

@@ -33,10 +33,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
 from core import metrics, topology
-from core.cli import WORKER_KINDS
 from core.funnel import STAGES, FunnelCollector
 from core.queues import QueueCollector, queue_names
-from core.verification import Check
+from core.verification import WORKER_KINDS, Check
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MONITORING = ROOT / "monitoring"

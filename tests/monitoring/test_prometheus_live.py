@@ -14,11 +14,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from benchmarks.population import population
 from core.settings import Settings
 from intake.validation import today_wib
 from monitoring import local
 from simulators.behaviour import Behaviour
+from simulators.population import population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.monitoring.test_monitoring_config import (
     alerts,
@@ -155,7 +155,7 @@ async def test_every_panel_rule_and_alert_query_returns_data_from_a_running_stac
         top = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "core.cli",
+            "cli",
             "top",
             "--once",
             "--prometheus",

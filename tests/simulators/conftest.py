@@ -9,8 +9,8 @@ from contextlib import AbstractAsyncContextManager
 import aiohttp
 import pytest
 
-from benchmarks.population import Registrant, population
 from simulators.behaviour import Behaviour
+from simulators.population import Registrant, population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.simulators.sim_support import COUNT, GUARD, SEED, TODAY, StartSimulators
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.population import Registrant
+from simulators.population import Registrant
 from simulators.server import Running
 
 TODAY = dt.date(2020, 4, 11)

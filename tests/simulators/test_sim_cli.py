@@ -13,8 +13,8 @@ import aiohttp
 import orjson
 import pytest
 
-from benchmarks.population import population
 from simulators.cli import build_parser, config_from_args
+from simulators.population import population
 from tests.simulators.sim_support import GUARD, claim_of, expected_dukcapil, post_json
 from tests.support.processes import free_port
 from tests.support.waiting import eventually

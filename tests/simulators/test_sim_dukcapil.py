@@ -6,7 +6,7 @@ from collections import Counter
 
 import aiohttp
 
-from benchmarks.population import Registrant
+from simulators.population import Registrant
 from simulators.server import Running
 from tests.simulators.sim_support import claim_of, expected_dukcapil, post_json
 

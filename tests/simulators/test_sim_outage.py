@@ -6,8 +6,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from benchmarks.population import Registrant
 from simulators.admin import AdminClient
+from simulators.population import Registrant
 from simulators.server import Running
 from tests.simulators.sim_support import claim_of, post_json
 

@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.population import (
+from intake.validation import ValidationFailed, validate
+from simulators.population import (
     INVALID_KINDS,
     Proportions,
     Registrant,
@@ -18,7 +19,6 @@ from benchmarks.population import (
     dukcapil_record,
     population,
 )
-from intake.validation import ValidationFailed, validate
 from tests.simulators.sim_support import TODAY
 
 LARGE = 20_000

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 import aiohttp
 import pytest
 
-from benchmarks.population import Registrant
+from simulators.population import Registrant
 from simulators.server import Running
 from tests.simulators.sim_support import claim_of, get_json, post_json
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from benchmarks.population import Registrant
+from simulators.population import Registrant
 from simulators.server import Running
 from tests.simulators.sim_support import post_json
 

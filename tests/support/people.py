@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from benchmarks.population import valid_person
 from intake.validation import today_wib
+from simulators.population import valid_person
 
 
 def person(index: int, *, seed: int = 0) -> dict[str, Any]:

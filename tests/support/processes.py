@@ -78,7 +78,7 @@ class Process:
         env = {**os.environ, **self.settings.to_env()}
         with self.log_path.open("ab") as log:
             self._popen = subprocess.Popen(
-                [sys.executable, "-m", "core.cli", *self.command],
+                [sys.executable, "-m", "cli", *self.command],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

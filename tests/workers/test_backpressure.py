@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from benchmarks.population import Registrant, population
 from core import topology
 from core.settings import Settings
 from core.verification import Check
 from intake.validation import today_wib
 from simulators.behaviour import Behaviour
+from simulators.population import Registrant, population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess, services
 from tests.support.waiting import eventually

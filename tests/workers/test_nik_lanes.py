@@ -12,12 +12,12 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from benchmarks.population import Proportions, Registrant, population
 from core import topology
 from core.settings import Settings
 from core.verification import Check
 from intake.validation import today_wib
 from simulators.behaviour import Behaviour
+from simulators.population import Proportions, Registrant, population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.waiting import eventually

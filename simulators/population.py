@@ -1,11 +1,11 @@
-"""A synthetic population of registrants, deterministic from a seed.
+"""A synthetic population of registrants, deterministic from a seed: the simulators' truth.
 
-Shared by the demo, the load generators, the ministry simulators and the tests, so that each
-synthetic person's expected outcome is known: a valid adult, a registrant whose form the edge
-must refuse (and why), or a second registration of an earlier person's NIK; and, for every
-person, the ground truth the verification lanes must find (:class:`Truth`): what Dukcapil holds
-for the NIK, whether Dapodik and DTKS list it, whether the person clicks the email link and
-enters the OTP, and what the selfie shows.
+The ministry simulators serve its records; the demo, the load generators and the tests send its
+forms, so that each synthetic person's expected outcome is known: a valid adult, a registrant
+whose form the edge must refuse (and why), or a second registration of an earlier person's NIK;
+and, for every person, the ground truth the verification lanes must find (:class:`Truth`): what
+Dukcapil holds for the NIK, whether Dapodik and DTKS list it, whether the person clicks the email
+link and enters the OTP, and what the selfie shows.
 
 The forms are drawn from one random stream and the truths from another, both seeded by
 ``seed``: adding ground truth changed no form, and a person's form and truth depend only on the
@@ -217,8 +217,9 @@ def population(
     """``count`` registrants in submission order, with the given shares of invalid forms and of
     repeated NIKs (a duplicate always comes after the valid registration it repeats, and shares
     its truth), and ground truth drawn with ``proportions``."""
-    rng = random.Random(seed)
-    truths = random.Random(f"prakerja-population-truth:{seed}")
+    # Synthetic people, reproducible from the seed: not a secret.
+    rng = random.Random(seed)  # noqa: S311
+    truths = random.Random(f"prakerja-population-truth:{seed}")  # noqa: S311
     people: list[Registrant] = []
     valid: list[tuple[int, Registrant]] = []
     kinds = sorted(INVALID_KINDS)

@@ -9,7 +9,8 @@
     intake demo                 start a local stack and replay a small wave opening
 
 Settings come from ``INTAKE_*`` environment variables (see the README). Sub-commands import
-their package lazily, so the edge never loads worker code and the reverse.
+their package lazily, so the edge never loads worker code and the reverse. This module sits
+above every other package (nothing imports it), so ``core`` stays at the bottom.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from core import logs
 from core.settings import Settings, SettingsError
+from core.verification import WORKER_KINDS
 
 
 def _edge(settings: Settings, args: argparse.Namespace) -> int:
@@ -132,10 +134,6 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     )
 
 
-# The persist worker, the outbox dispatcher, and one lane per verifier that exists.
-WORKER_KINDS = ["persist", "dispatch", "email", "phone", "dukcapil", "dapodik", "dtks", "photo"]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intake", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -205,7 +203,3 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(args.command, settings.log_level)
     result: int = args.func(settings, args)
     return result
-
-
-if __name__ == "__main__":
-    sys.exit(main())
