@@ -28,8 +28,8 @@ from benchmarks._support import (
     with_path,
 )
 from benchmarks.persist import drop_database, recreate_database
-from benchmarks.stack import Stack
 from core.settings import Settings
+from demo.stack import Stack
 from simulators.server import Ports
 
 # The simulators' ports, by the name of their ``intake simulate --<name>-port`` flag.

@@ -52,11 +52,11 @@ from benchmarks._support import (
     run_benchmark,
 )
 from benchmarks.backpressure import cores_used, cpu_by_role
-from benchmarks.funnel import queue_depths
 from benchmarks.loadgen import PROFILES, Offered, spawn
 from benchmarks.rig import Rig
 from core import funnel
 from core.settings import Settings
+from demo.funnel import queue_depths
 from intake.validation import today_wib
 
 VHOST = "intake_bench_wave"

@@ -120,7 +120,7 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from benchmarks.demo import main as demo_main
+    from demo.run import main as demo_main
 
     return int(
         demo_main(

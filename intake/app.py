@@ -26,20 +26,15 @@ from core.envelope import Envelope
 from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings
+from intake import contact_routes, photo_routes
 from intake.access import authorized_id
+from intake.appkeys import DB, GATE, KEYRING, PUBLISHER, SETTINGS, STATE
 from intake.gate import Gate
 from intake.problems import problem, unavailable
 from intake.publisher import BatchPublisher, Unavailable
 from intake.validation import ValidationFailed, today_wib, validate
 
 log = logging.getLogger(__name__)
-
-SETTINGS = web.AppKey("settings", Settings)
-KEYRING = web.AppKey("keyring", Keyring)
-PUBLISHER = web.AppKey("publisher", BatchPublisher)
-GATE = web.AppKey("gate", Gate)
-DB = web.AppKey("db", asyncpg.Pool)
-STATE = web.AppKey("state", dict[str, bool])
 
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -283,11 +278,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
-    from intake import contact_routes  # imports this module's app keys: imported once they exist
-
     contact_routes.add_routes(app)
-    from intake import photo_routes  # likewise
-
     photo_routes.add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app

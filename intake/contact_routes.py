@@ -33,7 +33,7 @@ from core.checks import FINAL_STATES, OUTBOX_CHANNEL
 from core.keys import EmailLink, Keyring
 from core.verification import Check, Passed
 from intake.access import authorized_id
-from intake.app import DB, KEYRING, SETTINGS
+from intake.appkeys import DB, KEYRING, SETTINGS
 from intake.problems import problem, unavailable
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from core.blobs import BlobRef, BlobStore, BlobTooLarge
 from core.checks import OUTBOX_CHANNEL
 from core.verification import Check
 from intake.access import authorized_id
-from intake.app import DB, KEYRING, SETTINGS
+from intake.appkeys import DB, KEYRING, SETTINGS
 from intake.problems import problem, unavailable
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from aiohttp.abc import AbstractAccessLogger
 from core import metrics, metrics_http
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
-from intake.app import GATE, STATE, create_app
+from intake.app import create_app
+from intake.appkeys import GATE, STATE
 from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher
 

@@ -13,7 +13,7 @@ import asyncpg
 
 from core import topology
 from core.settings import Settings
-from intake.app import PUBLISHER
+from intake.appkeys import PUBLISHER
 from tests.support import inprocess, services
 from tests.support.people import person
 from tests.support.processes import Process, free_port, wait_until_ready

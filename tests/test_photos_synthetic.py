@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from benchmarks.photos import DistinctSelfies, compose, selfie
+from demo.selfies import DistinctSelfies, compose, selfie
 from verifiers.imaging import SAME_PHOTO_MAX_DISTANCE, PhotoLimits, analyse, hamming
 
 LIMITS = PhotoLimits()

@@ -18,7 +18,7 @@ from aiohttp.web import Application, Request
 
 from core import topology
 from core.settings import Settings
-from intake.app import PUBLISHER
+from intake.appkeys import PUBLISHER
 from intake.publisher import BatchPublisher
 from intake.shedding import DrainMeter, drain_time_s, retry_after_s
 from tests.support import inprocess, openapi

@@ -17,7 +17,8 @@ from aiohttp.web import Application, Request
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.app import GATE, PUBLISHER, create_app
+from intake.app import create_app
+from intake.appkeys import GATE, PUBLISHER
 from intake.gate import Gate
 from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher

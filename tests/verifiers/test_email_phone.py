@@ -29,7 +29,8 @@ from yarl import URL
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.app import PUBLISHER, create_app
+from intake.app import create_app
+from intake.appkeys import PUBLISHER
 from intake.publisher import BatchPublisher
 from intake.server import AccessLogger
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators

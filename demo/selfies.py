@@ -7,6 +7,10 @@ which set the low frequencies the perceptual hash looks at) with a real face pas
 face of scikit-image's astronaut, cropped generously so that the detector still finds it, at a
 seed-dependent position and scale. ``two_faces`` pastes two of them side by side; ``no_face``
 pastes a crop of a photo without a face (the coffee or the rocket) instead.
+
+The three crops ship with the package (``demo/samples/``, cut from scikit-image's samples: the
+astronaut and the rocket are in the public domain, the coffee is CC0), so the demo needs no
+scikit-image.
 """
 
 from __future__ import annotations
@@ -15,17 +19,15 @@ import functools
 import io
 import threading
 from collections.abc import Callable
+from importlib import resources
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from skimage import data
 
 from verifiers.imaging import SAME_PHOTO_MAX_DISTANCE, PhotoLimits, analyse, hamming
 
 SIDE_PX = 512
 QUALITY = 85
-# The astronaut's face (found at x 177-272, y 66-161 on the 512 px sample), with a margin.
-_FACE_BOX = (120, 15, 330, 230)
 _CELLS = (6, 8)
 _OUTCOMES = {"one_face": "ok", "two_faces": "multiple_faces", "no_face": "no_face"}
 _ATTEMPTS = 10
@@ -35,21 +37,21 @@ _BACKGROUND_LOW, _BACKGROUND_SPAN = 70, 120
 
 
 def _sample(name: str) -> Image.Image:
-    pixels: np.ndarray = getattr(data, name)()  # scikit-image's samples are untyped
-    return Image.fromarray(pixels)
+    with resources.files("demo").joinpath("samples", f"{name}.png").open("rb") as file:
+        image = Image.open(file)
+        image.load()
+    return image
 
 
 @functools.cache
 def _face() -> Image.Image:
-    return _sample("astronaut").crop(_FACE_BOX)
+    # The astronaut's face (at x 177-272, y 66-161 of the 512 px sample), with a margin.
+    return _sample("face")
 
 
 @functools.cache
 def _objects() -> tuple[Image.Image, ...]:
-    return (
-        _sample("coffee").crop((100, 50, 500, 350)),
-        _sample("rocket").crop((200, 50, 500, 400)),
-    )
+    return (_sample("coffee"), _sample("rocket"))
 
 
 def _background(rng: np.random.Generator) -> Image.Image:

@@ -38,11 +38,11 @@ import aiohttp
 import asyncpg
 import orjson
 
-from benchmarks import funnel
-from benchmarks.photos import DistinctSelfies
-from benchmarks.stack import Stack
 from core.settings import Settings
 from core.verification import WORKER_KINDS
+from demo import funnel
+from demo.selfies import DistinctSelfies
+from demo.stack import Stack
 from intake.validation import today_wib
 from monitoring import local, top
 from simulators.population import Registrant, population
