@@ -8,6 +8,8 @@ Simulator-only (not part of any gateway's API; a test or the demo plays the phon
 
     GET /_sim/messages?to=+628…
       200 {"messages": [{"id", "to", "text", "received_at"}, ...]}   oldest first
+    GET /_sim/messages?after=N[&limit=M]
+      every number's messages numbered above N (:mod:`simulators.feed`)
 
 ``to`` may be given in any Indonesian mobile form (``08…``, ``628…``, ``+628…``, separators
 allowed); messages are filed under the normalised ``+628…``. In a query string a literal ``+``
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from simulators.admin import admin_routes
 from simulators.behaviour import Gate
+from simulators.feed import Feed, parse_after
 from simulators.jsonhttp import (
     BadRequest,
     application,
@@ -80,12 +83,14 @@ class Outbox:
             lambda: deque(maxlen=per_number)
         )
         self.accepted = 0
+        self.feed = Feed()
 
     def add(self, to: str, text: str) -> Sms:
         """Keep a message for ``to`` (already normalised); returns it with its new id."""
         message = Sms(uuid.uuid4().hex, to, text, dt.datetime.now(dt.UTC))
         self._by_number[to].append(message)
         self.accepted += 1
+        self.feed.append(message.to_json())
         return message
 
     def for_number(self, number: str) -> list[Sms]:
@@ -114,6 +119,10 @@ def create_app(outbox: Outbox, gate: Gate) -> web.Application:
 
     async def messages(request: web.Request) -> web.Response:
         to = request.query.get("to")
+        page = parse_after(request.query)
+        if not to and page is not None:
+            found, last = outbox.feed.after(*page)
+            return json_response({"messages": found, "last": last})
         if not to:
             return BadRequest("invalid_fields", ["to"]).response()
         return json_response({"messages": [m.to_json() for m in outbox.for_number(to)]})

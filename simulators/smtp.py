@@ -18,6 +18,8 @@ HTTP admin application (with its ``/_sim/stats`` and ``/_sim/behaviour``):
 
     GET /_sim/mail?to=addr
       200 {"messages": [{"from", "to", "subject", "body", "html", "links", "received_at"}]}
+    GET /_sim/mail?after=N[&limit=M]
+      every recipient's messages numbered above N (:mod:`simulators.feed`)
 
 ``body`` is the text/plain part, ``html`` the text/html part (or ""), ``links`` every http(s)
 URL found in either, in order of appearance, without repeats. Addresses are matched
@@ -44,6 +46,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from simulators.admin import admin_routes
 from simulators.behaviour import Gate, Refused
+from simulators.feed import Feed, parse_after
 from simulators.jsonhttp import BadRequest, application, json_response
 
 MESSAGES_PER_RECIPIENT = 50
@@ -115,11 +118,13 @@ class Mailbox:
             lambda: deque(maxlen=per_recipient)
         )
         self.received = 0
+        self.feed = Feed()
 
     def add(self, mail: Mail) -> None:
-        """Keep ``mail`` in its recipient's mailbox."""
+        """Keep ``mail`` in its recipient's mailbox (and in the feed)."""
         self._by_recipient[mail.to.lower()].append(mail)
         self.received += 1
+        self.feed.append(mail.to_json())
 
     def for_address(self, address: str) -> list[Mail]:
         """The messages kept for ``address`` (case-insensitive), oldest first."""
@@ -204,10 +209,15 @@ class _TrackedSMTP(SMTP):
 
 
 def admin_app(mailbox: Mailbox, gate: Gate) -> web.Application:
-    """The SMTP simulator's HTTP side: ``GET /_sim/mail?to=`` and the control routes."""
+    """The SMTP simulator's HTTP side: ``GET /_sim/mail?to=`` (or ``?after=``) and the control
+    routes."""
 
     async def mail(request: web.Request) -> web.Response:
         to = request.query.get("to")
+        page = parse_after(request.query)
+        if not to and page is not None:
+            messages, last = mailbox.feed.after(*page)
+            return json_response({"messages": messages, "last": last})
         if not to:
             return BadRequest("invalid_fields", ["to"]).response()
         return json_response({"messages": [m.to_json() for m in mailbox.for_address(to)]})

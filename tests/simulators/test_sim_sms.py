@@ -43,3 +43,22 @@ async def test_an_invalid_recipient_or_text_is_400(
     async with http.get(f"{sims.urls['sms']}/_sim/messages") as response:
         assert response.status == 400
     assert sims.outbox.accepted == 0
+
+
+async def test_the_feed_gives_every_numbers_messages_in_order_in_pages(
+    sims: Running, http: aiohttp.ClientSession
+) -> None:
+    base = sims.urls["sms"]
+    for number, text in (("081234567890", "A"), ("081299999999", "B"), ("081234567890", "C")):
+        assert (await post_json(http, f"{base}/v1/messages", {"to": number, "text": text}))[
+            0
+        ] == 202
+    body = await get_json(http, f"{base}/_sim/messages?after=0&limit=2")
+    assert [(m["text"], m["seq"]) for m in body["messages"]] == [("A", 1), ("B", 2)]
+    assert body["messages"][1]["to"] == "+6281299999999"
+    assert body["last"] == 2
+    rest = await get_json(http, f"{base}/_sim/messages?after={body['last']}")
+    assert ([m["text"] for m in rest["messages"]], rest["last"]) == (["C"], 3)
+    assert await get_json(http, f"{base}/_sim/messages?after=3") == {"messages": [], "last": 3}
+    async with http.get(f"{base}/_sim/messages?after=-1") as response:
+        assert response.status == 400

@@ -92,3 +92,19 @@ async def test_the_gate_turns_failures_into_smtp_replies(
         1,
         2,
     )
+
+
+async def test_the_feed_gives_every_recipients_mail_in_order(
+    sims: Running, http: aiohttp.ClientSession
+) -> None:
+    await asyncio.to_thread(_send, sims, _message("a@contoh.co.id", "Pertama"))
+    await asyncio.to_thread(_send, sims, _message("b@contoh.co.id", "Kedua"))
+    body = await get_json(http, f"{sims.urls['smtp']}/_sim/mail?after=0")
+    assert [(m["to"], m["seq"]) for m in body["messages"]] == [
+        ("a@contoh.co.id", 1),
+        ("b@contoh.co.id", 2),
+    ]
+    assert body["messages"][0]["links"] == [LINK]
+    assert body["last"] == 2
+    after = await get_json(http, f"{sims.urls['smtp']}/_sim/mail?after=1")
+    assert [m["subject"] for m in after["messages"]] == ["Kedua"]
