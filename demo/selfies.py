@@ -15,11 +15,15 @@ scikit-image.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import io
+import multiprocessing
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -79,28 +83,34 @@ def _paste(canvas: Image.Image, patch: Image.Image, width: int, x: int, y: int) 
     canvas.paste(patch.resize((width, height), Image.Resampling.BILINEAR), (x, y), mask)
 
 
-def selfie(kind: str, seed: int) -> bytes:
-    """A 512x512 JPEG (quality 85) showing what ``kind`` says ("one_face", "two_faces" or
-    "no_face"), the same bytes for the same ``kind`` and ``seed``.
+def selfie(kind: str, seed: int, side: int = SIDE_PX) -> bytes:
+    """A ``side`` x ``side`` JPEG (quality 85; 512 px unless told) showing what ``kind`` says
+    ("one_face", "two_faces" or "no_face"), the same bytes for the same ``kind`` and ``seed``.
 
     About one composition in 200 fools the face detector (a second "face" where the pasted
     crop meets the grain, or spanning the whole picture): the photo check runs on each one
     here, and the next composition of the same seed is taken until the outcome is the one
     ``kind`` stands for, so that the demo's ground truth holds exactly.
     """
-    return _first(kind, seed, lambda _: True)
+    return _first(kind, seed, lambda _: True, side)[0]
 
 
-def _first(kind: str, seed: int, accept: Callable[[str | None], bool]) -> bytes:
+def _first(
+    kind: str, seed: int, accept: Callable[[str | None], bool], side: int = SIDE_PX
+) -> tuple[bytes, str]:
     """The first composition of ``seed`` showing what ``kind`` says whose perceptual hash
-    ``accept`` takes."""
+    ``accept`` takes, and that hash."""
     if kind not in _OUTCOMES:
         raise ValueError(f"unknown selfie kind {kind!r}")
     for attempt in range(_ATTEMPTS):
-        photo = compose(kind, seed, attempt)
+        photo = compose(kind, seed, attempt, side)
         analysis = analyse(photo, _LIMITS)
-        if analysis.outcome == _OUTCOMES[kind] and accept(analysis.phash):
-            return photo
+        if (
+            analysis.outcome == _OUTCOMES[kind]
+            and analysis.phash is not None
+            and accept(analysis.phash)
+        ):
+            return photo, analysis.phash
     raise RuntimeError(f"no {kind} selfie for seed {seed} in {_ATTEMPTS} attempts")
 
 
@@ -116,7 +126,7 @@ class DistinctSelfies:
         self._lock = threading.Lock()
 
     def make(self, kind: str, seed: int) -> bytes:
-        return _first(kind, seed, self._take)
+        return _first(kind, seed, self._take)[0]
 
     def _take(self, phash: str | None) -> bool:
         if phash is None:
@@ -128,8 +138,9 @@ class DistinctSelfies:
             return True
 
 
-def compose(kind: str, seed: int, attempt: int = 0) -> bytes:
-    """One composition of the selfie (unchecked): see :func:`selfie`."""
+def compose(kind: str, seed: int, attempt: int = 0, side: int = SIDE_PX) -> bytes:
+    """One composition of the selfie (unchecked): see :func:`selfie`. Composed at 512 px and
+    scaled to ``side``."""
     rng = np.random.default_rng([seed, attempt])
     canvas = _background(rng)
     if kind == "one_face":
@@ -152,6 +163,101 @@ def compose(kind: str, seed: int, attempt: int = 0) -> bytes:
         _paste(canvas, patch, width, x, y)
     else:
         raise ValueError(f"unknown selfie kind {kind!r}")
+    if side != SIDE_PX:
+        canvas = canvas.resize((side, side), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     canvas.save(buffer, "JPEG", quality=QUALITY)
     return buffer.getvalue()
+
+
+# --- the demo's selfies, made before the wave and kept on disk -------------------------------
+
+# Small enough that the photo lane analyses one in about 25 ms here (a 512 px one takes 70), and
+# above the check's 200 px minimum side.
+DEMO_SIDE_PX = 256
+
+
+def _make_one(job: tuple[str, int, int]) -> tuple[bytes, str]:
+    kind, seed, side = job
+    return _first(kind, seed, lambda _: True, side)
+
+
+def _cache_name(kind: str, seed: int, phash: str) -> str:
+    return f"{kind}-{seed}-{phash}.jpg"
+
+
+def prepare(
+    wanted: Sequence[tuple[str, int]],
+    cache_dir: Path,
+    side: int = DEMO_SIDE_PX,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[bytes]:
+    """The selfies for ``wanted`` (kind, seed) pairs (one per person: no pair twice), in order,
+    no two of them the same photo to the reuse check: read from ``cache_dir`` where an earlier
+    run left them, the others made in a pool of ``workers`` processes and kept there.
+    ``progress(done, total)`` is called as the missing ones are made."""
+    if len(set(wanted)) != len(wanted):
+        raise ValueError("a (kind, seed) pair is wanted twice")
+    folder = cache_dir / f"{side}px"
+    folder.mkdir(parents=True, exist_ok=True)
+    cached: dict[tuple[str, int], tuple[Path, str]] = {}
+    for path in folder.glob("*.jpg"):
+        kind, seed, phash = path.stem.rsplit("-", 2)
+        cached[(kind, int(seed))] = (path, phash)
+    photos: dict[tuple[str, int], tuple[bytes, str]] = {}
+    missing = [key for key in dict.fromkeys(wanted) if key not in cached]
+    if missing:
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers or os.cpu_count() or 1,
+            mp_context=multiprocessing.get_context("forkserver"),
+        ) as pool:
+            jobs = [(kind, seed, side) for kind, seed in missing]
+            for done, (key, made) in enumerate(
+                zip(missing, pool.map(_make_one, jobs, chunksize=16), strict=True), 1
+            ):
+                photos[key] = made
+                _keep(folder, key, *made)
+                if progress is not None:
+                    progress(done, len(missing))
+    for key in wanted:
+        if key not in photos:
+            path, phash = cached[key]
+            photos[key] = (path.read_bytes(), phash)
+    return _distinct(wanted, photos, folder, side)
+
+
+def _keep(folder: Path, key: tuple[str, int], photo: bytes, phash: str) -> None:
+    for stale in folder.glob(f"{key[0]}-{key[1]}-*.jpg"):
+        stale.unlink()
+    temporary = folder / f".{_cache_name(key[0], key[1], phash)}.tmp"
+    temporary.write_bytes(photo)
+    temporary.replace(folder / _cache_name(key[0], key[1], phash))
+
+
+def _distinct(
+    wanted: Sequence[tuple[str, int]],
+    photos: dict[tuple[str, int], tuple[bytes, str]],
+    folder: Path,
+    side: int,
+) -> list[bytes]:
+    """The photos in order, each one more than ``SAME_PHOTO_MAX_DISTANCE`` bits from every
+    earlier one (a later one too close is made again from its next composition, and kept)."""
+    kept = np.zeros(len(wanted), dtype=np.uint64)
+    result = []
+    for index, key in enumerate(wanted):
+        photo, phash = photos[key]
+
+        def far(candidate: str | None, index: int = index) -> bool:
+            if candidate is None or index == 0:
+                return True
+            bits = np.bitwise_count(kept[:index] ^ np.uint64(int(candidate, 16)))
+            return bool(bits.min() > SAME_PHOTO_MAX_DISTANCE)
+
+        if not far(phash):
+            photo, phash = _first(key[0], key[1], far, side)
+            photos[key] = (photo, phash)
+            _keep(folder, key, photo, phash)
+        kept[index] = np.uint64(int(phash, 16))
+        result.append(photo)
+    return result
