@@ -141,7 +141,16 @@ async def record_retrying(
 
 
 async def decide(connection: asyncpg.Connection, registration_id: uuid.UUID) -> None:
-    """Mark the registration verified once every required check has passed."""
+    """Mark the registration verified once every required check has passed.
+
+    The registration's row is locked first, and the checks counted in a later statement: two
+    transactions passing the last two checks at once would otherwise each count its own pass
+    and not the other's uncommitted one, and the registration would stay undecided for ever
+    with every check passed. Locked, the second waits for the first to commit, and READ
+    COMMITTED gives its next statement a snapshot that sees it."""
+    await connection.execute(
+        "SELECT 1 FROM registrations WHERE id = $1 FOR UPDATE", registration_id
+    )
     await connection.execute(
         "UPDATE registrations SET status = 'verified', decided_at = now()"
         " WHERE id = $1 AND status = 'received'"
