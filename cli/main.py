@@ -122,16 +122,11 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from demo.run import main as demo_main
 
-    return int(
-        demo_main(
-            settings,
-            count=args.count,
-            sim_port_base=args.sim_port_base,
-            report=args.report,
-            metrics_port_base=args.metrics_port_base,
-            prometheus_port=args.prometheus_port,
-        )
-    )
+    # Options not given keep demo.run.main's defaults (one place for them).
+    names = ["count", "sim_port_base", "report", "metrics_port_base", "prometheus_port"]
+    names += ["rate", "seed", "cache_dir"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return int(demo_main(settings, keep=args.keep, **given))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,19 +159,37 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("queue", help="a dead-letter queue, e.g. intake.verify.dukcapil.dlq")
     again.add_argument("--limit", type=int, default=None, help="at most this many")
     dlq.set_defaults(func=_dlq)
-    demo = commands.add_parser("demo", help="start a local stack and replay a burst")
-    demo.add_argument("--count", type=int, default=2_000, help="registrations to send")
+    demo = commands.add_parser(
+        "demo", help="empty the database, start a local stack and replay a wave opening"
+    )
+    demo.add_argument("--count", type=int, default=None, help="people in the wave (2,000)")
     demo.add_argument(
-        "--sim-port-base", type=int, default=8101, help="first of the simulators' six ports"
+        "--rate", type=float, default=None, help="registrations per second at the opening (1,500)"
+    )
+    demo.add_argument("--seed", type=int, default=None, help="the synthetic population's seed")
+    demo.add_argument(
+        "--keep", action="store_true", help="leave the stack running at the end (Ctrl-C stops)"
+    )
+    demo.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the selfies are kept between runs (default ~/.cache/prakerja-intake)",
+    )
+    demo.add_argument(
+        "--sim-port-base", type=int, default=None, help="first of the simulators' six ports (8101)"
     )
     demo.add_argument(
         "--metrics-port-base",
         type=int,
-        default=9464,
-        help="the edge's /metrics port; intake supervise's is the next one",
+        default=None,
+        help="the edge's /metrics port (9464); intake supervise's is the next one",
     )
     demo.add_argument(
-        "--prometheus-port", type=int, default=9090, help="where the demo's Prometheus listens"
+        "--prometheus-port",
+        type=int,
+        default=None,
+        help="where the demo's Prometheus listens (9090)",
     )
     demo.add_argument("--report", type=Path, default=None, help="write the outcome as JSON here")
     demo.set_defaults(func=_demo)

@@ -1,34 +1,32 @@
-"""``intake demo``: a small wave opening on a local stack, from the first registration to the
-last verification.
+"""``intake demo``: a wave opening on a local stack, from the first registration to the last
+verification, in about two minutes.
 
-It starts the ministry simulators (serving the demo's synthetic population), the edge, and the
-worker fleet (the persist worker, the dispatcher and the verification lanes) under
-``intake supervise``, which scales each kind on its queue, all as the ``intake`` commands an
-operator runs. Then the wave opens: every synthetic person registers (valid forms, invalid ones
-and repeated NIKs), and the people whose ground truth says so follow their email link and enter
-their SMS code, at the 2020 shares. The live funnel and the queues are printed
-until every registration is decided or nothing moves any more; then everything stops with
-SIGTERM. Exit status 0 when no accepted registration was lost.
-
-The edge serves its Prometheus metrics on ``http://127.0.0.1:9464/metrics`` and
-``intake supervise`` its workers' (with the funnel and the queue depths) on
-``http://127.0.0.1:9465/metrics`` (``--metrics-port-base``), and a Prometheus (Debian's
-package, ``monitoring/prometheus.yml`` pointed at these ports and with the project's rules)
-scrapes them and RabbitMQ on ``http://127.0.0.1:9090`` (``--prometheus-port``); at the end the
-demo prints ``intake top``'s view of it. Every port of the plan (the simulators', the edge's,
-the metrics ports, Prometheus') must be free, or the demo does not start.
+It empties the configured database and queues (the demo's funnel is this run's), starts the
+ministry simulators (serving the demo's synthetic population), the worker fleet under
+``intake supervise`` (the persist worker, the dispatcher and the verification lanes, each kind
+scaled on its queue), the edge and a Prometheus, all as the ``intake`` commands an operator
+runs. The registrants' selfies are made beforehand (kept on disk between runs). Then the wave
+opens as 2020's did: most people within its first seconds, at ``--rate`` per second, the rest
+in a tail. Each person then behaves as their truth says (:mod:`demo.registrants`): uploads
+their selfie, follows their email link, types their SMS code. The live funnel and the queues
+are printed every second until the funnel is what the population's truth says it must be (or
+nothing has moved for a while); the end compares the two, stage by stage, and says why every
+registration that is not verified is not. Exit status 0 when nothing accepted was lost and the
+funnel is exactly the truth's; ``--keep`` leaves the stack running to explore.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import datetime as dt
-import re
+import os
+import shutil
+import signal
 import socket
+import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,27 +36,42 @@ import aiohttp
 import asyncpg
 import orjson
 
+from core.migrate import migrate
 from core.settings import Settings
-from core.verification import WORKER_KINDS
-from demo import funnel
-from demo.selfies import DistinctSelfies
+from demo import funnel, truth
+from demo.registrants import (
+    Pace,
+    Person,
+    Wave,
+    accepted_per_second,
+    mail_inbox,
+    schedule,
+    sms_inbox,
+)
+from demo.selfies import prepare
 from demo.stack import Stack
 from intake.validation import today_wib
 from monitoring import local, top
-from simulators.population import Registrant, population
+from simulators.population import population
 from simulators.server import Ports
 
-CONCURRENCY = 64
 SIM_NAMES = ("dukcapil", "dapodik", "dtks", "sms", "smtp_admin", "smtp")
 DEFAULT_SIM_PORT_BASE = 8101  # dukcapil 8101, dapodik 8102, dtks 8103, sms 8104, smtp admin 8105
+DEFAULT_METRICS_PORT_BASE = 9464  # the edge's /metrics; intake supervise's is the next one
+DEFAULT_COUNT = 2_000
+DEFAULT_RATE = 1_500.0  # registrations per second in the opening seconds
+DEFAULT_SEED = 20200411  # the day registration opened: the same people every run
+OPENING_SHARE = 0.75  # of the wave, at the opening rate; the rest in the tail
+TAIL_S = 12.0
+IDLE_LIMIT_S = 30.0  # once everyone is done: stop watching when nothing has moved this long
+CONNECTIONS = 256
+CORES = max(1, len(os.sched_getaffinity(0)))
+_TABLES = "registrations, nik_claims, checks, contact_codes, photos, rate_buckets"
 
 
 def sim_ports(base: int) -> dict[str, int]:
     """The simulators' ports, consecutive from ``base`` (SMTP last)."""
     return {name: base + i for i, name in enumerate(SIM_NAMES)}
-
-
-DEFAULT_METRICS_PORT_BASE = 9464  # the edge's /metrics; intake supervise's is the next one
 
 
 def metrics_ports(base: int) -> dict[str, int]:
@@ -69,10 +82,13 @@ def metrics_ports(base: int) -> dict[str, int]:
 def busy_ports(ports: dict[str, int], host: str = "127.0.0.1") -> dict[str, int]:
     """The ports of the plan that something already listens on. Bound without
     ``SO_REUSEPORT``: a port another process shares that way counts as busy too (the metrics
-    endpoints bind with it, and would otherwise share a port with a stranger silently)."""
+    endpoints bind with it, and would otherwise share a port with a stranger silently); with
+    ``SO_REUSEADDR``, as servers bind, so that a run just ended does not block the next."""
     busy = {}
     for name, port in ports.items():
         with socket.socket() as sock:
+            # As the servers bind: a port whose last connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:
@@ -80,33 +96,58 @@ def busy_ports(ports: dict[str, int], host: str = "127.0.0.1") -> dict[str, int]
     return busy
 
 
-IDLE_LIMIT_S = 20.0  # stop watching when nothing has changed for this long
-_CODE_RE = re.compile(r"\b(\d{6})\b")
-
-
-@dataclass
-class Accepted:
-    registrant: Registrant
-    id: uuid.UUID
-    token: str
-    index: int = 0  # in the population
-    photo_accepted: bool = False  # the selfie's upload was answered 202
-
-
-UPLOAD_TIMEOUT_S = 120.0
-_NIK_REASONS = {
-    "not_found": "nik_not_found",
-    "mismatch_full_name": "nik_data_mismatch",
-    "mismatch_birth_place": "nik_data_mismatch",
-    "mismatch_birth_date": "nik_data_mismatch",
-}
-_PHOTO_REASONS = {"no_face": "photo_no_face", "two_faces": "photo_multiple_faces"}
-
-
 def selfie_seed(run_seed: int, index: int) -> int:
-    """The seed of a person's selfie: distinct per person and per run (the reuse check also
-    compares with the photos of earlier runs in the same database)."""
+    """The seed of a person's selfie: distinct per person."""
     return run_seed * 1_000_000_007 + index
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "prakerja-intake"
+
+
+def intake_command() -> str:
+    """How to run ``intake`` from this shell: by name when it is on the PATH."""
+    if shutil.which("intake"):
+        return "intake"
+    beside = Path(sys.executable).with_name("intake")
+    return str(beside) if beside.exists() else f"{sys.executable} -m cli"
+
+
+@dataclass(frozen=True)
+class Plan:
+    count: int = DEFAULT_COUNT
+    rate: float = DEFAULT_RATE
+    seed: int = DEFAULT_SEED
+    sim_ports: dict[str, int] | None = None
+    metrics_ports: dict[str, int] | None = None
+    prometheus_port: int = 9090
+    report: Path | None = None
+    keep: bool = False
+    cache_dir: Path | None = None
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def empty(settings: Settings) -> None:
+    """The demo's database and queues, emptied: its funnel is this run's."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        await migrate(connection)
+        await connection.execute(f"TRUNCATE {_TABLES}")
+    finally:
+        await connection.close()
+    amqp = await aio_pika.connect(settings.amqp_url)
+    async with amqp:
+        for name in funnel.all_queues():
+            channel = await amqp.channel()
+            with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
+                queue = await channel.declare_queue(name, passive=True)
+                await queue.purge()
+            if not channel.is_closed:
+                await channel.close()
 
 
 async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
@@ -115,185 +156,32 @@ async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
         while time.monotonic() < deadline:
             if stack.dead():
                 raise RuntimeError(f"exited during start-up: {stack.dead()}; see the logs")
-            try:
+            with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(url) as response:
                     if response.status == 200:
                         return
-            except aiohttp.ClientError:
-                pass
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{url} did not answer")
 
 
-async def _upload_photo(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    a: Accepted,
-    seed: int,
-    selfies: DistinctSelfies,
-) -> str:
-    """PUT the person's selfie as soon as the registration takes one (the photo check exists a
-    moment after storage: until then the answer is 409 not-ready); the last answer, as a label."""
-    photo = await asyncio.to_thread(selfies.make, a.registrant.truth.photo, seed)
-    headers = {"Authorization": f"Bearer {a.token}", "Content-Type": "image/jpeg"}
-    end = time.monotonic() + UPLOAD_TIMEOUT_S
-    while True:
-        async with session.put(
-            f"{base_url}/v1/registrations/{a.id}/photo", data=photo, headers=headers
-        ) as response:
-            body = await response.json(content_type=None)
-        slug = str(body.get("type", "")).rsplit("/", 1)[-1] if response.status != 202 else ""
-        retry = response.status == 503 or (response.status == 409 and slug == "not-ready")
-        if not retry or time.monotonic() > end:
-            a.photo_accepted = response.status == 202
-            return f"photo uploaded: {response.status}" + (f" {slug}" if slug else "")
-        await asyncio.sleep(0.05)
-
-
-async def _register(
-    base_url: str, people: list[Registrant], run_seed: int
-) -> tuple[
-    list[Accepted],
-    collections.Counter[int],
-    collections.Counter[str],
-    list[float],
-    collections.Counter[str],
-]:
-    accepted: list[Accepted] = []
-    statuses: collections.Counter[int] = collections.Counter()
-    refusals: collections.Counter[str] = collections.Counter()
-    uploads: collections.Counter[str] = collections.Counter()
-    latencies: list[float] = []
-    queue: asyncio.Queue[tuple[int, Registrant]] = asyncio.Queue()
-    for i, p in enumerate(people):
-        queue.put_nowait((i, p))
-    photos = "photo" in WORKER_KINDS
-    selfies = DistinctSelfies()
-    # A person registers again only once done with their first registration (its selfie taken,
-    # so it is stored): otherwise the repeat could be stored first, and the original rejected
-    # as the duplicate.
-    answered = [asyncio.Event() for _ in people]
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        while not queue.empty():
-            index, person = queue.get_nowait()
-            if person.repeats is not None:
-                await answered[person.repeats].wait()
-            started = time.perf_counter()
-            # As a browser: a 503 is sent again after its Retry-After, as the same registration.
-            headers = {"Idempotency-Key": f"demo-{run_seed}-{index}"}
-            while True:
-                async with session.post(
-                    f"{base_url}/v1/registrations", json=person.form, headers=headers
-                ) as response:
-                    body = await response.json(content_type=None)
-                if response.status != 503:
-                    break
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-            latencies.append(time.perf_counter() - started)
-            statuses[response.status] += 1
-            for error in body.get("errors", []):
-                refusals[f"{error['field']}:{error['code']}"] += 1
-            if response.status == 202:
-                a = Accepted(person, uuid.UUID(body["id"]), body["access_token"], index)
-                accepted.append(a)
-                # Right away, so that the photo check is pending before the ministries answer.
-                if photos and person.kind == "valid":
-                    uploads[
-                        await _upload_photo(
-                            session, base_url, a, selfie_seed(run_seed, index), selfies
-                        )
-                    ] += 1
-            answered[index].set()
-
-    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(client(session) for _ in range(CONCURRENCY)))
-    return accepted, statuses, refusals, latencies, uploads
-
-
-async def _act(
-    base_url: str, ports: dict[str, int], accepted: list[Accepted], deadline_s: float
-) -> dict[str, int]:
-    """The registrants' side: follow the email link, enter the SMS code, as their truth says."""
-    done: collections.Counter[str] = collections.Counter()
-    mail_url = f"http://127.0.0.1:{ports['smtp_admin']}/_sim/mail"
-    sms_url = f"http://127.0.0.1:{ports['sms']}/_sim/messages"
-    end = time.monotonic() + deadline_s
-    semaphore = asyncio.Semaphore(CONCURRENCY)
-
-    async def person(session: aiohttp.ClientSession, a: Accepted) -> None:
-        truth, form = a.registrant.truth, a.registrant.form
-        async with semaphore:
-            if truth.clicks_email_link and "email" in WORKER_KINDS:
-                link = await _poll(session, mail_url, form["email"], _first_link, end)
-                if link:
-                    async with session.get(link) as response:
-                        done[f"email link followed: {response.status}"] += 1
-            if truth.enters_otp and "phone" in WORKER_KINDS:
-                code = await _poll(session, sms_url, form["phone"], _first_code, end)
-                if code:
-                    async with session.post(
-                        f"{base_url}/v1/registrations/{a.id}/otp",
-                        json={"code": code},
-                        headers={"Authorization": f"Bearer {a.token}"},
-                    ) as response:
-                        done[f"OTP entered: {response.status}"] += 1
-
-    async with aiohttp.ClientSession() as session:
-        # A repeated NIK is rejected when stored: no mail, no SMS for it.
-        await asyncio.gather(
-            *(person(session, a) for a in accepted if a.registrant.kind == "valid")
-        )
-    return dict(done)
-
-
-def _first_link(body: dict[str, Any]) -> str | None:
-    for message in body.get("messages", []):
-        for link in message.get("links", []):
-            if "/v1/verify/email" in link:
-                return str(link)
-    return None
-
-
-def _first_code(body: dict[str, Any]) -> str | None:
-    for message in body.get("messages", []):
-        match = _CODE_RE.search(message.get("text", ""))
-        if match:
-            return match.group(1)
-    return None
-
-
-async def _poll(
-    session: aiohttp.ClientSession, url: str, to: str, pick: Any, end: float
-) -> str | None:
-    while time.monotonic() < end:
-        try:
-            async with session.get(url, params={"to": to}) as response:
-                if response.status == 200:
-                    found: str | None = pick(await response.json())
-                    if found:
-                        return found
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.5)
-    return None
-
-
-def _print_funnel(elapsed_s: float, f: funnel.Funnel, depths: dict[str, int]) -> None:
+def _line(elapsed_s: float, wave: Wave, f: funnel.Funnel, depths: dict[str, int]) -> str:
     busy = {k.removeprefix("intake."): v for k, v in depths.items() if v}
-    print(
-        f"[{elapsed_s:6.1f} s] registered {f.registered}  email {f.email_verified}  "
-        f"phone {f.phone_verified}  NIK {f.nik_verified}  photo {f.photo_verified}  "
-        f"verified {f.verified}  rejected {f.rejected}  open {f.open}  queues {busy or '-'}",
-        flush=True,
+    queues = "  ".join(f"{k} {v:,}" for k, v in busy.items()) or "empty"
+    accepted = sum(1 for p in wave.people if p.status == 202)
+    return (
+        f"[{elapsed_s:5.1f} s] sent {wave.sent:,} accepted {accepted:,} | stored {f.registered:,}"
+        f" email {f.email_verified:,} phone {f.phone_verified:,} NIK {f.nik_verified:,}"
+        f" photo {f.photo_verified:,} verified {f.verified:,} rejected {f.rejected:,}"
+        f" open {f.open:,} | queues {queues}"
     )
 
 
 async def _watch(
-    settings: Settings, since: dt.datetime, started: float, actions: asyncio.Task[Any]
+    settings: Settings, wave: Wave, acting: asyncio.Task[None], people: list[Person]
 ) -> funnel.Funnel:
-    """Print the funnel every second until nothing moves any more (or all is decided)."""
+    """Print the funnel every second; return once the wave is over and the funnel is what the
+    truth says, or nothing has moved for ``IDLE_LIMIT_S``."""
+    since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)  # the database was emptied: all of it
     db = await asyncpg.connect(settings.database_url)
     amqp = await aio_pika.connect(settings.amqp_url)
     last: tuple[Any, ...] = ()
@@ -302,268 +190,22 @@ async def _watch(
         while True:
             current = await funnel.read_funnel(db, since)
             depths = await funnel.queue_depths(amqp)
-            _print_funnel(time.perf_counter() - started, current, depths)
-            state = (
-                current.open,
-                current.verified,
-                current.rejected,
-                current.email_verified,
-                current.phone_verified,
-                current.nik_verified,
-                current.photo_verified,
-                tuple(depths.values()),
-            )
+            say(_line(wave.elapsed_s(), wave, current, depths))
+            state = (current, tuple(depths.values()))
             if state != last:
                 last, last_change = state, time.monotonic()
-            if current.open == 0 and actions.done():
-                return current
-            if time.monotonic() - last_change > IDLE_LIMIT_S and actions.done():
-                return current
+            if acting.done():
+                decisions = await funnel.read_decisions(db, since)
+                observed = truth.observed_funnel(current, people, decisions)
+                expected = truth.expected_funnel(people)
+                if not truth.differences(expected, observed) and not any(depths.values()):
+                    return current
+                if time.monotonic() - last_change > IDLE_LIMIT_S:
+                    return current
             await asyncio.sleep(1.0)
     finally:
         await db.close()
         await amqp.close()
-
-
-def causes(a: Accepted) -> frozenset[str]:
-    """The reasons a valid registration can be rejected for, from its truth: the NIK lanes' and,
-    if its selfie was accepted, the photo lane's. With both, the registration is rejected with
-    the first check to fail, which depends on timing: either reason is right."""
-    truth, found = a.registrant.truth, set()
-    if truth.dukcapil in _NIK_REASONS:
-        found.add(_NIK_REASONS[truth.dukcapil])
-    elif truth.student:
-        found.add("in_education")
-    if a.photo_accepted and truth.photo in _PHOTO_REASONS:
-        found.add(_PHOTO_REASONS[truth.photo])
-    return frozenset(found)
-
-
-def _stage(reasons: frozenset[str]) -> str:
-    return "rejected:" + " or ".join(sorted(reasons))
-
-
-def expected_funnel(people: list[Registrant], accepted: list[Accepted]) -> dict[str, int]:
-    """What the funnel must show once everything is decided, from the population's truth: the
-    stages a person reaches, given what the ministries hold and what the person does.
-
-    A "rejected:a or b" stage counts the people with two causes (see :func:`causes`); the
-    "rejected:<reason>" stages count the people with that cause only. A selfie is uploaded
-    right after the registration is accepted; the upload of someone whom the ministries
-    rejected first is refused (409), so whether their photo is checked at all depends on timing:
-    the demo's record of the upload decides for them. Everybody else's is accepted."""
-    valid = [p for p in people if p.kind == "valid"]
-    duplicates = sum(1 for p in people if p.kind == "duplicate")
-    expected = {
-        "registered": len(valid) + duplicates,
-        "nik_verified": sum(
-            1 for p in valid if p.truth.dukcapil == "match" and not p.truth.student
-        ),
-        "rejected:duplicate_nik": duplicates,
-    }
-    photos = "photo" in WORKER_KINDS
-    rejected = collections.Counter(
-        _stage(c) for a in accepted if a.registrant.kind == "valid" and (c := causes(a))
-    )
-    if not photos:
-        rejected.update({"rejected:photo_no_face": 0, "rejected:photo_multiple_faces": 0})
-    expected.update(rejected)
-    expected["rejected"] = duplicates + sum(rejected.values())
-    if "email" in WORKER_KINDS:
-        expected["email_verified"] = sum(1 for p in valid if p.truth.clicks_email_link)
-    if "phone" in WORKER_KINDS:
-        expected["phone_verified"] = sum(1 for p in valid if p.truth.enters_otp)
-    if photos:
-        expected["photo_verified"] = sum(
-            1
-            for a in accepted
-            if a.registrant.kind == "valid"
-            and a.registrant.truth.photo == "one_face"
-            and (a.photo_accepted or not causes(a))
-        )
-        expected["verified"] = sum(
-            1
-            for p in valid
-            if p.truth.dukcapil == "match"
-            and not p.truth.student
-            and p.truth.clicks_email_link
-            and p.truth.enters_otp
-            and p.truth.photo == "one_face"
-            and "email" in WORKER_KINDS
-            and "phone" in WORKER_KINDS
-        )
-    return expected
-
-
-def observed_funnel(
-    f: funnel.Funnel,
-    accepted: list[Accepted],
-    decisions: dict[uuid.UUID, tuple[str, str | None, dt.datetime | None]],
-) -> dict[str, int]:
-    """The funnel as stored; the rejections counted per person, by the stage
-    :func:`expected_funnel` puts them in (a rejection for a reason that is not among the
-    person's causes is counted under the reason itself, where nothing is expected)."""
-    observed = {
-        "registered": f.registered,
-        "nik_verified": f.nik_verified,
-        "email_verified": f.email_verified,
-        "phone_verified": f.phone_verified,
-        "photo_verified": f.photo_verified,
-        "verified": f.verified,
-        "rejected": f.rejected,
-    }
-    per_person: collections.Counter[str] = collections.Counter()
-    for a in accepted:
-        status, reason, _ = decisions.get(a.id, ("received", None, None))
-        if status != "rejected" or reason is None:
-            continue
-        expected_causes = (
-            frozenset({"duplicate_nik"}) if a.registrant.kind == "duplicate" else causes(a)
-        )
-        per_person[
-            _stage(expected_causes if reason in expected_causes else frozenset({reason}))
-        ] += 1
-    observed.update(per_person)
-    return observed
-
-
-def last_verified_s(
-    decisions: dict[uuid.UUID, tuple[str, str | None, dt.datetime | None]], since: dt.datetime
-) -> float:
-    """From the first registration to the last one verified (0 when none was)."""
-    verified = [at for status, _, at in decisions.values() if status == "verified" and at]
-    return (max(verified) - since).total_seconds() if verified else 0.0
-
-
-async def _run(
-    settings: Settings,
-    count: int,
-    log_dir: Path,
-    ports: dict[str, int],
-    metrics: dict[str, int],
-    report: Path | None,
-    prometheus_port: int,
-) -> int:
-    seed, today = int(time.time()), today_wib()
-    people = population(count, seed=seed, today=today)
-    base_url = f"http://{settings.edge_host}:{settings.edge_port}"
-    with Stack(settings, log_dir) as stack:
-        flags = [f"--{name.replace('_', '-')}-port={port}" for name, port in ports.items()]
-        stack.start(
-            "simulate",
-            "simulate",
-            f"--seed={seed}",
-            f"--count={count}",
-            f"--today={today.isoformat()}",
-            *flags,
-        )
-        await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
-        # Every worker kind, scaled on its queue; each worker logs to its own file here.
-        stack.start(
-            "supervise",
-            "supervise",
-            f"--log-dir={log_dir}",
-            settings=settings.replace(metrics_port=metrics["supervise"]),
-        )
-        stack.start("edge", "edge", settings=settings.replace(metrics_port=metrics["edge"]))
-        await _wait_ready(f"{base_url}/readyz", stack, 60)
-        lanes = ", ".join(k for k in WORKER_KINDS if k not in ("persist", "dispatch"))
-        print(
-            f"stack ready: edge at {base_url}; workers under intake supervise (lanes: {lanes});"
-            f" logs in {log_dir}"
-        )
-        print(
-            f"metrics: edge http://127.0.0.1:{metrics['edge']}/metrics, workers, funnel and"
-            f" queues (intake supervise) http://127.0.0.1:{metrics['supervise']}/metrics",
-        )
-        prometheus_url = f"http://127.0.0.1:{prometheus_port}"
-        config = local.write_config(
-            log_dir / "prometheus.yml",
-            local.local_config(metrics["edge"], metrics["supervise"], settings.amqp_url),
-        )
-        stack.start_program(
-            "prometheus", local.prometheus_command(config, log_dir / "tsdb", prometheus_port)
-        )
-        print(
-            f"prometheus: {prometheus_url} (alerts: {prometheus_url}/alerts); live view in"
-            f" another terminal: intake top --prometheus {prometheus_url}",
-            flush=True,
-        )
-
-        since = dt.datetime.now(dt.UTC)
-        started = time.perf_counter()
-        accepted, statuses, refusals, latencies, uploads = await _register(base_url, people, seed)
-        sent_s = time.perf_counter() - started
-        print(
-            f"\nwave opened: {count} registrations sent in {sent_s:.1f} s "
-            f"({count / sent_s:,.0f}/s); answers {dict(sorted(statuses.items()))}"
-        )
-        for code, n in sorted(refusals.items()):
-            print(f"  refused at the edge  {code:<32} {n:>6}")
-        actions = asyncio.create_task(_act(base_url, ports, accepted, deadline_s=120))
-        final = await _watch(settings, since, started, actions)
-        done = {**uploads, **await actions}
-        db = await asyncpg.connect(settings.database_url)
-        try:
-            decisions = await funnel.read_decisions(db, since)
-        finally:
-            await db.close()
-        end_to_end_s = (
-            (final.last_decided_at - since).total_seconds() if final.last_decided_at else 0.0
-        )
-        await asyncio.sleep(6)  # one more scrape after the last decision
-        view, targets = await _prometheus_view(prometheus_url)
-        print("\n" + view)
-        # The supervisor waits for its workers (a lane finishes the tasks in hand).
-        codes = stack.stop(timeout_s=90)
-
-    latencies.sort()
-    p99 = latencies[int(0.99 * (len(latencies) - 1))] * 1000 if latencies else 0.0
-    stored = final.registered
-    print(f"\nregistrants' actions: {done or 'none'}")
-    print(f"edge latency p99 {p99:.1f} ms; accepted {len(accepted)}, stored {stored}")
-    print(
-        f"funnel: {final.registered} registered, {final.email_verified} email verified, "
-        f"{final.phone_verified} phone verified, {final.nik_verified} NIK verified, "
-        f"{final.photo_verified} photo verified, {final.verified} verified, "
-        f"{final.rejected} rejected, {final.review} in review, {final.open} still open"
-    )
-    for reason, n in final.reasons.items():
-        print(f"  rejected  {reason:<24} {n:>6}")
-    print(f"first registration to last decision: {end_to_end_s:.1f} s")
-    print(f"first registration to last verified: {last_verified_s(decisions, since):.1f} s")
-    print(f"exit codes: {codes}")
-    expected = expected_funnel(people, accepted)
-    observed = observed_funnel(final, accepted, decisions)
-    print("\nstage                         expected  observed  (from the population's truth)")
-    mismatches = []
-    for stage, n in expected.items():
-        seen = observed.get(stage, 0)
-        print(f"  {stage:<28} {n:>8}  {seen:>8}{'' if seen == n else '  <-- differs'}")
-        if seen != n:
-            mismatches.append(stage)
-    if report is not None:
-        outcome = {
-            "count": count,
-            "seed": seed,
-            "accepted": len(accepted),
-            "stored": stored,
-            "expected": expected,
-            "observed": observed,
-            "end_to_end_s": end_to_end_s,
-            "last_verified_s": last_verified_s(decisions, since),
-            "exit_codes": codes,
-            "prometheus_targets": targets,
-        }
-        report.write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))  # noqa: ASYNC240
-    lost = len(accepted) - stored
-    if lost:
-        print(f"FAILED: {lost} accepted registration(s) not stored")
-        return 1
-    if mismatches:
-        print(f"FAILED: the funnel differs from the population's truth at {mismatches}")
-        return 1
-    return 0
 
 
 async def _prometheus_view(url: str) -> tuple[str, dict[str, int]]:
@@ -579,37 +221,265 @@ async def _prometheus_view(url: str) -> tuple[str, dict[str, int]]:
     return top.render(snapshot), {"up": health.count("up"), "total": len(health)}
 
 
+def _selfies(people: list[Person], plan: Plan) -> None:
+    wanted = [p for p in people if p.registrant.kind == "valid"]
+    started = time.monotonic()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 2 or done == total:
+            last[0] = time.monotonic()
+            say(f"  selfies: {done:,} of {total:,} made")
+
+    made = prepare(
+        [(p.registrant.truth.photo, selfie_seed(plan.seed, p.index)) for p in wanted],
+        plan.cache_dir or default_cache_dir() / "selfies",
+        progress=progress,
+    )
+    for person, photo in zip(wanted, made, strict=True):
+        person.selfie = photo
+    say(f"  {len(made):,} selfies ready in {time.monotonic() - started:.1f} s")
+
+
+async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
+    ports = plan.sim_ports or sim_ports(DEFAULT_SIM_PORT_BASE)
+    metrics = plan.metrics_ports or metrics_ports(DEFAULT_METRICS_PORT_BASE)
+    today = today_wib()
+    moments = schedule(plan.count, plan.rate, OPENING_SHARE, TAIL_S)
+    people = [
+        Person(i, r, at, Pace.drawn(plan.seed, i))
+        for i, (r, at) in enumerate(
+            zip(population(plan.count, seed=plan.seed, today=today), moments, strict=True)
+        )
+    ]
+    base_url = f"http://{settings.edge_host}:{settings.edge_port}"
+    prometheus_url = f"http://127.0.0.1:{plan.prometheus_port}"
+    say(
+        f"intake demo: {plan.count:,} people; the wave opens at {plan.rate:,.0f}/s for"
+        f" {moments[round(plan.count * OPENING_SHARE) - 1]:.1f} s, then a {TAIL_S:.0f} s tail"
+    )
+    await empty(settings)
+    say("  emptied the demo's database and queues")
+    with Stack(settings, log_dir) as stack:
+        flags = [f"--{name.replace('_', '-')}-port={port}" for name, port in ports.items()]
+        stack.start(
+            "simulate",
+            "simulate",
+            f"--seed={plan.seed}",
+            f"--count={plan.count}",
+            f"--today={today.isoformat()}",
+            *flags,
+        )
+        stack.start(
+            "supervise",
+            "supervise",
+            f"--log-dir={log_dir}",
+            settings=settings.replace(metrics_port=metrics["supervise"]),
+        )
+        stack.start("edge", "edge", settings=settings.replace(metrics_port=metrics["edge"]))
+        config = local.write_config(
+            log_dir / "prometheus.yml",
+            local.local_config(metrics["edge"], metrics["supervise"], settings.amqp_url),
+        )
+        stack.start_program(
+            "prometheus", local.prometheus_command(config, log_dir / "tsdb", plan.prometheus_port)
+        )
+        say(f"  starting the stack (logs in {log_dir}); making the selfies meanwhile")
+        await asyncio.to_thread(_selfies, people, plan)
+        await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
+        await _wait_ready(f"{base_url}/readyz", stack, 120)
+        say(f"  stack ready: the edge at {base_url}, the workers under intake supervise\n")
+
+        mail = mail_inbox(f"http://127.0.0.1:{ports['smtp_admin']}")
+        sms = sms_inbox(f"http://127.0.0.1:{ports['sms']}")
+        wave = Wave(base_url, people, mail, sms, run_key=f"{plan.seed}-{time.time_ns()}")
+        connector = aiohttp.TCPConnector(limit=CONNECTIONS)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            pollers = [asyncio.create_task(inbox.run(session)) for inbox in (mail, sms)]
+            acting = asyncio.create_task(wave.run(session))
+            try:
+                final = await _watch(settings, wave, acting, people)
+            finally:
+                for task in (*pollers, acting):
+                    task.cancel()
+                await asyncio.gather(*pollers, acting, return_exceptions=True)
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            decisions = await funnel.read_decisions(db, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        finally:
+            await db.close()
+        await asyncio.sleep(6)  # one more scrape after the last decision
+        view, targets = await _prometheus_view(prometheus_url)
+        say("\n" + view)
+        code = _report(plan, people, final, decisions, targets, base_url, prometheus_url, log_dir)
+        if plan.keep:
+            await _keep(base_url, prometheus_url)
+        # The supervisor waits for its workers (a lane finishes the tasks in hand).
+        codes = stack.stop(timeout_s=90)
+    say(f"stopped: exit codes {codes}")
+    if plan.report is not None:
+        outcome = orjson.loads(plan.report.read_bytes())
+        outcome["exit_codes"] = codes
+        plan.report.write_bytes(orjson.dumps(outcome, option=orjson.OPT_INDENT_2))
+    return code if set(codes.values()) <= {0} else 1
+
+
+def _report(
+    plan: Plan,
+    people: list[Person],
+    final: funnel.Funnel,
+    decisions: truth.Decisions,
+    targets: dict[str, int],
+    base_url: str,
+    prometheus_url: str,
+    log_dir: Path,
+) -> int:
+    metrics = plan.metrics_ports or metrics_ports(DEFAULT_METRICS_PORT_BASE)
+    metrics_urls = [f"http://127.0.0.1:{metrics[k]}/metrics" for k in ("edge", "supervise")]
+    accepted = [p for p in people if p.status == 202]
+    answered = [p.answered_at_s for p in people if p.answered_at_s is not None]
+    opening = accepted_per_second(people, 5)
+    attempts = [p.attempts for p in people]
+    say(
+        f"\nthe wave: {len(people):,} people, {len(accepted):,} accepted,"
+        f" {sum(1 for p in people if p.status == 422):,} refused as invalid;"
+        f" accepted per second in the first seconds: {', '.join(f'{n:,}' for n in opening)};"
+        f" the last answer {max(answered, default=0.0):.1f} s after the opening;"
+        f" attempts per person: mean {sum(attempts) / max(1, len(attempts)):.2f},"
+        f" max {max(attempts, default=0)}"
+    )
+    actions: dict[str, int] = {}
+    for p in people:
+        for label in (p.photo, p.email, p.otp):
+            if label:
+                actions[label] = actions.get(label, 0) + 1
+    say(f"what the registrants did: {dict(sorted(actions.items()))}")
+    say(
+        f"funnel: {final.registered:,} registered, {final.email_verified:,} email verified,"
+        f" {final.phone_verified:,} phone verified, {final.nik_verified:,} NIK verified,"
+        f" {final.photo_verified:,} photo verified, {final.verified:,} verified,"
+        f" {final.rejected:,} rejected, {final.review:,} in review, {final.open:,} open"
+    )
+    if final.last_decided_at is not None and decisions:
+        say(
+            f"last decision {(final.last_decided_at - _first(decisions)).total_seconds():.1f} s"
+            " after the first"
+        )
+    expected = truth.expected_funnel(people)
+    observed = truth.observed_funnel(final, people, decisions)
+    say("\nstage                                        truth   stored")
+    mismatches = truth.differences(expected, observed)
+    for stage in sorted({*expected, *observed}, key=lambda s: (s.startswith("rejected:"), s)):
+        want, seen = expected.get(stage, 0), observed.get(stage, 0)
+        say(f"  {stage:<42} {want:>6,}  {seen:>6,}{'  <-- differs' if stage in mismatches else ''}")
+    say("\nwhy:")
+    for line in truth.explanations(people):
+        say(f"  {line}")
+    intake = intake_command()
+    say(
+        f"\nwhere to look:\n  Prometheus {prometheus_url} (alerts {prometheus_url}/alerts)\n"
+        f"  the live view: {intake} top --prometheus {prometheus_url}\n"
+        f"  metrics: the edge {metrics_urls[0]}, the workers, funnel and queues (intake"
+        f" supervise) {metrics_urls[1]}\n"
+        f"  the edge's OpenAPI document {base_url}/openapi.json; the logs in {log_dir}"
+    )
+    if not plan.keep:
+        say("(the stack stops now: `intake demo --keep` leaves it running to explore these)")
+    lost = len(accepted) - final.registered
+    if plan.report is not None:
+        report = {
+            "count": plan.count,
+            "seed": plan.seed,
+            "accepted": len(accepted),
+            "stored": final.registered,
+            "accepted_per_second": opening,
+            "expected": expected,
+            "observed": observed,
+            "prometheus_targets": targets,
+        }
+        plan.report.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if lost:
+        say(f"FAILED: {lost} accepted registration(s) not stored")
+        return 1
+    if mismatches:
+        say(f"FAILED: the funnel differs from the population's truth at {mismatches}")
+        return 1
+    say("OK: nothing accepted was lost, and the funnel is exactly the population's truth")
+    return 0
+
+
+def _first(decisions: truth.Decisions) -> dt.datetime:
+    return min(at for _, _, at in decisions.values() if at is not None)
+
+
+async def _keep(base_url: str, prometheus_url: str) -> None:
+    say(f"\n--keep: the stack runs on ({base_url}, {prometheus_url}); Ctrl-C stops it")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
 def main(
     settings: Settings,
-    count: int,
+    count: int = DEFAULT_COUNT,
     sim_port_base: int = DEFAULT_SIM_PORT_BASE,
     report: Path | None = None,
     metrics_port_base: int = DEFAULT_METRICS_PORT_BASE,
     prometheus_port: int = 9090,
+    rate: float = DEFAULT_RATE,
+    seed: int = DEFAULT_SEED,
+    keep: bool = False,
+    cache_dir: Path | None = None,
 ) -> int:
-    """Run the demo against the configured RabbitMQ and PostgreSQL; 0 when nothing was lost
-    and the funnel is exactly what the population's truth says (2: a port of the plan is
-    taken)."""
+    """Run the demo against the configured RabbitMQ and PostgreSQL (emptied first); 0 when
+    nothing was lost and the funnel is exactly what the population's truth says (2: a port of
+    the plan is taken, or the settings are a production's)."""
+    if settings.env == "production":
+        say("intake demo: refused with INTAKE_ENV=production (the demo empties the database)")
+        return 2
     ports = sim_ports(sim_port_base)
     metrics = metrics_ports(metrics_port_base)
-    plan = {
+    plan_ports = {
         **{f"simulator {name}": port for name, port in ports.items()},
         "edge": settings.edge_port,
         **{f"{name} metrics": port for name, port in metrics.items()},
         "prometheus": prometheus_port,
     }
-    if len(set(plan.values())) < len(plan):
-        print(f"intake demo: ports used twice in the plan {plan}")
+    if len(set(plan_ports.values())) < len(plan_ports):
+        say(f"intake demo: ports used twice in the plan {plan_ports}")
         return 2
-    busy = busy_ports(plan)
+    busy = busy_ports(plan_ports)
     if busy:
-        print(f"intake demo: ports already in use: {busy}; free them or choose other ports")
+        say(f"intake demo: ports already in use: {busy}; free them or choose other ports")
         return 2
     log_dir = Path(tempfile.mkdtemp(prefix="intake-demo-"))
+    (log_dir / "edge-status").mkdir()
     wired = Ports(**ports).wire(
         settings.replace(
             edge_access_log=False,
             public_base_url=f"http://{settings.edge_host}:{settings.edge_port}",
+            blob_dir=str(log_dir / "blobs"),
+            # The accept path first: while the edge sheds, intake supervise holds verification
+            # back (the edge reports it in this directory).
+            edge_status_dir=str(log_dir / "edge-status"),
+            # On one machine more processes per kind than cores only add start-ups; the photo
+            # lane's analyses, the most CPU, get a process per core.
+            supervise_max_workers=min(settings.supervise_max_workers, CORES),
+            photo_workers=max(settings.photo_workers, CORES),
         )
     )
-    return asyncio.run(_run(wired, count, log_dir, ports, metrics, report, prometheus_port))
+    plan = Plan(
+        count=count,
+        rate=rate,
+        seed=seed,
+        sim_ports=ports,
+        metrics_ports=metrics,
+        prometheus_port=prometheus_port,
+        report=report,
+        keep=keep,
+        cache_dir=cache_dir,
+    )
+    return asyncio.run(_run(wired, plan, log_dir))
