@@ -126,7 +126,7 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     names = ["count", "sim_port_base", "report", "metrics_port_base", "prometheus_port"]
     names += ["rate", "seed", "cache_dir"]
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return int(demo_main(settings, keep=args.keep, **given))
+    return int(demo_main(settings, keep=args.keep, prepare_only=args.prepare, **given))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=None, help="the synthetic population's seed")
     demo.add_argument(
         "--keep", action="store_true", help="leave the stack running at the end (Ctrl-C stops)"
+    )
+    demo.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only make the wave's selfies, kept for the next runs (make setup does this)",
     )
     demo.add_argument(
         "--cache-dir",

@@ -433,10 +433,18 @@ def main(
     seed: int = DEFAULT_SEED,
     keep: bool = False,
     cache_dir: Path | None = None,
+    prepare_only: bool = False,
 ) -> int:
     """Run the demo against the configured RabbitMQ and PostgreSQL (emptied first); 0 when
     nothing was lost and the funnel is exactly what the population's truth says (2: a port of
-    the plan is taken, or the settings are a production's)."""
+    the plan is taken, or the settings are a production's). With ``prepare_only``, make the
+    wave's selfies (kept for the next runs) and stop there."""
+    if prepare_only:
+        people = [
+            Person(i, r, 0.0) for i, r in enumerate(population(count, seed=seed, today=today_wib()))
+        ]
+        _selfies(people, Plan(count=count, seed=seed, cache_dir=cache_dir))
+        return 0
     if settings.env == "production":
         say("intake demo: refused with INTAKE_ENV=production (the demo empties the database)")
         return 2
