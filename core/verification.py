@@ -106,13 +106,37 @@ class Passed:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-class Retry(Exception):
-    """A transient failure (timeout, overload, outage): try again after a backoff."""
+class Failure(enum.Enum):
+    """What a transient failure says about the service that was called: the lane's flow
+    control (limit and breaker) reads this, never the wording of a reason."""
 
-    def __init__(self, reason: str, after_s: float | None = None) -> None:
+    OVERLOAD = "overload"  # it said so (429, 503, SMTP 421) or did not answer in time
+    UNREACHABLE = "unreachable"  # no connection, or the connection was lost before an answer
+    BROKEN = "broken"  # it answered with a server error (5xx, an SMTP 4xx, an unreadable body)
+    LOCAL = "local"  # nothing about the service: our side, or data it should not have sent
+
+
+class Retry(Exception):
+    """A transient failure (timeout, overload, outage): try again after a backoff.
+
+    ``reason`` is a stable code for logs and metrics; ``failure`` is what it says about the
+    service; ``not_done`` is True when the call certainly did nothing there (the service
+    answered with a refusal, or no connection was made), so that repeating a call that must
+    happen at most once (a message to a person) is safe."""
+
+    def __init__(
+        self,
+        reason: str,
+        after_s: float | None = None,
+        *,
+        failure: Failure = Failure.LOCAL,
+        not_done: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.after_s = after_s
+        self.failure = failure
+        self.not_done = not_done
 
 
 class Reject(Exception):

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from core.verification import Passed, Retry
+from core.verification import Failure, Passed, Retry
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,16 @@ WHERE registration_id = $1 AND channel = $2 AND generation = $3 AND sent_at IS N
 
 
 class NotSent(Exception):
-    """The send certainly did not happen (nothing reached the registrant): safe to retry."""
+    """The send certainly did not happen (nothing reached the registrant): safe to retry.
+    ``failure`` is what it says about the gateway or mail server (see :class:`Failure`)."""
 
-    def __init__(self, reason: str, after_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str, after_s: float | None = None, failure: Failure = Failure.LOCAL
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.after_s = after_s
+        self.failure = failure
 
 
 Digest = Callable[[int], bytes]
@@ -90,7 +94,7 @@ class ContactSender:
             await send()
         except NotSent as exc:
             await self._pool.execute(_RELEASE_SQL, registration_id, self._channel, generation)
-            raise Retry(exc.reason, exc.after_s) from None
+            raise Retry(exc.reason, exc.after_s, failure=exc.failure, not_done=True) from None
         except Exception as exc:  # the send may or may not have happened: never repeat it
             log.warning(
                 "send outcome unknown; not repeated",

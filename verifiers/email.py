@@ -22,7 +22,7 @@ import asyncpg
 
 from core.keys import LINK_SECRET_BYTES, Keyring
 from core.settings import Settings
-from core.verification import Check, Passed, Subject, Task
+from core.verification import Check, Failure, Passed, Subject, Task
 from verifiers.contact import ContactSender, NotSent
 
 CHANNEL = "email"
@@ -93,7 +93,8 @@ class EmailVerifier:
                 settings.smtp_host, settings.smtp_port, timeout=settings.ministry_timeout_s
             )
         except (OSError, smtplib.SMTPException) as exc:
-            raise NotSent(f"smtp_unreachable:{type(exc).__name__}") from None
+            reason = f"smtp_unreachable:{type(exc).__name__}"
+            raise NotSent(reason, None, Failure.UNREACHABLE) from None
         handed_over = False
         try:
             client.ehlo_or_helo_if_needed()
@@ -102,17 +103,26 @@ class EmailVerifier:
             handed_over = True
             code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))  # CRLF lines
             if code != 250:  # the server refused the content: it delivers nothing
-                raise NotSent(f"smtp_{code}")
+                raise NotSent(f"smtp_{code}", None, _smtp_failure(code))
         except smtplib.SMTPResponseException as exc:  # a refusal (DATA's before the content)
-            raise NotSent(f"smtp_{exc.smtp_code}") from None
+            raise NotSent(f"smtp_{exc.smtp_code}", None, _smtp_failure(exc.smtp_code)) from None
         except (OSError, smtplib.SMTPException) as exc:
             if not handed_over:
-                raise NotSent(f"smtp_unreachable:{type(exc).__name__}") from None
+                reason = f"smtp_unreachable:{type(exc).__name__}"
+                raise NotSent(reason, None, Failure.UNREACHABLE) from None
             raise
         finally:
             with contextlib.suppress(OSError, smtplib.SMTPException):
                 client.quit()
             client.close()
+
+
+def _smtp_failure(code: int) -> Failure:
+    """421: the server is closing (overloaded, or going down); another 4xx: a temporary failure
+    on its side; a 5xx: it refuses this message (nothing about its health)."""
+    if code == 421:
+        return Failure.OVERLOAD
+    return Failure.BROKEN if 400 <= code < 500 else Failure.LOCAL
 
 
 def _expect(reply: tuple[int, bytes], *codes: int) -> None:

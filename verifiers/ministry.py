@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from core.verification import Retry
+from core.verification import Failure, Retry
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -39,12 +39,21 @@ async def post_json(
             if response.status in expected:
                 return response.status, orjson.loads(await response.read())
             retry_after = _retry_after_s(response.headers.get("Retry-After"))
-            kind = "overloaded" if response.status in (429, 503) else f"http_{response.status}"
-            raise Retry(kind, after_s=retry_after)
+            # An answer that is not the expected one: the service did not do what was asked.
+            if response.status in (429, 503):
+                raise Retry("overloaded", retry_after, failure=Failure.OVERLOAD, not_done=True)
+            failure = Failure.BROKEN if response.status >= 500 else Failure.LOCAL
+            raise Retry(f"http_{response.status}", retry_after, failure=failure, not_done=True)
     except TimeoutError:
-        raise Retry("timeout") from None
-    except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
-        raise Retry(f"unreachable:{type(exc).__name__}") from None
+        raise Retry("timeout", failure=Failure.OVERLOAD) from None
+    except aiohttp.ClientConnectorError as exc:  # no connection was made
+        raise Retry(
+            f"unreachable:{type(exc).__name__}", failure=Failure.UNREACHABLE, not_done=True
+        ) from None
+    except aiohttp.ClientError as exc:  # lost on the way: the request may have been served
+        raise Retry(f"unreachable:{type(exc).__name__}", failure=Failure.UNREACHABLE) from None
+    except orjson.JSONDecodeError:
+        raise Retry("unreadable_answer", failure=Failure.BROKEN) from None
 
 
 def _retry_after_s(value: str | None) -> float | None:

@@ -25,16 +25,6 @@ CHANNEL = "sms"
 CODE_DIGITS = 6
 
 
-def _certainly_not_sent(reason: str) -> bool:
-    """Whether a failed gateway call certainly sent nothing: the gateway answered with a refusal,
-    or no connection was made. A timeout or a dropped connection may have sent the message."""
-    return (
-        reason == "overloaded"
-        or reason.startswith("http_")
-        or reason.startswith("unreachable:ClientConnector")
-    )
-
-
 class PhoneVerifier:
     """Sends the one-time code; :class:`~core.verification.Passed` with ``waiting``."""
 
@@ -77,8 +67,10 @@ class PhoneVerifier:
                     expected=frozenset({202}),
                 )
             except Retry as exc:
-                if _certainly_not_sent(exc.reason):
-                    raise NotSent(exc.reason, exc.after_s) from None
+                # A refusal, or no connection: nothing reached the gateway. A timeout or a
+                # dropped connection may have sent the message: never sent twice.
+                if exc.not_done:
+                    raise NotSent(exc.reason, exc.after_s, exc.failure) from None
                 raise
 
         return await self._sender.send_once(subject.registration_id, digest, expires_at, send)

@@ -39,6 +39,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 
 from core import metrics
+from core.verification import Failure, Retry
 
 Clock = Callable[[], float]
 
@@ -52,19 +53,18 @@ class Signal(enum.Enum):
     NEUTRAL = "neutral"  # nothing about the service (our own error, bad data)
 
 
-_OVERLOAD_REASONS = frozenset({"overloaded", "timeout"})
-_FAILURE_PREFIXES = ("unreachable", "http_5", "smtp_unreachable", "smtp_4")
+_SIGNALS = {
+    Failure.OVERLOAD: Signal.OVERLOAD,
+    Failure.UNREACHABLE: Signal.FAILURE,
+    Failure.BROKEN: Signal.FAILURE,
+    Failure.LOCAL: Signal.NEUTRAL,
+}
 
 
-def classify(retry_reason: str | None) -> Signal:
-    """The signal of a call that ended with ``Retry(retry_reason)`` (None: it did not retry)."""
-    if retry_reason is None:
-        return Signal.OK
-    if retry_reason in _OVERLOAD_REASONS or retry_reason == "smtp_421":
-        return Signal.OVERLOAD
-    if retry_reason.startswith(_FAILURE_PREFIXES):
-        return Signal.FAILURE
-    return Signal.NEUTRAL
+def classify(retry: Retry | None) -> Signal:
+    """The signal of a call that ended with ``retry`` (None: it did not retry), from the
+    failure's kind, whatever its reason's wording."""
+    return Signal.OK if retry is None else _SIGNALS[retry.failure]
 
 
 @dataclass(frozen=True, slots=True)

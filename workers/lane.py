@@ -242,7 +242,7 @@ class LaneWorker:
             self.gate.release(permit, flow.Signal.NEUTRAL)
             self._calls[flow.Signal.NEUTRAL].observe(time.perf_counter() - called)
             raise
-        signal = flow.classify(outcome.reason if isinstance(outcome, Retry) else None)
+        signal = flow.classify(outcome if isinstance(outcome, Retry) else None)
         self._calls[signal].observe(time.perf_counter() - called)
         self.gate.release(permit, signal)
         if isinstance(outcome, Retry):

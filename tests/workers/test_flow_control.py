@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from core import metrics
 from core.settings import Settings, SettingsError
+from core.verification import Failure, Retry
 from workers.flow import (
     AdaptiveLimit,
     BreakerConfig,
@@ -61,16 +62,15 @@ def state_of(breaker: CircuitBreaker) -> BreakerState:
     return breaker.state
 
 
-def test_classify_names_only_the_services_own_signals() -> None:
+def test_classify_reads_the_failures_kind_not_its_wording() -> None:
     assert classify(None) is Signal.OK
-    assert classify("overloaded") is Signal.OVERLOAD
-    assert classify("timeout") is Signal.OVERLOAD
-    assert classify("unreachable:ClientConnectorError") is Signal.FAILURE
-    assert classify("http_502") is Signal.FAILURE
-    assert classify("smtp_unreachable:ConnectionRefusedError") is Signal.FAILURE
-    assert classify("unexpected_answer") is Signal.NEUTRAL
-    assert classify("internal:KeyError") is Signal.NEUTRAL
-    assert classify("blob_missing") is Signal.NEUTRAL
+    for reason in ("overloaded", "timeout", "worded as nobody expected"):
+        assert classify(Retry(reason, failure=Failure.OVERLOAD)) is Signal.OVERLOAD
+    assert classify(Retry("gone", failure=Failure.UNREACHABLE)) is Signal.FAILURE
+    assert classify(Retry("answered 502", failure=Failure.BROKEN)) is Signal.FAILURE
+    # Worded like a failure of the service, but not one: our own error.
+    assert classify(Retry("unreachable:ClientConnectorError")) is Signal.NEUTRAL
+    assert classify(Retry("internal:KeyError", failure=Failure.LOCAL)) is Signal.NEUTRAL
 
 
 def test_the_limit_settles_just_above_the_servers_capacity() -> None:
