@@ -15,7 +15,7 @@ from core.settings import Settings
 from core.verification import INITIAL_CHECKS, REQUIRED_CHECKS, WORKER_KINDS, Check
 from demo.funnel import all_queues
 from verifiers.registry import VERIFIERS
-from workers.supervisor import worker_limits
+from workers.scaling import worker_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 LANES = {check.value for check in Check}

@@ -9,36 +9,10 @@ Every other kind runs between a minimum and a maximum number of processes
 the photo lane's default maximum is the machine's cores divided by ``INTAKE_PHOTO_WORKERS``, as
 its analysis is CPU-bound).
 
-**The rule.** Every ``supervise_interval_s`` the supervisor reads each kind's queue depth ``D``
-(passive declare: messages ready, not those held by workers) and the workers' status files
-(``core.status``: work processed and acknowledged, in the queue's unit). Over a window of the
-last few samples (five intervals, at least 3 s) it estimates
-
-- the service rate ``S``, the sum of the workers' processed-per-second;
-- the net drain ``N = -dD/dt`` and the arrival rate ``A = S - N``;
-- the per-worker rate ``r``, what one worker can do: ``S / workers`` measured while a backlog
-  waited throughout the window (the workers were busy all along), smoothed and remembered as
-  the kind's capacity (a higher rate seen later raises it). While the queue is short the workers
-  idle at times and ``S / workers`` only shows what arrives: it is not used.
-
-Without status files (a worker that writes none) the depth alone is used: a queue that shrinks
-by ``N`` under a lasting backlog with ``n`` workers shows ``r >= N / n``; arrivals count as
-``n * r - N``.
-
-    desired = ceil((A + D / target_drain_s) / r), clamped to [min, max]
-
-i.e. enough workers to serve what arrives and to drain the backlog within the target time.
-Before ``r`` is known, a backlog that lasts the whole window doubles the workers (the workers
-there are not shown to reduce it), a passing one changes nothing, and an empty queue asks for
-the minimum. Then one step is taken:
-
-- **up at once**, at most doubling, once the workers added by the previous step have started
-  (written a status file, or been running for a few seconds), and within the PostgreSQL
-  connection budget (``INTAKE_SUPERVISE_DB_CONNECTIONS``: every worker's pool counts);
-- **never up while a lane's circuit breaker is open** (or half-open) in any of its workers:
-  the ministry is down, and more workers would only add probes;
-- **down slowly**: one worker, once ``desired`` has stayed below the current count for
-  ``supervise_cooldown_s``, and then again only after another cooldown.
+**The rule** (:mod:`workers.scaling`): enough workers to serve what arrives and to drain the
+backlog within ``INTAKE_SUPERVISE_TARGET_DRAIN_S``, measured from the queue depths and the
+workers' status files; a worker's start and its death with the supervisor:
+:mod:`workers.children`.
 
 **Scale-down is graceful.** The worker holding the least work gets SIGTERM: a persist worker
 stops consuming, stores and acknowledges what it was given, and exits; a lane worker stops
@@ -57,18 +31,16 @@ data. :meth:`Supervisor.plan` shows the current plan.
 ``INTAKE_METRICS_PORT=0``, and writes its samples there; when one exits, its live gauges are
 withdrawn (``mark_process_dead``), its counters stay. With ``INTAKE_METRICS_PORT`` set the
 supervisor serves ``/metrics``: the aggregate of its workers, its own figures read from its
-plan on scrape (:class:`FleetCollector`: processes and restarts by kind; its own process is not
-in multiprocess mode), the funnel from PostgreSQL (a pool of at most two connections) and the
-queue depths.
+plan on scrape (:mod:`workers.fleet_metrics`: processes and restarts by kind; its own process
+is not in multiprocess mode), the funnel from PostgreSQL (a pool of at most two connections)
+and the queue depths (:mod:`workers.depths` reads those it scales on).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import math
 import os
 import shutil
 import signal
@@ -76,36 +48,39 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-import aio_pika
 import asyncpg
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
 
-from core import metrics, metrics_http, topology
+from core import metrics_http
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings, SettingsError
-from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, read_status, remove_status
-from core.verification import WORKER_KINDS
+from core.status import read_status, remove_status
 from workers import pressure
+from workers.children import child_setup, open_log
+from workers.depths import QueueDepths
+from workers.fleet_metrics import FleetCollector
 from workers.pressure import EdgePressure
-from workers.sessions import BROKER_GONE
+from workers.scaling import (
+    DISPATCH,
+    PERSIST,
+    Limits,
+    Load,
+    RateEstimator,
+    db_connections,
+    desired_workers,
+    next_workers,
+    queue_of,
+    worker_limits,
+)
 
 log = logging.getLogger(__name__)
 
-PERSIST, DISPATCH = "persist", "dispatch"
-# PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py;
-# a lane's is INTAKE_LANE_DB_CONNECTIONS).
-_PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS = 2, 3
 # A worker that dies this soon after its start counts as crash-looping.
 QUICK_EXIT_S = 10.0
 MAX_RESTART_DELAY_S = 30.0
@@ -113,198 +88,6 @@ MAX_RESTART_DELAY_S = 30.0
 STARTUP_S = 5.0
 # How often processes are checked between scaling ticks (exits also wake the loop at once).
 _RECONCILE_S = 0.25
-# The shortest span of status samples a worker's rate is computed over.
-_MIN_RATE_SPAN_S = 0.5
-_OPEN_BREAKER = ("open", "half_open")
-
-
-# --- the rule -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Fewest and most processes of one kind."""
-
-    low: int
-    high: int
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    """What is known about one kind's queue at a tick. Rates are in the queue's unit per
-    second (messages for the persist worker, tasks for a lane); None: not known."""
-
-    depth: int
-    per_worker_rate: float | None = None
-    arrival_rate: float | None = None
-    net_drain_rate: float | None = None
-    # A backlog waited throughout the estimation window (the workers were busy all along).
-    sustained: bool = False
-    breaker_open: bool = False
-
-
-def desired_workers(load: Load, current: int, limits: Limits, target_drain_s: float) -> int:
-    """Workers needed to serve the arrivals and drain the backlog within ``target_drain_s``,
-    clamped to ``limits``."""
-    rate = load.per_worker_rate
-    if rate is not None and rate > 0:
-        arrivals = load.arrival_rate or 0.0
-        wanted = math.ceil((arrivals + load.depth / target_drain_s) / rate - 1e-9)
-    elif load.depth > 0 and load.sustained:
-        wanted = 2 * max(current, 1)  # a backlog the workers are not shown to reduce
-    elif load.depth > 0:
-        wanted = current  # a short queue, nothing measured yet: wait and see
-    else:
-        wanted = limits.low  # nothing waits, nothing is known: the fewest will do
-    return max(limits.low, min(limits.high, wanted))
-
-
-def next_workers(
-    current: int,
-    desired: int,
-    limits: Limits,
-    *,
-    breaker_open: bool,
-    calm_s: float,
-    cooldown_s: float,
-) -> int:
-    """One step from ``current`` toward ``desired``: up at once but at most doubling, not at all
-    while the breaker is open; down by one once ``desired`` has been below ``current`` for
-    ``calm_s >= cooldown_s``. The bounds themselves always hold."""
-    if current < limits.low:
-        return limits.low
-    if current > limits.high:
-        return limits.high
-    if desired > current:
-        if breaker_open:
-            return current
-        return min(desired, max(2 * current, 1))
-    if desired < current and calm_s >= cooldown_s:
-        return current - 1
-    return current
-
-
-class RateEstimator:
-    """Rates of one kind from successive samples of its queue depth and its workers' status
-    files, over the last ``window_s`` seconds (see the module docstring)."""
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self.capacity: float | None = None  # per worker, measured while a backlog waited
-        self._depths: deque[tuple[float, int]] = deque()
-        self._counts: dict[int, deque[tuple[float, float]]] = {}
-
-    def observe(
-        self, now: float, depth: int, statuses: Iterable[Mapping[str, object]], workers: int
-    ) -> Load:
-        """Add a sample taken at ``now`` (Unix time, the clock of the status files' ``at``)."""
-        self._depths.append((now, depth))
-        while len(self._depths) > 2 and self._depths[0][0] < now - self.window_s:
-            self._depths.popleft()
-        (first_at, first_depth), (last_at, _) = self._depths[0], self._depths[-1]
-        drain = (first_depth - depth) / (last_at - first_at) if last_at > first_at else None
-        sustained = len(self._depths) >= 2 and all(d > 0 for _, d in self._depths)
-
-        breaker_open, rates = False, []
-        seen = set()
-        for status in statuses:
-            breaker_open = breaker_open or status.get("breaker") in _OPEN_BREAKER
-            rate = self._worker_rate(now, status)
-            pid = status.get("pid")
-            if isinstance(pid, int):
-                seen.add(pid)
-            if rate is not None:
-                rates.append(rate)
-        for pid in set(self._counts) - seen:
-            del self._counts[pid]
-
-        service = sum(rates) if rates else None
-        per_worker = service / len(rates) if service is not None else None
-        from_depth = per_worker is None and drain is not None and drain > 0 and workers > 0
-        if from_depth:
-            assert drain is not None
-            per_worker = drain / workers  # a lower bound: arrivals are unknown
-        if per_worker is not None and per_worker > 0 and not breaker_open:
-            if sustained:
-                self.capacity = (
-                    per_worker if self.capacity is None else (self.capacity + per_worker) / 2
-                )
-            elif not from_depth and self.capacity is not None and per_worker > self.capacity:
-                # Work acknowledged is a lower bound of capacity even when the workers idle
-                # at times (not the depth: a starting worker's prefetch also empties it).
-                self.capacity = per_worker
-
-        arrivals = None
-        if service is not None and drain is not None:
-            arrivals = max(0.0, service - drain)
-        elif self.capacity is not None and sustained and drain is not None:
-            arrivals = max(0.0, self.capacity * workers - drain)
-        # Only a rate measured under a lasting backlog says what a worker can do; workers that
-        # idle at times show what arrives (with noise: scaling on it would flap).
-        return Load(depth, self.capacity, arrivals, drain, sustained, breaker_open)
-
-    def _worker_rate(self, now: float, status: Mapping[str, object]) -> float | None:
-        pid, processed, at = status.get("pid"), status.get("processed"), status.get("at")
-        if not (
-            isinstance(pid, int)
-            and isinstance(processed, int | float)
-            and isinstance(at, int | float)
-        ):
-            return None
-        history = self._counts.setdefault(pid, deque())
-        if history and processed < history[-1][1]:
-            history.clear()  # not the same process any more
-        if not history or at > history[-1][0]:
-            history.append((float(at), float(processed)))
-        while len(history) > 2 and history[0][0] < now - self.window_s:
-            history.popleft()
-        (first_at, first), (last_at, last) = history[0], history[-1]
-        if last_at - first_at < _MIN_RATE_SPAN_S:
-            return None
-        return (last - first) / (last_at - first_at)
-
-
-def worker_limits(settings: Settings, kinds: Sequence[str]) -> dict[str, Limits]:
-    """Each kind's bounds: the general ones, the photo lane's capped by the cores, the
-    per-kind overrides, and exactly one dispatcher."""
-    overrides = settings.worker_limits()
-    unknown = set(overrides) - set(WORKER_KINDS)
-    if unknown:
-        raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: unknown kinds {sorted(unknown)}")
-    if DISPATCH in overrides:
-        raise SettingsError("INTAKE_SUPERVISE_WORKER_LIMITS: the dispatcher is always one")
-    low, high = settings.supervise_min_workers, settings.supervise_max_workers
-    limits = {}
-    for kind in kinds:
-        if kind == DISPATCH:
-            limits[kind] = Limits(1, 1)
-        elif kind in overrides:
-            limits[kind] = Limits(*overrides[kind])
-        elif kind == "photo":
-            cores = max(1, (os.cpu_count() or 1) // settings.photo_workers)
-            limits[kind] = Limits(low, max(low, min(high, cores)))
-        else:
-            limits[kind] = Limits(low, high)
-    return limits
-
-
-def db_connections(settings: Settings, kind: str) -> int:
-    """The most PostgreSQL connections one worker of ``kind`` opens."""
-    if kind == PERSIST:
-        return _PERSIST_CONNECTIONS
-    if kind == DISPATCH:
-        return _DISPATCH_CONNECTIONS
-    return settings.lane_db_connections
-
-
-def queue_of(kind: str) -> str | None:
-    """The queue whose depth scales ``kind`` (None: the dispatcher, not scaled)."""
-    if kind == DISPATCH:
-        return None
-    return topology.PERSIST_QUEUE if kind == PERSIST else topology.lane_queue(kind)
-
-
-# --- the supervisor -------------------------------------------------------------------------
 
 
 @dataclass
@@ -399,8 +182,9 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._amqp: aio_pika.abc.AbstractConnection | None = None
-        self._broker_down = False
+        self._depths = QueueDepths(
+            settings.amqp_url, {k: q for k in kinds if (q := queue_of(k)) is not None}
+        )
         self.decisions: list[Decision] = []
         self.exits: list[Exit] = []
         # Workers that exited unexpectedly (and were replaced), by kind.
@@ -627,7 +411,7 @@ class Supervisor:
             "INTAKE_METRICS_PORT": "0",
         }
         env.pop("prometheus_multiproc_dir", None)
-        output = _open_log(self._log_dir, f"worker-{kind}-{state.serials}.log")
+        output = open_log(self._log_dir, f"worker-{kind}-{state.serials}.log")
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -642,7 +426,7 @@ class Supervisor:
                 # Its own session (a Ctrl-C at the terminal reaches the supervisor only, which
                 # stops the workers gracefully), its priority, and the workers stop if the
                 # supervisor dies: all in _child_setup, in that order.
-                preexec_fn=_child_setup(self._nice(kind)),
+                preexec_fn=child_setup(self._nice(kind)),
             )
         finally:
             if output is not None:
@@ -676,60 +460,20 @@ class Supervisor:
                     await asyncio.wait_for(self._wake.wait(), _RECONCILE_S)
         for watcher in list(self._watchers):
             watcher.cancel()
-        if self._amqp is not None:
-            with contextlib.suppress(*BROKER_GONE):
-                await self._amqp.close()
+        await self._depths.close()
         log.info("supervisor stopped")
 
     # --- scaling ----------------------------------------------------------------------------
 
     async def _sample_forever(self) -> None:
         while True:
-            depths = await self._read_depths()
+            depths = await self._depths.read()
             try:
                 self._decide(time.time(), time.monotonic(), depths)
             except Exception:  # a bug here must not stop the supervision of the processes
                 log.exception("scaling decision failed; the plan is unchanged")
             self._wake.set()
             await asyncio.sleep(self._settings.supervise_interval_s)
-
-    async def _read_depths(self) -> dict[str, int]:
-        """Messages ready in each scaled kind's queue; a kind whose queue is not declared yet
-        (its workers declare it) or cannot be read is left out."""
-        queues = {k: q for k in self._kinds if (q := queue_of(k)) is not None}
-        try:
-            depths = await asyncio.wait_for(self._passive_declares(queues), 10)
-        except BROKER_GONE as exc:
-            if not self._broker_down:
-                log.warning("queue depths unreadable: %s; not scaling", type(exc).__name__)
-            self._broker_down = True
-            if self._amqp is not None:
-                with contextlib.suppress(*BROKER_GONE):
-                    await self._amqp.close()
-                self._amqp = None
-            return {}
-        if self._broker_down:
-            log.info("queue depths readable again")
-        self._broker_down = False
-        return depths
-
-    async def _passive_declares(self, queues: dict[str, str]) -> dict[str, int]:
-        if self._amqp is None or self._amqp.is_closed:
-            self._amqp = await aio_pika.connect(self._settings.amqp_url, timeout=5)
-        depths = {}
-        channel = await self._amqp.channel()
-        try:
-            for kind, name in queues.items():
-                try:
-                    declared = await channel.declare_queue(name, passive=True)
-                except aio_pika.exceptions.ChannelNotFoundEntity:
-                    channel = await self._amqp.channel()  # the refusal closed the channel
-                    continue
-                depths[kind] = int(declared.declaration_result.message_count or 0)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-        return depths
 
     def _decide(self, now: float, monotonic: float, depths: dict[str, int]) -> None:
         for kind, state in self._state.items():
@@ -844,27 +588,6 @@ class Supervisor:
         return found
 
 
-class FleetCollector(Collector):
-    """The supervisor's own figures, read from its plan when scraped (``core.metrics``:
-    ``intake_worker_processes``, ``intake_worker_restarts_total``)."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def collect(self) -> Iterator[Metric]:
-        processes = GaugeMetricFamily(*metrics.WORKER_PROCESSES, labels=["kind"])
-        for kind, count in sorted(self._supervisor.process_counts().items()):
-            processes.add_metric([kind], count)
-        yield processes
-        restarts = CounterMetricFamily(*metrics.WORKER_RESTARTS, labels=["kind"])
-        for kind, count in sorted(dict(self._supervisor.restarts).items()):
-            restarts.add_metric([kind], count)
-        yield restarts
-        held = GaugeMetricFamily(*metrics.VERIFICATION_HELD)
-        held.add_metric([], int(self._supervisor.pressure.held))
-        yield held
-
-
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
@@ -881,71 +604,6 @@ def _fields(decision: Decision) -> dict[str, object]:
         "breaker_open": decision.breaker_open,
         "reason": decision.reason,
     }
-
-
-def _open_log(log_dir: Path | None, name: str) -> IO[bytes] | None:
-    """A worker's log file (appended to), or None: the worker writes to the supervisor's."""
-    if log_dir is None:
-        return None
-    log_dir.mkdir(parents=True, exist_ok=True)
-    return (log_dir / name).open("ab")
-
-
-def _load_prctl() -> object | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup(nice: int) -> Callable[[], None]:
-    """What runs in a worker before exec: a session of its own, :func:`_terminate_with_parent`,
-    then ``nice``.
-
-    The session is made here rather than with ``start_new_session``, because uvloop runs this
-    function before libuv's own ``setsid``, and the order matters: where the kernel groups the
-    scheduling of a session's processes (``kernel.sched_autogroup_enabled``, the default of
-    Debian's kernels) a process's own nice value only orders it within that group, and every
-    session competes with the same weight: each worker would weigh as much as the edge's whole
-    session. So the worker's new session's group is niced too (``/proc/self/autogroup``, which
-    a process may do to its own group; a kernel without it has the plain nice value)."""
-    value = str(nice).encode()
-
-    def setup() -> None:
-        os.setsid()
-        _terminate_with_parent()
-        # Until the worker installs its own handlers, the supervisor's hold and release
-        # signals are ignored, not fatal (an ignored signal stays ignored across exec).
-        signal.signal(HOLD_SIGNAL, signal.SIG_IGN)
-        signal.signal(RELEASE_SIGNAL, signal.SIG_IGN)
-        if nice:
-            os.nice(nice)
-            try:
-                fd = os.open("/proc/self/autogroup", os.O_WRONLY)
-            except OSError:
-                return
-            try:
-                os.write(fd, value)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-
-    return setup
-
-
-def _terminate_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the supervisor dies, even by
-    ``kill -9``, so that no worker outlives it unsupervised. Only calls a function loaded
-    beforehand: nothing here may take a lock."""
-    if callable(_PRCTL):
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def serve(

@@ -35,15 +35,15 @@ from core.status import read_status, report_forever, write_status
 from tests.support.processes import Process
 from tests.support.waiting import eventually
 from workers.pressure import RELEASE_AFTER_S, EdgePressure
-from workers.supervisor import (
+from workers.scaling import (
     Limits,
     Load,
     RateEstimator,
-    Supervisor,
     desired_workers,
     next_workers,
     worker_limits,
 )
+from workers.supervisor import Supervisor
 
 T = TypeVar("T")
 
