@@ -94,12 +94,14 @@ from benchmarks._support import (
     RESULTS_DIR,
     BenchError,
     machine_info,
-    markdown_table,
     percentile,
     progress,
     run_benchmark,
 )
+from benchmarks.backpressure_report import FAST, report
+from benchmarks.cpu import MachineCpu, cores_used, cpu_by_role
 from benchmarks.loadgen import spawn
+from benchmarks.ministry import Ministry, set_behaviour, sim_stats
 from benchmarks.persist import cpu_seconds
 from benchmarks.rig import Rig
 from core.settings import Settings
@@ -115,7 +117,6 @@ PRIME_CONCURRENCY = 64
 SAMPLE_S = 0.5
 WINDOW_S = 2.0  # Part B's sliding goodput window
 TOLERANCE = 0.10  # Part B: within +-10 % of the target goodput
-FAST = 1_000  # the calibration simulator's capacity and queue
 
 # Registrations whose NIK checks are all final (Dukcapil failed, or Dukcapil passed and Dapodik
 # and DTKS final): how many, and the last moment one became so.
@@ -148,143 +149,6 @@ SELECT check_name,
        coalesce(sum(attempts), 0) AS retries
 FROM checks WHERE check_name = ANY($1::text[]) GROUP BY check_name
 """
-
-
-@dataclass(frozen=True, slots=True)
-class Ministry:
-    """A simulated ministry: ``capacity`` calls served at once, each taking ``latency_ms``
-    (fixed), ``queue_limit`` more waiting, a ``503`` with ``Retry-After: 1`` beyond."""
-
-    capacity: int
-    latency_ms: float
-    queue_limit: int
-
-    @property
-    def rate(self) -> float:
-        """Its capacity in calls per second: capacity / latency."""
-        return self.capacity / (self.latency_ms / 1000)
-
-    def flags(self, name: str) -> list[str]:
-        """``intake simulate`` flags giving simulator ``name`` this behaviour."""
-        return [
-            f"--{name}-capacity={self.capacity}",
-            f"--{name}-queue-limit={self.queue_limit}",
-            f"--{name}-latency-median-ms={self.latency_ms:g}",
-            f"--{name}-latency-p99-ms=0",  # p99 <= median: a fixed latency
-            f"--{name}-overload=503",
-        ]
-
-    def describe(self) -> dict[str, float]:
-        return {
-            "capacity": self.capacity,
-            "latency_ms": self.latency_ms,
-            "queue_limit": self.queue_limit,
-            "calls_per_s": round(self.rate, 1),
-        }
-
-
-class MachineCpu:
-    """The whole machine's CPU busy share (all cores, every process, ours and others') between
-    two calls of :meth:`share`, from /proc/stat."""
-
-    def __init__(self) -> None:
-        self._last = self._read()
-
-    @staticmethod
-    def _read() -> tuple[float, float]:
-        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        total = sum(fields[:8])
-        return total - idle, total
-
-    def share(self) -> float | None:
-        (busy0, total0), (busy, total) = self._last, self._read()
-        self._last = (busy, total)
-        return round((busy - busy0) / (total - total0), 3) if total > total0 else None
-
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-EXITED = "exited processes of ours"
-OTHERS = "others (other users, kernel)"
-
-
-def cpu_by_role(me: str = "benchmark (this process)") -> dict[str, float]:
-    """CPU seconds so far of the processes on this machine, by role: this benchmark (the load
-    generator), each of its descendants by its ``intake`` command (``edge``, ``simulate``,
-    ``supervise``, ``worker <kind>``, summed over the processes of a kind), PostgreSQL and
-    RabbitMQ (all their processes: shared with other clients), and the machine in total
-    (``machine``, from /proc/stat). A process of ours that exited counts under ``EXITED`` once
-    its parent reaped it (a worker the supervisor stopped)."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    names: dict[int, str] = {}
-    reaped: dict[int, float] = {}  # CPU of the children a process has reaped
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as file:
-                text = file.read()
-        except OSError:
-            continue
-        pid = int(entry)
-        fields = text.rpartition(")")[2].split()
-        names[pid] = text[text.find("(") + 1 : text.rfind(")")]
-        parents[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-        reaped[pid] = (int(fields[13]) + int(fields[14])) / _CLOCK_TICKS
-    me_pid = os.getpid()
-    totals: collections.defaultdict[str, float] = collections.defaultdict(float)
-    for pid, seconds in cpu.items():
-        role = {"postgres": "postgres", "beam.smp": "rabbitmq"}.get(names[pid])
-        if role is None:
-            ancestor, depth = parents.get(pid, 0), 0
-            while ancestor not in (0, 1, me_pid) and depth < 8:
-                ancestor, depth = parents.get(ancestor, 0), depth + 1
-            if pid == me_pid:
-                role = me
-            elif ancestor == me_pid:
-                role = _intake_role(pid)
-        if role is not None:
-            totals[role] += seconds
-            if pid == me_pid or role not in ("postgres", "rabbitmq"):
-                totals[EXITED] += reaped[pid]
-    with open("/proc/stat") as file:
-        values = [float(x) for x in file.readline().split()[1:]]
-    totals["machine"] = (sum(values[:8]) - values[3] - values[4]) / _CLOCK_TICKS
-    return dict(totals)
-
-
-def _intake_role(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            argv = file.read().decode(errors="replace").split("\0")
-    except OSError:
-        return "other descendants"
-    if any(arg.endswith("benchmarks.loadgen") for arg in argv):
-        return "load generator"
-    if "cli" in argv:
-        words = argv[argv.index("cli") + 1 :]
-        return " ".join(words[:2]) if words[:1] == ["worker"] else (words[0] if words else "?")
-    return "other descendants"
-
-
-def cores_used(
-    before: dict[str, float], after: dict[str, float], seconds: float
-) -> dict[str, float]:
-    """Cores used per role between two :func:`cpu_by_role` snapshots; ``OTHERS`` is the
-    machine's total less all of ours (other users' processes, the kernel's own work). A role
-    whose process exited in between shows less (its CPU moved to ``EXITED``) and is left out
-    when it went negative; the sum of ours counts it anyway."""
-    if seconds <= 0:
-        return {}
-    roles = set(before) | set(after)
-    delta = {role: (after.get(role, 0.0) - before.get(role, 0.0)) / seconds for role in roles}
-    ours = sum(v for k, v in delta.items() if k != "machine")
-    used = {role: round(v, 2) for role, v in delta.items() if v > 0.005}
-    if "machine" in delta:
-        used[OTHERS] = round(max(0.0, delta["machine"] - ours), 2)
-    return dict(sorted(used.items(), key=lambda item: -item[1]))
 
 
 class WaveRig(Rig):
@@ -331,18 +195,6 @@ class WaveRig(Rig):
             )
         finally:
             await connection.close()
-
-
-async def sim_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(f"{url}/_sim/stats") as response:
-        response.raise_for_status()
-        body: dict[str, Any] = orjson.loads(await response.read())
-        return body
-
-
-async def set_behaviour(session: aiohttp.ClientSession, url: str, **changes: object) -> None:
-    async with session.post(f"{url}/_sim/behaviour", json=changes) as response:
-        response.raise_for_status()
 
 
 # --- parts A and B: one Dukcapil lane worker against one simulator ------------------------------
@@ -1061,167 +913,6 @@ def _supervisor_decisions(path: Path) -> list[dict[str, Any]]:
                 | {"time": record.get("time") or record.get("ts")}
             )
     return decisions
-
-
-# --- the report ---------------------------------------------------------------------------------
-
-
-def report(results: dict[str, Any]) -> str:
-    parts = results["parts"]
-    out = []
-    cfg = results["config"]
-    if "A" in parts:
-        a = parts["A"]
-        cal = a["calibration"]
-        out.append(
-            f"**Part A** (Dukcapil C={cfg['capacity']} at once, L={cfg['latency_ms']:g} ms fixed, "
-            f"queue {cfg['queue_limit']}, 503 beyond: C/L = {cfg['capacity_per_s']:.0f} calls/s; "
-            f"{a['adaptive']['tasks']:,} tasks; one lane worker)\n\n"
-            f"Calibration: one Dukcapil lane worker made **{cal['worker_calls_per_s']:.0f} "
-            f"calls/s** against a fast simulator (capacity {FAST}, same latency) = "
-            f"{cal['over_capacity']:.2f} x C/L (lane CPU {cal['lane_cpu_share']:.0%} of a core)\n"
-        )
-        rows = []
-        for name in ("adaptive", "fixed_high", "fixed_low"):
-            r = a[name]
-            rows.append(
-                [
-                    r["limit"],
-                    f"{r['goodput_per_s']:.1f}",
-                    f"**{r['goodput_share']:.1%}**",
-                    f"**{r['rejected_share']:.2%}** ({r['rejected_overload']:,}/{r['calls']:,})",
-                    f"{r['retries']:,}",
-                    f"{r['dead_lettered']:,}",
-                    f"{r['drain_s']}" if r["drain_s"] is not None else "not drained",
-                    str(r["lane_limit_median"] if r["lane_limit_median"] is not None else "n/a"),
-                    f"{r['calls_at_simulator_median']} / {r['calls_at_simulator_max']}",
-                    str(r["breaker_opened"]),
-                    f"{r['lane_cpu_share']:.0%} / {r['machine_cpu_busy_mean']:.0%}",
-                ]
-            )
-        out.append(
-            markdown_table(
-                [
-                    "limit",
-                    "goodput/s",
-                    "share of C/L",
-                    "rejected (overload)",
-                    "retries",
-                    "dead-lettered",
-                    "drain s",
-                    "limit median",
-                    "our calls at the simulator median / max",
-                    "breaker opened",
-                    "CPU: lane (of a core) / machine",
-                ],
-                rows,
-            )
-        )
-    if "B" in parts:
-        b = parts["B"]
-        out.append(
-            f"\n**Part B** (adaptive; capacity {b['capacity_before']} -> {b['capacity_after']} "
-            f"at t={b['changed_at_s']:.1f} s, target {b['target_before_per_s']:.0f} -> "
-            f"{b['target_after_per_s']:.0f} calls/s)\n"
-        )
-        out.append(
-            markdown_table(
-                ["figure", "value"],
-                [
-                    ["goodput over the 6 s before the change", f"{b['goodput_6s_before_per_s']}/s"],
-                    [
-                        "**settling time** (every later 2 s window within +-10 %)",
-                        f"**{b['settle_s']} s**" if b["settle_s"] is not None else "not settled",
-                    ],
-                    ["goodput over the last 10 s", f"{b['goodput_last_10s_per_s']}/s"],
-                    [
-                        "rejected share in the transition (change -> goodput settled and limit "
-                        "down, "
-                        f"{b['transition_s']} s)",
-                        f"{b['rejected_share_in_transition']:.2%} "
-                        f"({b['rejected_in_transition']}/{b['calls_in_transition']} calls)",
-                    ],
-                    [
-                        "rejected share, whole measurement after the change",
-                        f"{b['rejected_share_after_change']:.2%}",
-                    ],
-                    [
-                        "last rejection after the change",
-                        f"{b['last_rejection_after_change_s']} s",
-                    ],
-                    [
-                        "lane limit: median 10 s before -> last 10 s; first within 10 % of "
-                        "the final value after",
-                        f"{b['limit_median_10s_before']} -> {b['limit_median_last_10s']}; "
-                        f"{b['limit_down_after_s']} s",
-                    ],
-                ],
-            )
-        )
-    if "C" in parts:
-        c = parts["C"]
-        m = c["ministries"]
-        util = c["ministry_utilisation"]
-        out.append(
-            f"\n**Part C** ({c['count']:,} registrations offered at {c['rate']:,.0f}/s open loop; "
-            + ", ".join(f"{k} {v['calls_per_s']:.0f}/s" for k, v in m.items())
-            + ")\n"
-        )
-        rows = [
-            ["first answers", ", ".join(f"{k}: {v:,}" for k, v in c["first_answers"].items())],
-            [
-                "all answers (retries included)",
-                ", ".join(f"{k}: {v:,}" for k, v in c["all_answers"].items()),
-            ],
-            ["accepted (202)", f"{c['accepted']:,}, the last after {c['all_accepted_after_s']} s"],
-            [
-                "accept latency p50 / p99 / max (ms, from the scheduled send, retries included)",
-                f"{c['accept_latency_ms']['p50']} / {c['accept_latency_ms']['p99']} / "
-                f"{c['accept_latency_ms']['max']}",
-            ],
-            [
-                "**first registration -> last final NIK result**",
-                f"**{c['first_to_last_nik_result_s']} s**",
-            ],
-            [
-                "theoretical minimum (slowest ministry)",
-                f"{c['minimum_s']} s ({c['slowest']}: "
-                + ", ".join(f"{k} {v} s" for k, v in c["theoretical_minimum_s"].items())
-                + ")",
-            ],
-            ["**measured / minimum**", f"**{c['measured_over_minimum']}**"],
-            [
-                "ministry goodput / capacity while busy",
-                ", ".join(
-                    f"{k} {u.get('goodput_share', float('nan')):.1%} "
-                    f"(rejected {u.get('rejected_share', 0):.2%})"
-                    for k, u in util.items()
-                ),
-            ],
-            [
-                "CPU busy (machine), while offering / whole run",
-                f"{c['cpu_busy_share']['while_offering']:.0%} / "
-                f"{c['cpu_busy_share']['whole_run_mean']:.0%}",
-            ],
-            [
-                "cores used until every registration was accepted",
-                ", ".join(f"{k} {v:.2f}" for k, v in c["cores_used"]["until_all_accepted"].items()),
-            ],
-            [
-                "cores used afterwards",
-                ", ".join(f"{k} {v:.2f}" for k, v in c["cores_used"]["after_all_accepted"].items()),
-            ],
-            ["most workers per kind", ", ".join(f"{k} {v}" for k, v in c["max_workers"].items())],
-            [
-                "loss audit",
-                f"{c['audit']['accepted']:,} ids answered 202, {c['audit']['stored']:,} stored; "
-                f"missing {c['audit']['missing']}, twice {c['audit']['stored_twice']}, "
-                f"not accepted {c['audit']['stored_not_accepted']}: "
-                + ("**verified**" if c["audit"]["verified"] else "**FAILED**"),
-            ],
-        ]
-        out.append(markdown_table(["figure", "value"], rows))
-    return "\n".join(out)
 
 
 def _parse_rates(text: str) -> dict[str, float]:

@@ -78,8 +78,8 @@ from benchmarks._support import (
     progress,
     run_benchmark,
 )
-from benchmarks.backpressure import Ministry, sim_stats
 from benchmarks.loadgen import PROFILES, Offered, spawn
+from benchmarks.ministry import Ministry, sim_stats
 from benchmarks.rig import Rig
 from benchmarks.wave import Sampler, audit, merge, start_system, wait_stored
 from core.settings import Settings

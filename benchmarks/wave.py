@@ -51,7 +51,7 @@ from benchmarks._support import (
     progress,
     run_benchmark,
 )
-from benchmarks.backpressure import cores_used, cpu_by_role
+from benchmarks.cpu import cores_used, cpu_by_role
 from benchmarks.loadgen import PROFILES, Offered, spawn
 from benchmarks.rig import Rig
 from core import funnel
