@@ -1,6 +1,13 @@
-"""The verification state machine in PostgreSQL: check rows, their outcomes, and the decision
-about the registration. Shared by the workers and the edge (an email link followed, an OTP
-entered). Every function runs in the caller's transaction."""
+r"""The verification state machine in PostgreSQL: check rows, their outcomes, and the decision
+about the registration; the one module that changes a check's state. Shared by the workers (the
+dispatcher starts registrations and publishes pending checks, the lanes record outcomes) and
+the edge (an email link followed, an OTP entered, a new code asked for, a photo uploaded).
+Every function runs in the caller's transaction.
+
+    (none) --start--> pending --published--> pending, dispatched --lane--> passed | failed
+                                                                  \--> retrying | waiting
+    waiting --requeue (a photo uploaded, a new code asked for)--> pending
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import asyncpg
 import orjson
 
 from core.keys import Keyring
-from core.verification import REQUIRED_CHECKS, Check, Passed, Subject
+from core.verification import INITIAL_CHECKS, REQUIRED_CHECKS, Check, Passed, Subject
 
 FINAL_STATES = frozenset({"passed", "failed"})
 # NOTIFY channel that wakes the dispatcher when there is something new to dispatch.
@@ -47,6 +54,95 @@ async def lock_state(
     """Lock the check's row for this transaction and return its state (None: no such check)."""
     state: str | None = await connection.fetchval(
         "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2 FOR UPDATE",
+        registration_id,
+        check.value,
+    )
+    return state
+
+
+# The checks a stored registration starts with; those in WAITING_FIRST wait for the registrant
+# (the photo check for the upload) before their task is published.
+FIRST_CHECKS = (*INITIAL_CHECKS, Check.PHOTO)
+WAITING_FIRST = (Check.PHOTO,)
+
+_TAKE_REGISTRATIONS_SQL = """
+SELECT id FROM registrations
+WHERE dispatched_at IS NULL AND status = 'received'
+ORDER BY submitted_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+_START_REGISTRATIONS_SQL = """
+INSERT INTO checks (registration_id, check_name, state)
+SELECT r.id, c.name, CASE WHEN c.name = ANY($3::text[]) THEN 'waiting' ELSE 'pending' END
+FROM unnest($1::uuid[]) AS r (id) CROSS JOIN unnest($2::text[]) AS c (name)
+ON CONFLICT DO NOTHING
+"""
+_MARK_REGISTRATIONS_SQL = (
+    "UPDATE registrations SET dispatched_at = now() WHERE id = ANY($1::uuid[])"
+)
+_TAKE_PENDING_SQL = """
+SELECT registration_id, check_name, attempts FROM checks
+WHERE dispatched_at IS NULL AND state = 'pending'
+ORDER BY created_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+_MARK_PUBLISHED_SQL = """
+UPDATE checks SET dispatched_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS d (registration_id, check_name)
+WHERE checks.registration_id = d.registration_id AND checks.check_name = d.check_name
+"""
+_REQUEUE_SQL = """
+UPDATE checks SET state = 'pending', reason = NULL, dispatched_at = NULL, updated_at = now()
+WHERE registration_id = $1 AND check_name = $2
+"""
+
+
+async def start_registrations(connection: asyncpg.Connection, limit: int) -> list[uuid.UUID]:
+    """Up to ``limit`` stored registrations not started yet (others' locked ones skipped): their
+    first check rows created (:data:`FIRST_CHECKS`) and the registrations marked started."""
+    ids = [row["id"] for row in await connection.fetch(_TAKE_REGISTRATIONS_SQL, limit)]
+    if ids:
+        await connection.execute(
+            _START_REGISTRATIONS_SQL,
+            ids,
+            [c.value for c in FIRST_CHECKS],
+            [c.value for c in WAITING_FIRST],
+        )
+        await connection.execute(_MARK_REGISTRATIONS_SQL, ids)
+    return ids
+
+
+async def take_pending(connection: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit`` pending checks whose task is not published yet, oldest first, locked for
+    this transaction (others' locked ones skipped): registration_id, check_name, attempts."""
+    rows: list[asyncpg.Record] = await connection.fetch(_TAKE_PENDING_SQL, limit)
+    return rows
+
+
+async def mark_published(
+    connection: asyncpg.Connection, published: Sequence[tuple[uuid.UUID, Check]]
+) -> None:
+    """Their tasks are published (and confirmed): not to be published again."""
+    await connection.execute(
+        _MARK_PUBLISHED_SQL, [r for r, _ in published], [c.value for _, c in published]
+    )
+
+
+async def requeue(connection: asyncpg.Connection, registration_id: uuid.UUID, check: Check) -> None:
+    """A waiting check has work again (a photo uploaded, a new code asked for): pending, its
+    task to be published (the dispatcher is woken)."""
+    await connection.execute(_REQUEUE_SQL, registration_id, check.value)
+    await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+
+
+async def state_of(
+    connection: asyncpg.Connection, registration_id: uuid.UUID, check: Check
+) -> str | None:
+    """The check's state, unlocked (None: no such check)."""
+    state: str | None = await connection.fetchval(
+        "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2",
         registration_id,
         check.value,
     )

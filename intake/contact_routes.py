@@ -29,7 +29,7 @@ import orjson
 from aiohttp import web
 
 from core import checks
-from core.checks import FINAL_STATES, OUTBOX_CHANNEL
+from core.checks import FINAL_STATES
 from core.keys import EmailLink, Keyring
 from core.verification import Check, Passed
 from intake.access import authorized_id
@@ -58,10 +58,6 @@ UPDATE contact_codes SET generation = generation + 1, secret_hmac = NULL, expire
     attempts_left = NULL, send_started_at = NULL, sent_at = NULL, used_at = NULL,
     resends = resends + 1, resent_at = now()
 WHERE registration_id = $1 AND channel = $2
-"""
-_REQUEUE_SQL = """
-UPDATE checks SET state = 'pending', reason = NULL, dispatched_at = NULL, updated_at = now()
-WHERE registration_id = $1 AND check_name = $2
 """
 
 
@@ -234,7 +230,6 @@ async def _renew(
             headers={"Retry-After": str(wait_s)},
         )
     await connection.execute(_RENEW_SQL, registration_id, channel)
-    await connection.execute(_REQUEUE_SQL, registration_id, check.value)
-    await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+    await checks.requeue(connection, registration_id, check)
     left = settings.resend_max - row["resends"] - 1
     return _answer(202, {"id": str(registration_id), "check": check.value, "resends_left": left})

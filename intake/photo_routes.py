@@ -24,7 +24,6 @@ from aiohttp import web
 
 from core import checks
 from core.blobs import BlobRef, BlobStore, BlobTooLarge
-from core.checks import OUTBOX_CHANNEL
 from core.verification import Check
 from intake.access import authorized_id
 from intake.appkeys import DB, KEYRING, SETTINGS
@@ -48,10 +47,6 @@ _UPSERT_SQL = """
 INSERT INTO photos (registration_id, sha256, size_bytes) VALUES ($1, $2, $3)
 ON CONFLICT (registration_id) DO UPDATE SET sha256 = $2, size_bytes = $3, uploaded_at = now(),
     phash = NULL, analysed_at = NULL, outcome = NULL
-"""
-_PENDING_SQL = """
-UPDATE checks SET state = 'pending', reason = NULL, dispatched_at = NULL, updated_at = now()
-WHERE registration_id = $1 AND check_name = 'photo'
 """
 
 
@@ -124,8 +119,7 @@ async def _record(
         return refusal  # the blob stays, unreferenced (content-addressed: harmless)
     if state == "waiting":
         await connection.execute(_UPSERT_SQL, registration_id, ref.sha256, ref.size_bytes)
-        await connection.execute(_PENDING_SQL, registration_id)
-        await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        await checks.requeue(connection, registration_id, Check.PHOTO)
     body: dict[str, Any] = {
         "id": str(registration_id),
         "check": Check.PHOTO.value,

@@ -33,47 +33,17 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractExchange
 
-from core import metrics, metrics_http, topology
+from core import checks, metrics, metrics_http, topology
 from core.checks import OUTBOX_CHANNEL
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
-from core.verification import INITIAL_CHECKS, Check, Task
+from core.verification import Check, Task
 from workers.sessions import keep_running
 
 log = logging.getLogger(__name__)
 
-_TAKE_REGISTRATIONS_SQL = """
-SELECT id FROM registrations
-WHERE dispatched_at IS NULL AND status = 'received'
-ORDER BY submitted_at
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-_START_SQL = """
-INSERT INTO checks (registration_id, check_name, state)
-SELECT r.id, c.name, CASE WHEN c.name = 'photo' THEN 'waiting' ELSE 'pending' END
-FROM unnest($1::uuid[]) AS r (id) CROSS JOIN unnest($2::text[]) AS c (name)
-ON CONFLICT DO NOTHING
-"""
-_MARK_REGISTRATIONS_SQL = (
-    "UPDATE registrations SET dispatched_at = now() WHERE id = ANY($1::uuid[])"
-)
-_FIRST_CHECKS = [c.value for c in (*INITIAL_CHECKS, Check.PHOTO)]
-
-_TAKE_SQL = """
-SELECT registration_id, check_name, attempts FROM checks
-WHERE dispatched_at IS NULL AND state = 'pending'
-ORDER BY created_at
-LIMIT $1
-FOR UPDATE SKIP LOCKED
-"""
-_MARK_SQL = """
-UPDATE checks SET dispatched_at = now()
-FROM unnest($1::uuid[], $2::text[]) AS d (registration_id, check_name)
-WHERE checks.registration_id = d.registration_id AND checks.check_name = d.check_name
-"""
 POLL_S = 1.0
 
 
@@ -140,20 +110,12 @@ class Dispatcher:
     async def _start_registrations(self) -> int:
         """Create the first check rows of registrations not started yet; return how many."""
         async with self._pool.acquire() as connection, connection.transaction():
-            ids = [
-                row["id"]
-                for row in await connection.fetch(
-                    _TAKE_REGISTRATIONS_SQL, self._settings.dispatch_batch_max
-                )
-            ]
-            if ids:
-                await connection.execute(_START_SQL, ids, _FIRST_CHECKS)
-                await connection.execute(_MARK_REGISTRATIONS_SQL, ids)
+            ids = await checks.start_registrations(connection, self._settings.dispatch_batch_max)
         return len(ids)
 
     async def _publish_pending(self, exchange: AbstractExchange) -> int:
         async with self._pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(_TAKE_SQL, self._settings.dispatch_batch_max)
+            rows = await checks.take_pending(connection, self._settings.dispatch_batch_max)
             if not rows:
                 return 0
             tasks = [
@@ -161,11 +123,7 @@ class Dispatcher:
                 for row in rows
             ]
             await asyncio.gather(*(publish_task(exchange, task) for task in tasks))
-            await connection.execute(
-                _MARK_SQL,
-                [t.registration_id for t in tasks],
-                [t.check.value for t in tasks],
-            )
+            await checks.mark_published(connection, [(t.registration_id, t.check) for t in tasks])
         self.dispatched += len(tasks)
         for lane, count in collections.Counter(t.check.value for t in tasks).items():
             metrics.DISPATCHED.labels(lane).inc(count)  # committed: published once here

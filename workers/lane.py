@@ -207,11 +207,7 @@ class LaneWorker:
             await message.nack(requeue=True)
             return None
         async with self._pool.acquire() as connection:
-            state = await connection.fetchval(
-                "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2",
-                task.registration_id,
-                task.check.value,
-            )
+            state = await checks.state_of(connection, task.registration_id, task.check)
             if state is None or state in FINAL_STATES:
                 await message.ack()
                 self.processed += 1
