@@ -6,8 +6,10 @@ proportions). A busy machine makes the demo slower, never wrong."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +89,51 @@ def test_the_demo_loses_nothing_and_matches_the_population(
     assert "registrations wait for their person" in done.stdout
     assert " top --prometheus http://127.0.0.1:" in done.stdout
     assert "OK: nothing accepted was lost" in done.stdout
+
+
+def test_with_keep_the_stack_stays_up_until_interrupted(settings: Settings, tmp_path: Path) -> None:
+    """``--keep``: after the report the printed URLs answer, until Ctrl-C stops it all."""
+    edge_port, ports = free_port(), free_port_block(9)
+    env = {**os.environ, **settings.replace(edge_port=edge_port).to_env()}
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "demo",
+            "--count=40",
+            "--keep",
+            f"--sim-port-base={ports}",
+            f"--metrics-port-base={ports + 6}",
+            f"--prometheus-port={ports + 8}",
+            f"--cache-dir={tmp_path / 'cache'}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("--keep: the stack runs on"):
+                break
+        assert lines[-1].startswith("--keep"), "".join(lines[-40:])
+        assert "OK: nothing accepted was lost" in "".join(lines)
+        for url in (
+            f"http://127.0.0.1:{edge_port}/readyz",
+            f"http://127.0.0.1:{ports + 6}/metrics",
+            f"http://127.0.0.1:{ports + 8}/-/ready",
+        ):
+            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (local)
+                assert response.status == 200, url
+        demo.send_signal(signal.SIGINT)
+        rest = demo.communicate(timeout=120)[0]
+        assert demo.returncode == 0, rest[-3000:]
+        assert "stopped: exit codes" in rest
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
