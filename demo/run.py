@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import shutil
 import signal
@@ -445,6 +446,9 @@ def main(
         ]
         _selfies(people, Plan(count=count, seed=seed, cache_dir=cache_dir))
         return 0
+    # The demo tells its own story on stdout; its processes log to files in its log directory.
+    root = logging.getLogger()
+    root.setLevel(max(root.level, logging.WARNING))
     if settings.env == "production":
         say("intake demo: refused with INTAKE_ENV=production (the demo empties the database)")
         return 2

@@ -78,11 +78,39 @@ class EdgePressure:
         return changed
 
 
-def signal_all(pids: Iterable[int], held: bool) -> None:
-    """Ask the processes to hold back (``held``) or go on; a process that exited is skipped."""
+def signal_all(pids: Iterable[int], held: bool) -> list[int]:
+    """Ask the processes to hold back (``held``) or go on; return those asked. A process that
+    exited is skipped, and so is one that does not handle the signal yet (still starting): its
+    default action would kill it. The supervisor asks again every second while held, so a
+    worker that was starting is held as soon as it can be."""
+    signum = HOLD_SIGNAL if held else RELEASE_SIGNAL
+    asked = []
     for pid in pids:
+        if not handles(pid, signum):
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, HOLD_SIGNAL if held else RELEASE_SIGNAL)
+            os.kill(pid, signum)
+            asked.append(pid)
+    return asked
+
+
+def handles(pid: int, signum: int) -> bool:
+    """Whether the process catches or ignores ``signum`` (Linux: ``SigCgt`` and ``SigIgn`` in
+    ``/proc/<pid>/status``). A worker started by the supervisor gets these signals ignored
+    before its exec, but uvloop's process spawning (libuv) resets every disposition in the
+    child after that, so until the worker installs its handlers the signal would end it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    masks = dict(
+        line.split(":", 1) for line in status.splitlines() if line.startswith(("SigCgt", "SigIgn"))
+    )
+    try:
+        bits = int(masks["SigCgt"], 16) | int(masks["SigIgn"], 16)
+    except (KeyError, ValueError):
+        return False
+    return bool(bits >> (signum - 1) & 1)
 
 
 def renice(pids: Iterable[int], nice: int) -> None:

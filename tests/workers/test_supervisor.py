@@ -14,6 +14,8 @@ import contextlib
 import datetime as dt
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
@@ -31,10 +33,11 @@ from core.envelope import Envelope, Registration
 from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
-from core.status import read_status, report_forever, write_status
+from core.status import HOLD_SIGNAL, read_status, report_forever, write_status
 from tests.support.processes import Process
 from tests.support.waiting import eventually
-from workers.pressure import RELEASE_AFTER_S, EdgePressure
+from workers.pressure import RELEASE_AFTER_S, EdgePressure, signal_all
+from workers.pressure import handles as pressure_handles
 from workers.scaling import (
     Limits,
     Load,
@@ -582,3 +585,35 @@ def test_edge_pressure_holds_at_the_first_shed_and_lets_go_after_a_quiet_while(
     assert not pressure.held
     # No directory configured: never held.
     assert not EdgePressure("").update(now)
+
+
+def test_the_hold_signal_never_reaches_a_worker_before_it_handles_it() -> None:
+    """A worker still starting has the signal's default action (libuv resets what was set
+    before its exec): asked to hold then, it would die. It is asked once it handles it."""
+    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ready = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys, time\n"
+            f"signal.signal({HOLD_SIGNAL}, lambda *_: sys.exit(7))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert ready.stdout is not None
+        assert ready.stdout.readline() == "ready\n"
+        assert not pressure_handles(starting.pid, HOLD_SIGNAL)
+        assert pressure_handles(ready.pid, HOLD_SIGNAL)
+        assert signal_all([starting.pid, ready.pid], held=True) == [ready.pid]
+        assert ready.wait(10) == 7  # it got the signal, through its handler
+        assert starting.poll() is None  # still alive
+    finally:
+        for process in (starting, ready):
+            process.kill()
+            process.wait()
+        if ready.stdout is not None:
+            ready.stdout.close()
