@@ -480,6 +480,9 @@ def main(
             # On one machine more processes per kind than cores only add start-ups; the photo
             # lane's analyses, the most CPU, get a process per core.
             supervise_max_workers=min(settings.supervise_max_workers, CORES),
+            # Verification at the edge's priority: the hold above keeps the accept path first
+            # while the edge sheds, and niced workers would crawl beside anyone else's work.
+            supervise_verification_nice=0,
             photo_workers=max(settings.photo_workers, CORES),
         )
     )

@@ -60,6 +60,11 @@ class EdgePressure:
         self._last_shed_s = -float("inf")
         self.held = False
 
+    @property
+    def configured(self) -> bool:
+        """Whether there are edges' status files to read at all."""
+        return self._directory is not None
+
     def update(self, now_s: float | None = None) -> bool:
         """Read the edges' files; return whether :attr:`held` changed."""
         if self._directory is None:

@@ -318,11 +318,15 @@ class Supervisor:
 
     def _apply_pressure(self) -> None:
         """Hold verification back while an edge sheds, let it go after (workers/pressure.py).
-        While held, the signal and the nice value are applied again every second: to workers
-        started since, and to any that missed the signal while starting."""
+        The current state (the signal and the nice value) is applied at once on a change, and
+        again every second either way: to workers started since, to any that could not take
+        the signal while starting, and to any that took a hold and a release sent close
+        together in the wrong order (a worker's hold is idempotent: the last word wins)."""
+        if not self.pressure.configured:
+            return
         changed = self.pressure.update()
         now = time.monotonic()
-        if not changed and (not self.pressure.held or now - self._pressure_sent_s < 1.0):
+        if not changed and now - self._pressure_sent_s < 1.0:
             return
         self._pressure_sent_s = now
         pids = [w.pid for w in self._workers if w.kind != PERSIST and w.stop_at is None]
