@@ -313,7 +313,9 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         await asyncio.sleep(6)  # one more scrape after the last decision
         view, targets = await _prometheus_view(prometheus_url)
         say("\n" + view)
-        code = _report(plan, people, final, decisions, targets, base_url, prometheus_url, log_dir)
+        code = _report(
+            wave.shed, plan, people, final, decisions, targets, base_url, prometheus_url, log_dir
+        )
         if plan.keep:
             await _keep(base_url, prometheus_url)
         # The supervisor waits for its workers (a lane finishes the tasks in hand).
@@ -327,6 +329,7 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
 
 
 def _report(
+    shed: int,
     plan: Plan,
     people: list[Person],
     final: funnel.Funnel,
@@ -348,7 +351,7 @@ def _report(
         f" accepted per second in the first seconds: {', '.join(f'{n:,}' for n in opening)};"
         f" the last answer {max(answered, default=0.0):.1f} s after the opening;"
         f" attempts per person: mean {sum(attempts) / max(1, len(attempts)):.2f},"
-        f" max {max(attempts, default=0)}"
+        f" max {max(attempts, default=0)}; answered 503 (and sent again) {shed:,} times"
     )
     actions: dict[str, int] = {}
     for p in people:
