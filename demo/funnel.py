@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 import aio_pika
 import asyncpg
 
-from core import topology
-from core.verification import Check
+from core.queues import queue_names
 
 _FUNNEL_SQL = """
 SELECT
@@ -76,28 +75,32 @@ async def read_funnel(connection: asyncpg.Connection, since: dt.datetime) -> Fun
     )
 
 
-def all_queues() -> list[str]:
-    names = [topology.PERSIST_QUEUE, topology.PERSIST_DLQ]
-    for check in Check:
-        names += [topology.lane_queue(check.value), topology.lane_dlq(check.value)]
-    names += [topology.delay_queue(t) for t in topology.RETRY_TIERS_S]
-    return names
+@dataclass(frozen=True)
+class Queue:
+    ready: int
+    consumers: int
+
+
+async def queues(connection: aio_pika.abc.AbstractConnection) -> dict[str, Queue]:
+    """Every queue of the topology: its ready messages and its consumers (0 and 0 for a queue
+    not declared yet)."""
+    found = {}
+    for name in queue_names():
+        channel = await connection.channel()
+        try:
+            result = (await channel.declare_queue(name, passive=True)).declaration_result
+            found[name] = Queue(result.message_count or 0, result.consumer_count or 0)
+        except aio_pika.exceptions.ChannelClosed:
+            found[name] = Queue(0, 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+    return found
 
 
 async def queue_depths(connection: aio_pika.abc.AbstractConnection) -> dict[str, int]:
     """Messages ready in every queue of the topology (0 for a queue not declared yet)."""
-    depths = {}
-    for name in all_queues():
-        channel = await connection.channel()
-        try:
-            queue = await channel.declare_queue(name, passive=True)
-            depths[name] = queue.declaration_result.message_count or 0
-        except aio_pika.exceptions.ChannelClosed:
-            depths[name] = 0
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-    return depths
+    return {name: q.ready for name, q in (await queues(connection)).items()}
 
 
 _DECISIONS_SQL = """

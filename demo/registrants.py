@@ -164,20 +164,27 @@ class Wave:
     def elapsed_s(self) -> float:
         return time.monotonic() - self.opened_at
 
-    async def run(self, session: aiohttp.ClientSession) -> None:
+    async def run(
+        self, session: aiohttp.ClientSession, forms: aiohttp.ClientSession | None = None
+    ) -> None:
+        """Everyone's actions; the registration forms through ``forms`` (its own connections:
+        a person's form does not wait for someone else's photo upload to free a connection),
+        the rest through ``session``."""
         self.opened_at = time.monotonic()
         deadline = self.opened_at + max(p.at_s for p in self.people) + GIVE_UP_S
         async with asyncio.timeout_at(deadline):
-            await asyncio.gather(*(self._live(session, p) for p in self.people))
+            await asyncio.gather(*(self._live(session, forms or session, p) for p in self.people))
 
-    async def _live(self, session: aiohttp.ClientSession, person: Person) -> None:
+    async def _live(
+        self, session: aiohttp.ClientSession, forms: aiohttp.ClientSession, person: Person
+    ) -> None:
         try:
             await asyncio.sleep(max(0.0, person.at_s - self.elapsed_s()))
             if person.registrant.repeats is not None:
                 # A repeat comes after its original is stored: otherwise the repeat could be
                 # stored first and the original rejected as the duplicate.
                 await self.people[person.registrant.repeats].stored.wait()
-            await self._register(session, person)
+            await self._register(forms, person)
             if person.status == 202 and person.registrant.kind == "valid":
                 if person.selfie is not None:
                     await self._upload(session, person)

@@ -36,9 +36,13 @@ import aio_pika
 import aiohttp
 import asyncpg
 import orjson
+import uvloop
 
+from core import topology
 from core.migrate import migrate
+from core.queues import queue_names
 from core.settings import Settings
+from core.verification import Check
 from demo import funnel, truth
 from demo.registrants import (
     Pace,
@@ -142,7 +146,7 @@ async def empty(settings: Settings) -> None:
         await connection.close()
     amqp = await aio_pika.connect(settings.amqp_url)
     async with amqp:
-        for name in funnel.all_queues():
+        for name in queue_names():
             channel = await amqp.channel()
             with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
                 queue = await channel.declare_queue(name, passive=True)
@@ -163,6 +167,22 @@ async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
                         return
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{url} did not answer")
+
+
+async def _wait_workers(settings: Settings, stack: Stack, timeout_s: float) -> None:
+    """Until every work queue (the persist queue, each lane's) has a consumer: the wave opens
+    on a stack that has started, not beside workers still importing their libraries."""
+    work = {topology.PERSIST_QUEUE, *(topology.lane_queue(c) for c in Check)}
+    deadline = time.monotonic() + timeout_s
+    async with await aio_pika.connect(settings.amqp_url) as amqp:
+        while time.monotonic() < deadline:
+            if stack.dead():
+                raise RuntimeError(f"exited during start-up: {stack.dead()}; see the logs")
+            found = await funnel.queues(amqp)
+            if all(found[name].consumers for name in work):
+                return
+            await asyncio.sleep(0.2)
+    raise TimeoutError("the workers did not start consuming")
 
 
 def _line(elapsed_s: float, wave: Wave, f: funnel.Funnel, depths: dict[str, int]) -> str:
@@ -277,7 +297,17 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
             f"--log-dir={log_dir}",
             settings=settings.replace(metrics_port=metrics["supervise"]),
         )
-        stack.start("edge", "edge", settings=settings.replace(metrics_port=metrics["edge"]))
+        # One edge process per core sharing the port, as on a machine of their own; their
+        # /metrics port too, each answering with the sum of both (multiprocess mode).
+        edge_metrics = log_dir / "edge-metrics"
+        edge_metrics.mkdir()
+        for n in range(CORES):
+            stack.start(
+                "edge" if n == 0 else f"edge-{n + 1}",
+                "edge",
+                settings=settings.replace(metrics_port=metrics["edge"]),
+                env={"PROMETHEUS_MULTIPROC_DIR": str(edge_metrics)},
+            )
         config = local.write_config(
             log_dir / "prometheus.yml",
             local.local_config(metrics["edge"], metrics["supervise"], settings.amqp_url),
@@ -289,16 +319,23 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         await asyncio.to_thread(_selfies, people, plan)
         await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
         await _wait_ready(f"{base_url}/readyz", stack, 120)
+        await _wait_workers(settings, stack, 120)
         say(f"  stack ready: the edge at {base_url}, the workers under intake supervise\n")
 
         mail = mail_inbox(f"http://127.0.0.1:{ports['smtp_admin']}")
         sms = sms_inbox(f"http://127.0.0.1:{ports['sms']}")
         wave = Wave(base_url, people, mail, sms, run_key=f"{plan.seed}-{time.time_ns()}")
-        connector = aiohttp.TCPConnector(limit=CONNECTIONS)
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with (
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=CONNECTIONS), timeout=timeout
+            ) as session,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=CONNECTIONS), timeout=timeout
+            ) as forms,
+        ):
             pollers = [asyncio.create_task(inbox.run(session)) for inbox in (mail, sms)]
-            acting = asyncio.create_task(wave.run(session))
+            acting = asyncio.create_task(wave.run(session, forms))
             try:
                 final = await _watch(settings, wave, acting, people)
             finally:
@@ -500,4 +537,5 @@ def main(
         keep=keep,
         cache_dir=cache_dir,
     )
-    return asyncio.run(_run(wired, plan, log_dir))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run(wired, plan, log_dir))

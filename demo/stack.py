@@ -21,16 +21,25 @@ class Stack:
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(
-        self, name: str, *args: str, settings: Settings | None = None
+        self,
+        name: str,
+        *args: str,
+        settings: Settings | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``intake <args>``."""
-        return self.start_program(name, [sys.executable, "-m", "cli", *args], settings=settings)
+        """Start ``intake <args>`` (``env``: variables of its own besides the settings)."""
+        argv = [sys.executable, "-m", "cli", *args]
+        return self.start_program(name, argv, settings=settings, env=env)
 
     def start_program(
-        self, name: str, argv: list[str], settings: Settings | None = None
+        self,
+        name: str,
+        argv: list[str],
+        settings: Settings | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start another program (e.g. Prometheus) the same way."""
-        env = {**os.environ, **(settings or self.settings).to_env()}
+        env = {**os.environ, **(settings or self.settings).to_env(), **(env or {})}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
                 argv,

@@ -13,7 +13,7 @@ import yaml
 from core import topology
 from core.settings import Settings
 from core.verification import INITIAL_CHECKS, REQUIRED_CHECKS, WORKER_KINDS, Check
-from demo.funnel import all_queues
+from core.queues import queue_names
 from verifiers.registry import VERIFIERS
 from workers.scaling import worker_limits
 
@@ -28,7 +28,7 @@ def test_every_lane_has_one_verifier_and_is_a_worker_kind() -> None:
 
 
 def test_every_lane_has_its_queue_and_dead_letter_queue() -> None:
-    queues = set(all_queues())
+    queues = set(queue_names())
     for lane in LANES:
         assert {topology.lane_queue(lane), topology.lane_dlq(lane)} <= queues
 
