@@ -185,6 +185,13 @@ elif [ "$ROOT/pyproject.toml" -nt "$VENV/.installed" ]; then
     touch "$VENV/.installed"
 fi
 
+# --- kustomize ------------------------------------------------------------------
+# The tests render k8s/ with it (tests/test_k8s.py); neither Debian nor PyPI ships it.
+if [ -x "$VENV/bin/python" ] && [ ! -x "$VENV/bin/kustomize" ]; then
+    say "installing kustomize into $VENV/bin (a pinned release, checked against its hash)"
+    quiet "$VENV/bin/python" "$ROOT/scripts/install_kustomize.py" "$VENV/bin"
+fi
+
 # --- the demo's selfies ----------------------------------------------------------
 # Made once per machine (about a minute on 2 cores) and kept in ~/.cache/prakerja-intake, so
 # that `make demo` opens its wave at once; a second run finds them in under a second.

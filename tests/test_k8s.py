@@ -31,6 +31,7 @@ from kubernetes_validate.utils import all_versions
 from core import topology
 from core.settings import Settings, SettingsError
 from core.verification import WORKER_KINDS, Check
+from tests.support import kustomize
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -100,11 +101,12 @@ class Manifest:
 
 
 def load(directory: Path = K8S) -> list[Manifest]:
-    """Every YAML document under ``directory`` except kustomize's own file."""
-    found = []
-    for path in sorted([*directory.rglob("*.yaml"), *directory.rglob("*.yml")]):
-        if path.name == "kustomization.yaml":
-            continue
+    """Every resource ``kustomize build`` renders from ``directory``, and the example Secret
+    (not in the build: the real one is made out of band, from it)."""
+    found = [
+        Manifest(f"kustomize build {directory.name}/", doc) for doc in kustomize.build(directory)
+    ]
+    for path in sorted(directory.rglob("*.example.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc is None:
                 continue
@@ -636,16 +638,23 @@ def test_every_lane_and_the_persist_queue_has_a_scaled_object(manifests: list[Ma
     }
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    listed = set(kustomization["resources"])
-    files = {
-        str(p.relative_to(K8S))
-        for p in K8S.rglob("*.yaml")
-        if p.name != "kustomization.yaml" and not p.name.endswith(".example.yaml")
-    }
-    assert listed == files
-    assert not any(name.endswith(".example.yaml") for name in listed)
+def test_kustomization_uses_every_manifest() -> None:
+    files = {p.resolve() for p in K8S.rglob("*.yaml") if not p.name.endswith(".example.yaml")}
+    assert kustomize.sources(K8S) == files
+    assert not any(p.name.endswith(".example.yaml") for p in kustomize.sources(K8S))
+
+
+def test_every_worker_kind_is_one_kustomization_of_the_worker_base() -> None:
+    workers = K8S / "workers"
+    kinds = {p.name for p in workers.iterdir() if p.is_dir()}
+    assert kinds == {*WORKER_KINDS, "base", "autoscaled", "ministry"}
+    for kind in WORKER_KINDS:
+        kustomization = yaml.safe_load((workers / kind / "kustomization.yaml").read_text())
+        assert kustomization["resources"] == ["../base"], kind
+        assert kustomization["nameSuffix"] == f"-{kind}"
+        (deployment,) = [d for d in kustomize.build(workers / kind) if d["kind"] == "Deployment"]
+        assert deployment["metadata"]["name"] == f"intake-worker-{kind}"
+        assert argv(deployment) == ["intake", "worker", kind]
 
 
 # --- the checks can fail --------------------------------------------------------------------

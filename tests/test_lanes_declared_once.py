@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import asyncpg
-import yaml
 
 from core import topology
+from core.queues import queue_names
 from core.settings import Settings
 from core.verification import INITIAL_CHECKS, REQUIRED_CHECKS, WORKER_KINDS, Check
-from core.queues import queue_names
+from tests.support import kustomize
 from verifiers.registry import VERIFIERS
 from workers.scaling import worker_limits
 
@@ -47,15 +47,17 @@ async def test_the_database_accepts_exactly_the_declared_lanes(db: asyncpg.Pool)
 
 
 def test_kubernetes_runs_one_worker_per_lane_on_its_queue() -> None:
+    built = kustomize.build()
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
+        for d in built
+        if d["kind"] == "Deployment"
+    }
     deployed: dict[str, str] = {}
-    for path in sorted((ROOT / "k8s").glob("worker-*.yaml")):
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        kind = container["args"][1]
-        assert path.name == f"worker-{kind}.yaml"
-        if kind in LANES:
-            (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
-            (trigger,) = scaled["spec"]["triggers"]
-            deployed[kind] = trigger["metadata"]["queueName"]
+    for scaled in (d for d in built if d["kind"] == "ScaledObject"):
+        args = deployments[scaled["spec"]["scaleTargetRef"]["name"]]
+        (trigger,) = scaled["spec"]["triggers"]
+        if args[:1] == ["worker"] and args[1] in LANES:
+            deployed[args[1]] = trigger["metadata"]["queueName"]
     assert deployed == {lane: topology.lane_queue(lane) for lane in LANES}
+    assert {args[1] for args in deployments.values() if args[:1] == ["worker"]} == set(WORKER_KINDS)
