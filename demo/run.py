@@ -191,7 +191,8 @@ def _line(elapsed_s: float, wave: Wave, f: funnel.Funnel, depths: dict[str, int]
     accepted = sum(1 for p in wave.people if p.status == 202)
     return (
         f"[{elapsed_s:5.1f} s] sent {wave.sent:,} accepted {accepted:,} | stored {f.registered:,}"
-        f" email {f.email_verified:,} phone {f.phone_verified:,} NIK {f.nik_verified:,}"
+        f" email {f.email_verified:,} phone {f.phone_verified:,}"
+        f" ministries {f.ministries_passed:,}"
         f" photo {f.photo_verified:,} verified {f.verified:,} rejected {f.rejected:,}"
         f" open {f.open:,} | queues {queues}"
     )
@@ -398,7 +399,8 @@ def _report(
     say(f"what the registrants did: {dict(sorted(actions.items()))}")
     say(
         f"funnel: {final.registered:,} registered, {final.email_verified:,} email verified,"
-        f" {final.phone_verified:,} phone verified, {final.nik_verified:,} NIK verified,"
+        f" {final.phone_verified:,} phone verified,"
+        f" {final.ministries_passed:,} passed by all three ministries,"
         f" {final.photo_verified:,} photo verified, {final.verified:,} verified,"
         f" {final.rejected:,} rejected, {final.review:,} in review, {final.open:,} open"
     )

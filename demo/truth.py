@@ -64,7 +64,7 @@ def expected_funnel(people: Sequence[Person]) -> dict[str, int]:
     duplicates = sum(1 for p in people if p.status == 202 and p.registrant.kind == "duplicate")
     expected = {
         "registered": len(valid) + duplicates,
-        "nik_verified": sum(
+        "ministries_passed": sum(
             1
             for p in valid
             if p.registrant.truth.dukcapil == "match" and not p.registrant.truth.student
@@ -110,7 +110,7 @@ def observed_funnel(f: Funnel, people: Sequence[Person], decisions: Decisions) -
     person's causes is counted under the reason itself, where nothing is expected)."""
     observed = {
         "registered": f.registered,
-        "nik_verified": f.nik_verified,
+        "ministries_passed": f.ministries_passed,
         "email_verified": f.email_verified,
         "phone_verified": f.phone_verified,
         "photo_verified": f.photo_verified,
