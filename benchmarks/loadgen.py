@@ -61,7 +61,7 @@ import orjson
 import uvloop
 from hdrh.histogram import HdrHistogram
 
-from benchmarks.client import Answer, ConnectionLost, Pool
+from demo.client import Answer, ConnectionLost, Pool
 from intake.validation import today_wib
 from simulators.population import Registrant, population
 

@@ -24,13 +24,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 
+from demo.client import ConnectionLost, Pool
 from simulators.population import Registrant
 from simulators.sms import normalise_number
 
 POLL_S = 0.25
 RETRY_S = 0.2  # a resend asked too early, a lost connection: again after this
 MAX_BACKOFF_S = 8.0  # an upload not ready yet: again after 1, 2, 4, then 8 s
+FORM_TIMEOUT_S = 60.0  # a form's answer, the wait for a free connection included
 GIVE_UP_S = 600.0  # a person waits at most this long for anything (a demo must end)
 _CODE_RE = re.compile(r"\b(\d{6})\b")
 _EMAIL_PATH = "/v1/verify/email"
@@ -164,20 +167,16 @@ class Wave:
     def elapsed_s(self) -> float:
         return time.monotonic() - self.opened_at
 
-    async def run(
-        self, session: aiohttp.ClientSession, forms: aiohttp.ClientSession | None = None
-    ) -> None:
-        """Everyone's actions; the registration forms through ``forms`` (its own connections:
-        a person's form does not wait for someone else's photo upload to free a connection),
-        the rest through ``session``."""
+    async def run(self, session: aiohttp.ClientSession, forms: Pool) -> None:
+        """Everyone's actions: the registration forms through ``forms`` (lean, and connections
+        of their own: a form never waits for someone's photo upload to free one), the rest
+        through ``session``."""
         self.opened_at = time.monotonic()
         deadline = self.opened_at + max(p.at_s for p in self.people) + GIVE_UP_S
         async with asyncio.timeout_at(deadline):
-            await asyncio.gather(*(self._live(session, forms or session, p) for p in self.people))
+            await asyncio.gather(*(self._live(session, forms, p) for p in self.people))
 
-    async def _live(
-        self, session: aiohttp.ClientSession, forms: aiohttp.ClientSession, person: Person
-    ) -> None:
+    async def _live(self, session: aiohttp.ClientSession, forms: Pool, person: Person) -> None:
         try:
             await asyncio.sleep(max(0.0, person.at_s - self.elapsed_s()))
             if person.registrant.repeats is not None:
@@ -196,28 +195,30 @@ class Wave:
         finally:
             person.stored.set()
 
-    async def _register(self, session: aiohttp.ClientSession, person: Person) -> None:
-        headers = {"Idempotency-Key": f"demo-{self.run_key}-{person.index}"}
-        url = f"{self.base_url}/v1/registrations"
+    async def _register(self, forms: Pool, person: Person) -> None:
+        body = orjson.dumps(person.registrant.form)
+        key = f"demo-{self.run_key}-{person.index}".encode()
+        head = forms.request_head("POST", "/v1/registrations")
+        request = b"%bContent-Type: application/json\r\nContent-Length: %d\r\n" % (head, len(body))
+        request += b"Idempotency-Key: %b\r\n\r\n%b" % (key, body)
         while True:
             person.attempts += 1
             self.sent += 1
             try:
-                async with session.post(url, json=person.registrant.form, headers=headers) as r:
-                    body = await r.json(content_type=None)
-                    status, retry_after = r.status, r.headers.get("Retry-After")
-            except (aiohttp.ClientError, TimeoutError, ValueError):
+                answer = await forms.request(request, FORM_TIMEOUT_S)
+                status, answered = answer.status, orjson.loads(answer.body)
+            except (ConnectionLost, OSError, TimeoutError, orjson.JSONDecodeError):
                 await asyncio.sleep(RETRY_S)  # as a browser's "try again"
                 continue
             if status == 503:
                 self.shed += 1
-                await asyncio.sleep(float(retry_after or 1))
+                await asyncio.sleep(float(answer.retry_after or 1))
                 continue
             break
         person.status, person.answered_at_s = status, self.elapsed_s()
-        person.errors = list(body.get("errors", []))
+        person.errors = list(answered.get("errors", []))
         if status == 202:
-            person.id, person.token = uuid.UUID(body["id"]), body["access_token"]
+            person.id, person.token = uuid.UUID(answered["id"]), answered["access_token"]
 
     async def _upload(self, session: aiohttp.ClientSession, person: Person) -> None:
         """PUT the selfie as soon as the registration takes one (until it is stored and its

@@ -44,6 +44,7 @@ from core.queues import queue_names
 from core.settings import Settings
 from core.verification import Check
 from demo import funnel, truth
+from demo.client import Pool
 from demo.registrants import (
     Pace,
     Person,
@@ -327,14 +328,10 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         sms = sms_inbox(f"http://127.0.0.1:{ports['sms']}")
         wave = Wave(base_url, people, mail, sms, run_key=f"{plan.seed}-{time.time_ns()}")
         timeout = aiohttp.ClientTimeout(total=60)
-        async with (
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONNECTIONS), timeout=timeout
-            ) as session,
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONNECTIONS), timeout=timeout
-            ) as forms,
-        ):
+        forms = Pool(settings.edge_host, settings.edge_port, CONNECTIONS)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONNECTIONS), timeout=timeout
+        ) as session:
             pollers = [asyncio.create_task(inbox.run(session)) for inbox in (mail, sms)]
             acting = asyncio.create_task(wave.run(session, forms))
             try:
@@ -343,6 +340,7 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
                 for task in (*pollers, acting):
                     task.cancel()
                 await asyncio.gather(*pollers, acting, return_exceptions=True)
+                forms.close()
         db = await asyncpg.connect(settings.database_url)
         try:
             decisions = await funnel.read_decisions(db, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))

@@ -1,13 +1,14 @@
-"""A lean HTTP/1.1 client for the load generator: keep-alive connections as asyncio protocols,
-responses parsed by ``httptools`` (llhttp, the parser Node.js uses).
+"""A lean HTTP/1.1 client for a wave of registrations (the demo's forms, the benchmarks' load
+generator): keep-alive connections as asyncio protocols, responses parsed by ``httptools``
+(llhttp, the parser Node.js uses).
 
-The load generator has one core and must not be what limits a benchmark. aiohttp's client
-costs about 300 µs of CPU per request on this project's reference machine (its session, its
-request and response objects, cookie and redirect handling); a raw protocol that writes a
-prepared request and parses the status, two headers and the body costs a fraction of it, so
-the generator's ceiling is well above what the system under test can take (each run measures
-and reports that ceiling). No pipelining: one request at a time per connection, as a browser
-sends a form.
+The client shares the machine with the system it loads and must not be what limits the wave.
+aiohttp's client costs about 300 µs of CPU per request on this project's reference machine (its
+session, its request and response objects, cookie and redirect handling); a raw protocol that
+writes a prepared request and parses the status, two headers and the body costs a fraction of
+it, so the client's ceiling is well above what the system under test can take (the load
+generator measures and reports that ceiling). No pipelining: one request at a time per
+connection, as a browser sends a form.
 """
 
 from __future__ import annotations
