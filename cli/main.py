@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="empty the database, start a local stack and replay a wave opening"
     )
-    demo.add_argument("--count", type=int, default=None, help="people in the wave (2,000)")
+    demo.add_argument("--count", type=int, default=None, help="people in the wave (1,600)")
     demo.add_argument(
         "--rate", type=float, default=None, help="registrations per second at the opening (1,500)"
     )

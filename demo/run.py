@@ -64,10 +64,10 @@ from simulators.server import Ports
 SIM_NAMES = ("dukcapil", "dapodik", "dtks", "sms", "smtp_admin", "smtp")
 DEFAULT_SIM_PORT_BASE = 8101  # dukcapil 8101, dapodik 8102, dtks 8103, sms 8104, smtp admin 8105
 DEFAULT_METRICS_PORT_BASE = 9464  # the edge's /metrics; intake supervise's is the next one
-DEFAULT_COUNT = 2_000
+DEFAULT_COUNT = 1_600
 DEFAULT_RATE = 1_500.0  # registrations per second in the opening seconds
 DEFAULT_SEED = 20200411  # the day registration opened: the same people every run
-OPENING_SHARE = 0.75  # of the wave, at the opening rate; the rest in the tail
+OPENING_SHARE = 0.85  # of the wave, at the opening rate; the rest in the tail
 TAIL_S = 12.0
 IDLE_LIMIT_S = 30.0  # once everyone is done: stop watching when nothing has moved this long
 CONNECTIONS = 256

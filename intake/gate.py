@@ -67,6 +67,7 @@ class Gate:
             os.path.join(status_dir, f"edge-{os.getpid()}.json") if status_dir else ""
         )
         self._uncounted: dict[str, int] = {}
+        self._said_shedding = False  # what the status file says now
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -95,7 +96,9 @@ class Gate:
             self.flush()
             if self._status_path:
                 standing = self.monitor.rule.standing(loop.time())
-                self._write_status(standing or self.pressed > pressed, standing)
+                shedding = standing or self.pressed > pressed
+                self._write_status(shedding, standing)
+                self._said_shedding = shedding
                 pressed = self.pressed
             lag_s = max(lag_s, self.monitor.take_max_lag_s())
             ticks += 1
@@ -156,7 +159,7 @@ class Gate:
         # write to a shared file in multiprocess mode) would be a fair share of the answer.
         self._uncounted[reason] = self._uncounted.get(reason, 0) + 1
         if reason in PRESSURE_REASONS:
-            self.pressed += 1
+            self._pressed()
         self._publisher.count_shed(reason)  # refused without a publish, as its own sheds
         body = self._bodies[reason]
         return (
@@ -172,7 +175,16 @@ class Gate:
         """Count one registration shed for ``reason`` (by the handler)."""
         self._counter(reason).inc()
         if reason in PRESSURE_REASONS:
-            self.pressed += 1
+            self._pressed()
+
+    def _pressed(self) -> None:
+        """One registration shed for want of time or room. The first of a spell is reported
+        at once, not at the next tick: the sooner ``intake supervise`` holds verification
+        back, the shorter the spell."""
+        self.pressed += 1
+        if not self._said_shedding and self._status_path:
+            self._said_shedding = True
+            self._write_status(True, self.monitor.rule.standing(asyncio.get_running_loop().time()))
 
     def _counter(self, reason: str) -> Counter:
         counter = self._shed.get(reason)

@@ -88,6 +88,8 @@ MAX_RESTART_DELAY_S = 30.0
 STARTUP_S = 5.0
 # How often processes are checked between scaling ticks (exits also wake the loop at once).
 _RECONCILE_S = 0.25
+# How often the edges' status files are read (workers/pressure.py).
+PRESSURE_POLL_S = 0.1
 
 
 @dataclass
@@ -254,6 +256,7 @@ class Supervisor:
 
     async def _supervise(self) -> None:
         sampler = asyncio.create_task(self._sample_forever())
+        watcher = asyncio.create_task(self._watch_pressure())
         try:
             while not self._stopping.is_set():
                 self._wake.clear()
@@ -262,10 +265,23 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _RECONCILE_S)
         finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            for task in (sampler, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._shutdown()
+
+    async def _watch_pressure(self) -> None:
+        """Read the edges' status files every :data:`PRESSURE_POLL_S` (a few small files): a
+        hold taken a reconcile round late lets the workers take the edges' CPU meanwhile."""
+        if not self.pressure.configured:
+            return
+        while True:
+            await asyncio.sleep(PRESSURE_POLL_S)
+            try:
+                self._apply_pressure()
+            except Exception:  # never stop watching for one bad read
+                log.exception("reading the edges' pressure failed")
 
     @contextlib.asynccontextmanager
     async def _serving_metrics(self) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 import asyncpg
 import orjson
@@ -23,7 +24,9 @@ from prometheus_client import REGISTRY
 from core.settings import Settings
 from core.status import read_status
 from intake import admission
+from intake.gate import Gate
 from intake.protocol import _one_request
+from intake.publisher import BatchPublisher
 from tests.support import inprocess, openapi
 from tests.support.people import person
 from tests.support.proxy import broker_proxy
@@ -339,3 +342,19 @@ async def test_the_deadline_is_honoured_by_what_the_counters_show(
             assert "confirm_timeout" not in edge.publisher.stats.failures
     async with inprocess.persist_worker(settings, db):
         await stored_once(db, ids, only=True)
+
+
+async def test_the_first_shed_of_a_spell_is_reported_at_once(tmp_path: Path) -> None:
+    # Not at the next quarter-second tick (no tick runs here: the gate is not running): the
+    # sooner intake supervise holds verification back, the shorter the spell.
+    gate = Gate(Settings(edge_status_dir=str(tmp_path)), cast(BatchPublisher, None))
+    status_file = tmp_path / f"edge-{os.getpid()}.json"
+    gate.count("persist_queue_full")  # not for want of time or room in this edge
+    assert read_status(str(status_file)) is None
+    gate.count("queue_delay")
+    status = read_status(str(status_file))
+    assert status is not None
+    assert status["shedding"] is True
+    status_file.unlink()
+    gate.count("queue_delay")  # the spell goes on: said once, not once per shed
+    assert read_status(str(status_file)) is None
