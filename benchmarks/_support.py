@@ -254,3 +254,19 @@ def run_benchmark(
     print(report(results))
     print(f"\nresults: {path}")
     return 0, results
+
+
+# Registrations whose NIK checks are all final (Dukcapil failed, or Dukcapil passed and Dapodik
+# and DTKS final): how many, and the first and last moment one became so.
+NIK_DONE_SQL = """
+SELECT count(*) AS n, min(finished_at) AS first, max(finished_at) AS last FROM (
+    SELECT max(c.finished_at) AS finished_at
+    FROM checks c
+    WHERE c.check_name IN ('dukcapil', 'dapodik', 'dtks')
+    GROUP BY c.registration_id
+    HAVING bool_and(c.state IN ('passed', 'failed')) AND (
+        bool_or(c.check_name = 'dukcapil' AND c.state = 'failed')
+        OR count(*) FILTER (WHERE c.check_name IN ('dapodik', 'dtks')) = 2
+    )
+) AS done
+"""

@@ -39,6 +39,7 @@ import asyncpg
 import orjson
 
 from benchmarks._support import (
+    NIK_DONE_SQL,
     percentile,
     progress,
 )
@@ -53,22 +54,6 @@ from core.settings import Settings
 from core.status import read_status
 from intake.validation import today_wib
 from simulators.population import population
-
-# Registrations whose NIK checks are all final (Dukcapil failed, or Dukcapil passed and Dapodik
-# and DTKS final): how many, and the last moment one became so.
-_NIK_DONE_SQL = """
-SELECT count(*) AS n, max(finished_at) AS last FROM (
-    SELECT max(c.finished_at) AS finished_at
-    FROM checks c
-    WHERE c.check_name IN ('dukcapil', 'dapodik', 'dtks')
-    GROUP BY c.registration_id
-    HAVING bool_and(c.state IN ('passed', 'failed')) AND (
-        bool_or(c.check_name = 'dukcapil' AND c.state = 'failed')
-        OR count(*) FILTER (WHERE c.check_name IN ('dapodik', 'dtks')) = 2
-    )
-) AS done
-"""
-
 
 _PIPELINE_PROGRESS_SQL = """
 SELECT check_name,
@@ -205,7 +190,7 @@ async def part_c(
             last_done, last_moved = -1, time.monotonic()
             while True:
                 rig.check_alive()
-                row = await connection.fetchrow(_NIK_DONE_SQL)
+                row = await connection.fetchrow(NIK_DONE_SQL)
                 assert row is not None
                 lanes = await connection.fetch(_PIPELINE_PROGRESS_SQL, list(NIK_LANES))
                 stored = int(await connection.fetchval("SELECT count(*) FROM registrations"))
@@ -238,7 +223,7 @@ async def part_c(
                     break
                 await asyncio.sleep(5)
             cpu_marks.append((time.monotonic(), cpu_by_role()))
-            nik = await connection.fetchrow(_NIK_DONE_SQL)
+            nik = await connection.fetchrow(NIK_DONE_SQL)
             assert nik is not None
             lanes = await connection.fetch(_PIPELINE_PROGRESS_SQL, list(NIK_LANES))
             ids = await connection.fetch("SELECT id::text AS id FROM registrations")

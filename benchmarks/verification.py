@@ -53,6 +53,7 @@ from PIL import Image
 from benchmarks._support import (
     BENCH_DATABASE,
     BENCH_VHOST,
+    NIK_DONE_SQL,
     RESULTS_DIR,
     BenchError,
     machine_info,
@@ -69,21 +70,6 @@ CONCURRENCY = 64
 REALISTIC_MS = (50, 200)  # lognormal latency of a ministry: median, p99
 NIK_LANES = ("dukcapil", "dapodik", "dtks")
 LOG_DIR = RESULTS_DIR / "logs" / "verification"
-
-# Registrations whose NIK checks are all final (Dukcapil failed, or Dukcapil passed and Dapodik
-# and DTKS final): how many, and the first and last moment one became so.
-_NIK_DONE_SQL = """
-SELECT count(*) AS n, min(finished_at) AS first, max(finished_at) AS last FROM (
-    SELECT max(c.finished_at) AS finished_at
-    FROM checks c
-    WHERE c.check_name IN ('dukcapil', 'dapodik', 'dtks')
-    GROUP BY c.registration_id
-    HAVING bool_and(c.state IN ('passed', 'failed')) AND (
-        bool_or(c.check_name = 'dukcapil' AND c.state = 'failed')
-        OR count(*) FILTER (WHERE c.check_name IN ('dapodik', 'dtks')) = 2
-    )
-) AS done
-"""
 
 
 @dataclass(frozen=True)
@@ -215,7 +201,7 @@ async def nik_phase(phase: Phase, connection: asyncpg.Connection, count: int) ->
     await phase.wait_for(
         connection,
         "registrations with all NIK checks final",
-        _NIK_DONE_SQL,
+        NIK_DONE_SQL,
         count,
         240,
     )
@@ -225,7 +211,7 @@ async def nik_phase(phase: Phase, connection: asyncpg.Connection, count: int) ->
         " count(*) FILTER (WHERE state = 'passed') AS passed, sum(attempts) AS retries"
         " FROM checks WHERE check_name = 'dukcapil' AND state IN ('passed', 'failed')"
     )
-    nik = await connection.fetchrow(_NIK_DONE_SQL)
+    nik = await connection.fetchrow(NIK_DONE_SQL)
     lanes = await connection.fetch(
         "SELECT check_name, count(*) AS n,"
         " count(*) FILTER (WHERE state IN ('passed', 'failed')) AS final,"

@@ -48,14 +48,15 @@ async def load_subject(
     )
 
 
+_STATE_SQL = "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2"
+
+
 async def lock_state(
     connection: asyncpg.Connection, registration_id: uuid.UUID, check: Check
 ) -> str | None:
     """Lock the check's row for this transaction and return its state (None: no such check)."""
     state: str | None = await connection.fetchval(
-        "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2 FOR UPDATE",
-        registration_id,
-        check.value,
+        _STATE_SQL + " FOR UPDATE", registration_id, check.value
     )
     return state
 
@@ -141,11 +142,7 @@ async def state_of(
     connection: asyncpg.Connection, registration_id: uuid.UUID, check: Check
 ) -> str | None:
     """The check's state, unlocked (None: no such check)."""
-    state: str | None = await connection.fetchval(
-        "SELECT state FROM checks WHERE registration_id = $1 AND check_name = $2",
-        registration_id,
-        check.value,
-    )
+    state: str | None = await connection.fetchval(_STATE_SQL, registration_id, check.value)
     return state
 
 
