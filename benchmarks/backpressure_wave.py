@@ -151,13 +151,7 @@ async def part_c(
         run_dir.mkdir()
         await rig.migrate()
         await rig.start_simulators(count, seed, today, flags)
-        rig.stack.start(
-            "supervise",
-            "supervise",
-            *kinds,
-            f"--run-dir={run_dir}",
-            f"--log-dir={rig.log_dir / 'workers'}",
-        )
+        rig.start_supervisor(kinds, run_dir)
         await rig.start_edge()
         await asyncio.sleep(5)  # the first workers start (their pools, their queues)
         rig.check_alive()

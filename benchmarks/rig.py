@@ -141,6 +141,17 @@ class Rig:
         )
         await self.wait_http(f"{self.sim_url('dukcapil')}/_sim/stats", 180)
 
+    def start_supervisor(self, kinds: Sequence[str], run_dir: Path) -> None:
+        """``intake supervise KINDS``, its status files in ``run_dir``, its workers' logs in
+        the rig's log directory."""
+        self.stack.start(
+            "supervise",
+            "supervise",
+            *kinds,
+            f"--run-dir={run_dir}",
+            f"--log-dir={self.log_dir / 'workers'}",
+        )
+
     async def start_edge(self) -> None:
         self.stack.start("edge", "edge")
         await self.wait_http(f"{self.base_url}/readyz", 60)

@@ -193,13 +193,7 @@ async def start_system(rig: Rig, kinds: Sequence[str], edges: int = 1) -> None:
     # The edges tell the supervisor when they shed (it then holds verification back).
     rig.settings = rig.settings.replace(edge_status_dir=str(run_dir))
     rig.stack.settings = rig.settings
-    rig.stack.start(
-        "supervise",
-        "supervise",
-        *kinds,
-        f"--run-dir={run_dir}",
-        f"--log-dir={rig.log_dir / 'workers'}",
-    )
+    rig.start_supervisor(kinds, run_dir)
     await rig.start_edge()
     for extra in range(1, edges):
         rig.stack.start(f"edge-{extra + 1}", "edge")
