@@ -71,6 +71,7 @@ OPENING_SHARE = 0.85  # of the wave, at the opening rate; the rest in the tail
 TAIL_S = 12.0
 IDLE_LIMIT_S = 30.0  # once everyone is done: stop watching when nothing has moved this long
 CONNECTIONS = 256
+QUIET_CORES, QUIET_S = 0.3, 0.5  # the stack has settled: under 0.3 of a core for half a second
 CORES = max(1, len(os.sched_getaffinity(0)))
 _TABLES = "registrations, nik_claims, checks, contact_codes, photos, rate_buckets"
 
@@ -184,6 +185,21 @@ async def _wait_workers(settings: Settings, stack: Stack, timeout_s: float) -> N
                 return
             await asyncio.sleep(0.2)
     raise TimeoutError("the workers did not start consuming")
+
+
+async def _wait_quiet(stack: Stack, timeout_s: float) -> None:
+    """Until the stack's processes have settled: under :data:`QUIET_CORES` of CPU for
+    :data:`QUIET_S` (a worker that has started consuming may still be warming up, and eight of
+    them take both cores of a small machine for a few seconds). After ``timeout_s`` the wave
+    opens anyway: a busy machine delays the demo, it does not fail it."""
+    deadline = time.monotonic() + timeout_s
+    last_cpu, last_at = stack.cpu_seconds(), time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(QUIET_S)
+        cpu, at = stack.cpu_seconds(), time.monotonic()
+        if (cpu - last_cpu) / (at - last_at) < QUIET_CORES:
+            return
+        last_cpu, last_at = cpu, at
 
 
 def _line(elapsed_s: float, wave: Wave, f: funnel.Funnel, depths: dict[str, int]) -> str:
@@ -322,6 +338,7 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
         await _wait_ready(f"{base_url}/readyz", stack, 120)
         await _wait_workers(settings, stack, 120)
+        await _wait_quiet(stack, 30)
         say(f"  stack ready: the edge at {base_url}, the workers under intake supervise\n")
 
         mail = mail_inbox(f"http://127.0.0.1:{ports['smtp_admin']}")

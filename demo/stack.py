@@ -46,6 +46,10 @@ class Stack:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # A session of its own, as a service has: where the kernel schedules sessions
+                # as groups (sched_autogroup), the edges would otherwise share one group's
+                # share of the CPU with each other and with everything else started here.
+                start_new_session=True,
             )
         self._processes.append((name, process))
         return process
@@ -57,6 +61,28 @@ class Stack:
     def dead(self) -> list[str]:
         """Names of processes that exited on their own."""
         return [name for name, p in self._processes if p.poll() is not None]
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the stack's processes and every descendant still running
+        (the workers ``intake supervise`` starts), from ``/proc``; 0 where there is no ``/proc``."""
+        children: dict[int, list[int]] = {}
+        used: dict[int, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+            pid, ppid = int(entry.name), int(fields[1])
+            children.setdefault(ppid, []).append(pid)
+            used[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        total, todo = 0.0, [p.pid for _, p in self._processes if p.poll() is None]
+        while todo:
+            pid = todo.pop()
+            total += used.get(pid, 0.0)
+            todo.extend(children.get(pid, ()))
+        return total
 
     def stop(self, timeout_s: float = 30.0) -> dict[str, int]:
         """SIGTERM every process, newest first; return each exit code (-9: had to be killed)."""

@@ -18,6 +18,11 @@ emptied for a whole ``interval_s`` is a standing queue, which only adds latency.
   a burst, or a machine busy for a moment, is absorbed, and answered within the deadline);
 - otherwise (a standing queue) a request is admitted only if it waited ``target_s`` or less.
 
+Before any of that, a loop late beyond the target for half an interval is **late**
+(:meth:`QueueDelayRule.late`): the edge is short of CPU, and will shed if it stays so for the
+other half. The gate tells ``intake supervise`` at once (the edge's status file), which holds
+verification back so that the edge gets the CPU before it has to shed (workers/pressure.py).
+
 Under overload the loop therefore settles near the target: while it is late the new requests
 are shed at a fraction of an accepted one's cost (:mod:`intake.protocol`), the loop catches up
 within an iteration or two, and the next requests are admitted. Goodput stays at what the CPU
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 # The edge's accepted rate, for RetrySpread: a moving average of windows this long (short:
 # at a wave's opening the rate under load is learnt within a second).
@@ -70,6 +76,11 @@ class QueueDelayRule:
         """Whether the delay has stayed above the target for a whole interval."""
         return now_s - self._last_short_s > self.interval_s
 
+    def late(self, now_s: float) -> bool:
+        """Whether the delay has stayed above the target for half an interval: a standing
+        queue forming, time enough to act before it stands."""
+        return now_s - self._last_short_s > self.interval_s / 2
+
     def limit_s(self, now_s: float) -> float:
         """The longest wait a request may have had at ``now_s`` and still be admitted."""
         return self.target_s if self.standing(now_s) else self.burst_s
@@ -99,6 +110,8 @@ class LoopMonitor:
         self._due_s = 0.0
         self._rate_since_s = 0.0
         self._rate_accepted = 0
+        # Called at a probe that finds the loop late (QueueDelayRule.late), at every such probe.
+        self.on_late: Callable[[], None] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start probing on ``loop`` (the running loop by default)."""
@@ -128,7 +141,10 @@ class LoopMonitor:
         lag_s = max(0.0, now_s - self._due_s)
         self.lag_s = lag_s
         self.max_lag_s = max(self.max_lag_s, lag_s)
-        self.rule.observe(now_s, lag_s)
+        rule = self.rule
+        rule.observe(now_s, lag_s)
+        if lag_s > rule.target_s and self.on_late is not None and rule.late(now_s):
+            self.on_late()
         self._due_s = now_s + self.probe_interval_s
         elapsed_s = now_s - self._rate_since_s
         if elapsed_s >= RATE_WINDOW_S:

@@ -67,7 +67,9 @@ class Gate:
             os.path.join(status_dir, f"edge-{os.getpid()}.json") if status_dir else ""
         )
         self._uncounted: dict[str, int] = {}
-        self._said_shedding = False  # what the status file says now
+        self.late = 0  # probes that found this edge's loop late (admission.QueueDelayRule.late)
+        self.monitor.on_late = self._late
+        self._said_pressed = False  # whether the status file says late or shedding now
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -90,16 +92,16 @@ class Gate:
         loop = asyncio.get_running_loop()
         lag_s = 0.0
         ticks = 0
-        pressed = self.pressed
+        pressed, late = self.pressed, self.late
         while True:
             await asyncio.sleep(GAUGE_INTERVAL_S)
             self.flush()
             if self._status_path:
                 standing = self.monitor.rule.standing(loop.time())
                 shedding = standing or self.pressed > pressed
-                self._write_status(shedding, standing)
-                self._said_shedding = shedding
-                pressed = self.pressed
+                self._write_status(shedding, standing, self.late > late)
+                self._said_pressed = shedding or self.late > late
+                pressed, late = self.pressed, self.late
             lag_s = max(lag_s, self.monitor.take_max_lag_s())
             ticks += 1
             if ticks * GAUGE_INTERVAL_S >= 1.0:  # the gauge's "over the last second"
@@ -107,13 +109,14 @@ class Gate:
                 lag_s, ticks = 0.0, 0
             metrics.EDGE_STANDING_QUEUE.set(int(self.monitor.rule.standing(loop.time())))
 
-    def _write_status(self, shedding: bool, standing: bool) -> None:
+    def _write_status(self, shedding: bool, standing: bool, late: bool) -> None:
         """The edge's status file, for ``intake supervise`` (workers/pressure.py)."""
         snapshot: dict[str, object] = {
             "kind": "edge",
             "pid": os.getpid(),
             "shedding": shedding,
             "standing": standing,
+            "late": late,
             "capacity_per_s": round(self.monitor.capacity_per_s, 1),
         }
         try:
@@ -182,9 +185,18 @@ class Gate:
         at once, not at the next tick: the sooner ``intake supervise`` holds verification
         back, the shorter the spell."""
         self.pressed += 1
-        if not self._said_shedding and self._status_path:
-            self._said_shedding = True
-            self._write_status(True, self.monitor.rule.standing(asyncio.get_running_loop().time()))
+        if not self._said_pressed and self._status_path:
+            self._said_pressed = True
+            now_s = asyncio.get_running_loop().time()
+            self._write_status(True, self.monitor.rule.standing(now_s), self.late > 0)
+
+    def _late(self) -> None:
+        """A probe found the loop late: short of CPU, about to shed. Reported at once too, so
+        that verification is held back *before* the edge sheds, often instead."""
+        self.late += 1
+        if not self._said_pressed and self._status_path:
+            self._said_pressed = True
+            self._write_status(False, False, True)
 
     def _counter(self, reason: str) -> Counter:
         counter = self._shed.get(reason)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from core.settings import Settings
+from demo.stack import Stack
 from tests.support.processes import free_port, free_port_block
 
 COUNT = 400
@@ -137,3 +139,23 @@ def test_with_keep_the_stack_stays_up_until_interrupted(settings: Settings, tmp_
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+
+
+def test_the_stack_counts_the_cpu_of_its_processes_and_their_children(tmp_path: Path) -> None:
+    # The demo opens its wave once the stack has settled (demo.run._wait_quiet): the workers
+    # that intake supervise starts count too, so a child counts with its parent.
+    spin = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass\n"
+    parent = (
+        "import subprocess, sys, time\n"
+        f"subprocess.run([sys.executable, '-c', {spin!r}])\n"
+        "time.sleep(60)\n"
+    )
+    with Stack(Settings(), tmp_path) as stack:
+        assert stack.cpu_seconds() == 0.0
+        stack.start_program("parent", [sys.executable, "-c", parent])
+        seen, deadline = 0.0, time.monotonic() + 30
+        while seen < 0.8 and time.monotonic() < deadline:
+            seen = max(seen, stack.cpu_seconds())
+            time.sleep(0.05)
+        assert seen >= 0.8  # the parent alone uses a few hundredths
+    assert stack.cpu_seconds() == 0.0  # stopped: nothing left to count

@@ -56,7 +56,8 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self.dispatched = 0
-        # Held back (intake supervise, while an edge sheds): the outbox waits in PostgreSQL.
+        # Held back (intake supervise, while an edge sheds or is late): the outbox waits in
+        # PostgreSQL.
         self.held = False
         metrics.init_dispatch()
 

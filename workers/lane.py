@@ -85,8 +85,8 @@ class LaneWorker:
         self._task_duration = metrics.LANE_TASK_DURATION.labels(lane)
         self._calls = {s: metrics.SERVICE_CALLS.labels(lane, s.value) for s in flow.Signal}
         self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
-        # Held back (intake supervise, while an edge sheds): no new deliveries, the tasks in
-        # hand finish; the backlog waits in the queue.
+        # Held back (intake supervise, while an edge sheds or is late): no new deliveries, the
+        # tasks in hand finish; the backlog waits in the queue.
         self.held = False
         self._held_changed = asyncio.Event()
 

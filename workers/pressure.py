@@ -1,11 +1,13 @@
-"""The accept path first: verification is held back while an edge on this machine sheds.
+"""The accept path first: verification is held back while an edge on this machine is short of
+CPU: while it sheds, and from the moment its loop is late, before it has to shed.
 
 On a machine that runs the edges and the workers together (``intake supervise`` beside
 ``intake edge``), a registration waiting for the CPU is worth more than a verification: the
 verification can wait in its queue, the person at the edge cannot. Nice values order the CPU
 between processes, but not the work they cause elsewhere: a lane's PostgreSQL queries and
 RabbitMQ deliveries run in those servers' processes, at full priority. So while an edge sheds
-(its status file says so), the supervisor
+or its loop is late (its status file says so; late is CoDel's first stage, a queue that has not
+emptied for half an interval, :meth:`intake.admission.QueueDelayRule.late`), the supervisor
 
 - sends the dispatcher and the verification lanes :data:`~core.status.HOLD_SIGNAL`: they take
   no new work and finish what they hold, so their PostgreSQL and RabbitMQ work stops with them
@@ -14,8 +16,8 @@ RabbitMQ deliveries run in those servers' processes, at full priority. So while 
 - starts no new verification workers (the persist worker still scales: it drains what the
   edges accepted);
 
-and undoes it once no edge has shed for :data:`RELEASE_AFTER_S`. Edges write their status
-files into ``INTAKE_EDGE_STATUS_DIR`` (``edge-<pid>.json``, :mod:`intake.gate`); the same
+and undoes it once no edge has shed or been late for :data:`RELEASE_AFTER_S`. Edges write their
+status files into ``INTAKE_EDGE_STATUS_DIR`` (``edge-<pid>.json``, :mod:`intake.gate`); the same
 setting tells the supervisor where to look.
 """
 
@@ -34,19 +36,21 @@ log = logging.getLogger(__name__)
 
 # An edge status file older than this is an edge that stopped: it no longer counts.
 FRESH_S = 3.0
-# Verification is let go once no edge has shed for this long.
+# Verification is let go once no edge has shed or been late for this long.
 RELEASE_AFTER_S = 5.0
 HELD_NICE = 19
 
 
-def edges_shedding(directory: Path, now_s: float) -> bool:
-    """Whether a fresh edge status file in ``directory`` says that edge sheds."""
+def edges_pressed(directory: Path, now_s: float) -> bool:
+    """Whether a fresh edge status file in ``directory`` says that edge sheds or is late."""
     for path in directory.glob("edge-*.json"):
         status = read_status(path)
         if status is None:
             continue
         at = status.get("at")
-        if isinstance(at, int | float) and now_s - at <= FRESH_S and status.get("shedding"):
+        if not isinstance(at, int | float) or now_s - at > FRESH_S:
+            continue
+        if status.get("shedding") or status.get("late"):
             return True
     return False
 
@@ -70,13 +74,13 @@ class EdgePressure:
         if self._directory is None:
             return False
         now = time.time() if now_s is None else now_s
-        if edges_shedding(self._directory, now):
+        if edges_pressed(self._directory, now):
             self._last_shed_s = now
         held = now - self._last_shed_s < RELEASE_AFTER_S
         changed, self.held = held != self.held, held
         if changed:
             log.warning(
-                "an edge sheds: verification held back"
+                "an edge sheds or is late: verification held back"
                 if held
                 else "edges keep up: verification goes on"
             )

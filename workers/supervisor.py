@@ -193,7 +193,7 @@ class Supervisor:
         self.restarts: dict[str, int] = dict.fromkeys(self._kinds, 0)
         # The workers' prometheus-client multiprocess directory.
         self.metrics_dir = run_dir / "metrics"
-        # While an edge sheds, verification is held back (workers/pressure.py).
+        # While an edge sheds or is late, verification is held back (workers/pressure.py).
         self.pressure = EdgePressure(settings.edge_status_dir)
         self._pressure_sent_s = 0.0
         needed = sum(db_connections(settings, k) * s.limits.low for k, s in self._state.items())
@@ -333,7 +333,8 @@ class Supervisor:
                 self._terminate(worker, now)
 
     def _apply_pressure(self) -> None:
-        """Hold verification back while an edge sheds, let it go after (workers/pressure.py).
+        """Hold verification back while an edge sheds or is late, let it go after
+        (workers/pressure.py).
         The current state (the signal and the nice value) is applied at once on a change, and
         again every second either way: to workers started since, to any that could not take
         the signal while starting, and to any that took a hold and a release sent close

@@ -79,6 +79,28 @@ def test_the_loop_monitor_sees_a_late_loop_before_its_probe_runs() -> None:
     assert monitor.take_max_lag_s() == 0.0
 
 
+def test_a_loop_late_for_half_an_interval_is_said_late_at_each_late_probe() -> None:
+    # CoDel's first stage: a queue that has not emptied for half an interval is forming. The
+    # edge says so before it sheds (Gate._late), so that verification is held back first.
+    rule = admission.QueueDelayRule(0.02, 0.1, burst_s=0.5)
+    monitor = admission.LoopMonitor(rule, probe_interval_s=0.005)
+    lates: list[float] = []
+    monitor.on_late = lambda: lates.append(monitor.lag_s)
+    monitor.reset(0.0)
+    monitor.probe(0.03)  # 25 ms late, but the loop was on time 30 ms ago
+    assert not rule.late(0.03)
+    monitor.probe(0.045)  # on time (10 ms late)
+    monitor.probe(0.08)  # 30 ms late, on time 35 ms ago: not yet half an interval
+    assert lates == []
+    monitor.probe(0.11)  # 25 ms late, on time 65 ms ago: late, and said
+    assert rule.late(0.11)
+    assert not rule.standing(0.11)
+    assert lates == [pytest.approx(0.025)]
+    monitor.probe(0.116)  # on time: the spell is over, nothing said
+    assert not rule.late(0.116)
+    assert len(lates) == 1
+
+
 def test_the_loop_monitor_measures_the_accepted_rate() -> None:
     monitor = admission.LoopMonitor(admission.QueueDelayRule(0.02, 0.1))
     monitor.reset(0.0)
@@ -364,3 +386,22 @@ async def test_the_first_shed_of_a_spell_is_reported_at_once(tmp_path: Path) -> 
     status_file.unlink()
     gate.count("queue_delay")  # the spell goes on: said once, not once per shed
     assert read_status(str(status_file)) is None
+
+
+def test_a_late_loop_is_reported_at_once_before_any_shed(tmp_path: Path) -> None:
+    gate = Gate(Settings(edge_status_dir=str(tmp_path)), cast(BatchPublisher, None))
+    status_file = tmp_path / f"edge-{os.getpid()}.json"
+    monitor = gate.monitor
+    monitor.reset(0.0)
+    monitor.probe(0.05)  # late, but only since just now
+    assert read_status(str(status_file)) is None
+    monitor.probe(0.1)  # late for 100 ms: said at once
+    status = read_status(str(status_file))
+    assert status is not None
+    assert (status["late"], status["shedding"]) == (True, False)
+    assert gate.pressed == 0
+    assert gate.late == 1
+    status_file.unlink()
+    monitor.probe(0.15)  # still late: said once, not once per probe
+    assert read_status(str(status_file)) is None
+    assert gate.late == 2

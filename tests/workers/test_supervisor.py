@@ -602,6 +602,22 @@ def test_edge_pressure_holds_at_the_first_shed_and_lets_go_after_a_quiet_while(
     assert not EdgePressure("").update(now)
 
 
+def test_edge_pressure_holds_while_an_edge_is_late_before_it_sheds(tmp_path: Path) -> None:
+    pressure = EdgePressure(str(tmp_path))
+    edge = tmp_path / "edge-1.json"
+    write_status(str(edge), {"kind": "edge", "pid": 1, "shedding": False, "late": False})
+    now = read_status(edge)["at"]  # type: ignore[index]
+    assert isinstance(now, float)
+    assert not pressure.update(now)
+    write_status(str(edge), {"kind": "edge", "pid": 1, "shedding": False, "late": True})
+    assert pressure.update(now)
+    assert pressure.held
+    write_status(str(edge), {"kind": "edge", "pid": 1, "shedding": False, "late": False})
+    assert not pressure.update(now + RELEASE_AFTER_S - 0.5)
+    assert pressure.update(now + RELEASE_AFTER_S + 0.5)
+    assert not pressure.held
+
+
 def test_the_hold_signal_never_reaches_a_worker_before_it_handles_it() -> None:
     """A worker still starting has the signal's default action (libuv resets what was set
     before its exec): asked to hold then, it would die. It is asked once it handles it."""
