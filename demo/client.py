@@ -140,6 +140,15 @@ class Pool:
                 protocol.close()
             return answer
 
+    async def open(self) -> None:
+        """Open every connection now (a wave's opening then pays for none of them): the people
+        of a real wave come through the load balancer in front of the edges, whose connections
+        to the edges are kept alive."""
+        opened = await asyncio.gather(
+            *(self._connect() for _ in range(self.size - len(self._idle)))
+        )
+        self._idle.extend(opened)
+
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_connection(_Protocol, self.host, self.port)

@@ -346,6 +346,7 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         wave = Wave(base_url, people, mail, sms, run_key=f"{plan.seed}-{time.time_ns()}")
         timeout = aiohttp.ClientTimeout(total=60)
         forms = Pool(settings.edge_host, settings.edge_port, CONNECTIONS)
+        await forms.open()
         async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONNECTIONS), timeout=timeout
         ) as session:
