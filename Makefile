@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo bench clean
+.PHONY: help setup test lint demo bench image clean
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -10,6 +10,7 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make demo    run the end-to-end demo"
 	@echo "make bench   run the benchmarks (output in results/)"
+	@echo "make image   build the container image (Containerfile, scripts/image.sh)"
 	@echo "make clean   remove .venv, caches and results/"
 
 setup:
@@ -28,6 +29,9 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks.run
+
+image: setup
+	@bash scripts/image.sh
 
 clean:
 	rm -rf $(VENV) results/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/
