@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from core import topology
+from core import broker, topology
 from core.verification import Check
 
 
@@ -64,7 +64,7 @@ class QueueCollector(Collector):
 
     async def _open(self) -> AbstractChannel:
         if self._connection is None or self._connection.is_closed:
-            self._connection = await aio_pika.connect(self._url, timeout=5)
+            self._connection = await broker.connect(self._url)
             self._channel = None
         if self._channel is None or self._channel.is_closed:
             self._channel = await self._connection.channel()

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import broker
 from core.verification import Check
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Settings:
     """Configuration of every process of the system. See the README's configuration table."""
 
     env: str = "development"
+    # One RabbitMQ node, or several nodes of one cluster separated by commas (core/broker.py).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/intake"
     database_url: str = "postgresql://intake:intake@127.0.0.1:5432/intake"
     # Master secret; per-purpose keys (NIK HMAC, encryption, access tokens, message
@@ -191,6 +193,10 @@ class Settings:
             raise SettingsError("INTAKE_SECRET_KEY must be set in production")
         if len(self.secret_key) < 32:
             raise SettingsError("INTAKE_SECRET_KEY must be at least 32 characters")
+        try:
+            broker.nodes(self.amqp_url)
+        except ValueError as exc:
+            raise SettingsError(f"INTAKE_AMQP_URL: {exc}") from None
         if self.edge_batch_max_items < 1 or self.edge_max_inflight_batches < 1:
             raise SettingsError("edge batch sizes must be positive")
         if self.edge_retry_after_max_s < 1 or not self.edge_full_probe_interval_s > 0:

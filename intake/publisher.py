@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractExchange
 
-from core import envelope, metrics, topology
+from core import broker, envelope, metrics, topology
 from core.keys import Keyring
 from core.settings import Settings
 from intake import shedding
@@ -85,7 +85,7 @@ class Unavailable(Exception):
 
 
 async def _connect(url: str) -> AbstractConnection:
-    return await aio_pika.connect(url, timeout=5)
+    return await broker.connect(url)
 
 
 class BatchPublisher:

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from core import broker
+
 MONITORING = Path(__file__).resolve().parent
 PROMETHEUS_YML = MONITORING / "prometheus.yml"
 
@@ -28,7 +30,7 @@ def local_config(
             scrape_interval=interval, evaluation_interval=interval, scrape_timeout=interval
         )
     config["rule_files"] = [str(MONITORING / "rules" / Path(f).name) for f in config["rule_files"]]
-    vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).path[1:]) or "/"
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(broker.first(amqp_url)).path[1:]) or "/"
     for job in config["scrape_configs"]:
         if job["job_name"] == "intake-edge":
             job["static_configs"] = [{"targets": [f"127.0.0.1:{edge_metrics_port}"]}]

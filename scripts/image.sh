@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the project's image (Containerfile) with podman, or docker where that is what the
-# machine has. Idempotent; what is missing is set up first:
+# machine has (a docker client whose daemon answers; else podman is installed). Idempotent;
+# what is missing is set up first:
 #
 #   - podman (Debian's), as root, when neither engine is installed;
 #   - the base image, when it is not there: made locally with debootstrap (Debian 12, minbase,
@@ -53,8 +54,8 @@ apt_install() {
 # --- the engine -----------------------------------------------------------------------------
 if command -v podman >/dev/null 2>&1; then
     engine=podman
-elif command -v docker >/dev/null 2>&1; then
-    engine=docker
+elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    engine=docker # a docker whose daemon answers; a bare docker client is not enough
 else
     # runc: see scripts/containers.conf; uidmap, slirp4netns: podman's usual companions.
     apt_install podman runc uidmap slirp4netns

@@ -28,6 +28,8 @@ BLOBS = "/var/lib/intake/blobs"  # the image's INTAKE_BLOB_DIR
 
 
 def _engine() -> str:
+    """The engine scripts/image.sh built with: podman where there is one (it installs podman
+    unless a docker daemon answers)."""
     engine = shutil.which("podman") or shutil.which("docker")
     assert engine, "no container engine: scripts/image.sh installs podman (run make image)"
     return engine

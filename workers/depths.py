@@ -9,6 +9,7 @@ import logging
 
 import aio_pika
 
+from core import broker
 from workers.sessions import BROKER_GONE
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class QueueDepths:
 
     async def _passive_declares(self) -> dict[str, int]:
         if self._amqp is None or self._amqp.is_closed:
-            self._amqp = await aio_pika.connect(self._amqp_url, timeout=5)
+            self._amqp = await broker.connect(self._amqp_url)
         depths = {}
         channel = await self._amqp.channel()
         try:

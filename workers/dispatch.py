@@ -33,7 +33,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractExchange
 
-from core import checks, metrics, metrics_http, topology
+from core import broker, checks, metrics, metrics_http, topology
 from core.checks import OUTBOX_CHANNEL
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
@@ -79,7 +79,7 @@ class Dispatcher:
         )
 
     async def _session(self) -> None:
-        connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)
+        connection = await broker.connect(self._settings.amqp_url)
         listener = await self._pool.acquire()
         try:
             await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)

@@ -21,7 +21,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from core import topology
+from core import broker, topology
 from core.settings import Settings
 from core.verification import Check, Task, TaskError
 
@@ -50,7 +50,7 @@ def _reason(message: AbstractIncomingMessage) -> str:
 
 async def list_dead_letters(settings: Settings, sample: int = 20) -> dict[str, Any]:
     """Depth of every DLQ and the reasons of up to ``sample`` messages of each."""
-    connection = await aio_pika.connect(settings.amqp_url, timeout=5)
+    connection = await broker.connect(settings.amqp_url)
     report: dict[str, Any] = {}
     async with connection:
         setup = await connection.channel()
@@ -106,7 +106,7 @@ async def replay(settings: Settings, queue_name: str, limit: int | None = None) 
     """Move up to ``limit`` messages (all by default) from a DLQ back to their queue."""
     if queue_name not in dead_letter_queues():
         raise ValueError(f"not a dead-letter queue: {queue_name}")
-    connection = await aio_pika.connect(settings.amqp_url, timeout=5)
+    connection = await broker.connect(settings.amqp_url)
     moved = 0
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -44,7 +44,7 @@ import aiohttp
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from core import checks, metrics, metrics_http, topology
+from core import broker, checks, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
@@ -137,7 +137,7 @@ class LaneWorker:
         await keep_running(self._session, self._stopping, f"lane {self._check}")
 
     async def _session(self) -> None:
-        connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)
+        connection = await broker.connect(self._settings.amqp_url)
         async with connection:
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda *_: lost.set())

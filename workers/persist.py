@@ -38,7 +38,7 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from core import envelope, metrics, metrics_http, topology
+from core import broker, envelope, metrics, metrics_http, topology
 from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate
@@ -124,7 +124,7 @@ class PersistWorker:
         await keep_running(self._session, self._stopping, "persist")
 
     async def _session(self) -> None:
-        connection = await aio_pika.connect(self._settings.amqp_url, timeout=5)
+        connection = await broker.connect(self._settings.amqp_url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self._settings.persist_prefetch)

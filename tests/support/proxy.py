@@ -29,6 +29,11 @@ class TcpProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
 
+    @property
+    def carrying(self) -> bool:
+        """Whether a proxied connection is open."""
+        return bool(self._writers)
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
