@@ -261,8 +261,17 @@ def effective_settings(manifests: Iterable[Manifest], deployment: Doc) -> Settin
         if "value" in env:
             environ[env["name"]] = str(env["value"])
         elif "secretKeyRef" in env.get("valueFrom", {}):
-            environ[env["name"]] = "placeholder-from-a-secret-0123456789abcdef"
+            environ[env["name"]] = _SECRET_PLACEHOLDERS.get(
+                env["name"], "placeholder-from-a-secret-0123456789abcdef"
+            )
     return Settings.from_env(environ)
+
+
+# Secret values in the shape the settings check (the example Secret's shape).
+_SECRET_PLACEHOLDERS = {
+    "INTAKE_AMQP_URL": "amqp://intake:placeholder@rabbitmq.intake.svc:5672/intake",
+    "INTAKE_DATABASE_URL": "postgresql://intake:placeholder@postgresql-rw.intake.svc:5432/intake",
+}
 
 
 @cache
