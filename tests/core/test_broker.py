@@ -6,8 +6,9 @@ client, a node lost (its connections aborted, nothing listening)."""
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import aio_pika
@@ -18,7 +19,7 @@ from core import broker
 from core.settings import Settings, SettingsError
 from tests.support import inprocess
 from tests.support.people import person
-from tests.support.processes import free_port
+from tests.support.processes import Process, free_port
 from tests.support.proxy import TcpProxy
 from tests.support.stored import stored_once
 from tests.support.waiting import eventually
@@ -112,3 +113,26 @@ async def test_the_edge_and_the_persist_worker_carry_on_when_their_node_is_lost(
                 for j in range(1, 5):
                     assert await register(i + j) == 202
             await stored_once(db, accepted, only=True)
+
+
+async def test_the_database_may_be_named_by_several_hosts_the_primary_found_among_them(
+    settings: Settings, db: asyncpg.Pool, spawn: Callable[..., Process]
+) -> None:
+    # PostgreSQL's side of a cluster needs no code of the project's own: every pool is made
+    # from INTAKE_DATABASE_URL by asyncpg, which takes libpq's multi-host URLs and
+    # target_session_attrs=read-write (the primary, wherever it is; after a failover, the new
+    # one). Shown with a first host where nothing listens: the persist worker, a process of
+    # its own with its pool made from that URL, stores what the edge accepted.
+    url = urllib.parse.urlsplit(settings.database_url)
+    hosts = f"127.0.0.1:{free_port()},{url.hostname}:{url.port or 5432}"
+    netloc = f"{url.username}@{hosts}" if url.username else hosts
+    query = "target_session_attrs=read-write" + (f"&{url.query}" if url.query else "")
+    several = settings.replace(
+        database_url=urllib.parse.urlunsplit((url.scheme, netloc, url.path, query, ""))
+    )
+    spawn(["worker", "persist"], several, name="persist-several-hosts")
+    async with inprocess.edge(several) as client:
+        response = await client.post("/v1/registrations", json=person(1))
+        assert response.status == 202
+        accepted = uuid.UUID((await response.json())["id"])
+        await stored_once(db, {accepted}, only=True)
