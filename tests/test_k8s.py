@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import urllib.parse
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from core import topology
+from core import broker, topology
 from core.settings import Settings, SettingsError
 from core.verification import WORKER_KINDS, Check
 from tests.support import kustomize
@@ -346,6 +347,100 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
         }
         if not claims - {None}:
             problems.append(f"{where}: no volume claim mounted at INTAKE_BLOB_DIR")
+    if kind is not None:
+        problems += network_problems(manifests, where, deployment, settings, kind)
+    return problems
+
+
+Port = tuple[int, str]  # (number, protocol)
+ALL_PORTS: Port = (0, "*")  # a rule without ports
+
+
+def _selector_matches(selector: Doc, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions) selects these labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        value, values = labels.get(e["key"]), e.get("values") or []
+        if not {
+            "In": value in values,
+            "NotIn": value not in values,
+            "Exists": value is not None,
+            "DoesNotExist": value is None,
+        }[e["operator"]]:
+            return False
+    return True
+
+
+def _allowed(policies: list[Doc], direction: str, named: dict[str, int]) -> set[Port]:
+    """The ports the policies open in one direction (``ingress``, ``egress``); a named port
+    is this pod's container port of that name."""
+    ports: set[Port] = set()
+    for policy in policies:
+        for rule in policy["spec"].get(direction) or []:
+            if not rule.get("ports"):
+                ports.add(ALL_PORTS)
+            for p in rule.get("ports", []):
+                number = named.get(p["port"], 0) if isinstance(p["port"], str) else p["port"]
+                ports.add((int(number), p.get("protocol", "TCP")))
+    return ports
+
+
+def _url_port(url: str, default: int) -> int:
+    parts = urllib.parse.urlsplit(url)
+    return parts.port or {"https": 443, "http": 80, "amqps": 5671}.get(parts.scheme, default)
+
+
+def needed_egress(settings: Settings, kind: str) -> set[Port]:
+    """What a process calls: DNS, every RabbitMQ node, every PostgreSQL host, and, for a lane
+    that calls out, its ministry's API, the SMS gateway or the SMTP relay."""
+    needed = {(53, "UDP"), (53, "TCP")}
+    needed |= {(_url_port(url, 5672), "TCP") for url in broker.nodes(settings.amqp_url)}
+    hosts = urllib.parse.urlsplit(settings.database_url).netloc.rpartition("@")[2]
+    needed |= {(int(h.rpartition(":")[2]) if ":" in h else 5432, "TCP") for h in hosts.split(",")}
+    outside = {
+        Check.DUKCAPIL.value: settings.dukcapil_url,
+        Check.DAPODIK.value: settings.dapodik_url,
+        Check.DTKS.value: settings.dtks_url,
+        Check.PHONE.value: settings.sms_url,
+    }
+    if kind in outside:
+        needed.add((_url_port(outside[kind], 443), "TCP"))
+    if kind == Check.EMAIL.value:
+        needed.add((settings.smtp_port, "TCP"))
+    return needed
+
+
+def network_problems(
+    manifests: list[Manifest], where: str, deployment: Doc, settings: Settings, kind: str
+) -> list[str]:
+    """Each process isolated both ways by NetworkPolicies, reachable on its own ports (the
+    metrics port; the edge's HTTP port) and allowed to call exactly what it calls."""
+    labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+    policies = [
+        d
+        for d in of_kind(manifests, "NetworkPolicy").values()
+        if _selector_matches(d["spec"]["podSelector"], labels)
+    ]
+    problems = []
+    for direction in ("Ingress", "Egress"):
+        if not any(direction in d["spec"].get("policyTypes", []) for d in policies):
+            problems.append(f"{where}: no NetworkPolicy isolates its {direction.lower()}")
+    named = {p["name"]: p["containerPort"] for p in container(deployment).get("ports", [])}
+    ingress = _allowed(policies, "ingress", named)
+    wanted_in = {(settings.metrics_port, "TCP")}
+    if kind == "edge":
+        wanted_in.add((settings.edge_port, "TCP"))
+    for port in sorted(wanted_in - ingress):
+        problems.append(f"{where}: no NetworkPolicy lets in port {port[0]}/{port[1]}")
+    for port in sorted(ingress - wanted_in):
+        problems.append(f"{where}: a NetworkPolicy lets in {port}, which it does not serve")
+    egress = _allowed(policies, "egress", named)
+    needed = needed_egress(settings, kind)
+    for port in sorted(needed - egress):
+        problems.append(f"{where}: no NetworkPolicy lets it reach port {port[0]}/{port[1]}")
+    for port in sorted(egress - needed):
+        problems.append(f"{where}: a NetworkPolicy lets it reach {port}, which it never calls")
     return problems
 
 
@@ -922,6 +1017,34 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "intake-edge",
         lambda d: d["spec"]["scaleTargetRef"].update(name="intake-worker-persist"),
         "not the edge Deployment",
+    ),
+    (
+        "the email lane cut off from its SMTP relay",
+        "NetworkPolicy",
+        "intake-smtp-out",
+        lambda d: d["spec"]["egress"][0]["ports"][0].update(port=587),
+        "intake-worker-email: no NetworkPolicy lets it reach port 25/TCP",
+    ),
+    (
+        "the photo lane let out to the internet",
+        "NetworkPolicy",
+        "intake-https-out",
+        lambda d: d["spec"]["podSelector"]["matchExpressions"][0]["values"].append("worker-photo"),
+        "intake-worker-photo: a NetworkPolicy lets it reach (443, 'TCP'), which it never calls",
+    ),
+    (
+        "ingress left open",
+        "NetworkPolicy",
+        "intake-common",
+        lambda d: d["spec"].update(policyTypes=["Egress"]),
+        "intake-worker-persist: no NetworkPolicy isolates its ingress",
+    ),
+    (
+        "the edge's HTTP port closed",
+        "NetworkPolicy",
+        "intake-edge",
+        lambda d: d["spec"]["ingress"][0]["ports"][0].update(port="metrics"),
+        "intake-edge: no NetworkPolicy lets in port 8080/TCP",
     ),
 ]
 
