@@ -349,7 +349,27 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
             problems.append(f"{where}: no volume claim mounted at INTAKE_BLOB_DIR")
     if kind is not None:
         problems += network_problems(manifests, where, deployment, settings, kind)
+    problems += disruption_problems(manifests, where, deployment)
     return problems
+
+
+def disruption_problems(manifests: list[Manifest], where: str, deployment: Doc) -> list[str]:
+    """One PodDisruptionBudget per Deployment, that lets a node drain take its pods one at a
+    time (never blocks it: no minAvailable, which a one-replica Deployment could not meet)."""
+    labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+    budgets = [
+        d
+        for d in of_kind(manifests, "PodDisruptionBudget").values()
+        if _selector_matches(d["spec"]["selector"], labels)
+    ]
+    if len(budgets) != 1:
+        return [f"{where}: {len(budgets)} PodDisruptionBudgets select its pods, not one"]
+    spec = budgets[0]["spec"]
+    if "minAvailable" in spec or spec.get("maxUnavailable") != 1:
+        return [
+            f"{where}: its PodDisruptionBudget must set maxUnavailable: 1 (and no minAvailable)"
+        ]
+    return []
 
 
 Port = tuple[int, str]  # (number, protocol)
@@ -1017,6 +1037,22 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "intake-edge",
         lambda d: d["spec"]["scaleTargetRef"].update(name="intake-worker-persist"),
         "not the edge Deployment",
+    ),
+    (
+        "a worker's disruption budget that blocks drains",
+        "PodDisruptionBudget",
+        "intake-worker-dispatch",
+        lambda d: d["spec"].update(minAvailable=1),
+        "intake-worker-dispatch: its PodDisruptionBudget must set maxUnavailable: 1",
+    ),
+    (
+        "a disruption budget for another role",
+        "PodDisruptionBudget",
+        "intake-worker-photo",
+        lambda d: d["spec"]["selector"]["matchLabels"].update(
+            {"app.kubernetes.io/component": "worker-phone"}
+        ),
+        "intake-worker-photo: 0 PodDisruptionBudgets select its pods",
     ),
     (
         "the email lane cut off from its SMTP relay",
