@@ -2,11 +2,14 @@
 
 Every process that needs the schema may call :func:`migrate` at start; a PostgreSQL advisory
 lock makes concurrent callers wait for each other, and each migration runs in its own
-transaction together with its row in ``schema_migrations``.
+transaction together with its row in ``schema_migrations``. Where a deployment applies them
+apart (``intake migrate`` in a Kubernetes Job, ``INTAKE_PERSIST_MIGRATE=false``), the persist
+worker waits for them instead (:func:`wait_until_migrated`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
 import logging
 import re
@@ -28,6 +31,35 @@ def available() -> list[tuple[int, str, str]]:
         if match:
             found.append((int(match.group(1)), entry.name, entry.read_text()))
     return sorted(found)
+
+
+async def pending(connection: asyncpg.Connection) -> list[str]:
+    """The shipped migrations not applied yet (all of them on an empty database)."""
+    exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = (
+        {r["version"] for r in await connection.fetch("SELECT version FROM schema_migrations")}
+        if exists
+        else set()
+    )
+    return [name for version, name, _ in available() if version not in done]
+
+
+async def wait_until_migrated(
+    connection: asyncpg.Connection, poll_s: float = 2.0, say_every_s: float = 30.0
+) -> None:
+    """Return once every shipped migration is applied (by ``intake migrate``, e.g. the
+    Kubernetes migration Job); say what is missing now and then meanwhile."""
+    said_at = -say_every_s
+    loop = asyncio.get_running_loop()
+    while missing := await pending(connection):
+        if loop.time() - said_at >= say_every_s:
+            log.warning(
+                "waiting for the schema: %d migrations not applied (run intake migrate)",
+                len(missing),
+                extra={"fields": {"first_missing": missing[0]}},
+            )
+            said_at = loop.time()
+        await asyncio.sleep(poll_s)
 
 
 async def migrate(connection: asyncpg.Connection) -> list[str]:

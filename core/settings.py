@@ -143,6 +143,10 @@ class Settings:
     persist_prefetch: int = 400
     persist_batch_max_rows: int = 2_000
     persist_batch_linger_s: float = 0.05
+    # Whether the persist worker applies the migrations at start (local stacks, the demo); where
+    # they are applied apart (intake migrate, the Kubernetes migration Job: k8s/migrate.yaml) it
+    # waits until they are.
+    persist_migrate: bool = True
 
     # The worker fleet on one machine (intake supervise, workers.supervisor): per kind between
     # min and max processes, so that a backlog drains within supervise_target_drain_s.

@@ -762,6 +762,20 @@ def test_every_lane_and_the_persist_queue_has_a_scaled_object(manifests: list[Ma
     }
 
 
+def test_the_schema_is_migrated_by_a_job_the_persist_worker_waits_for(
+    manifests: list[Manifest],
+) -> None:
+    jobs = of_kind(manifests, "Job")
+    assert [j["spec"]["template"]["spec"]["containers"][0]["args"] for j in jobs.values()] == [
+        ["migrate"]
+    ]
+    (job,) = jobs.values()
+    env = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "INTAKE_DATABASE_URL" in env
+    persist = of_kind(manifests, "Deployment")["intake-worker-persist"]
+    assert effective_settings(manifests, persist).persist_migrate is False
+
+
 def test_kustomization_uses_every_manifest() -> None:
     files = {p.resolve() for p in K8S.rglob("*.yaml") if not p.name.endswith(".example.yaml")}
     assert kustomize.sources(K8S) == files

@@ -41,7 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from core import broker, envelope, metrics, metrics_http, topology
 from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
-from core.migrate import migrate
+from core.migrate import migrate, wait_until_migrated
 from core.settings import Settings
 from core.status import report_forever
 from workers.sessions import keep_running
@@ -321,7 +321,8 @@ def _count(message: AbstractIncomingMessage) -> int:
 
 
 async def serve(settings: Settings) -> None:
-    """Entry point of ``intake worker persist``: migrate, consume until SIGTERM, exit."""
+    """Entry point of ``intake worker persist``: migrate (or wait for ``intake migrate``:
+    ``persist_migrate``), consume until SIGTERM, exit."""
     keyring = Keyring.from_secret(settings.secret_key)
     pool = await asyncpg.create_pool(
         settings.database_url,
@@ -331,7 +332,10 @@ async def serve(settings: Settings) -> None:
     )
     async with pool, metrics_http.serving(settings):
         async with pool.acquire() as connection:
-            await migrate(connection)
+            if settings.persist_migrate:
+                await migrate(connection)
+            else:
+                await wait_until_migrated(connection)
         worker = PersistWorker(settings, keyring, RegistrationStore(pool))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
