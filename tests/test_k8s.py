@@ -412,12 +412,15 @@ def _url_port(url: str, default: int) -> int:
 
 
 def needed_egress(settings: Settings, kind: str) -> set[Port]:
-    """What a process calls: DNS, every RabbitMQ node, every PostgreSQL host, and, for a lane
-    that calls out, its ministry's API, the SMS gateway or the SMTP relay."""
+    """What a process calls: DNS, every PostgreSQL host, every RabbitMQ node (not the
+    migration Job), and, for a lane that calls out, its ministry's API, the SMS gateway or the
+    SMTP relay."""
     needed = {(53, "UDP"), (53, "TCP")}
-    needed |= {(_url_port(url, 5672), "TCP") for url in broker.nodes(settings.amqp_url)}
     hosts = urllib.parse.urlsplit(settings.database_url).netloc.rpartition("@")[2]
     needed |= {(int(h.rpartition(":")[2]) if ":" in h else 5432, "TCP") for h in hosts.split(",")}
+    if kind == "migrate":
+        return needed
+    needed |= {(_url_port(url, 5672), "TCP") for url in broker.nodes(settings.amqp_url)}
     outside = {
         Check.DUKCAPIL.value: settings.dukcapil_url,
         Check.DAPODIK.value: settings.dapodik_url,
@@ -448,7 +451,7 @@ def network_problems(
             problems.append(f"{where}: no NetworkPolicy isolates its {direction.lower()}")
     named = {p["name"]: p["containerPort"] for p in container(deployment).get("ports", [])}
     ingress = _allowed(policies, "ingress", named)
-    wanted_in = {(settings.metrics_port, "TCP")}
+    wanted_in = set() if kind == "migrate" else {(settings.metrics_port, "TCP")}
     if kind == "edge":
         wanted_in.add((settings.edge_port, "TCP"))
     for port in sorted(wanted_in - ingress):
@@ -774,6 +777,13 @@ def test_the_schema_is_migrated_by_a_job_the_persist_worker_waits_for(
     assert "INTAKE_DATABASE_URL" in env
     persist = of_kind(manifests, "Deployment")["intake-worker-persist"]
     assert effective_settings(manifests, persist).persist_migrate is False
+    # Its network: DNS and PostgreSQL out, nothing in.
+    assert (
+        network_problems(
+            manifests, "Job/intake-migrate", job, effective_settings(manifests, job), "migrate"
+        )
+        == []
+    )
 
 
 def test_kustomization_uses_every_manifest() -> None:
