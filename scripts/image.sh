@@ -28,21 +28,9 @@ export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$ROOT/scripts/containers.conf}"
 
-say() { echo "image: $*"; }
-die() { echo "image: error: $*" >&2; exit 1; }
-
-quiet() {
-    local log rc=0
-    log="$(mktemp)"
-    "$@" >"$log" 2>&1 || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        echo "image: command failed ($rc): $*" >&2
-        tail -n 60 "$log" >&2
-        rm -f "$log"
-        exit "$rc"
-    fi
-    rm -f "$log"
-}
+TAG=image
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 apt_install() {
     [ "$(id -u)" -eq 0 ] || die "installing $* needs root"
@@ -63,7 +51,7 @@ else
 fi
 
 # --- the base image -------------------------------------------------------------------------
-if ! "$engine" image exists "$BASE" 2>/dev/null && ! "$engine" image inspect "$BASE" >/dev/null 2>&1; then
+if ! "$engine" image inspect "$BASE" >/dev/null 2>&1; then
     [ "$BASE" = localhost/intake-base:bookworm ] || die "base image $BASE not found"
     command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
     rootfs="$(mktemp -d)"

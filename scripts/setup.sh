@@ -33,22 +33,9 @@ export HOME="${HOME:-/root}" # rabbitmqctl refuses to run without it
 export DEBIAN_FRONTEND=noninteractive
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-say() { echo "setup: $*"; }
-die() { echo "setup: error: $*" >&2; exit 1; }
-
-# Run a noisy command silently; show its output only if it fails.
-quiet() {
-    local log rc=0
-    log="$(mktemp)"
-    "$@" >"$log" 2>&1 || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        echo "setup: command failed ($rc): $*" >&2
-        cat "$log" >&2
-        rm -f "$log"
-        exit "$rc"
-    fi
-    rm -f "$log"
-}
+TAG=setup
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "$1 needs root (or run with INTAKE_SETUP_SKIP_SERVICES=1)"
