@@ -119,6 +119,8 @@ async def start(
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     elif design == "naive-amqp":
         argv = [*python, "benchmarks.naive_amqp", f"--port={port}"]
+    elif design == "refusal":
+        argv = [*python, "benchmarks.refusal", f"--port={port}"]
     else:
         argv = [
             *python,
@@ -385,14 +387,47 @@ async def costs(rig: Rig, pool: asyncpg.Pool, quota: CpuQuota, work_dir: Path) -
         await stop(rig, server)
     shed.pop("ids")
     progress(f"  {shed['per_s']:,.0f}/s, {shed['cpu_us_per_answer']} µs each")
+    progress("the floor: the cheapest refusal in Python (benchmarks.refusal), the same quota")
+    server = await start(rig, "refusal", quota, rig.settings)
+    try:
+        floor = await closed_loop(server, work_dir, 5.0, 256)
+    finally:
+        await stop(rig, server)
+    floor.pop("ids")
+    progress(f"  {floor['per_s']:,.0f}/s, {floor['cpu_us_per_answer']} µs each")
+    accepted_us = max(accepted["cpu_us_per_answer"], 1e-9)
     return {
         "capacity_per_s": accepted["accepted_per_s"],
         "accepted": accepted,
         "shed": shed,
-        "shed_over_accepted_cpu": round(
-            shed["cpu_us_per_answer"] / max(accepted["cpu_us_per_answer"], 1e-9), 4
-        ),
+        "shed_over_accepted_cpu": round(shed["cpu_us_per_answer"] / accepted_us, 4),
+        "refusal_floor": floor,
+        "floor_over_accepted_cpu": round(floor["cpu_us_per_answer"] / accepted_us, 4),
+        "bound": {
+            "edge_shed": bounds(shed["cpu_us_per_answer"] / accepted_us),
+            "refusal_floor": bounds(floor["cpu_us_per_answer"] / accepted_us),
+        },
         "capacity_audit": capacity_audit,
+    }
+
+
+def goodput_bound(multiple: float, refusal_over_acceptance: float) -> float:
+    """The most a server refusing at a cost of ``refusal_over_acceptance`` (CPU of a refusal
+    over CPU of an acceptance, ``r``) can accept at ``multiple`` (``m``) times its capacity
+    ``C``, as a share of ``C``: with every CPU second spent on ``g`` acceptances and
+    ``m C - g`` refusals, ``g a + (m C - g) r a = C a``, so ``g / C = (1 - m r) / (1 - r)``.
+    The best case: first attempts only, no retry in the offer's window, no time idle."""
+    r = refusal_over_acceptance
+    if multiple <= 1:
+        return 1.0
+    if r >= 1:
+        return 0.0
+    return max(0.0, (1 - multiple * r) / (1 - r))
+
+
+def bounds(refusal_over_acceptance: float) -> dict[str, float]:
+    return {
+        f"{m:g}x": round(goodput_bound(m, refusal_over_acceptance), 3) for m in MULTIPLES if m > 1
     }
 
 
@@ -452,7 +487,15 @@ def report(results: dict[str, Any]) -> str:
         f"Edge capacity: **{costs['capacity_per_s']:,.0f} registrations/s** (closed loop). "
         f"CPU per accepted registration {costs['accepted']['cpu_us_per_answer']} µs, per shed "
         f"one {costs['shed']['cpu_us_per_answer']} µs: a shed costs "
-        f"**{costs['shed_over_accepted_cpu']:.3f}** of an accepted one.",
+        f"**{costs['shed_over_accepted_cpu']:.3f}** of an accepted one. The cheapest refusal "
+        f"in Python (`benchmarks.refusal`, the same quota) "
+        f"{costs['refusal_floor']['cpu_us_per_answer']} µs: "
+        f"**{costs['floor_over_accepted_cpu']:.3f}** of an acceptance.",
+        "",
+        "The most any server refusing at that cost can accept at each load, as a share of its "
+        "capacity (first attempts only, no retries in the window; `goodput_bound`): "
+        f"with the edge's shed {costs['bound']['edge_shed']}; with the floor "
+        f"{costs['bound']['refusal_floor']}.",
         "",
     ]
     header = [

@@ -3,13 +3,16 @@ design's goodput against the edge's at its capacity."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 
+import aiohttp
 import pytest
 
-from benchmarks._support import BenchError
+from benchmarks._support import BenchError, free_port
 from benchmarks.loadgen import Offered
-from benchmarks.overload import ratios, summarise
+from benchmarks.overload import bounds, goodput_bound, ratios, summarise
 from benchmarks.quota import CpuQuota
 
 
@@ -76,3 +79,42 @@ def test_a_quota_is_a_share_of_one_core() -> None:
         CpuQuota(0.0)
     with pytest.raises(BenchError, match="share of one core"):
         CpuQuota(1.5)
+
+
+def test_the_goodput_bound_spends_every_cpu_second_on_acceptances_and_refusals() -> None:
+    # A refusal costing a tenth of an acceptance: at 5x, g a + (5 C - g) a / 10 = C a.
+    assert goodput_bound(5.0, 0.1) == pytest.approx(0.5 / 0.9)
+    assert goodput_bound(2.0, 0.1) == pytest.approx(0.8 / 0.9)
+    assert goodput_bound(1.0, 0.1) == 1.0
+    assert goodput_bound(5.0, 0.25) == 0.0  # refusals alone take all of it
+    assert goodput_bound(3.0, 1.0) == 0.0
+    # 0.9 of capacity at 5x needs refusals at about a fortieth of an acceptance.
+    assert goodput_bound(5.0, 0.024) >= 0.9 > goodput_bound(5.0, 0.026)
+    assert bounds(0.1) == {"2x": 0.889, "3x": 0.778, "5x": 0.556}
+
+
+async def test_the_refusal_floor_answers_every_request_with_one_prepared_503() -> None:
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.refusal", f"--port={port}"
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"{url}/readyz") as response:
+                        assert response.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("benchmarks.refusal never answered")
+            for _ in range(3):  # on one keep-alive connection, one answer per request
+                async with session.post(f"{url}/v1/registrations", json={"nik": "1"}) as response:
+                    assert response.status == 503
+                    assert response.headers["Retry-After"] == "5"
+                    assert (await response.json())["status"] == 503
+    finally:
+        server.terminate()
+        assert await server.wait() == 0
