@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
     commands.add_parser("simulate", help="run the ministry simulators (see intake simulate --help)")
     commands.add_parser("top", help="a live terminal view from Prometheus (intake top --help)")
+    commands.add_parser(
+        "cluster", help="a local RabbitMQ and Patroni cluster with the app on it (up|status|down)"
+    )
     dlq = commands.add_parser("dlq", help="inspect or replay dead-letter queues")
     actions = dlq.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="depth and reasons of every dead-letter queue")
@@ -208,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulators.cli import main as simulate
 
         return simulate(argv[1:])
+    if argv[:1] == ["cluster"]:
+        from cluster.cli import main as cluster
+
+        return cluster(argv[1:])
     if argv[:1] == ["top"]:
         from monitoring.top import main as top
 

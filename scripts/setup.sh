@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine for development: RabbitMQ (with its Prometheus plugin), PostgreSQL,
+# Patroni (the local cluster's),
 # Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool) and the .venv.
 # Idempotent: every step checks first and only acts when something is missing;
 # a run with nothing to do prints nothing.
@@ -67,6 +68,9 @@ prometheus_missing=0
 if [ "$skip_services" != 1 ]; then
     command -v rabbitmqctl >/dev/null 2>&1 || pkgs+=(rabbitmq-server)
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
+    # The local cluster (intake cluster, tests/cluster): Patroni with its raft store.
+    { [ -x /usr/bin/patroni ] && /usr/bin/python3 -c 'import pysyncobj' 2>/dev/null; } ||
+        pkgs+=(patroni python3-pysyncobj)
     # Installed on its own, below (not with its recommends).
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || prometheus_missing=1
 fi

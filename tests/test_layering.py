@@ -23,8 +23,19 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "simulators": frozenset({"core", "simulators"}),
     "monitoring": frozenset({"core", "monitoring"}),
     "demo": frozenset({"core", "intake", "verifiers", "simulators", "monitoring", "demo"}),
+    "cluster": frozenset({"core", "simulators", "cluster"}),
     "cli": frozenset(
-        {"core", "intake", "workers", "verifiers", "simulators", "monitoring", "demo", "cli"}
+        {
+            "core",
+            "intake",
+            "workers",
+            "verifiers",
+            "simulators",
+            "monitoring",
+            "demo",
+            "cluster",
+            "cli",
+        }
     ),
 }
 PRODUCT = frozenset(MAY_IMPORT)

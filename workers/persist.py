@@ -38,7 +38,7 @@ import asyncpg
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from core import broker, envelope, metrics, metrics_http, topology
+from core import broker, database, envelope, metrics, metrics_http, topology
 from core.envelope import Envelope, EnvelopeError
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate, wait_until_migrated
@@ -49,15 +49,10 @@ from workers.store import RegistrationStore, Rows, prepare
 
 log = logging.getLogger(__name__)
 
-_DB_UNAVAILABLE = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
+# A batch whose write failed with one of these is written again, whole (core/database.py): a
+# failover's errors among them, the commit whose outcome was lost included (the write is
+# idempotent: what the lost commit stored is found stored).
+_DB_UNAVAILABLE = database.TRANSIENT
 
 
 @dataclass

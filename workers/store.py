@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 
+from core import database
 from core.checks import OUTBOX_CHANNEL
 from core.envelope import Envelope
 from core.keys import Keyring
@@ -137,18 +138,22 @@ class RegistrationStore:
         total = len(rows)
         if len(set(rows.ids)) != total:
             rows = rows.unique()
-        async with self._pool.acquire() as connection, connection.transaction():
-            await connection.execute(_CLAIM_SQL, rows.ids, rows.nik_hmacs, rows.submitted_at)
-            inserted = await connection.fetch(
-                _INSERT_SQL,
-                rows.ids,
-                rows.nik_hmacs,
-                rows.nik_enc,
-                rows.personal_enc,
-                rows.submitted_at,
-            )
-            if any(row["status"] == "received" for row in inserted):
-                await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(_CLAIM_SQL, rows.ids, rows.nik_hmacs, rows.submitted_at)
+                inserted = await connection.fetch(
+                    _INSERT_SQL,
+                    rows.ids,
+                    rows.nik_hmacs,
+                    rows.nik_enc,
+                    rows.personal_enc,
+                    rows.submitted_at,
+                )
+                if any(row["status"] == "received" for row in inserted):
+                    await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        except database.FAILOVER as exc:
+            await database.expire_on_failover(self._pool, exc)
+            raise
         received = sum(1 for row in inserted if row["status"] == "received")
         duplicates = len(inserted) - received
         return WriteResult(received, duplicates, total - len(inserted))

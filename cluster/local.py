@@ -1,0 +1,249 @@
+"""The local cluster: three RabbitMQ nodes in one cluster and three PostgreSQL members under
+Patroni, on one machine, in one directory (``intake cluster up|status|down``).
+
+The layout is fixed by a base port (``--base-port``, default 5700): the cluster's epmd on the
+base port, RabbitMQ node *i*'s AMQP on base + *i* and its Erlang distribution on base + 20 + *i*,
+PostgreSQL member *i* on base + 40 + *i*, its Patroni REST API on base + 50 + *i* and its raft
+on base + 60 + *i*. What runs is found again from the directory (pid files), so ``status`` and
+``down`` work from another process than ``up``, and ``up`` on a cluster that was formed before
+starts its nodes again with their data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cluster import patroni
+from cluster.patroni import PgMember
+from cluster.rabbit import RabbitError, RabbitNode
+
+DEFAULT_DIR = Path("/var/lib/intake-cluster")
+DEFAULT_BASE_PORT = 5700
+SIZE = 3
+# The application's vhost, role and database (the settings' defaults: see the README).
+VHOST = "intake"
+DATABASE = ROLE = "intake"
+
+
+class ClusterError(RuntimeError):
+    """The cluster did not come up as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    root: Path = DEFAULT_DIR
+    base_port: int = DEFAULT_BASE_PORT
+    prefix: str = "intake"
+
+    @property
+    def rabbits(self) -> list[RabbitNode]:
+        base = self.base_port
+        return [
+            RabbitNode(i, self.prefix, base + i, base + 20 + i, base, self.root)
+            for i in range(1, SIZE + 1)
+        ]
+
+    @property
+    def members(self) -> list[PgMember]:
+        base = self.base_port
+        raft = tuple(base + 60 + i for i in range(1, SIZE + 1))
+        return [
+            PgMember(i, base + 40 + i, base + 50 + i, base + 60 + i, raft, self.root)
+            for i in range(1, SIZE + 1)
+        ]
+
+    def amqp_url(self, vhost: str = VHOST) -> str:
+        """Every node, for ``INTAKE_AMQP_URL`` (core.broker: one URL per node, commas)."""
+        return ",".join(node.url(vhost) for node in self.rabbits)
+
+    def database_url(self, database: str = DATABASE) -> str:
+        """Every member, for ``INTAKE_DATABASE_URL``: libpq's multi-host form, the primary
+        found among them (``target_session_attrs=read-write``)."""
+        hosts = ",".join(f"127.0.0.1:{m.pg_port}" for m in self.members)
+        return f"postgresql://{ROLE}:{ROLE}@{hosts}/{database}?target_session_attrs=read-write"
+
+    @property
+    def _formed(self) -> Path:
+        return self.root / "rabbit" / "formed"
+
+    # --- up --------------------------------------------------------------------------------
+
+    def up(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """Start what does not run, form the clusters the first time, and wait until both
+        are whole: every RabbitMQ node running in one cluster, a Patroni primary with its
+        replicas streaming. Returns :meth:`status`."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)  # the postgres user walks through it to its members
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            rabbit = pool.submit(self._rabbit_up, timeout_s)
+            postgres = pool.submit(self._postgres_up, timeout_s)
+            rabbit.result()
+            postgres.result()
+        return self.status()
+
+    def _rabbit_up(self, timeout_s: float) -> None:
+        nodes = self.rabbits
+        for node in nodes:
+            if node.pid() is None:
+                node.start()
+        for node in nodes:
+            node.wait(timeout_s)
+        if not self._formed.exists():
+            for node in nodes[1:]:
+                node.join(nodes[0])
+            first = nodes[0]
+            if VHOST not in first.ctl("list_vhosts", "--silent").split():
+                first.ctl("add_vhost", VHOST)
+            first.ctl("set_permissions", "--vhost", VHOST, "guest", ".*", ".*", ".*")
+            self._formed.write_text("")
+        running = self.rabbit_running()
+        if sorted(running) != sorted(n.name for n in nodes):
+            raise ClusterError(f"RabbitMQ: running nodes {running}, expected all {SIZE}")
+
+    def _postgres_up(self, timeout_s: float) -> None:
+        members = self.members
+        for member in members:
+            if member.patroni_pid() is None:
+                member.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.postgres_whole():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"Patroni: not whole after {timeout_s:.0f} s: {self.pg_state()}")
+            time.sleep(1.0)
+        leader = patroni.primary(members)
+        assert leader is not None
+        self._psql(
+            leader,
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'intake') THEN "
+            "CREATE ROLE intake LOGIN PASSWORD 'intake'; END IF; END $$",
+        )
+        exists = self._psql(leader, "SELECT 1 FROM pg_database WHERE datname = 'intake'")
+        if not exists.strip():
+            self._psql(leader, "CREATE DATABASE intake OWNER intake")
+
+    @staticmethod
+    def _psql(member: PgMember, sql: str) -> str:
+        done = subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(member.pg_port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise ClusterError(f"psql on {member.name}: {done.stderr.strip()}")
+        return done.stdout
+
+    # --- looking -------------------------------------------------------------------------
+
+    def rabbit_running(self) -> list[str]:
+        """The running nodes of the RabbitMQ cluster, as the first node that answers sees it."""
+        for node in self.rabbits:
+            if node.pid() is None:
+                continue
+            try:
+                status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
+            except (RabbitError, ValueError):
+                continue
+            return list(status.get("running_nodes", []))
+        return []
+
+    def pg_state(self) -> list[dict[str, Any]]:
+        return patroni.members_state(self.members)
+
+    def postgres_whole(self) -> bool:
+        """A running primary and every other member a streaming replica, one synchronous."""
+        state = self.pg_state()
+        roles = sorted(m.get("role", "") for m in state)
+        running = all(m.get("state") in ("running", "streaming") for m in state)
+        return running and len(state) == SIZE and roles == ["leader", "replica", "sync_standby"]
+
+    def quorum_members(self, queue: str, vhost: str = VHOST) -> dict[str, Any]:
+        """A quorum queue's leader and members (``rabbitmqctl list_queues``)."""
+        for node in self.rabbits:
+            if node.pid() is None:
+                continue
+            try:
+                rows = json.loads(
+                    node.ctl(
+                        "list_queues",
+                        "--vhost",
+                        vhost,
+                        "name",
+                        "leader",
+                        "members",
+                        "--formatter",
+                        "json",
+                    )
+                )
+            except (RabbitError, ValueError):
+                continue
+            for row in rows:
+                if row.get("name") == queue:
+                    return {"leader": row.get("leader"), "members": row.get("members") or []}
+            return {}
+        return {}
+
+    def status(self) -> dict[str, Any]:
+        primary = patroni.primary(self.members)
+        return {
+            "dir": str(self.root),
+            "amqp_url": self.amqp_url(),
+            "database_url": self.database_url(),
+            "rabbitmq": [
+                {"node": n.name, "amqp_port": n.amqp_port, "pid": n.pid()} for n in self.rabbits
+            ],
+            "rabbitmq_running": self.rabbit_running(),
+            "postgres": [
+                {
+                    "member": m.name,
+                    "port": m.pg_port,
+                    "rest": m.rest_url,
+                    "patroni_pid": m.patroni_pid(),
+                    "postmaster_pid": m.postmaster_pid(),
+                }
+                for m in self.members
+            ],
+            "patroni": self.pg_state(),
+            "primary": primary.name if primary else None,
+        }
+
+    # --- down ------------------------------------------------------------------------------
+
+    def down(self, purge: bool = False) -> None:
+        """Stop every node and member; ``purge`` also removes the directory (its data)."""
+        with ThreadPoolExecutor(max_workers=SIZE * 2) as pool:
+            stops = [pool.submit(n.stop) for n in self.rabbits]
+            stops += [pool.submit(m.stop) for m in self.members]
+            for stop in stops:
+                stop.result()
+        # The cluster's own epmd (started by its first node, on the base port) goes too.
+        subprocess.run(
+            ["epmd", "-port", str(self.base_port), "-kill"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if purge:
+            shutil.rmtree(self.root, ignore_errors=True)

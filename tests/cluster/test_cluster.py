@@ -1,0 +1,192 @@
+"""The application on a real cluster (cluster.local): three RabbitMQ nodes, three PostgreSQL
+members under Patroni. An edge and a persist worker (processes, as deployed) are given every
+node and every member; registrations flow while the quorum queue's leader node is killed
+(``kill -9`` of its Erlang VM) and while the PostgreSQL primary is killed (Patroni and
+postmaster, ``kill -9``): every registration answered ``202`` is stored exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import asyncpg
+import pytest
+
+from cluster import patroni
+from cluster.local import Cluster
+from core.settings import Settings
+from core.topology import PERSIST_QUEUE
+from tests.support.people import person
+from tests.support.processes import Process, free_port, wait_until_ready
+from tests.support.stored import stored_once
+from tests.support.waiting import eventually
+
+
+def test_the_cluster_is_three_rabbitmq_nodes_and_a_patroni_primary_with_two_replicas(
+    local_cluster: Cluster,
+) -> None:
+    assert sorted(local_cluster.rabbit_running()) == sorted(n.name for n in local_cluster.rabbits)
+    roles = sorted(m["role"] for m in local_cluster.pg_state())
+    assert roles == ["leader", "replica", "sync_standby"]
+    assert local_cluster.database_url().count("127.0.0.1:") == 3
+    assert local_cluster.amqp_url().count("amqp://") == 3
+
+
+class Registrants:
+    """Registrations sent one after another by a few people at once, each retried with its
+    ``Idempotency-Key`` until it is answered ``202``; every ``202`` id kept."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.accepted: set[uuid.UUID] = set()
+        self.answers: dict[str, int] = {}
+        self._next = 0
+
+    async def one(self, session: aiohttp.ClientSession) -> None:
+        index, self._next = self._next, self._next + 1
+        key = f"cluster-{index}"
+        while True:
+            try:
+                async with session.post(
+                    self.url,
+                    json=person(index, seed=31),
+                    headers={"Idempotency-Key": key},
+                    timeout=aiohttp.ClientTimeout(total=10),
+                ) as response:
+                    status = str(response.status)
+                    if response.status == 202:
+                        self.accepted.add(uuid.UUID((await response.json())["id"]))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status = type(exc).__name__
+            self.answers[status] = self.answers.get(status, 0) + 1
+            if status == "202":
+                return
+            assert status in ("503",) or not status.isdigit(), status
+            await asyncio.sleep(0.2)
+
+    @contextlib.asynccontextmanager
+    async def flowing(self, people: int = 4) -> AsyncIterator[Registrants]:
+        stop = asyncio.Event()
+
+        async def person_loop(session: aiohttp.ClientSession) -> None:
+            while not stop.is_set():
+                await self.one(session)
+                await asyncio.sleep(0.05)
+
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.create_task(person_loop(session)) for _ in range(people)]
+            try:
+                yield self
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+
+    async def more(self, count: int) -> None:
+        """Until ``count`` more registrations are accepted."""
+        target = len(self.accepted) + count
+        await eventually(lambda: len(self.accepted), lambda n: n >= target, 120)
+
+
+async def stored_on(cluster: Cluster, accepted: set[uuid.UUID]) -> None:
+    """Every id stored exactly once, read from the primary of now (a pool made afresh: one
+    made before a failover holds connections to the old primary)."""
+    pool = await asyncpg.create_pool(cluster.database_url(), min_size=1, max_size=2)
+    async with pool:
+        await stored_once(pool, accepted)
+
+
+@pytest.fixture
+async def on_cluster(
+    local_cluster: Cluster, base_settings: Settings, spawn: Callable[..., Process]
+) -> Registrants:
+    """An edge and a persist worker on the cluster, and the registrants who use it."""
+    port = free_port()
+    settings = base_settings.replace(
+        amqp_url=local_cluster.amqp_url(),
+        database_url=local_cluster.database_url(),
+        edge_port=port,
+        edge_reconnect_max_delay_s=0.5,
+    )
+    worker = spawn(["worker", "persist"], settings, name="persist-on-cluster")
+    edge = spawn(["edge"], settings, name="edge-on-cluster")
+    wait_until_ready(port, edge, 60)
+    assert worker.alive()
+    return Registrants(f"http://127.0.0.1:{port}/v1/registrations")
+
+
+async def test_the_registrations_queue_has_a_member_on_every_node(
+    local_cluster: Cluster, on_cluster: Registrants
+) -> None:
+    registrants = on_cluster
+    async with aiohttp.ClientSession() as session:
+        await registrants.one(session)
+    queue = local_cluster.quorum_members(PERSIST_QUEUE)
+    assert sorted(queue["members"]) == sorted(n.name for n in local_cluster.rabbits)
+    assert queue["leader"] in queue["members"]
+    await stored_on(local_cluster, registrants.accepted)
+
+
+async def test_nothing_is_lost_when_the_queue_leader_node_is_killed(
+    local_cluster: Cluster, on_cluster: Registrants
+) -> None:
+    registrants = on_cluster
+    async with registrants.flowing():
+        await registrants.more(20)
+        leader = (await asyncio.to_thread(local_cluster.quorum_members, PERSIST_QUEUE))["leader"]
+        node = next(n for n in local_cluster.rabbits if n.name == leader)
+        assert node.signal(signal.SIGKILL)
+        await registrants.more(50)  # accepted again, on the two other nodes
+        moved = (await asyncio.to_thread(local_cluster.quorum_members, PERSIST_QUEUE))["leader"]
+        assert moved != leader
+        node.start()
+        await asyncio.to_thread(node.wait)
+        await registrants.more(20)
+    await stored_on(local_cluster, registrants.accepted)
+    assert sorted(local_cluster.rabbit_running()) == sorted(n.name for n in local_cluster.rabbits)
+
+
+async def test_nothing_is_lost_when_the_postgres_primary_is_killed(
+    local_cluster: Cluster, on_cluster: Registrants
+) -> None:
+    registrants = on_cluster
+    async with registrants.flowing():
+        await registrants.more(20)
+        members = local_cluster.members
+        old = await asyncio.to_thread(patroni.primary, members)
+        assert old is not None
+        assert old.kill()  # Patroni and the postmaster: a machine gone
+        new = await eventually(
+            lambda: asyncio.to_thread(patroni.primary, members),
+            lambda m: m is not None and m.name != old.name,
+            120,
+        )
+        assert new is not None
+        await registrants.more(50)  # stored on the new primary
+        old.start()  # it comes back as a replica (pg_rewind)
+        await eventually(lambda: asyncio.to_thread(local_cluster.postgres_whole), bool, 180)
+        await registrants.more(20)
+    await stored_on(local_cluster, registrants.accepted)
+
+
+def test_status_says_who_runs_and_who_leads(local_cluster: Cluster) -> None:
+    where = [f"--dir={local_cluster.root}", f"--base-port={local_cluster.base_port}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "cluster", "status", "--json", *where],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    status = json.loads(done.stdout)
+    assert len(status["rabbitmq_running"]) == 3
+    assert all(node["pid"] for node in status["rabbitmq"])
+    assert status["primary"] in {"pg1", "pg2", "pg3"}
+    assert status["database_url"] == local_cluster.database_url()
+    assert status["app"] == {}  # started with --no-app
