@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -38,23 +39,36 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aio_pika
 import aiohttp
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from core import broker, checks, metrics, metrics_http, topology
+from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, report_forever
-from core.verification import Check, Passed, Reject, Retry, Review, Task, TaskError, Verifier
+from core.verification import (
+    Check,
+    Passed,
+    Reject,
+    Retry,
+    Review,
+    Subject,
+    Task,
+    TaskError,
+    Verifier,
+)
 from workers import flow
 from workers.dispatch import publish_task
 from workers.sessions import keep_running
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class LaneWorker:
@@ -206,22 +220,17 @@ class LaneWorker:
             )
             await message.nack(requeue=True)
             return None
-        async with self._pool.acquire() as connection:
-            state = await checks.state_of(connection, task.registration_id, task.check)
-            if state is None or state in FINAL_STATES:
-                await message.ack()
-                self.processed += 1
-                return "skipped"
-            try:
-                subject = await checks.load_subject(connection, self._keyring, task.registration_id)
-            except DecryptionError:
-                subject = None
-            if subject is None:
-                log.error("registration data unreadable; task dead-lettered")
-                await self._dead_letter(task, "unreadable_registration")
-                await message.ack()
-                self.processed += 1
-                return "dead_lettered"
+        state, subject = await self._db(functools.partial(self._load, task))
+        if state is None or state in FINAL_STATES:
+            await message.ack()
+            self.processed += 1
+            return "skipped"
+        if subject is None:
+            log.error("registration data unreadable; task dead-lettered")
+            await self._dead_letter(task, "unreadable_registration")
+            await message.ack()
+            self.processed += 1
+            return "dead_lettered"
         permit = await self._permit()
         if permit is None:
             return None  # stopping: the task goes back to the queue when the channel closes
@@ -244,10 +253,42 @@ class LaneWorker:
         if isinstance(outcome, Retry):
             result = await self._retry(task, outcome)
         else:
-            result = await self._record(task, outcome)
+            result = await self._db(functools.partial(self._record, task, outcome))
         await message.ack()
         self.processed += 1
         return result
+
+    async def _db(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` (reads, or one transaction) until it completes. A failover's
+        errors and the other transient ones (core/database.py) are retried here, in place,
+        with backoff, on fresh connections: never by leaving the message unacknowledged (the
+        lane would hold it until its channel closed) or giving it back (its redelivery would
+        call the service, or send the email or SMS, again, and count towards the queue's
+        delivery limit). While the worker stops, the error is raised: the message goes back."""
+        delay_s = 0.1
+        while True:
+            try:
+                return await operation()
+            except database.TRANSIENT as exc:
+                await database.expire_on_failover(self._pool, exc)
+                if self._stopping.is_set():
+                    raise
+                log.warning("database unavailable, retrying: %s", type(exc).__name__)
+            await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
+            delay_s = min(delay_s * 2, 5.0)
+
+    async def _load(self, task: Task) -> tuple[str | None, Subject | None]:
+        """The check's state, and the subject to verify unless the check is final already
+        (None when the registration's data cannot be read)."""
+        async with self._pool.acquire() as connection:
+            state = await checks.state_of(connection, task.registration_id, task.check)
+            if state is None or state in FINAL_STATES:
+                return state, None
+            try:
+                subject = await checks.load_subject(connection, self._keyring, task.registration_id)
+            except DecryptionError:
+                subject = None
+            return state, subject
 
     async def _permit(self) -> flow.Permit | None:
         """Wait for the gate, unless the worker stops first."""
@@ -307,11 +348,15 @@ class LaneWorker:
             reason = retry.reason
             result = "retry"
             metrics.LANE_RETRIES.labels(self._check.value, metrics.reason_label(reason)).inc()
+        # The next attempt is published: only the record is retried if the database fails.
+        await self._db(functools.partial(self._mark_retrying, task, reason))
+        return result
+
+    async def _mark_retrying(self, task: Task, reason: str) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
             state = await checks.lock_state(connection, task.registration_id, task.check)
             if state is not None and state not in FINAL_STATES:
                 await checks.record_retrying(connection, task.registration_id, task.check, reason)
-        return result
 
     def backoff_s(self, attempt: int) -> float:
         """Exponential backoff with full jitter (AWS architecture blog): uniform in

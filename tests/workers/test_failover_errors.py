@@ -1,18 +1,26 @@
-"""A persist worker whose connections reach a server that refuses writes (a primary demoted
-while they were open, as after a failover) writes the batch again on new connections instead
-of giving the messages back to the broker (whose delivery limit would dead-letter them): the
-registration is stored once, nothing dead-lettered."""
+"""Workers whose connections reach a server that refuses writes (a primary demoted while they
+were open, as after a failover) do the same work again on new connections (core/database.py):
+the persist worker writes the batch again instead of giving its messages back to the broker
+(whose delivery limit would dead-letter them), a lane records its result again instead of
+calling the ministry again."""
 
 from __future__ import annotations
 
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
 
 import aio_pika
 import asyncpg
+import pytest
 
 from core import topology
 from core.settings import Settings
+from core.verification import Check
+from intake.validation import today_wib
+from simulators.behaviour import Behaviour
+from simulators.population import population
+from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.people import person
 from tests.support.stored import stored_once
@@ -20,17 +28,22 @@ from tests.support.waiting import eventually
 from workers.persist import PersistWorker
 
 
+async def _read_only_pool(settings: Settings, db: asyncpg.Pool) -> asyncpg.Pool:
+    """A pool whose connections refuse writes, as those to a primary demoted while they were
+    open: made while new connections to the test's database start read-only; any it opens
+    later do not."""
+    database = urllib.parse.urlsplit(settings.database_url).path.lstrip("/")
+    await db.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    try:
+        return await asyncpg.create_pool(settings.database_url, min_size=2, max_size=2)
+    finally:
+        await db.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+
+
 async def test_a_batch_refused_by_a_read_only_server_is_written_again_on_new_connections(
     settings: Settings, db: asyncpg.Pool
 ) -> None:
-    database = urllib.parse.urlsplit(settings.database_url).path.lstrip("/")
-    # New connections to the test's database start read-only: the worker's pool, made now,
-    # holds connections to "a demoted primary".
-    await db.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
-    try:
-        pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=2)
-    finally:
-        await db.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    pool = await _read_only_pool(settings, db)
     accepted: set[uuid.UUID] = set()
     async with pool, inprocess.edge(settings) as client:
         # The pool's connections are read-only; any it opens from now on are not.
@@ -48,3 +61,50 @@ async def test_a_batch_refused_by_a_read_only_server_is_written_again_on_new_con
         channel = await amqp.channel()
         dlq = await channel.declare_queue(topology.PERSIST_DLQ, passive=True)
         assert dlq.declaration_result.message_count == 0
+
+
+@pytest.fixture
+async def dukcapil() -> AsyncIterator[Running]:
+    people = population(6, seed=41, today=today_wib(), invalid_share=0.0, duplicate_share=0.0)
+    fast = Behaviour(latency_median_ms=2, latency_p99_ms=10)
+    config = SimulatorConfig(ports=Ports.ephemeral(), people=people, behaviours={"dukcapil": fast})
+    async with run_simulators(config) as running:
+        yield running
+
+
+async def test_a_lane_records_its_result_again_on_new_connections_without_calling_again(
+    settings: Settings, db: asyncpg.Pool, dukcapil: Running
+) -> None:
+    # The lane's pool holds connections to "a demoted primary": it reads the task's
+    # registration, calls Dukcapil, and its record is refused. Giving the message back would
+    # call Dukcapil again (and count towards the queue's delivery limit); the record is
+    # retried in place instead.
+    wired = dukcapil.wire(settings)
+    ids = []
+    async with inprocess.edge(wired) as client:
+        for person in dukcapil.people:
+            response = await client.post("/v1/registrations", json=person.form)
+            assert response.status == 202
+            ids.append(uuid.UUID((await response.json())["id"]))
+    async with inprocess.persist_worker(wired, db):
+        await eventually(
+            lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", ids),
+            lambda n: n == len(ids),
+        )
+    pool = await _read_only_pool(settings, db)
+    async with (
+        pool,
+        inprocess.dispatcher(wired, db),
+        inprocess.lanes(wired, pool, (Check.DUKCAPIL,)),
+    ):
+        await eventually(
+            lambda: db.fetchval(
+                "SELECT count(*) FROM checks WHERE registration_id = ANY($1)"
+                " AND check_name = 'dukcapil' AND state IN ('passed', 'failed')",
+                ids,
+            ),
+            lambda n: n == len(ids),
+            60,
+        )
+        assert await pool.fetchval("SHOW default_transaction_read_only") == "off"
+    assert dukcapil.stats("dukcapil")["calls"] == len(ids)  # one call per registration
