@@ -33,7 +33,7 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractExchange
 
-from core import broker, checks, metrics, metrics_http, topology
+from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import OUTBOX_CHANNEL
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
@@ -75,8 +75,19 @@ class Dispatcher:
     async def run(self) -> None:
         """Dispatch until stopped, starting again when the broker or the database goes away."""
         await keep_running(
-            self._session, self._stopping, "dispatcher", also=(asyncpg.PostgresError,)
+            self._failover_aware_session,
+            self._stopping,
+            "dispatcher",
+            also=(asyncpg.PostgresError, *database.FAILOVER),
         )
+
+    async def _failover_aware_session(self) -> None:
+        try:
+            await self._session()
+        except database.FAILOVER as exc:
+            # The next session's connections go to the primary of then (core/database.py).
+            await database.expire_on_failover(self._pool, exc)
+            raise
 
     async def _session(self) -> None:
         connection = await broker.connect(self._settings.amqp_url)

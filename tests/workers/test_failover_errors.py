@@ -108,3 +108,24 @@ async def test_a_lane_records_its_result_again_on_new_connections_without_callin
         )
         assert await pool.fetchval("SHOW default_transaction_read_only") == "off"
     assert dukcapil.stats("dukcapil")["calls"] == len(ids)  # one call per registration
+
+
+async def test_the_dispatcher_starts_again_on_new_connections(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    async with inprocess.edge(settings) as client:
+        response = await client.post("/v1/registrations", json=person(8))
+        assert response.status == 202
+        registration = uuid.UUID((await response.json())["id"])
+    async with inprocess.persist_worker(settings, db):
+        await stored_once(db, {registration})
+    pool = await _read_only_pool(settings, db)
+    async with pool, inprocess.dispatcher(settings, pool) as dispatcher:
+        # Its first session's writes are refused; the next one's connections are new.
+        await eventually(lambda: dispatcher.dispatched, lambda n: n > 0, 30)
+        assert await pool.fetchval("SHOW default_transaction_read_only") == "off"
+    published = await db.fetchval(
+        "SELECT count(*) FROM checks WHERE registration_id = $1 AND state <> 'pending'",
+        registration,
+    )
+    assert published > 0
