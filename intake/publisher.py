@@ -68,6 +68,10 @@ Connector = Callable[[str], Awaitable[AbstractConnection]]
 # How often the depth sampler reads the persist queue's depth (a passive declare).
 DEPTH_SAMPLE_INTERVAL_S = 1.0
 _SAMPLE_TIMEOUT_S = 5.0
+# A nack ("queue full") while the queue's sampled depth is below this share of its length
+# limit cannot be a full queue: the publishing channel is the one that is wrong (see
+# BatchPublisher._track_fullness).
+NACK_WITH_ROOM_SHARE = 0.01
 # Weight of the newest batch in the moving average of confirm latencies.
 _CONFIRM_SMOOTHING = 0.2
 # How often the pending gauge is written (it is also written after each batch).
@@ -105,10 +109,13 @@ class BatchPublisher:
         self._batches: set[asyncio.Task[None]] = set()
         self._closing = False
         self._connected = asyncio.Event()
+        # Set to have the supervisor close the broker connection and open another.
+        self._reconnect = asyncio.Event()
         self._reconnect_delay_s = 0.05
         # The full state: entered on a nack, left by the first ack of a batch published after it.
         self._full = False
         self._full_after_seq = 0
+        self._full_since_s = 0.0
         self._publish_seq = 0
         self._probe_inflight = False
         self._next_probe_at = 0.0
@@ -292,10 +299,18 @@ class BatchPublisher:
         if probe:
             self._probe_inflight = False
             self._next_probe_at = time.monotonic() + self._settings.edge_full_probe_interval_s
+        if error is not None and error.reason == "queue_full" and probe and self._has_room():
+            # RabbitMQ 3.10: a channel that first published to a quorum queue while its leader
+            # was being elected can go on nacking every publish once a leader is elected (its
+            # queue client holds the dead leader), while the queue is nearly empty. Another
+            # connection (to the next node) has a queue client of its own.
+            log.warning("publish refused while the queue has room: reconnecting to the broker")
+            self._reconnect.set()
         if error is not None and error.reason == "queue_full" and not self._full:
             # Every batch issued so far went out before the nack was known; only an ack of a
             # later one (a probe) shows that the queue has room again.
             self._full, self._full_after_seq = True, self._publish_seq
+            self._full_since_s = time.monotonic()
             self._next_probe_at = time.monotonic() + self._settings.edge_full_probe_interval_s
             waiting, self._pending = self._pending, []
             for _, future in waiting:  # never sent: no publish into a full queue
@@ -305,6 +320,13 @@ class BatchPublisher:
         elif error is None and self._full and seq > self._full_after_seq:
             self._full = False
             log.info("persist queue has room again")
+
+    def _has_room(self) -> bool:
+        """Whether the queue, sampled since the full state began, is nearly empty."""
+        depth, sampled_at_s = self.drain.depth, self.drain.sampled_at_s
+        limit = self._settings.persist_queue_max_length * NACK_WITH_ROOM_SHARE
+        fresh = sampled_at_s is not None and sampled_at_s > self._full_since_s
+        return fresh and depth is not None and depth <= limit
 
     async def _send(self, batch: _Batch) -> Unavailable | None:
         exchange = self._exchange
@@ -358,15 +380,22 @@ class BatchPublisher:
             connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
             self._connection, self._exchange = connection, declared.exchange
             self._reconnect_delay_s = 0.05
+            self._reconnect.clear()
             self._connected.set()
             log.info("broker connected")
             sampler = asyncio.create_task(self._sample_depth(connection), name="depth-sampler")
+            waits = [asyncio.create_task(e.wait()) for e in (lost, self._reconnect)]
             try:
-                await lost.wait()
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
+                for task in (sampler, *waits):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if not lost.is_set():  # asked to reconnect: this connection goes, another comes
+                self._exchange = None
+                with contextlib.suppress(aio_pika.exceptions.AMQPError, OSError, RuntimeError):
+                    await connection.close()
             self._connected.clear()
             self._exchange = self._connection = None
             if not self._closing:

@@ -79,6 +79,11 @@ class DrainMeter:
         self.depth, self.consumers = depth, consumers
         self._last = (now_s, depth, published)
 
+    @property
+    def sampled_at_s(self) -> float | None:
+        """When the last sample was taken (the caller's monotonic clock)."""
+        return None if self._last is None else self._last[0]
+
     def drain_time_s(self) -> float | None:
         """Seconds for the queue's last known depth to drain at its measured rate."""
         return drain_time_s(self.depth, self.rate_per_s)

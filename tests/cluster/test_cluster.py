@@ -48,11 +48,13 @@ class Registrants:
         self.accepted: set[uuid.UUID] = set()
         self.answers: dict[str, int] = {}
         self._next = 0
+        self._stop = asyncio.Event()
 
     async def one(self, session: aiohttp.ClientSession) -> None:
+        """One person, until answered ``202`` (or the registrants are stopped)."""
         index, self._next = self._next, self._next + 1
         key = f"cluster-{index}"
-        while True:
+        while not self._stop.is_set():
             try:
                 async with session.post(
                     self.url,
@@ -73,10 +75,10 @@ class Registrants:
 
     @contextlib.asynccontextmanager
     async def flowing(self, people: int = 4) -> AsyncIterator[Registrants]:
-        stop = asyncio.Event()
+        self._stop.clear()
 
         async def person_loop(session: aiohttp.ClientSession) -> None:
-            while not stop.is_set():
+            while not self._stop.is_set():
                 await self.one(session)
                 await asyncio.sleep(0.05)
 
@@ -85,7 +87,7 @@ class Registrants:
             try:
                 yield self
             finally:
-                stop.set()
+                self._stop.set()
                 await asyncio.gather(*tasks)
 
     async def more(self, count: int) -> None:

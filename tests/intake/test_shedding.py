@@ -17,9 +17,10 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application, Request
 
 from core import topology
+from core.keys import Keyring
 from core.settings import Settings
 from intake.appkeys import PUBLISHER
-from intake.publisher import BatchPublisher
+from intake.publisher import BatchPublisher, Unavailable
 from intake.shedding import DrainMeter, drain_time_s, retry_after_s
 from tests.support import inprocess, openapi
 from tests.support.people import person
@@ -274,3 +275,27 @@ async def test_at_the_in_process_bound_a_request_is_shed_before_its_body_is_read
         await proxy.close()
     async with inprocess.persist_worker(settings, db):
         await stored_once(db, accepted)
+
+
+def test_probes_nacked_while_a_fresh_sample_shows_the_queue_empty_make_the_edge_reconnect(
+    base_settings: Settings,
+) -> None:
+    # RabbitMQ 3.10: a channel that first published to a quorum queue during a leader election
+    # may nack every publish afterwards while the queue is empty (seen in
+    # tests/cluster/test_cluster.py: 753 nacks in two minutes into an empty queue). A nack
+    # is a full queue only if the queue, sampled since, is not nearly empty.
+    publisher = BatchPublisher(base_settings, Keyring.from_secret(base_settings.secret_key))
+    full = Unavailable("queue_full")
+    now = time.monotonic()
+    publisher.drain.observe(now - 5, 0, 1, 0)  # empty, before the nack
+    publisher._track_fullness(1, full, probe=False)  # the nack: the full state begins
+    assert publisher.queue_full
+    assert not publisher._reconnect.is_set()
+    publisher._track_fullness(2, full, probe=True)  # a probe nacked; no sample since
+    assert not publisher._reconnect.is_set()
+    publisher.drain.observe(time.monotonic() + 1, 150_000, 1, 0)  # truly full
+    publisher._track_fullness(3, full, probe=True)
+    assert not publisher._reconnect.is_set()
+    publisher.drain.observe(time.monotonic() + 2, 0, 1, 0)  # empty, sampled after the nack
+    publisher._track_fullness(4, full, probe=True)
+    assert publisher._reconnect.is_set()
