@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo bench image clean
+.PHONY: help setup test lint demo bench chaos cluster image clean
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -10,6 +10,8 @@ help:
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make demo    run the end-to-end demo"
 	@echo "make bench   run the benchmarks (output in results/)"
+	@echo "make chaos   faults on a local cluster during a wave, audited (benchmarks/chaos.py)"
+	@echo "make cluster start the local cluster and the app on it (intake cluster up)"
 	@echo "make image   build the container image (Containerfile, scripts/image.sh)"
 	@echo "make clean   remove .venv, caches and results/"
 
@@ -29,6 +31,12 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/python -m benchmarks.run
+
+chaos: setup
+	$(VENV)/bin/python -m benchmarks.chaos
+
+cluster: setup
+	$(VENV)/bin/intake cluster up
 
 image: setup
 	@bash scripts/image.sh

@@ -93,14 +93,9 @@ class App:
         """Start what does not run yet, and wait until the edges answer ``/readyz``."""
         settings = self.settings(base)
         running = {name for name, pid in self.pids().items() if pid is not None}
-        ports = self.sim_ports
         edge_metrics, worker_metrics = self.metrics_ports
         if "simulate" not in running:
-            flags = [
-                f"--{name.replace('_', '-')}-port={port}"
-                for name, port in dataclasses.asdict(ports).items()
-            ]
-            self._start("simulate", ["simulate", *flags], settings)
+            self._start("simulate", ["simulate", *self._simulator_flags()], settings)
         if "supervise" not in running:
             self._start(
                 "supervise",
@@ -125,6 +120,37 @@ class App:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the edges were not ready in {timeout_s:.0f} s")
             time.sleep(0.5)
+
+    def _simulator_flags(self) -> list[str]:
+        return [
+            f"--{name.replace('_', '-')}-port={port}"
+            for name, port in dataclasses.asdict(self.sim_ports).items()
+        ]
+
+    def restart_simulators(self, base: Settings, args: list[str], timeout_s: float = 60.0) -> None:
+        """Stop the simulators and start them again with ``args`` (e.g. another population:
+        ``--seed``, ``--count``), their mailbox and phones empty; wait until they answer."""
+        pid = self.pids().get("simulate")
+        if pid is not None:
+            _signal(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while self.pids().get("simulate") is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.pids().get("simulate") is not None:
+                _signal(pid, signal.SIGKILL)
+        self._start("simulate", ["simulate", *self._simulator_flags(), *args], self.settings(base))
+        url = f"http://127.0.0.1:{self.sim_ports.smtp_admin}/_sim/stats"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the simulators did not answer in {timeout_s:.0f} s"
+                    ) from exc
+                time.sleep(0.2)
 
     def ready(self) -> bool:
         try:

@@ -9,7 +9,13 @@ the new primary), never a reason to give the work up or dead-letter it."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+
 import asyncpg
+
+log = logging.getLogger(__name__)
 
 # The server is gone or is no longer the primary: retry on a fresh connection.
 FAILOVER: tuple[type[BaseException], ...] = (
@@ -38,3 +44,23 @@ async def expire_on_failover(pool: asyncpg.Pool, exc: BaseException) -> None:
     if isinstance(exc, FAILOVER):
         # Every connection is replaced at its next acquire (the busy ones after their release).
         await pool.expire_connections()
+
+
+async def create_pool(dsn: str, *, name: str, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A worker's pool, made once a primary answers: a worker started while none does (during
+    a failover, or before the database is up) waits for one, with a capped backoff, instead of
+    exiting."""
+    delay_s = 0.2
+    while True:
+        try:
+            pool: asyncpg.Pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                server_settings={"application_name": name},
+            )
+            return pool
+        except FAILOVER as exc:
+            log.warning("no database primary yet (%s): retrying", type(exc).__name__)
+        await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
+        delay_s = min(delay_s * 2, 5.0)

@@ -166,11 +166,8 @@ async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker dispatch``. With ``INTAKE_METRICS_PORT`` set it also
     serves the funnel (from PostgreSQL) and the queue depths (from RabbitMQ): the dispatcher
     runs once per deployment, so a cluster has those figures once."""
-    pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=1,
-        max_size=3,
-        server_settings={"application_name": "intake-dispatch"},
+    pool = await database.create_pool(
+        settings.database_url, name="intake-dispatch", min_size=1, max_size=3
     )
     queues = QueueCollector(settings.amqp_url)
     async with (

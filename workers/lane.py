@@ -462,11 +462,11 @@ async def serve(settings: Settings, check: Check) -> None:
     from verifiers import registry  # the composition root picks the verifier
 
     keyring = Keyring.from_secret(settings.secret_key)
-    pool = await asyncpg.create_pool(
+    pool = await database.create_pool(
         settings.database_url,
+        name=f"intake-{check}",
         min_size=1,
         max_size=settings.lane_db_connections,
-        server_settings={"application_name": f"intake-{check}"},
     )
     connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
     async with (

@@ -319,11 +319,8 @@ async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker persist``: migrate (or wait for ``intake migrate``:
     ``persist_migrate``), consume until SIGTERM, exit."""
     keyring = Keyring.from_secret(settings.secret_key)
-    pool = await asyncpg.create_pool(
-        settings.database_url,
-        min_size=1,
-        max_size=2,
-        server_settings={"application_name": "intake-persist"},
+    pool = await database.create_pool(
+        settings.database_url, name="intake-persist", min_size=1, max_size=2
     )
     async with pool, metrics_http.serving(settings):
         async with pool.acquire() as connection:

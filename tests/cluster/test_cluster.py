@@ -108,7 +108,9 @@ async def stored_on(cluster: Cluster, accepted: set[uuid.UUID]) -> None:
 async def on_cluster(
     local_cluster: Cluster, base_settings: Settings, spawn: Callable[..., Process]
 ) -> Registrants:
-    """An edge and a persist worker on the cluster, and the registrants who use it."""
+    """An edge and a persist worker on the cluster (whole again after the last test's
+    faults), and the registrants who use it."""
+    await eventually(lambda: asyncio.to_thread(local_cluster.postgres_whole), bool, 180)
     port = free_port()
     settings = base_settings.replace(
         amqp_url=local_cluster.amqp_url(),

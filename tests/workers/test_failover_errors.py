@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import asyncpg
@@ -23,6 +23,8 @@ from simulators.population import population
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.people import person
+from tests.support.processes import Process, free_port
+from tests.support.proxy import TcpProxy
 from tests.support.stored import stored_once
 from tests.support.waiting import eventually
 from workers.persist import PersistWorker
@@ -129,3 +131,30 @@ async def test_the_dispatcher_starts_again_on_new_connections(
         registration,
     )
     assert published > 0
+
+
+async def test_a_worker_started_while_no_database_answers_waits_for_one(
+    settings: Settings, db: asyncpg.Pool, spawn: Callable[..., Process]
+) -> None:
+    # Started during a failover (or before the database), a persist worker waits for a primary
+    # instead of exiting: here PostgreSQL is behind a proxy that does not listen yet.
+    url = urllib.parse.urlsplit(settings.database_url)
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy.port = free_port()
+    userinfo = url.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
+    behind = settings.replace(
+        database_url=urllib.parse.urlunsplit((url.scheme, netloc, url.path, url.query, ""))
+    )
+    worker = spawn(["worker", "persist"], behind, name="persist-waiting")
+    async with inprocess.edge(settings) as client:
+        response = await client.post("/v1/registrations", json=person(9))
+        assert response.status == 202
+        registration = uuid.UUID((await response.json())["id"])
+    await eventually(lambda: "no database primary yet" in worker.log(), bool, 30)
+    assert worker.alive()
+    await proxy.start()
+    try:
+        await stored_once(db, {registration})
+    finally:
+        await proxy.close()

@@ -1,0 +1,511 @@
+"""Chaos: a wave through the application on a real local cluster while faults are injected, one
+at a time and then combined, and a checker that audits every answer (``make chaos``).
+
+    sudo .venv/bin/python -m benchmarks.chaos [--rate 400] [--duration 60] [--hold 20]
+        [--nemeses rabbit-leader-kill,...] [--short]
+
+The cluster is :mod:`cluster.local` (three RabbitMQ nodes, three PostgreSQL members under
+Patroni) with the application of :mod:`cluster.app` on it (two edges, ``intake supervise``
+with every lane, the simulators), in a directory and on ports of its own, removed at the end.
+For each nemesis, the simulators are started afresh for that run's people; the load generator
+(:mod:`benchmarks.loadgen`: people who retry a ``503`` after its ``Retry-After`` and a request
+unanswered after 10 s, always with the same ``Idempotency-Key``) offers ``--rate``
+registrations per second for ``--duration`` seconds; the fault starts a quarter into the offer
+and lasts ``--hold`` seconds; then it is healed and the cluster made whole before the next.
+
+The checker reads the generator's answers, the database and the simulators, per nemesis:
+offered; answered ``202``; ``503`` answers; **lost** (a ``202`` id not stored) and
+**duplicated** (stored more than once); stored without a ``202`` (after a ``503`` that made no
+promise, or a request its person gave up on: counted apart); **not settled** (a stored
+registration with a check still pending or retrying once the lanes have drained); emails and
+SMS **sent twice** to the same person; the time from the fault to the first ``202`` and until
+the accepted rate is back at 90 % of the offered one. Exit 1 when anything was lost,
+duplicated, left unsettled or sent twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from benchmarks._support import (
+    RESULTS_DIR,
+    BenchError,
+    markdown_table,
+    progress,
+    require_cores,
+    run_benchmark,
+)
+from benchmarks.loadgen import Offered, spawn
+from cluster import patroni
+from cluster.app import App
+from cluster.local import Cluster
+from cluster.rabbit import RabbitNode
+from core.settings import Settings
+from core.topology import PERSIST_QUEUE
+from intake.validation import today_wib
+
+NEMESES = (
+    "rabbit-leader-kill",
+    "rabbit-pause",
+    "postgres-primary-kill",
+    "process-kill",
+    "memory-alarm",
+    "disk-alarm",
+    "combined",
+)
+SHORT = ("rabbit-leader-kill", "postgres-primary-kill", "process-kill")
+SETTLE_TIMEOUT_S = 240.0
+# Where each run's cluster lives (the postgres user must reach its members' directories).
+CHAOS_DIR = Path("/var/lib/intake-chaos")
+# The memory watermark and disk limit the cluster's nodes are configured with (cluster.rabbit).
+MEMORY_WATERMARK, DISK_FREE_LIMIT = "0.2", "1GB"
+
+
+@dataclasses.dataclass
+class Rig:
+    cluster: Cluster
+    app: App
+    settings: Settings
+    work_dir: Path
+    struck_at: float = 0.0  # when the current fault struck (time.time())
+
+    def strike(self) -> None:
+        """Called by a fault at the moment it strikes (after finding its victim)."""
+        if not self.struck_at:
+            self.struck_at = time.time()
+
+    def leader(self) -> RabbitNode:
+        leader = self.cluster.quorum_members(PERSIST_QUEUE).get("leader")
+        return next((n for n in self.cluster.rabbits if n.name == leader), self.cluster.rabbits[0])
+
+    def primary(self) -> patroni.PgMember:
+        member = patroni.primary(self.cluster.members)
+        if member is None:
+            raise BenchError("no PostgreSQL primary to fault")
+        return member
+
+    def workers(self) -> list[int]:
+        """The pids of the workers ``intake supervise`` runs."""
+        supervisor = self.app.pids().get("supervise")
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if supervisor is not None and int(fields[1]) == supervisor:
+                children.append(int(stat.parent.name))
+        return children
+
+    async def whole(self, timeout_s: float = 300.0) -> None:
+        """Until every node and member runs again and the edges answer."""
+        deadline = time.monotonic() + timeout_s
+        nodes = sorted(n.name for n in self.cluster.rabbits)
+        while True:
+            running = sorted(await asyncio.to_thread(self.cluster.rabbit_running))
+            pg = await asyncio.to_thread(self.cluster.postgres_whole)
+            if running == nodes and pg and await asyncio.to_thread(self.app.ready):
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"the cluster was not whole again: rabbit {running}, pg {pg}")
+            await asyncio.sleep(1.0)
+
+
+# --- the nemeses ---------------------------------------------------------------------------
+# Each is (inject, heal): inject returns what it did, heal undoes it.
+
+Fault = tuple[Callable[[Rig], Awaitable[str]], Callable[[Rig, str], Awaitable[None]]]
+
+
+async def _kill_leader(rig: Rig) -> str:
+    node = await asyncio.to_thread(rig.leader)
+    rig.strike()
+    node.signal(signal.SIGKILL)
+    return node.name
+
+
+async def _restart_node(rig: Rig, name: str) -> None:
+    for node in rig.cluster.rabbits:
+        if node.name in name.split("+") and node.pid() is None:
+            node.start()
+            await asyncio.to_thread(node.wait)
+
+
+async def _pause_leader(rig: Rig) -> str:
+    node = await asyncio.to_thread(rig.leader)
+    rig.strike()
+    node.signal(signal.SIGSTOP)
+    return node.name
+
+
+async def _resume_node(rig: Rig, name: str) -> None:
+    for node in rig.cluster.rabbits:
+        if node.name == name:
+            node.signal(signal.SIGCONT)
+
+
+async def _kill_primary(rig: Rig) -> str:
+    member = await asyncio.to_thread(rig.primary)
+    rig.strike()
+    member.kill()
+    return member.name
+
+
+async def _restart_member(rig: Rig, name: str) -> None:
+    for member in rig.cluster.members:
+        if member.name in name.split("+") and member.patroni_pid() is None:
+            member.start()
+
+
+async def _kill_processes(rig: Rig) -> str:
+    victims = ["edge-1"]
+    workers = rig.workers()
+    rig.strike()
+    edge = rig.app.pids().get("edge-1")
+    if edge is not None:
+        os.kill(edge, signal.SIGKILL)
+    for pid in random.sample(workers, min(2, len(workers))):
+        os.kill(pid, signal.SIGKILL)
+        victims.append(f"worker {pid}")
+    return ", ".join(victims)
+
+
+async def _restart_processes(rig: Rig, _: str) -> None:
+    # The supervisor replaces its workers itself; the edge is started again as an operator
+    # (or Kubernetes) would.
+    await asyncio.to_thread(rig.app.up, rig.settings)
+
+
+async def _memory_alarm(rig: Rig) -> str:
+    node = rig.cluster.rabbits[0]
+    rig.strike()
+    await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", "0.00001")
+    return node.name
+
+
+async def _memory_clear(rig: Rig, _: str) -> None:
+    node = rig.cluster.rabbits[0]
+    await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", MEMORY_WATERMARK)
+
+
+async def _disk_alarm(rig: Rig) -> str:
+    node = rig.cluster.rabbits[1]
+    rig.strike()
+    await asyncio.to_thread(node.ctl, "set_disk_free_limit", "100000GB")
+    return node.name
+
+
+async def _disk_clear(rig: Rig, _: str) -> None:
+    node = rig.cluster.rabbits[1]
+    await asyncio.to_thread(node.ctl, "set_disk_free_limit", DISK_FREE_LIMIT)
+
+
+async def _combined(rig: Rig) -> str:
+    node = await _kill_leader(rig)
+    member = await _kill_primary(rig)
+    processes = await _kill_processes(rig)
+    return f"{node}+{member}+{processes}"
+
+
+async def _heal_combined(rig: Rig, what: str) -> None:
+    await _restart_node(rig, what)
+    await _restart_member(rig, what)
+    await _restart_processes(rig, what)
+
+
+FAULTS: dict[str, Fault] = {
+    "rabbit-leader-kill": (_kill_leader, _restart_node),
+    "rabbit-pause": (_pause_leader, _resume_node),
+    "postgres-primary-kill": (_kill_primary, _restart_member),
+    "process-kill": (_kill_processes, _restart_processes),
+    "memory-alarm": (_memory_alarm, _memory_clear),
+    "disk-alarm": (_disk_alarm, _disk_clear),
+    "combined": (_combined, _heal_combined),
+}
+DESCRIPTIONS = {
+    "rabbit-leader-kill": "kill -9 of the RabbitMQ node that leads intake.registrations",
+    "rabbit-pause": "SIGSTOP of the RabbitMQ node that leads intake.registrations",
+    "postgres-primary-kill": "kill -9 of the PostgreSQL primary (Patroni and postmaster)",
+    "process-kill": "kill -9 of one edge and two random workers",
+    "memory-alarm": "a memory alarm on one RabbitMQ node (publishers blocked cluster-wide)",
+    "disk-alarm": "a disk alarm on one RabbitMQ node (publishers blocked cluster-wide)",
+    "combined": "the queue leader's node, the primary, one edge and two workers killed at once",
+}
+
+
+# --- one run -------------------------------------------------------------------------------
+
+
+async def run_nemesis(rig: Rig, name: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
+    inject, heal = FAULTS[name]
+    count = round(args.rate * args.duration)
+    seed = 7000 + index
+    await restart_simulators(rig, seed, count)
+    progress(f"{name}: {count:,} registrations at {args.rate:g}/s; {DESCRIPTIONS[name]}")
+    started = dt.datetime.now(dt.UTC)
+    offer = asyncio.create_task(
+        spawn(rig.app.url, "peak", rig.work_dir, count=count, rate=args.rate, seed=seed)
+    )
+    await asyncio.sleep(args.duration / 4)
+    rig.struck_at = 0.0
+    what = await inject(rig)
+    fault_at = rig.struck_at
+    progress(f"  fault: {what}")
+    await asyncio.sleep(max(0.0, fault_at + args.hold - time.time()))
+    await heal(rig, what)
+    healed_at = time.time()
+    progress("  healed")
+    offered: Offered = await offer
+    await rig.whole()
+    check = await checker(rig, offered, started)
+    result = offered.result
+    timing = recovery(result, fault_at, healed_at, args.rate)
+    progress(
+        f"  202 {len(offered.ids):,}, lost {check['lost']}, duplicated {check['duplicated']},"
+        f" not settled {check['not_settled']}, sent twice {check['sent_twice']}"
+    )
+    return {
+        "nemesis": name,
+        "description": DESCRIPTIONS[name],
+        "fault": what,
+        "offered": result["scheduled"],
+        "answers": result["answers"],
+        "accepted": len(offered.ids),
+        "attempts": result["attempts"],
+        "timeouts": result["timeouts"],
+        "first_answer_ms": result["first_answer_latency_ms"],
+        **timing,
+        **check,
+    }
+
+
+async def restart_simulators(rig: Rig, seed: int, count: int) -> None:
+    """The simulators afresh for this run's people (their mailbox and phones empty)."""
+    args = [f"--seed={seed}", f"--count={count}", f"--today={today_wib().isoformat()}"]
+    await asyncio.to_thread(rig.app.restart_simulators, rig.settings, args)
+
+
+def recovery(
+    result: dict[str, Any], fault_at: float, healed_at: float, rate: float
+) -> dict[str, Any]:
+    """From the generator's per-second samples: the seconds from the fault to the first second
+    with a ``202`` and to the first second back at 90 % of the offered rate (1 s resolution)."""
+    fault_t = fault_at - result["start_wall"]
+    after = [s for s in result["series"] if s["t"] > fault_t]
+    first = next((s["t"] - fault_t for s in after if s["accepted"] > 0), None)
+    full = next((s["t"] - fault_t for s in after if s["accepted"] >= 0.9 * rate), None)
+    slow = sum(1 for s in after if s["accepted"] < 0.5 * rate and s["offered"] > 0)
+    return {
+        "fault_s": round(fault_t, 1),
+        "hold_s": round(healed_at - fault_at, 1),
+        "first_202_after_fault_s": None if first is None else round(first, 1),
+        "full_rate_after_fault_s": None if full is None else round(full, 1),
+        "seconds_below_half_rate": slow,
+    }
+
+
+async def checker(rig: Rig, offered: Offered, started: dt.datetime) -> dict[str, Any]:
+    """Every 202 stored exactly once; what was stored without one; what is not settled once
+    the lanes drained; what the simulators received twice."""
+    ids = list(set(offered.ids))
+    pool = await asyncpg.create_pool(rig.cluster.database_url(), min_size=1, max_size=2)
+    async with pool:
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            stored = await pool.fetch(
+                "SELECT id, count(*) AS n FROM registrations WHERE id = ANY($1::uuid[])"
+                " GROUP BY id",
+                ids,
+            )
+            unsettled = await pool.fetchval(
+                "SELECT count(DISTINCT c.registration_id) FROM checks c JOIN registrations r"
+                " ON r.id = c.registration_id WHERE r.submitted_at >= $1"
+                " AND c.state IN ('pending', 'retrying')",
+                started,
+            )
+            not_started = await pool.fetchval(
+                "SELECT count(*) FROM registrations r WHERE r.submitted_at >= $1 AND"
+                " r.status = 'received' AND NOT EXISTS"
+                " (SELECT 1 FROM checks c WHERE c.registration_id = r.id)",
+                started,
+            )
+            if (len(stored) == len(ids) and unsettled == 0 and not_started == 0) or (
+                time.monotonic() > deadline
+            ):
+                break
+            await asyncio.sleep(2.0)
+        total = await pool.fetchval(
+            "SELECT count(*) FROM registrations WHERE submitted_at >= $1", started
+        )
+        states = await pool.fetch(
+            "SELECT c.state, count(*) AS n FROM checks c JOIN registrations r"
+            " ON r.id = c.registration_id WHERE r.submitted_at >= $1 GROUP BY c.state",
+            started,
+        )
+    counts = {str(r["id"]): int(r["n"]) for r in stored}
+    sent = await asyncio.to_thread(sent_twice, rig)
+    return {
+        "stored": sum(counts.values()),
+        "lost": len(ids) - len(counts),
+        "duplicated": sum(1 for n in counts.values() if n > 1),
+        "stored_without_202": total - sum(counts.values()),
+        "not_settled": int(unsettled) + int(not_started),
+        "check_states": {r["state"]: int(r["n"]) for r in states},
+        **sent,
+    }
+
+
+def _feed(url: str) -> list[dict[str, Any]]:
+    """Every message of a simulator's feed (``?after=N`` pages)."""
+    messages: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        with urllib.request.urlopen(f"{url}?after={after}", timeout=30) as answer:  # noqa: S310 - local
+            page = orjson.loads(answer.read())
+        messages += page["messages"]
+        if not page["messages"]:
+            return messages
+        after = page["last"]
+
+
+def sent_twice(rig: Rig) -> dict[str, int]:
+    """Emails and SMS received more than once by the same recipient with the same text."""
+    ports = rig.app.sim_ports
+    mail = _feed(f"http://127.0.0.1:{ports.smtp_admin}/_sim/mail")
+    sms = _feed(f"http://127.0.0.1:{ports.sms}/_sim/messages")
+    twice = 0
+    for messages, key in ((mail, "subject"), (sms, "text")):
+        seen = collections.Counter((str(m.get("to")), str(m.get(key))) for m in messages)
+        twice += sum(n - 1 for n in seen.values() if n > 1)
+    return {"emails": len(mail), "sms": len(sms), "sent_twice": twice}
+
+
+# --- the whole run -------------------------------------------------------------------------
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    require_cores(2)
+    if os.geteuid() != 0:
+        raise BenchError("the chaos suite needs root (Patroni runs PostgreSQL as postgres)")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    root = Path(args.dir or CHAOS_DIR / f"chaos-{stamp}")
+    work_dir = RESULTS_DIR / "logs" / f"chaos-{stamp}"
+    cluster = Cluster(root=root, base_port=args.base_port)
+    app = App(cluster, edges=2)
+    settings = app.settings(Settings.from_env())
+    rig = Rig(cluster, app, settings, work_dir)
+    results: dict[str, Any] = {
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "hold_s": args.hold,
+        "runs": [],
+    }
+    try:
+        progress(f"cluster: three RabbitMQ nodes, three Patroni members, the app ({root})")
+        await asyncio.to_thread(cluster.up)
+        await asyncio.to_thread(app.up, Settings.from_env())
+        for index, name in enumerate(args.nemeses):
+            results["runs"].append(await run_nemesis(rig, name, index, args))
+    finally:
+        progress("cluster: down")
+        await asyncio.to_thread(app.down)
+        await asyncio.to_thread(cluster.down, not args.keep)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    bad = [
+        r["nemesis"]
+        for r in results["runs"]
+        if r["lost"] or r["duplicated"] or r["not_settled"] or r["sent_twice"]
+    ]
+    results["verified"] = not bad
+    if bad:
+        print(report(results))
+        raise BenchError(f"nemeses with a loss, a duplicate or an unsettled check: {bad}")
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    header = [
+        "nemesis",
+        "offered",
+        "202",
+        "503",
+        "timeouts",
+        "lost",
+        "duplicated",
+        "stored without 202",
+        "not settled",
+        "sent twice",
+        "fault → first 202 (s)",
+        "fault → full rate (s)",
+    ]
+    rows = [
+        [
+            r["nemesis"],
+            f"{r['offered']:,}",
+            f"{r['accepted']:,}",
+            f"{r['answers'].get('503', 0):,}",
+            f"{r['timeouts']:,}",
+            str(r["lost"]),
+            str(r["duplicated"]),
+            str(r["stored_without_202"]),
+            str(r["not_settled"]),
+            str(r["sent_twice"]),
+            "-" if r["first_202_after_fault_s"] is None else f"{r['first_202_after_fault_s']}",
+            "-" if r["full_rate_after_fault_s"] is None else f"{r['full_rate_after_fault_s']}",
+        ]
+        for r in results["runs"]
+    ]
+    lines = [
+        f"# Chaos: {results['rate']:g} registrations/s for {results['duration_s']:g} s per "
+        f"nemesis, each fault held {results['hold_s']:g} s",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
+    lines += [f"- {r['nemesis']}: {r['description']} ({r['fault']})" for r in results["runs"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rate", type=float, default=400.0, help="registrations per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of each offer")
+    parser.add_argument("--hold", type=float, default=20.0, help="seconds each fault lasts")
+    parser.add_argument("--nemeses", default=",".join(NEMESES))
+    parser.add_argument(
+        "--short", action="store_true", help=f"{', '.join(SHORT)} at 50/s for 16 s, held 4 s"
+    )
+    parser.add_argument("--base-port", type=int, default=5800, help="the cluster's ports")
+    parser.add_argument("--dir", default=None, help="the cluster's directory (a new one)")
+    parser.add_argument("--keep", action="store_true", help="keep the cluster's data")
+    args = parser.parse_args(argv)
+    if args.short:
+        args.rate, args.duration, args.hold, args.nemeses = 50.0, 16.0, 4.0, ",".join(SHORT)
+    args.nemeses = [n for n in args.nemeses.split(",") if n]
+    unknown = set(args.nemeses) - set(NEMESES)
+    if unknown:
+        parser.error(f"--nemeses: unknown {sorted(unknown)}; of {', '.join(NEMESES)}")
+    code, _ = run_benchmark("chaos", lambda: measure(args), report)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
