@@ -330,27 +330,30 @@ class LaneWorker:
 
     async def _retry(self, task: Task, retry: Retry) -> str:
         """Send the next attempt to a delay queue (or the task to the dead letters once its
-        attempts are spent); return the task outcome."""
-        if task.attempt >= self._settings.lane_max_attempts:
-            await self._dead_letter(task, f"attempts_exhausted:{retry.reason}")
-            reason = f"dead_lettered:{retry.reason}"
-            result = "dead_lettered"
-        else:
-            delay_s = retry.after_s if retry.after_s is not None else self.backoff_s(task.attempt)
-            tier_s = topology.retry_tier(delay_s)
-            assert self._lanes is not None
-            await publish_task(
-                self._lanes.delay_exchange,
-                Task(task.registration_id, task.check, task.attempt + 1),
-                routing_key=f"{tier_s}.{task.check}",
-                expiration_s=min(delay_s, tier_s),
-            )
-            reason = retry.reason
-            result = "retry"
-            metrics.LANE_RETRIES.labels(self._check.value, metrics.reason_label(reason)).inc()
-        # The next attempt is published: only the record is retried if the database fails.
+        attempts are spent); return the task outcome.
+
+        The check is recorded ``retrying`` *before* the next attempt exists: recorded after,
+        a record held back by the database (a failover: it is retried in place) could land
+        after the next attempt had already finished the check, and put a finished check back
+        to ``retrying`` with no attempt left to finish it. If the publish fails after the
+        record, the message is not acknowledged and comes back: one more attempt, none lost."""
+        exhausted = task.attempt >= self._settings.lane_max_attempts
+        reason = f"dead_lettered:{retry.reason}" if exhausted else retry.reason
         await self._db(functools.partial(self._mark_retrying, task, reason))
-        return result
+        if exhausted:
+            await self._dead_letter(task, f"attempts_exhausted:{retry.reason}")
+            return "dead_lettered"
+        delay_s = retry.after_s if retry.after_s is not None else self.backoff_s(task.attempt)
+        tier_s = topology.retry_tier(delay_s)
+        assert self._lanes is not None
+        await publish_task(
+            self._lanes.delay_exchange,
+            Task(task.registration_id, task.check, task.attempt + 1),
+            routing_key=f"{tier_s}.{task.check}",
+            expiration_s=min(delay_s, tier_s),
+        )
+        metrics.LANE_RETRIES.labels(self._check.value, metrics.reason_label(reason)).inc()
+        return "retry"
 
     async def _mark_retrying(self, task: Task, reason: str) -> None:
         async with self._pool.acquire() as connection, connection.transaction():
