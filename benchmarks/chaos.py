@@ -1,7 +1,7 @@
 """Chaos: a wave through the application on a real local cluster while faults are injected, one
 at a time and then combined, and a checker that audits every answer (``make chaos``).
 
-    sudo .venv/bin/python -m benchmarks.chaos [--rate 400] [--duration 60] [--hold 20]
+    sudo .venv/bin/python -m benchmarks.chaos [--rate 200] [--duration 40] [--hold 20]
         [--nemeses rabbit-leader-kill,...] [--short]
 
 The cluster is :mod:`cluster.local` (three RabbitMQ nodes, three PostgreSQL members under
@@ -281,6 +281,19 @@ async def run_nemesis(rig: Rig, name: str, index: int, args: argparse.Namespace)
         f"  202 {len(offered.ids):,}, lost {check['lost']}, duplicated {check['duplicated']},"
         f" not settled {check['not_settled']}, sent twice {check['sent_twice']}"
     )
+    if check["not_settled"]:
+        progress(f"  checks by state: {check['check_states']}; open: {check['open_checks']}")
+        queues = await asyncio.to_thread(
+            rig.cluster.rabbits[0].ctl,
+            "list_queues",
+            "--vhost",
+            "intake",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        )
+        progress(f"  queues: {' | '.join(queues.split(chr(10))[2:])}")
     return {
         "nemesis": name,
         "description": DESCRIPTIONS[name],
@@ -298,7 +311,9 @@ async def run_nemesis(rig: Rig, name: str, index: int, args: argparse.Namespace)
 
 async def restart_simulators(rig: Rig, seed: int, count: int) -> None:
     """The simulators afresh for this run's people (their mailbox and phones empty)."""
+    # The people the generator sends (the "peak" profile: no invalid forms, no repeated NIK).
     args = [f"--seed={seed}", f"--count={count}", f"--today={today_wib().isoformat()}"]
+    args += ["--invalid-share=0", "--duplicate-share=0"]
     await asyncio.to_thread(rig.app.restart_simulators, rig.settings, args)
 
 
@@ -359,6 +374,13 @@ async def checker(rig: Rig, offered: Offered, started: dt.datetime) -> dict[str,
             " ON r.id = c.registration_id WHERE r.submitted_at >= $1 GROUP BY c.state",
             started,
         )
+        open_checks = await pool.fetch(
+            "SELECT c.check_name, c.state, c.dispatched_at IS NOT NULL AS dispatched, c.attempts,"
+            " count(*) AS n FROM checks c JOIN registrations r ON r.id = c.registration_id"
+            " WHERE r.submitted_at >= $1 AND c.state IN ('pending', 'retrying')"
+            " GROUP BY 1, 2, 3, 4",
+            started,
+        )
     counts = {str(r["id"]): int(r["n"]) for r in stored}
     sent = await asyncio.to_thread(sent_twice, rig)
     return {
@@ -368,6 +390,7 @@ async def checker(rig: Rig, offered: Offered, started: dt.datetime) -> dict[str,
         "stored_without_202": total - sum(counts.values()),
         "not_settled": int(unsettled) + int(not_started),
         "check_states": {r["state"]: int(r["n"]) for r in states},
+        "open_checks": [dict(r) for r in open_checks],
         **sent,
     }
 
@@ -484,8 +507,8 @@ def report(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rate", type=float, default=400.0, help="registrations per second")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of each offer")
+    parser.add_argument("--rate", type=float, default=200.0, help="registrations per second")
+    parser.add_argument("--duration", type=float, default=40.0, help="seconds of each offer")
     parser.add_argument("--hold", type=float, default=20.0, help="seconds each fault lasts")
     parser.add_argument("--nemeses", default=",".join(NEMESES))
     parser.add_argument(

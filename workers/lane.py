@@ -64,7 +64,13 @@ from core.verification import (
 )
 from workers import flow
 from workers.dispatch import publish_task
-from workers.sessions import keep_running
+from workers.sessions import (
+    IDLE_RESUBSCRIBE_S,
+    STALL_S,
+    ConsumerStalled,
+    keep_running,
+    ready_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +105,8 @@ class LaneWorker:
         self._task_duration = metrics.LANE_TASK_DURATION.labels(lane)
         self._calls = {s: metrics.SERVICE_CALLS.labels(lane, s.value) for s in flow.Signal}
         self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
+        self._last_delivery_s = 0.0  # when the last task was delivered (monotonic)
+        self.stalls = 0  # sessions ended because the consumer was stuck (see _stalled)
         # Held back (intake supervise, while an edge sheds or is late): no new deliveries, the
         # tasks in hand finish; the backlog waits in the queue.
         self.held = False
@@ -159,10 +167,23 @@ class LaneWorker:
             self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
             consumer = _Consumer(channel, self._lanes.queues[self._check], self._on_message)
             log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
+            self._last_delivery_s = time.monotonic()
+            next_check_s = self._last_delivery_s + STALL_S
             try:
                 while not (self._stopping.is_set() or lost.is_set()):
                     self.prefetch = await consumer.follow(self._wanted_prefetch())
                     await self._wait_for_change(lost)
+                    if time.monotonic() >= next_check_s:
+                        next_check_s = time.monotonic() + STALL_S
+                        why = await self._stalled(connection)
+                        if why == "stalled":
+                            self.stalls += 1
+                            log.warning(
+                                "lane consumer stalled: reconnecting",
+                                extra={"fields": {"lane": self._check.value}},
+                            )
+                        if why is not None:
+                            raise ConsumerStalled(f"{self._check.value} {why}")
             finally:
                 self.prefetch = 0
             if not lost.is_set():
@@ -170,6 +191,21 @@ class LaneWorker:
                 await consumer.follow(0)
                 if self._inflight:
                     await asyncio.wait(set(self._inflight), timeout=30)
+
+    async def _stalled(self, connection: aio_pika.abc.AbstractConnection) -> str | None:
+        """Why the consumer should subscribe afresh (workers.sessions.ConsumerStalled), if it
+        should: consuming with nothing in hand, it has had no delivery for ``STALL_S`` while
+        tasks are ready in the queue (stuck), or none for ``IDLE_RESUBSCRIBE_S`` at all."""
+        if self.prefetch == 0 or self._inflight:
+            return None
+        idle_s = time.monotonic() - self._last_delivery_s
+        if idle_s >= IDLE_RESUBSCRIBE_S:
+            return "idle"
+        if idle_s < STALL_S:
+            return None
+        if await ready_messages(connection, topology.lane_queue(self._check.value)) > 0:
+            return "stalled"
+        return None
 
     def _wanted_prefetch(self) -> int:
         """Deliveries to hold: none while the breaker is open, one per probe while half-open,
@@ -199,6 +235,7 @@ class LaneWorker:
         # aiormq runs each delivery in a task of its own; prefetch bounds how many at once.
         current = asyncio.current_task()
         assert current is not None
+        self._last_delivery_s = time.monotonic()
         self._inflight.add(current)
         started = time.perf_counter()
         try:

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -44,7 +45,13 @@ from core.keys import DecryptionError, Keyring
 from core.migrate import migrate, wait_until_migrated
 from core.settings import Settings
 from core.status import report_forever
-from workers.sessions import keep_running
+from workers.sessions import (
+    IDLE_RESUBSCRIBE_S,
+    STALL_S,
+    ConsumerStalled,
+    keep_running,
+    ready_messages,
+)
 from workers.store import RegistrationStore, Rows, prepare
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,7 @@ class PersistWorker:
         self._stopping = asyncio.Event()
         self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._held = 0  # delivered and not yet acked or nacked
+        self._last_delivery_s = 0.0  # when the last message was delivered (monotonic)
         self.stats = PersistStats()
         metrics.init_persist()
 
@@ -136,6 +144,9 @@ class PersistWorker:
             connection.close_callbacks.add(on_close)
             consumer_tag = await declared.persist_queue.consume(self._deliver)
             log.info("persist worker consuming")
+            self._last_delivery_s = time.monotonic()
+            stalled = asyncio.Event()
+            watchdog = asyncio.create_task(self._watch(connection, stalled, on_close))
             writing: asyncio.Task[None] | None = None
             try:
                 while not self._stopping.is_set() and not lost.is_set():
@@ -155,11 +166,38 @@ class PersistWorker:
                     if rest:
                         await self._write_and_ack(await self._prepare(channel, rest), lost)
             finally:
+                watchdog.cancel()
                 if writing is not None and not writing.done():
                     writing.cancel()
             log.info("persist worker stopped consuming", extra={"fields": vars(self.stats)})
+            if stalled.is_set():
+                raise ConsumerStalled(topology.PERSIST_QUEUE)
+
+    async def _watch(
+        self,
+        connection: aio_pika.abc.AbstractConnection,
+        stalled: asyncio.Event,
+        end: Callable[[], None],
+    ) -> None:
+        """Every ``STALL_S``: with nothing in hand and no delivery for that long while the
+        queue holds ready messages (stuck), or for ``IDLE_RESUBSCRIBE_S`` at all, end the
+        session (``end``) so that another connection subscribes afresh
+        (workers.sessions.ConsumerStalled)."""
+        while True:
+            await asyncio.sleep(STALL_S)
+            idle_s = time.monotonic() - self._last_delivery_s
+            if self._held or idle_s < STALL_S:
+                continue
+            if idle_s < IDLE_RESUBSCRIBE_S:
+                if await ready_messages(connection, topology.PERSIST_QUEUE) == 0:
+                    continue
+                log.warning("persist consumer stalled: reconnecting")
+            stalled.set()
+            end()
+            return
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        self._last_delivery_s = time.monotonic()
         self._held += 1
         self._inbox.put_nowait(message)
 

@@ -12,9 +12,36 @@ import aiormq
 
 log = logging.getLogger(__name__)
 
+# A consumer with nothing in hand, yet no delivery for this long while its queue holds ready
+# messages, is stuck: its session ends and another connection subscribes.
+STALL_S = 10.0
+# A consumer with nothing in hand and no delivery for this long subscribes afresh whatever its
+# queue holds: the broker may hold deliveries for it that never reached it (unacknowledged on
+# its channel, invisible to a passive declare), which only the channel's close gives back.
+IDLE_RESUBSCRIBE_S = 30.0
+
+
+class ConsumerStalled(Exception):
+    """A consumer received nothing while its queue held ready messages. RabbitMQ 3.10 can
+    leave a consumer (and a publisher) that way when it subscribed while its quorum queue was
+    electing a leader: its queue client keeps the dead leader. Another connection subscribes
+    afresh."""
+
+
+async def ready_messages(connection: aio_pika.abc.AbstractConnection, queue: str) -> int:
+    """The messages ready in ``queue`` (a passive declare on a channel of its own)."""
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0
+    finally:
+        await channel.close()
+
+
 # A broker session ends with one of these when the connection or the channel goes away
 # (ChannelInvalidStateError: an ack or a publish on a channel that died meanwhile).
 BROKER_GONE: tuple[type[BaseException], ...] = (
+    ConsumerStalled,
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
     OSError,
@@ -35,6 +62,8 @@ async def keep_running(
         try:
             await session()
             delay_s = 0.1
+        except ConsumerStalled as exc:
+            log.info("%s session ended: %s", name, exc)
         except (*BROKER_GONE, *also) as exc:
             log.warning("%s session ended: %s", name, type(exc).__name__)
         if not stopping.is_set():
