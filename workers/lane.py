@@ -328,17 +328,33 @@ class LaneWorker:
             return state, subject
 
     async def _permit(self) -> flow.Permit | None:
-        """Wait for the gate, unless the worker stops first."""
+        """Wait for the gate, unless the worker stops first. A permit granted to a wait that
+        was abandoned (the worker stops, or this task is cancelled: its connection was lost)
+        is given back at once: kept, it would be a slot of the limit lost for good, and a
+        lane whose slots were all lost that way waits for ever."""
         acquire = asyncio.ensure_future(self.gate.acquire())
         stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
+        try:
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._abandon(acquire)
+            raise
+        finally:
+            stop.cancel()
         if acquire.done():
             return acquire.result()
-        acquire.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await acquire
+        self._abandon(acquire)
         return None
+
+    def _abandon(self, acquire: asyncio.Future[flow.Permit]) -> None:
+        """Give up a wait for a permit; release the permit if it was (or is being) granted."""
+
+        def release(future: asyncio.Future[flow.Permit]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self.gate.release(future.result(), flow.Signal.NEUTRAL)
+
+        acquire.add_done_callback(release)
+        acquire.cancel()
 
     async def _record(self, task: Task, outcome: Passed | Reject | Review) -> str:
         """Record the outcome; return it as a task outcome (once committed)."""

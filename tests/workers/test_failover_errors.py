@@ -6,15 +6,18 @@ calling the ministry again."""
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import aio_pika
+import aiohttp
 import asyncpg
 import pytest
 
 from core import topology
+from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
 from intake.validation import today_wib
@@ -27,6 +30,9 @@ from tests.support.processes import Process, free_port
 from tests.support.proxy import TcpProxy
 from tests.support.stored import stored_once
 from tests.support.waiting import eventually
+from verifiers import registry
+from workers.flow import Signal
+from workers.lane import LaneWorker
 from workers.persist import PersistWorker
 
 
@@ -158,3 +164,27 @@ async def test_a_worker_started_while_no_database_answers_waits_for_one(
         await stored_once(db, {registration})
     finally:
         await proxy.close()
+
+
+async def test_a_permit_granted_to_a_task_cancelled_while_waiting_is_given_back(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    # A lane's tasks are cancelled when their connection is lost (a broker node dies). One
+    # cancelled while waiting for the gate must not take the slot it was waiting for: the
+    # lane of one slot would then wait for ever (seen after kill -9 of a RabbitMQ node).
+    one_slot = settings.replace(lane_limit_fixed=1)
+    async with aiohttp.ClientSession() as http:
+        verifier = registry.build(Check.DAPODIK, one_slot, http, db)
+        worker = LaneWorker(one_slot, Keyring.from_secret(settings.secret_key), db, verifier)
+        held = await worker.gate.acquire()
+        waiting = asyncio.create_task(worker._permit())
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        worker.gate.release(held, Signal.NEUTRAL)  # the slot the cancelled wait wanted
+        await asyncio.sleep(0.05)
+        assert worker.gate.inflight == 0
+        permit = await asyncio.wait_for(worker._permit(), 5)  # the lane still works
+        assert permit is not None
+        worker.gate.release(permit, Signal.NEUTRAL)
