@@ -149,6 +149,12 @@ LANE_RETRIES = Counter(
     "Tasks sent to a delay queue for another attempt, by reason code.",
     ["lane", "reason"],
 )
+CONSUMER_RESUBSCRIPTIONS = Counter(
+    "intake_consumer_resubscriptions_total",
+    "Consumer sessions a worker ended to subscribe afresh on a new connection: stalled (no"
+    " delivery while its queue held ready messages) or idle (none for 30 s at all).",
+    ["worker", "reason"],
+)
 LANE_REJECTIONS = Counter(
     "intake_lane_rejections_total",
     "Registrations a lane rejected or sent to review, by reason code.",

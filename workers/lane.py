@@ -183,6 +183,7 @@ class LaneWorker:
                                 extra={"fields": {"lane": self._check.value}},
                             )
                         if why is not None:
+                            metrics.CONSUMER_RESUBSCRIPTIONS.labels(self._check.value, why).inc()
                             raise ConsumerStalled(f"{self._check.value} {why}")
             finally:
                 self.prefetch = 0

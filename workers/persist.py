@@ -188,10 +188,13 @@ class PersistWorker:
             idle_s = time.monotonic() - self._last_delivery_s
             if self._held or idle_s < STALL_S:
                 continue
+            reason = "idle"
             if idle_s < IDLE_RESUBSCRIBE_S:
                 if await ready_messages(connection, topology.PERSIST_QUEUE) == 0:
                     continue
                 log.warning("persist consumer stalled: reconnecting")
+                reason = "stalled"
+            metrics.CONSUMER_RESUBSCRIPTIONS.labels("persist", reason).inc()
             stalled.set()
             end()
             return
