@@ -65,11 +65,11 @@ from core.verification import (
 from workers import flow
 from workers.dispatch import publish_task
 from workers.sessions import (
-    IDLE_RESUBSCRIBE_S,
     STALL_S,
     ConsumerStalled,
     keep_running,
     ready_messages,
+    resubscribe_reason,
 )
 
 log = logging.getLogger(__name__)
@@ -194,19 +194,13 @@ class LaneWorker:
                     await asyncio.wait(set(self._inflight), timeout=30)
 
     async def _stalled(self, connection: aio_pika.abc.AbstractConnection) -> str | None:
-        """Why the consumer should subscribe afresh (workers.sessions.ConsumerStalled), if it
-        should: consuming with nothing in hand, it has had no delivery for ``STALL_S`` while
-        tasks are ready in the queue (stuck), or none for ``IDLE_RESUBSCRIBE_S`` at all."""
-        if self.prefetch == 0 or self._inflight:
-            return None
-        idle_s = time.monotonic() - self._last_delivery_s
-        if idle_s >= IDLE_RESUBSCRIBE_S:
-            return "idle"
-        if idle_s < STALL_S:
-            return None
-        if await ready_messages(connection, topology.lane_queue(self._check.value)) > 0:
-            return "stalled"
-        return None
+        """Why the consumer should subscribe afresh (workers.sessions.resubscribe_reason)."""
+        queue = topology.lane_queue(self._check.value)
+        return await resubscribe_reason(
+            time.monotonic() - self._last_delivery_s,
+            self.prefetch == 0 or bool(self._inflight),
+            lambda: ready_messages(connection, queue),
+        )
 
     def _wanted_prefetch(self) -> int:
         """Deliveries to hold: none while the breaker is open, one per probe while half-open,

@@ -46,11 +46,11 @@ from core.migrate import migrate, wait_until_migrated
 from core.settings import Settings
 from core.status import report_forever
 from workers.sessions import (
-    IDLE_RESUBSCRIBE_S,
     STALL_S,
     ConsumerStalled,
     keep_running,
     ready_messages,
+    resubscribe_reason,
 )
 from workers.store import RegistrationStore, Rows, prepare
 
@@ -185,15 +185,15 @@ class PersistWorker:
         (workers.sessions.ConsumerStalled)."""
         while True:
             await asyncio.sleep(STALL_S)
-            idle_s = time.monotonic() - self._last_delivery_s
-            if self._held or idle_s < STALL_S:
+            reason = await resubscribe_reason(
+                time.monotonic() - self._last_delivery_s,
+                bool(self._held),
+                lambda: ready_messages(connection, topology.PERSIST_QUEUE),
+            )
+            if reason is None:
                 continue
-            reason = "idle"
-            if idle_s < IDLE_RESUBSCRIBE_S:
-                if await ready_messages(connection, topology.PERSIST_QUEUE) == 0:
-                    continue
+            if reason == "stalled":
                 log.warning("persist consumer stalled: reconnecting")
-                reason = "stalled"
             metrics.CONSUMER_RESUBSCRIPTIONS.labels("persist", reason).inc()
             stalled.set()
             end()

@@ -28,6 +28,21 @@ class ConsumerStalled(Exception):
     afresh."""
 
 
+async def resubscribe_reason(
+    idle_s: float, engaged: bool, ready: Callable[[], Awaitable[int]]
+) -> str | None:
+    """Why a consumer should subscribe afresh (:class:`ConsumerStalled`), if it should:
+    ``idle_s`` since its last delivery, ``engaged`` while it holds work or does not consume,
+    ``ready`` the messages ready in its queue (asked only when it matters). ``"stalled"``: no
+    delivery for ``STALL_S`` while messages are ready; ``"idle"``: none for
+    ``IDLE_RESUBSCRIBE_S`` at all."""
+    if engaged or idle_s < STALL_S:
+        return None
+    if idle_s >= IDLE_RESUBSCRIBE_S:
+        return "idle"
+    return "stalled" if await ready() > 0 else None
+
+
 async def ready_messages(connection: aio_pika.abc.AbstractConnection, queue: str) -> int:
     """The messages ready in ``queue`` (a passive declare on a channel of its own)."""
     channel = await connection.channel(publisher_confirms=False)
