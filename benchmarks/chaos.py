@@ -92,8 +92,7 @@ class Rig:
             self.struck_at = time.time()
 
     def leader(self) -> RabbitNode:
-        leader = self.cluster.quorum_members(PERSIST_QUEUE).get("leader")
-        return next((n for n in self.cluster.rabbits if n.name == leader), self.cluster.rabbits[0])
+        return self.cluster.leading(PERSIST_QUEUE) or self.cluster.rabbits[0]
 
     def primary(self) -> patroni.PgMember:
         member = patroni.primary(self.cluster.members)
@@ -193,28 +192,20 @@ async def _restart_processes(rig: Rig, _: str) -> None:
     await asyncio.to_thread(rig.app.up, rig.settings)
 
 
-async def _memory_alarm(rig: Rig) -> str:
-    node = rig.cluster.rabbits[0]
-    rig.strike()
-    await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", "0.00001")
-    return node.name
+def _alarm(node: int, setting: str, raised: str, cleared: str) -> Fault:
+    """A resource alarm on node ``node`` (0-based): ``rabbitmqctl <setting> <raised>``, healed
+    with ``<cleared>``, the value the cluster's nodes are configured with."""
 
+    async def inject(rig: Rig) -> str:
+        target = rig.cluster.rabbits[node]
+        rig.strike()
+        await asyncio.to_thread(target.ctl, setting, raised)
+        return target.name
 
-async def _memory_clear(rig: Rig, _: str) -> None:
-    node = rig.cluster.rabbits[0]
-    await asyncio.to_thread(node.ctl, "set_vm_memory_high_watermark", MEMORY_WATERMARK)
+    async def heal(rig: Rig, _: str) -> None:
+        await asyncio.to_thread(rig.cluster.rabbits[node].ctl, setting, cleared)
 
-
-async def _disk_alarm(rig: Rig) -> str:
-    node = rig.cluster.rabbits[1]
-    rig.strike()
-    await asyncio.to_thread(node.ctl, "set_disk_free_limit", "100000GB")
-    return node.name
-
-
-async def _disk_clear(rig: Rig, _: str) -> None:
-    node = rig.cluster.rabbits[1]
-    await asyncio.to_thread(node.ctl, "set_disk_free_limit", DISK_FREE_LIMIT)
+    return inject, heal
 
 
 async def _combined(rig: Rig) -> str:
@@ -235,8 +226,8 @@ FAULTS: dict[str, Fault] = {
     "rabbit-pause": (_pause_leader, _resume_node),
     "postgres-primary-kill": (_kill_primary, _restart_member),
     "process-kill": (_kill_processes, _restart_processes),
-    "memory-alarm": (_memory_alarm, _memory_clear),
-    "disk-alarm": (_disk_alarm, _disk_clear),
+    "memory-alarm": _alarm(0, "set_vm_memory_high_watermark", "0.00001", MEMORY_WATERMARK),
+    "disk-alarm": _alarm(1, "set_disk_free_limit", "100000GB", DISK_FREE_LIMIT),
     "combined": (_combined, _heal_combined),
 }
 DESCRIPTIONS = {

@@ -205,6 +205,11 @@ class Cluster:
             return {}
         return {}
 
+    def leading(self, queue: str, vhost: str = VHOST) -> RabbitNode | None:
+        """The node that leads quorum queue ``queue`` now (None if no node says)."""
+        leader = self.quorum_members(queue, vhost).get("leader")
+        return next((n for n in self.rabbits if n.name == leader), None)
+
     def status(self) -> dict[str, Any]:
         primary = patroni.primary(self.members)
         return {
