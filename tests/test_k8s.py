@@ -337,6 +337,8 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
         )
     if kind == "edge":
         problems += edge_problems(where, pod, c, settings, grace)
+    elif kind is not None:
+        problems += worker_probe_problems(where, c, settings)
     if kind in {"edge", Check.PHOTO.value}:
         # The edge writes photos where the photo lane reads them: one shared volume.
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -488,6 +490,28 @@ def edge_problems(where: str, pod: Doc, c: Doc, settings: Settings, grace: int) 
             f"{where}: terminationGracePeriodSeconds {grace} does not cover the preStop sleep"
             f" ({sleep} s) and INTAKE_EDGE_SHUTDOWN_TIMEOUT_S ({settings.edge_shutdown_timeout_s})"
         )
+    return problems
+
+
+# What a worker serves beside /metrics: readiness (a live broker session, consuming or, for the
+# dispatcher, publishing) and liveness (its loop making progress).
+WORKER_PROBES = (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"))
+
+
+def worker_probe_problems(where: str, c: Doc, settings: Settings) -> list[str]:
+    """Both probes GET their path on the container port named `metrics`, the port the process
+    serves on (INTAKE_METRICS_PORT)."""
+    problems = []
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    for probe, path in WORKER_PROBES:
+        http = c.get(probe, {}).get("httpGet", {})
+        if http.get("path") != path:
+            problems.append(f"{where}: {probe} must GET {path}, not {http.get('path')!r}")
+        if http.get("port") != "metrics" or ports.get("metrics") != settings.metrics_port:
+            problems.append(
+                f"{where}: {probe} must be on the port `metrics`"
+                f" (INTAKE_METRICS_PORT {settings.metrics_port}), not {http.get('port')!r}"
+            )
     return problems
 
 
@@ -747,6 +771,19 @@ def test_every_process_serves_metrics_on_the_port_the_pod_monitor_scrapes(
         assert settings.metrics_host not in LOOPBACK
 
 
+def test_every_worker_has_both_probes_on_its_metrics_port(manifests: list[Manifest]) -> None:
+    # Spelled out, although consistency_problems covers it.
+    workers = {
+        name: d for name, d in of_kind(manifests, "Deployment").items() if process(d) != "edge"
+    }
+    assert {process(d) for d in workers.values()} == set(WORKER_KINDS)
+    for deployment in workers.values():
+        c = container(deployment)
+        assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == 9464
+        for probe, path in WORKER_PROBES:
+            assert c[probe]["httpGet"] == {"path": path, "port": "metrics"}
+
+
 def test_manifests_agree_with_the_code(manifests: list[Manifest]) -> None:
     assert consistency_problems(manifests) == []
 
@@ -968,6 +1005,27 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "intake-edge",
         lambda d: container(d)["readinessProbe"]["httpGet"].update(path="/ready"),
         "readinessProbe must GET /readyz",
+    ),
+    (
+        "a worker's liveness on the wrong path",
+        "Deployment",
+        "intake-worker-persist",
+        lambda d: container(d)["livenessProbe"]["httpGet"].update(path="/readyz"),
+        "intake-worker-persist: livenessProbe must GET /healthz",
+    ),
+    (
+        "a worker without readiness",
+        "Deployment",
+        "intake-worker-dispatch",
+        lambda d: container(d).pop("readinessProbe"),
+        "intake-worker-dispatch: readinessProbe must GET /readyz",
+    ),
+    (
+        "a worker's probe on another port",
+        "Deployment",
+        "intake-worker-photo",
+        lambda d: container(d)["readinessProbe"]["httpGet"].update(port=8080),
+        "intake-worker-photo: readinessProbe must be on the port `metrics`",
     ),
     (
         "an env name that is no setting",
