@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import asyncpg
 
@@ -46,12 +47,21 @@ async def expire_on_failover(pool: asyncpg.Pool, exc: BaseException) -> None:
         await pool.expire_connections()
 
 
-async def create_pool(dsn: str, *, name: str, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    name: str,
+    min_size: int,
+    max_size: int,
+    attempted: Callable[[], None] = lambda: None,
+) -> asyncpg.Pool:
     """A worker's pool, made once a primary answers: a worker started while none does (during
     a failover, or before the database is up) waits for one, with a capped backoff, instead of
-    exiting."""
+    exiting. ``attempted`` is called before every attempt (e.g. ``core.health.Health.beat``:
+    waiting for a primary is not being stuck)."""
     delay_s = 0.2
     while True:
+        attempted()
         try:
             pool: asyncpg.Pool = await asyncpg.create_pool(
                 dsn,

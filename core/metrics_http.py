@@ -12,6 +12,10 @@ PostgreSQL, :class:`core.funnel.FunnelCollector`; the queue depths from RabbitMQ
 bounded by a timeout: a collector whose refresh fails or is too slow is left out of that scrape
 (and logged, once per failing streak), so that a slow database never hangs a scrape nor blanks
 the process's own figures.
+
+Given a :class:`core.health.Health` (the workers do), it also answers the probes: ``GET
+/readyz`` and ``GET /healthz``, ``200`` or ``503`` with the reason as JSON. They read only that
+object: a probe costs no query and no call to the broker.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from core.health import Health, Verdict
 from core.metrics import serving_registry
 from core.settings import Settings
 
@@ -65,6 +70,7 @@ class MetricsEndpoint:
         registry: Collector | None = None,
         collectors: Sequence[AsyncCollector] = (),
         refresh_timeout_s: float = REFRESH_TIMEOUT_S,
+        health: Health | None = None,
     ) -> None:
         if registry is None:
             registry = serving_registry() or REGISTRY
@@ -74,13 +80,32 @@ class MetricsEndpoint:
         self._refresh_timeout_s = refresh_timeout_s
         self._locks = [asyncio.Lock() for _ in self._collectors]
         self._failing = [False for _ in self._collectors]
+        self._health = health
         self._runner: web.AppRunner | None = None
         self.address = ""
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/metrics", self._handle)
+        if self._health is not None:
+            app.router.add_get("/healthz", self._live)
+            app.router.add_get("/readyz", self._ready)
         return app
+
+    async def _live(self, request: web.Request) -> web.Response:
+        assert self._health is not None
+        return _probe(self._health.live())
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        assert self._health is not None
+        return _probe(self._health.ready())
+
+    def add(self, collector: AsyncCollector) -> None:
+        """Serve ``collector`` too from the next scrape on (one whose source, e.g. a database
+        pool, exists only once the endpoint already serves the probes)."""
+        self._collectors.append(collector)
+        self._locks.append(asyncio.Lock())
+        self._failing.append(False)
 
     async def start(self) -> None:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
@@ -136,19 +161,31 @@ class MetricsEndpoint:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _probe(verdict: Verdict) -> web.Response:
+    if verdict.ok:
+        return web.json_response({"ok": True})
+    return web.json_response({"ok": False, "reason": verdict.reason}, status=503)
+
+
 @contextlib.asynccontextmanager
 async def serving(
     settings: Settings,
     *,
     registry: Collector | None = None,
     collectors: Sequence[AsyncCollector] = (),
+    health: Health | None = None,
 ) -> AsyncIterator[MetricsEndpoint | None]:
-    """Serve ``/metrics`` on ``settings.metrics_port`` while inside (None: port 0, no endpoint)."""
+    """Serve ``/metrics`` (and, given ``health``, the probes) on ``settings.metrics_port``
+    while inside (None: port 0, no endpoint)."""
     if not settings.metrics_port:
         yield None
         return
     endpoint = MetricsEndpoint(
-        settings.metrics_host, settings.metrics_port, registry=registry, collectors=collectors
+        settings.metrics_host,
+        settings.metrics_port,
+        registry=registry,
+        collectors=collectors,
+        health=health,
     )
     await endpoint.start()
     try:

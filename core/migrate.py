@@ -13,6 +13,7 @@ import asyncio
 import importlib.resources
 import logging
 import re
+from collections.abc import Callable
 
 import asyncpg
 
@@ -45,13 +46,18 @@ async def pending(connection: asyncpg.Connection) -> list[str]:
 
 
 async def wait_until_migrated(
-    connection: asyncpg.Connection, poll_s: float = 2.0, say_every_s: float = 30.0
+    connection: asyncpg.Connection,
+    poll_s: float = 2.0,
+    say_every_s: float = 30.0,
+    waited: Callable[[], None] = lambda: None,
 ) -> None:
     """Return once every shipped migration is applied (by ``intake migrate``, e.g. the
-    Kubernetes migration Job); say what is missing now and then meanwhile."""
+    Kubernetes migration Job); say what is missing now and then meanwhile. ``waited`` is
+    called at every look (e.g. ``core.health.Health.beat``: waiting is not being stuck)."""
     said_at = -say_every_s
     loop = asyncio.get_running_loop()
     while missing := await pending(connection):
+        waited()
         if loop.time() - said_at >= say_every_s:
             log.warning(
                 "waiting for the schema: %d migrations not applied (run intake migrate)",

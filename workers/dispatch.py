@@ -36,6 +36,7 @@ from aio_pika.abc import AbstractExchange
 from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import OUTBOX_CHANNEL
 from core.funnel import FunnelCollector
+from core.health import Health
 from core.queues import QueueCollector
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
@@ -50,7 +51,9 @@ POLL_S = 1.0
 class Dispatcher:
     """Moves tasks from the outbox to the lanes until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, health: Health | None = None
+    ) -> None:
         self._settings = settings
         self._pool = pool
         self._stopping = asyncio.Event()
@@ -59,6 +62,7 @@ class Dispatcher:
         # Held back (intake supervise, while an edge sheds or is late): the outbox waits in
         # PostgreSQL.
         self.held = False
+        self.health = health if health is not None else Health()  # what its probes read
         metrics.init_dispatch()
 
     def stop(self) -> None:
@@ -79,6 +83,7 @@ class Dispatcher:
             self._stopping,
             "dispatcher",
             also=(asyncpg.PostgresError, *database.FAILOVER),
+            health=self.health,
         )
 
     async def _failover_aware_session(self) -> None:
@@ -100,7 +105,9 @@ class Dispatcher:
                     channel, self._settings, tuple(c.value for c in Check)
                 )
                 log.info("dispatcher running")
+                self.health.serving(True)
                 while not self._stopping.is_set():
+                    self.health.beat()
                     self._wake.clear()
                     if not self.held and await self.dispatch_once(lanes.verify_exchange):
                         continue
@@ -166,16 +173,21 @@ async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker dispatch``. With ``INTAKE_METRICS_PORT`` set it also
     serves the funnel (from PostgreSQL) and the queue depths (from RabbitMQ): the dispatcher
     runs once per deployment, so a cluster has those figures once."""
-    pool = await database.create_pool(
-        settings.database_url, name="intake-dispatch", min_size=1, max_size=3
-    )
+    health = Health()
     queues = QueueCollector(settings.amqp_url)
-    async with (
-        pool,
-        metrics_http.serving(settings, collectors=[FunnelCollector(pool), queues]),
-    ):
+    # The probes answer from the start; the funnel joins the scrape once there is a pool.
+    async with metrics_http.serving(settings, collectors=[queues], health=health) as endpoint:
+        pool = await database.create_pool(
+            settings.database_url,
+            name="intake-dispatch",
+            min_size=1,
+            max_size=3,
+            attempted=health.beat,
+        )
+        if endpoint is not None:
+            endpoint.add(FunnelCollector(pool))
         try:
-            dispatcher = Dispatcher(settings, pool)
+            dispatcher = Dispatcher(settings, pool, health)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, dispatcher.stop)
@@ -184,3 +196,4 @@ async def serve(settings: Settings) -> None:
             await dispatcher.run()
         finally:
             await queues.close()
+            await pool.close()

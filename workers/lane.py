@@ -48,6 +48,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
+from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, report_forever
@@ -87,6 +88,7 @@ class LaneWorker:
         pool: asyncpg.Pool,
         verifier: Verifier,
         gate: flow.LaneGate | None = None,
+        health: Health | None = None,
     ) -> None:
         self._settings = settings
         self._keyring = keyring
@@ -111,6 +113,7 @@ class LaneWorker:
         # tasks in hand finish; the backlog waits in the queue.
         self.held = False
         self._held_changed = asyncio.Event()
+        self.health = health if health is not None else Health()  # what its probes read
 
     def status(self) -> dict[str, object]:
         """What ``intake supervise`` reads from the worker's status file."""
@@ -156,7 +159,7 @@ class LaneWorker:
             await asyncio.sleep(1.0)
 
     async def _run(self) -> None:
-        await keep_running(self._session, self._stopping, f"lane {self._check}")
+        await keep_running(self._session, self._stopping, f"lane {self._check}", health=self.health)
 
     async def _session(self) -> None:
         connection = await broker.connect(self._settings.amqp_url)
@@ -167,10 +170,12 @@ class LaneWorker:
             self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
             consumer = _Consumer(channel, self._lanes.queues[self._check], self._on_message)
             log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
+            self.health.serving(True)
             self._last_delivery_s = time.monotonic()
             next_check_s = self._last_delivery_s + STALL_S
             try:
                 while not (self._stopping.is_set() or lost.is_set()):
+                    self.health.beat()
                     self.prefetch = await consumer.follow(self._wanted_prefetch())
                     await self._wait_for_change(lost)
                     if time.monotonic() >= next_check_s:
@@ -178,6 +183,7 @@ class LaneWorker:
                         why = await self._stalled(connection)
                         if why == "stalled":
                             self.stalls += 1
+                            self.health.stalled()
                             log.warning(
                                 "lane consumer stalled: reconnecting",
                                 extra={"fields": {"lane": self._check.value}},
@@ -231,6 +237,7 @@ class LaneWorker:
         current = asyncio.current_task()
         assert current is not None
         self._last_delivery_s = time.monotonic()
+        self.health.delivered()
         self._inflight.add(current)
         started = time.perf_counter()
         try:
@@ -513,34 +520,39 @@ async def serve(settings: Settings, check: Check) -> None:
     from verifiers import registry  # the composition root picks the verifier
 
     keyring = Keyring.from_secret(settings.secret_key)
-    pool = await database.create_pool(
-        settings.database_url,
-        name=f"intake-{check}",
-        min_size=1,
-        max_size=settings.lane_db_connections,
-    )
-    connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
-    async with (
-        pool,
-        aiohttp.ClientSession(connector=connector) as http,
-        metrics_http.serving(settings),
-    ):
-        worker = LaneWorker(settings, keyring, pool, registry.build(check, settings, http, pool))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        loop.add_signal_handler(HOLD_SIGNAL, worker.hold, True)
-        loop.add_signal_handler(RELEASE_SIGNAL, worker.hold, False)
-        # The status file (set by ``intake supervise``) lasts until the tasks in hand are done.
-        stopped = asyncio.Event()
-        reporter = None
-        if settings.worker_status_file:
-            reporter = asyncio.create_task(
-                report_forever(settings.worker_status_file, worker.status, stopped)
-            )
-        try:
-            await worker.run()
-        finally:
-            stopped.set()
-            if reporter is not None:
-                await reporter
+    health = Health()
+    async with metrics_http.serving(settings, health=health):  # probes answer from the start
+        pool = await database.create_pool(
+            settings.database_url,
+            name=f"intake-{check}",
+            min_size=1,
+            max_size=settings.lane_db_connections,
+            attempted=health.beat,
+        )
+        connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
+        async with pool, aiohttp.ClientSession(connector=connector) as http:
+            verifier = registry.build(check, settings, http, pool)
+            await _serve(settings, LaneWorker(settings, keyring, pool, verifier, health=health))
+
+
+async def _serve(settings: Settings, worker: LaneWorker) -> None:
+    """Run ``worker`` until SIGTERM, with the signals and the status file of ``intake
+    supervise``."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    loop.add_signal_handler(HOLD_SIGNAL, worker.hold, True)
+    loop.add_signal_handler(RELEASE_SIGNAL, worker.hold, False)
+    # The status file (set by ``intake supervise``) lasts until the tasks in hand are done.
+    stopped = asyncio.Event()
+    reporter = None
+    if settings.worker_status_file:
+        reporter = asyncio.create_task(
+            report_forever(settings.worker_status_file, worker.status, stopped)
+        )
+    try:
+        await worker.run()
+    finally:
+        stopped.set()
+        if reporter is not None:
+            await reporter

@@ -41,6 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from core import broker, database, envelope, metrics, metrics_http, topology
 from core.envelope import Envelope, EnvelopeError
+from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate, wait_until_migrated
 from core.settings import Settings
@@ -91,7 +92,13 @@ class PersistStats:
 class PersistWorker:
     """Consumes ``intake.registrations`` until :meth:`stop`; see the module docstring."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, store: RegistrationStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        keyring: Keyring,
+        store: RegistrationStore,
+        health: Health | None = None,
+    ) -> None:
         self._settings = settings
         self._keyring = keyring
         self._store = store
@@ -100,6 +107,7 @@ class PersistWorker:
         self._held = 0  # delivered and not yet acked or nacked
         self._last_delivery_s = 0.0  # when the last message was delivered (monotonic)
         self.stats = PersistStats()
+        self.health = health if health is not None else Health()  # what its probes read
         metrics.init_persist()
 
     def stop(self) -> None:
@@ -124,7 +132,7 @@ class PersistWorker:
 
     async def run(self) -> None:
         """Consume until stopped, reconnecting to the broker with backoff when it goes away."""
-        await keep_running(self._session, self._stopping, "persist")
+        await keep_running(self._session, self._stopping, "persist", health=self.health)
 
     async def _session(self) -> None:
         connection = await broker.connect(self._settings.amqp_url)
@@ -144,6 +152,7 @@ class PersistWorker:
             connection.close_callbacks.add(on_close)
             consumer_tag = await declared.persist_queue.consume(self._deliver)
             log.info("persist worker consuming")
+            self.health.serving(True)
             self._last_delivery_s = time.monotonic()
             stalled = asyncio.Event()
             watchdog = asyncio.create_task(self._watch(connection, stalled, on_close))
@@ -151,6 +160,7 @@ class PersistWorker:
             try:
                 while not self._stopping.is_set() and not lost.is_set():
                     messages = await self._collect()
+                    self.health.beat()
                     if not messages:
                         continue
                     batch = await self._prepare(channel, messages)  # overlaps the write
@@ -179,12 +189,20 @@ class PersistWorker:
         stalled: asyncio.Event,
         end: Callable[[], None],
     ) -> None:
-        """Every ``STALL_S``: with nothing in hand and no delivery for that long while the
+        """Every second: with nothing in hand, the loop is waiting, not stuck (``Health``).
+        Every ``STALL_S``: with nothing in hand and no delivery for that long while the
         queue holds ready messages (stuck), or for ``IDLE_RESUBSCRIBE_S`` at all, end the
         session (``end``) so that another connection subscribes afresh
         (workers.sessions.ConsumerStalled)."""
+        next_check_s = time.monotonic() + STALL_S
         while True:
-            await asyncio.sleep(STALL_S)
+            await asyncio.sleep(1.0)
+            if not self._held:
+                # Nothing in hand: the loop waits for a delivery, which is not being stuck.
+                self.health.beat()
+            if time.monotonic() < next_check_s:
+                continue
+            next_check_s = time.monotonic() + STALL_S
             reason = await resubscribe_reason(
                 time.monotonic() - self._last_delivery_s,
                 bool(self._held),
@@ -193,6 +211,7 @@ class PersistWorker:
             if reason is None:
                 continue
             if reason == "stalled":
+                self.health.stalled()
                 log.warning("persist consumer stalled: reconnecting")
             metrics.CONSUMER_RESUBSCRIPTIONS.labels("persist", reason).inc()
             stalled.set()
@@ -201,6 +220,7 @@ class PersistWorker:
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
         self._last_delivery_s = time.monotonic()
+        self.health.delivered()
         self._held += 1
         self._inbox.put_nowait(message)
 
@@ -360,31 +380,43 @@ async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker persist``: migrate (or wait for ``intake migrate``:
     ``persist_migrate``), consume until SIGTERM, exit."""
     keyring = Keyring.from_secret(settings.secret_key)
-    pool = await database.create_pool(
-        settings.database_url, name="intake-persist", min_size=1, max_size=2
-    )
-    async with pool, metrics_http.serving(settings):
-        async with pool.acquire() as connection:
-            if settings.persist_migrate:
-                await migrate(connection)
-            else:
-                await wait_until_migrated(connection)
-        worker = PersistWorker(settings, keyring, RegistrationStore(pool))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        # The status file (set by ``intake supervise``) lasts until the worker has stored and
-        # acknowledged what it held, not just until SIGTERM.
-        stopped = asyncio.Event()
-        reporter = None
-        if settings.worker_status_file:
-            reporter = asyncio.create_task(
-                report_forever(settings.worker_status_file, worker.status, stopped)
+    health = Health()
+    async with metrics_http.serving(settings, health=health):  # probes answer from the start
+        pool = await database.create_pool(
+            settings.database_url,
+            name="intake-persist",
+            min_size=1,
+            max_size=2,
+            attempted=health.beat,
+        )
+        async with pool:
+            async with pool.acquire() as connection:
+                if settings.persist_migrate:
+                    await migrate(connection)
+                else:
+                    await wait_until_migrated(connection, waited=health.beat)
+            await _serve(
+                settings, PersistWorker(settings, keyring, RegistrationStore(pool), health)
             )
-        try:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker.run()
-        finally:
-            stopped.set()
-            if reporter is not None:
-                await reporter
+
+
+async def _serve(settings: Settings, worker: PersistWorker) -> None:
+    """Run ``worker`` until SIGTERM, with the status file of ``intake supervise``."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    # The status file (set by ``intake supervise``) lasts until the worker has stored and
+    # acknowledged what it held, not just until SIGTERM.
+    stopped = asyncio.Event()
+    reporter = None
+    if settings.worker_status_file:
+        reporter = asyncio.create_task(
+            report_forever(settings.worker_status_file, worker.status, stopped)
+        )
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.run()
+    finally:
+        stopped.set()
+        if reporter is not None:
+            await reporter

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 import aio_pika
 import aiormq
 
+from core.health import Health
+
 log = logging.getLogger(__name__)
 
 # A consumer with nothing in hand, yet no delivery for this long while its queue holds ready
@@ -69,11 +71,16 @@ async def keep_running(
     stopping: asyncio.Event,
     name: str,
     also: tuple[type[BaseException], ...] = (),
+    health: Health | None = None,
 ) -> None:
     """Run ``session`` until ``stopping`` is set; when it ends because the broker (or one of
-    ``also``) went away, start it again after a capped, jittered exponential backoff."""
+    ``also``) went away, start it again after a capped, jittered exponential backoff. Each
+    attempt is progress for ``health`` (a worker whose broker is away is unready, not stuck);
+    the session itself says when it serves (``Health.serving``)."""
     delay_s = 0.1
     while not stopping.is_set():
+        if health is not None:
+            health.beat()
         try:
             await session()
             delay_s = 0.1
@@ -81,6 +88,9 @@ async def keep_running(
             log.info("%s session ended: %s", name, exc)
         except (*BROKER_GONE, *also) as exc:
             log.warning("%s session ended: %s", name, type(exc).__name__)
+        finally:
+            if health is not None:
+                health.serving(False)
         if not stopping.is_set():
             await asyncio.sleep(delay_s * (0.5 + random.random()))  # noqa: S311 - jitter
             delay_s = min(delay_s * 2, 5.0)

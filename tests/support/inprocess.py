@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application, Request
 
+from core.health import Health
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
@@ -39,9 +40,11 @@ async def edge(settings: Settings) -> AsyncIterator[TestClient[Request, Applicat
 
 
 @contextlib.asynccontextmanager
-async def persist_worker(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[PersistWorker]:
+async def persist_worker(
+    settings: Settings, pool: asyncpg.Pool, health: Health | None = None
+) -> AsyncIterator[PersistWorker]:
     keyring = Keyring.from_secret(settings.secret_key)
-    worker = PersistWorker(settings, keyring, RegistrationStore(pool))
+    worker = PersistWorker(settings, keyring, RegistrationStore(pool), health)
     task = asyncio.create_task(worker.run())
     try:
         yield worker

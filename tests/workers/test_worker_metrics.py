@@ -1,6 +1,7 @@
 """Outside ``intake supervise`` (Kubernetes: one process per pod), each ``intake worker`` serves
 its own ``/metrics``, and the dispatcher, which runs once per deployment, also the funnel from
-PostgreSQL and the queue depths from RabbitMQ."""
+PostgreSQL and the queue depths from RabbitMQ; beside them, each answers its probes
+(``/readyz``, ``/healthz``: core/health.py)."""
 
 from __future__ import annotations
 
@@ -77,5 +78,32 @@ async def test_each_worker_serves_its_metrics_and_the_dispatcher_the_funnel_and_
         "funnel on the persist worker": None,  # served once per deployment, by the dispatcher
     }
     assert await eventually(figures, lambda found: found == expected, 60) == expected
+    # And the probes (core/health.py) beside the metrics, which Kubernetes asks: each worker
+    # consumes (the dispatcher: publishes) and its loop turns. A lane too (the photo lane:
+    # nothing reaches it here, which is not being stuck).
+    photo_port = free_port()
+    photo = spawn(["worker", "photo"], settings.replace(metrics_port=photo_port, log_level="INFO"))
+
+    async def probes() -> dict[str, tuple[int, int]]:
+        answers = {}
+        async with aiohttp.ClientSession() as http:
+            for name, port in (
+                ("persist", persist_port),
+                ("dispatch", dispatch_port),
+                ("photo", photo_port),
+            ):
+                statuses = []
+                for path in ("/readyz", "/healthz"):
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}{path}") as response:
+                            statuses.append(response.status)
+                    except aiohttp.ClientConnectionError:  # still starting
+                        statuses.append(0)
+                answers[name] = (statuses[0], statuses[1])
+        return answers
+
+    ok = {"persist": (200, 200), "dispatch": (200, 200), "photo": (200, 200)}
+    assert await eventually(probes, lambda found: found == ok, 60) == ok
     assert persist.terminate() == 0
     assert dispatch.terminate() == 0
+    assert photo.terminate() == 0
