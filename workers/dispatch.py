@@ -16,9 +16,10 @@ The check rows are committed before their tasks are published, so a lane never r
 whose row it cannot see yet.
 
 Each round takes up to ``dispatch_batch_max`` rows with ``FOR UPDATE SKIP LOCKED`` (several
-dispatchers share the work), publishes with confirms, and commits. A crash after a publish and
-before the commit publishes those tasks again: duplicates are harmless, every step is
-idempotent. It wakes on ``NOTIFY intake_outbox`` and polls once a second otherwise.
+dispatchers share the work), publishes with confirms, marks the confirmed ones and commits (when
+some publishes of a round fail, the confirmed ones are marked all the same). A crash after a
+publish and before the commit publishes those tasks again: duplicates are harmless, every step
+is idempotent. It wakes on ``NOTIFY intake_outbox`` and polls once a second otherwise.
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ class Dispatcher:
         return len(ids)
 
     async def _publish_pending(self, exchange: AbstractExchange) -> int:
+        """Publish a batch of pending checks' tasks and mark those the broker confirmed. When
+        some publishes fail (a nack, a return, the channel lost mid-batch), the confirmed ones
+        are still marked and committed before the failure ends the session: marking none
+        would publish them again in the next round (a ministry called twice)."""
         async with self._pool.acquire() as connection, connection.transaction():
             rows = await checks.take_pending(connection, self._settings.dispatch_batch_max)
             if not rows:
@@ -141,12 +146,21 @@ class Dispatcher:
                 Task(row["registration_id"], Check(row["check_name"]), row["attempts"] + 1)
                 for row in rows
             ]
-            await asyncio.gather(*(publish_task(exchange, task) for task in tasks))
-            await checks.mark_published(connection, [(t.registration_id, t.check) for t in tasks])
-        self.dispatched += len(tasks)
-        for lane, count in collections.Counter(t.check.value for t in tasks).items():
+            results = await asyncio.gather(
+                *(publish_task(exchange, task) for task in tasks), return_exceptions=True
+            )
+            published = [t for t, result in zip(tasks, results, strict=True) if result is None]
+            if published:
+                await checks.mark_published(
+                    connection, [(t.registration_id, t.check) for t in published]
+                )
+        self.dispatched += len(published)
+        for lane, count in collections.Counter(t.check.value for t in published).items():
             metrics.DISPATCHED.labels(lane).inc(count)  # committed: published once here
-        return len(tasks)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the rest stay pending, for the next session
+        return len(published)
 
 
 async def publish_task(
