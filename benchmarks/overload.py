@@ -14,7 +14,10 @@ gives up.
 - ``naive-amqp``: :mod:`benchmarks.naive_amqp`, an aio-pika handler with one confirm per
   registration and no admission control, into the same queue and persist worker;
 - ``naive``: :mod:`benchmarks.naive`, the synchronous design (PostgreSQL and a Dukcapil call
-  inside the request).
+  inside the request);
+- ``edge-lb``: the same edge behind a refusal tier (:mod:`benchmarks.refusal_tier`, HAProxy
+  outside the edge's quota, as a load balancer has CPU of its own): the tier keeps the edge at
+  a bounded number of requests in flight and refuses the excess itself.
 
 For each run: **goodput** (``202`` per second over the offer's steady part, its first second
 left out), the share of ``503`` among the answers, the first answer's p50/p99 and the time to
@@ -44,6 +47,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from benchmarks import refusal_tier
 from benchmarks._support import (
     RESULTS_DIR,
     BenchError,
@@ -61,7 +65,7 @@ from benchmarks.wave import ceiling
 from core.settings import Settings
 from intake.validation import today_wib
 
-DESIGNS = ("edge", "naive-amqp", "naive")
+DESIGNS = ("edge", "naive-amqp", "naive", "edge-lb")
 MULTIPLES = (0.5, 1.0, 2.0, 3.0, 5.0)
 VHOST = DATABASE = "intake_bench_overload"
 SERVER_CPU, GENERATOR_CPU = 0, 1
@@ -83,6 +87,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     metrics_url: str | None
+    tier: subprocess.Popen[bytes] | None = None  # the refusal tier in front (edge-lb)
 
     async def shed(self) -> dict[str, float]:
         """The edge's registrations shed so far, by reason (its /metrics)."""
@@ -112,7 +117,7 @@ async def start(
     url = f"http://127.0.0.1:{port}"
     python = ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m"]
     metrics_url = None
-    if design == "edge":
+    if design in ("edge", "edge-lb"):
         argv = [*python, "cli", "edge"]
         metrics_port = free_port()
         settings = settings.replace(edge_port=port, metrics_port=metrics_port)
@@ -132,17 +137,32 @@ async def start(
     process = rig.stack.start_program(f"{design}-{port}", argv, settings=settings)
     quota.add(process.pid)
     await rig.wait_http(f"{url}{ready}", 60)
-    return Server(design, url, process, metrics_url)
+    if design != "edge-lb":
+        return Server(design, url, process, metrics_url)
+    # The refusal tier: on the server's CPU, outside the quota (a load balancer's own CPU).
+    tier_port = free_port()
+    config = rig.stack.log_dir / f"haproxy-{tier_port}.cfg"
+    config.write_text(refusal_tier.render(refusal_tier.TierConfig(tier_port, (url[7:],))))
+    tier = rig.stack.start_program(
+        f"haproxy-{tier_port}",
+        ["taskset", "-c", str(SERVER_CPU), "haproxy", "-db", "-f", str(config)],
+    )
+    tier_url = f"http://127.0.0.1:{tier_port}"
+    await rig.wait_http(f"{tier_url}{ready}", 60)
+    return Server(design, tier_url, process, metrics_url, tier)
 
 
 async def stop(rig: Rig, server: Server) -> None:
-    rig.stack.forget(server.process)
-    server.process.terminate()
-    try:
-        await asyncio.to_thread(server.process.wait, 30)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        await asyncio.to_thread(server.process.wait)
+    for process in (server.tier, server.process):
+        if process is None:
+            continue
+        rig.stack.forget(process)
+        process.terminate()
+        try:
+            await asyncio.to_thread(process.wait, 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
 
 
 async def closed_loop(
@@ -311,7 +331,7 @@ async def run_design(
         await wait_stored(pool, rig, rows_before + len(ids))
         # The edge's promise is audited ("audit": make bench lists it); the naive edge makes
         # none, and what it stored is reported as such.
-        key = "audit" if design == "edge" else "stored_against_202s"
+        key = "audit" if design in ("edge", "edge-lb") else "stored_against_202s"
         outcome[key] = await audit(pool, ids, rows_before, shed.get("deadline", 0))
         progress(f"  {key}: {outcome[key]}")
     return outcome
@@ -354,7 +374,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     results["ratios"] = ratios(results)
     # The edge's promise is audited; the naive edge's audit is reported (it stores what its
     # clients gave up on: the design's flaw, which the comparison shows).
-    edge_audits = [results["designs"].get("edge", {}).get("audit", {}).get("verified", True)]
+    edge_audits = [
+        results["designs"].get(d, {}).get("audit", {}).get("verified", True)
+        for d in ("edge", "edge-lb")
+    ]
     edge_audits.append(results["costs"]["capacity_audit"]["verified"])
     results["verified"] = all(edge_audits)
     if not results["verified"]:
@@ -432,17 +455,22 @@ def bounds(refusal_over_acceptance: float) -> dict[str, float]:
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
-    """Each design's goodput at each load over the edge's goodput at 1x."""
-    edge = results["designs"].get("edge")
-    if edge is None:
-        return {}
-    at_one = next((r["goodput_per_s"] for r in edge["runs"] if r["multiple"] == 1.0), None)
-    if not at_one:
-        return {}
-    return {
-        design: {f"{r['multiple']:g}x": round(r["goodput_per_s"] / at_one, 3) for r in d["runs"]}
-        for design, d in results["designs"].items()
-    }
+    """Each design's goodput at each load over the edge's goodput at 1x (over its own at 1x
+    when the edge did not run)."""
+
+    def at_one(design: str) -> float | None:
+        runs = results["designs"].get(design, {}).get("runs", [])
+        return next((r["goodput_per_s"] for r in runs if r["multiple"] == 1.0), None)
+
+    edge_at_one = at_one("edge")
+    out = {}
+    for design, d in results["designs"].items():
+        reference = edge_at_one or at_one(design)
+        if reference:
+            out[design] = {
+                f"{r['multiple']:g}x": round(r["goodput_per_s"] / reference, 3) for r in d["runs"]
+            }
+    return out
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:

@@ -71,7 +71,10 @@ def test_every_design_is_compared_with_the_edge_at_its_capacity() -> None:
         "edge": {"0.5x": 0.5, "1x": 1.0, "2x": 0.9},
         "naive": {"0.5x": 0.4, "1x": 0.3, "2x": 0.0},
     }
-    assert ratios({"designs": {"naive": runs(1, 2, 3)}}) == {}
+    # Without the edge, a design is compared with itself at 1x.
+    assert ratios({"designs": {"edge-lb": runs(1, 2, 3)}}) == {
+        "edge-lb": {"0.5x": 0.5, "1x": 1.0, "2x": 1.5}
+    }
 
 
 def test_a_quota_is_a_share_of_one_core() -> None:
