@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine for development: RabbitMQ (with its Prometheus plugin), PostgreSQL,
 # Patroni (the local cluster's),
-# Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool) and the .venv.
+# Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool), the .venv, and
+# checkov in .venv-tools (the Kubernetes tests run it).
 # Idempotent: every step checks first and only acts when something is missing;
 # a run with nothing to do prints nothing.
 #
@@ -27,6 +28,9 @@ done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
+# Tools with pinned dependencies of their own (checkov), apart from the project's.
+TOOLS="$ROOT/.venv-tools"
+CHECKOV_VERSION=3.3.30
 skip_services="${INTAKE_SETUP_SKIP_SERVICES:-0}"
 
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -47,6 +51,7 @@ need_root() {
 pg_su() { (cd / && runuser -u postgres -- psql -v ON_ERROR_STOP=1 -tAc "$1"); }
 
 venv_ok() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c pass >/dev/null 2>&1; }
+tools_ok() { [ -x "$TOOLS/bin/python" ] && "$TOOLS/bin/python" -c pass >/dev/null 2>&1; }
 
 # Debian's prometheus package enables and starts its service from its postinst: under systemd
 # always; without systemd through invoke-rc.d, which starts it only when a runlevel is known
@@ -75,7 +80,7 @@ if [ "$skip_services" != 1 ]; then
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || prometheus_missing=1
 fi
 # Debian's python3 ships venv without ensurepip unless python3-venv is installed.
-if ! venv_ok && ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
+if ! { venv_ok && tools_ok; } && ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
     pkgs+=(python3-venv)
 fi
 wanted=("${pkgs[@]}")
@@ -181,6 +186,21 @@ fi
 if [ -x "$VENV/bin/python" ] && [ ! -x "$VENV/bin/kustomize" ]; then
     say "installing kustomize into $VENV/bin (a pinned release, checked against its hash)"
     quiet "$VENV/bin/python" "$ROOT/scripts/install_kustomize.py" "$VENV/bin"
+fi
+
+# --- checkov --------------------------------------------------------------------
+# tests/test_k8s.py scans the rendered k8s/ with it (PyPI's checkov, pinned); in a virtualenv of
+# its own, since it pins dependencies of its own. The marker file names the version installed.
+if [ ! -f "$TOOLS/.checkov-$CHECKOV_VERSION" ] || [ ! -x "$TOOLS/bin/checkov" ]; then
+    say "installing checkov $CHECKOV_VERSION into $TOOLS"
+    if ! tools_ok; then
+        rm -rf "$TOOLS"
+        quiet python3 -m venv "$TOOLS"
+        quiet "$TOOLS/bin/python" -m pip install --upgrade pip
+    fi
+    quiet "$TOOLS/bin/python" -m pip install "checkov==$CHECKOV_VERSION"
+    rm -f "$TOOLS"/.checkov-*
+    touch "$TOOLS/.checkov-$CHECKOV_VERSION"
 fi
 
 # --- the demo's selfies ----------------------------------------------------------
