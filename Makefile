@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo bench chaos cluster image clean
+.PHONY: help setup test lint demo bench chaos cluster image k8s-generate clean
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -13,7 +13,8 @@ help:
 	@echo "make chaos   faults on a local cluster during a wave, audited (benchmarks/chaos.py)"
 	@echo "make cluster start the local cluster and the app on it (intake cluster up)"
 	@echo "make image   build the container image (Containerfile, scripts/image.sh)"
-	@echo "make clean   remove .venv, caches and results/"
+	@echo "make k8s-generate  write k8s/'s rules and dashboards from monitoring/ (monitoring/k8s.py)"
+	@echo "make clean   remove .venv, .venv-tools, caches and results/"
 
 setup:
 	@bash scripts/setup.sh
@@ -41,6 +42,9 @@ cluster: setup
 image: setup
 	@bash scripts/image.sh
 
+k8s-generate: setup
+	$(VENV)/bin/python -m monitoring.k8s
+
 clean:
-	rm -rf $(VENV) results/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/
+	rm -rf $(VENV) .venv-tools/ results/ build/ dist/ .pytest_cache/ .mypy_cache/ .ruff_cache/ .hypothesis/
 	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -type d -prune -exec rm -rf {} +
