@@ -17,6 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
+import shutil
+import subprocess
 import urllib.parse
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -32,6 +35,7 @@ from kubernetes_validate.utils import all_versions
 from core import broker, topology
 from core.settings import Settings, SettingsError
 from core.verification import WORKER_KINDS, Check
+from monitoring import k8s as monitoring_k8s
 from tests.support import kustomize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +45,11 @@ CUSTOM_CRDS = (
     "keda.sh_scaledobjects.yaml",
     "keda.sh_triggerauthentications.yaml",
     "monitoring.coreos.com_podmonitors.yaml",
+    "monitoring.coreos.com_prometheusrules.yaml",
+    "rabbitmq.com_rabbitmqclusters.yaml",
+    "postgresql.cnpg.io_clusters.yaml",
 )
-CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
+CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "rabbitmq.com/", "postgresql.cnpg.io/")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 # The oldest Kubernetes the manifests are for: the edge's preStop `sleep` action is on by
@@ -580,6 +587,13 @@ def service_problems(manifests: list[Manifest], kind: str, name: str, doc: Doc) 
     selector = doc["spec"]["selector"]
     selector = selector.get("matchLabels", {}) if kind == "PodDisruptionBudget" else selector
     selected = [d for d in of_kind(manifests, "Deployment").values() if _selects(selector, d)]
+    if kind == "PodDisruptionBudget" and not selected:
+        # RabbitMQ's nodes: the operator makes no budget for them.
+        for pod, (labels, _) in service_pods(manifests).items():
+            if selector and selector.items() <= labels.items():
+                if doc["spec"].get("maxUnavailable") != 1 or "minAvailable" in doc["spec"]:
+                    return [f"{where}: {pod}'s budget must set maxUnavailable: 1"]
+                return []
     if not selected:
         return [f"{where}: its selector {selector} picks the pods of no Deployment"]
     problems = []
@@ -593,11 +607,20 @@ def service_problems(manifests: list[Manifest], kind: str, name: str, doc: Doc) 
 
 
 def pod_monitor_problems(manifests: list[Manifest], name: str, monitor: Doc) -> list[str]:
-    """A PodMonitor selects the pods of every Deployment, and each of its endpoints is a named
+    """A PodMonitor of a service (RabbitMQ, PostgreSQL) scrapes named ports of its pods. The
+    others select the pods of every Deployment, and each of their endpoints is a named
     container port of theirs that is the port their process serves /metrics on."""
     where = f"PodMonitor/{name}"
     spec = monitor.get("spec", {})
     selector = spec.get("selector", {}).get("matchLabels", {})
+    for pod, (labels, named) in service_pods(manifests).items():
+        if selector and selector.items() <= labels.items():
+            # A service's own metrics (RabbitMQ's plugin, CloudNativePG's exporter).
+            return [
+                f"{where}: port {e.get('port')!r} is no named port of {pod}'s pods"
+                for e in spec.get("podMetricsEndpoints", [])
+                if e.get("port") not in named
+            ] or ([] if spec.get("podMetricsEndpoints") else [f"{where}: no podMetricsEndpoints"])
     deployments = of_kind(manifests, "Deployment")
     selected = {n: d for n, d in deployments.items() if _selects(selector, d)}
     problems = [
@@ -695,13 +718,362 @@ def coverage_problems(manifests: list[Manifest]) -> list[str]:
         problems.append("no HorizontalPodAutoscaler scales the edge")
     if not of_kind(manifests, "PodMonitor"):
         problems.append("no PodMonitor scrapes the processes' /metrics")
+    monitors = [
+        m["spec"]["selector"].get("matchLabels", {})
+        for m in of_kind(manifests, "PodMonitor").values()
+    ]
+    budgets = [
+        b["spec"]["selector"].get("matchLabels", {})
+        for b in of_kind(manifests, "PodDisruptionBudget").values()
+    ]
+    for pod, (labels, _) in sorted(service_pods(manifests).items()):
+        if not any(m and m.items() <= labels.items() for m in monitors):
+            problems.append(f"no PodMonitor scrapes the pods of {pod}")
+        # CloudNativePG makes its own budgets (postgresql_problems checks enablePDB).
+        if pod.startswith("RabbitmqCluster/") and not any(
+            b and b.items() <= labels.items() for b in budgets
+        ):
+            problems.append(f"no PodDisruptionBudget for the pods of {pod}")
+    for kind in ("RabbitmqCluster", "Cluster", "PrometheusRule", "Ingress"):
+        if not of_kind(manifests, kind):
+            problems.append(f"no {kind} in k8s/")
+    return problems
+
+
+# --- 4. RabbitMQ and PostgreSQL, through their operators ----------------------------------
+
+
+# The pods each operator makes for a cluster named N, and their named container ports (the
+# RabbitMQ cluster operator's internal/resource/statefulset.go and internal/metadata/label.go;
+# CloudNativePG's instance pods). NetworkPolicies, PodDisruptionBudgets and PodMonitors are
+# checked against these.
+def rabbitmq_pod(name: str) -> tuple[dict[str, str], dict[str, int]]:
+    labels = {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/component": "rabbitmq",
+        "app.kubernetes.io/part-of": "rabbitmq",
+    }
+    return labels, {"epmd": 4369, "amqp": 5672, "management": 15672, "prometheus": 15692}
+
+
+def postgresql_pod(name: str) -> tuple[dict[str, str], dict[str, int]]:
+    labels = {"cnpg.io/cluster": name, "cnpg.io/podRole": "instance"}
+    return labels, {"postgresql": 5432, "metrics": 9187, "status": 8000}
+
+
+def service_pods(manifests: list[Manifest]) -> dict[str, tuple[dict[str, str], dict[str, int]]]:
+    """``RabbitmqCluster/<name>`` or ``Cluster/<name>`` to its pods' labels and named ports."""
+    pods = {f"RabbitmqCluster/{n}": rabbitmq_pod(n) for n in of_kind(manifests, "RabbitmqCluster")}
+    pods |= {f"Cluster/{n}": postgresql_pod(n) for n in of_kind(manifests, "Cluster")}
+    return pods
+
+
+# Where the peers of the services' pods run (network.yaml's assumptions), as (namespace, pod
+# labels): a NetworkPolicy peer admits such a source or not.
+PROMETHEUS = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+KEDA_OPERATOR = ("keda", {"app.kubernetes.io/name": "keda-operator"})
+RABBITMQ_OPERATOR = ("rabbitmq-system", {"app.kubernetes.io/component": "rabbitmq-operator"})
+CNPG_OPERATOR = ("cnpg-system", {"app.kubernetes.io/name": "cloudnative-pg"})
+NAMESPACE = "intake"
+Source = tuple[str, dict[str, str]]
+
+
+def _peer_admits(peer: Doc, source: Source) -> bool:
+    namespace, labels = source
+    if "ipBlock" in peer:
+        return False
+    if "namespaceSelector" in peer:
+        if not _selector_matches(
+            peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}
+        ):
+            return False
+    elif namespace != NAMESPACE:
+        return False
+    return _selector_matches(peer.get("podSelector") or {}, labels)
+
+
+def _port_numbers(rule: Doc, named: dict[str, int]) -> set[Port]:
+    if not rule.get("ports"):
+        return {ALL_PORTS}
+    ports: set[Port] = set()
+    for p in rule["ports"]:
+        first = named.get(p["port"], 0) if isinstance(p["port"], str) else int(p["port"])
+        for number in range(first, int(p.get("endPort", first)) + 1):
+            ports.add((number, p.get("protocol", "TCP")))
+    return ports
+
+
+def admitted(policies: list[Doc], source: Source, named: dict[str, int]) -> set[Port]:
+    """The ports on which ``policies`` (of one pod) let ``source`` in."""
+    ports: set[Port] = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress") or []:
+            peers = rule.get("from")
+            if not peers or any(_peer_admits(peer, source) for peer in peers):
+                ports |= _port_numbers(rule, named)
+    return ports
+
+
+def _range(first: int, last: int) -> set[Port]:
+    return {(n, "TCP") for n in range(first, last + 1)}
+
+
+DNS: set[Port] = {(53, "UDP"), (53, "TCP")}
+RABBITMQ_PEERS = {(4369, "TCP"), (25672, "TCP")} | _range(35672, 35682)
+POSTGRESQL_PEERS = {(5432, "TCP"), (8000, "TCP")}
+KUBERNETES_API = {(443, "TCP"), (6443, "TCP")}
+
+
+def services_network_problems(manifests: list[Manifest]) -> list[str]:
+    """The pods of RabbitMQ and PostgreSQL isolated both ways, open to exactly their clients,
+    their peers, their operator and Prometheus, and reaching only DNS, their peers and (for
+    CloudNativePG's instance manager) the Kubernetes API; and a namespace-wide default deny."""
+    policies = list(of_kind(manifests, "NetworkPolicy").values())
+    problems = []
+    if not any(
+        p["spec"].get("podSelector") == {}
+        and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ):
+        problems.append("no NetworkPolicy denies everything in the namespace by default")
+    clients: list[Source] = [
+        (NAMESPACE, d["spec"]["template"]["metadata"]["labels"])
+        for kind in ("Deployment", "Job")
+        for d in of_kind(manifests, kind).values()
+    ]
+    for where, (labels, named) in service_pods(manifests).items():
+        mine = [p for p in policies if _selector_matches(p["spec"]["podSelector"], labels)]
+        self_source: Source = (NAMESPACE, labels)
+        if where.startswith("RabbitmqCluster/"):
+            expected = {
+                "KEDA's operator": (KEDA_OPERATOR, {(5672, "TCP")}),
+                "Prometheus": (PROMETHEUS, {(15692, "TCP")}),
+                "the cluster operator": (RABBITMQ_OPERATOR, {(15672, "TCP")}),
+                "its peers": (self_source, RABBITMQ_PEERS),
+            }
+            egress = DNS | RABBITMQ_PEERS
+        else:
+            expected = {
+                "Prometheus": (PROMETHEUS, {(9187, "TCP")}),
+                "the operator": (CNPG_OPERATOR, POSTGRESQL_PEERS),
+                "its peers": (self_source, POSTGRESQL_PEERS),
+            }
+            egress = DNS | POSTGRESQL_PEERS | KUBERNETES_API
+        for direction in ("Ingress", "Egress"):
+            if not any(direction in p["spec"].get("policyTypes", []) for p in mine):
+                problems.append(f"{where}: no NetworkPolicy isolates its {direction.lower()}")
+        for who, (source, ports) in expected.items():
+            got = admitted(mine, source, named)
+            for port in sorted(ports - got):
+                problems.append(f"{where}: {who} is not let in on {port[0]}/{port[1]}")
+            for port in sorted(got - ports):
+                problems.append(f"{where}: {who} is let in on {port}, which it does not need")
+        if where.startswith("Cluster/"):
+            # Every process and the migration Job reach PostgreSQL, and on nothing else.
+            for source in clients:
+                got = admitted(mine, source, named)
+                if got != {(5432, "TCP")}:
+                    problems.append(f"{where}: {source[1]} is let in on {sorted(got)}, not 5432")
+        else:
+            for source in clients:
+                got = admitted(mine, source, named)
+                job = source[1].get("app.kubernetes.io/component") == "migrate"
+                if got != (set() if job else {(5672, "TCP")}):
+                    problems.append(f"{where}: {source[1]} is let in on {sorted(got)}")
+        out: set[Port] = set()
+        for p in mine:
+            for rule in p["spec"].get("egress") or []:
+                out |= _port_numbers(rule, named)
+        for port in sorted(egress - out):
+            problems.append(f"{where}: no NetworkPolicy lets it reach port {port[0]}/{port[1]}")
+        for port in sorted(out - egress):
+            problems.append(f"{where}: a NetworkPolicy lets it reach {port}, which it never calls")
+    return problems
+
+
+def _url(manifests: list[Manifest], key: str) -> urllib.parse.SplitResult:
+    (secret,) = [d for n, d in of_kind(manifests, "Secret").items() if n == "intake-secrets"]
+    return urllib.parse.urlsplit(str(secret["stringData"][key]))
+
+
+# The PostgreSQL pool of each process (intake/app.py, workers/persist.py, workers/dispatch.py:
+# fixed; a lane's is INTAKE_LANE_DB_CONNECTIONS).
+FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3}
+
+
+def connection_budget(manifests: list[Manifest]) -> int:
+    """PostgreSQL connections the processes open at full scale-out: each Deployment's most
+    replicas (its HPA's or ScaledObject's maximum, or its own replicas) times its pool."""
+    maxima = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"]["maxReplicas"]
+        for hpa in of_kind(manifests, "HorizontalPodAutoscaler").values()
+    } | {
+        so["spec"]["scaleTargetRef"]["name"]: so["spec"].get("maxReplicaCount", 100)
+        for so in of_kind(manifests, "ScaledObject").values()
+    }
+    total = 0
+    for name, deployment in of_kind(manifests, "Deployment").items():
+        kind = process(deployment)
+        replicas = maxima.get(name, deployment["spec"].get("replicas", 1))
+        pool = FIXED_POOLS.get(str(kind))
+        if pool is None:
+            try:
+                pool = effective_settings(manifests, deployment).lane_db_connections
+            except SettingsError:
+                continue  # reported with the Deployment
+        total += replicas * pool
+    return total
+
+
+def rabbitmq_problems(manifests: list[Manifest], name: str, cluster: Doc) -> list[str]:
+    """Three nodes (quorum queues), the Secret's URL pointing at this cluster, and the vhost and
+    user of that URL made by the definitions the nodes import at boot."""
+    where = f"RabbitmqCluster/{name}"
+    spec = cluster["spec"]
+    problems = []
+    if spec.get("replicas") != 3:
+        problems.append(f"{where}: {spec.get('replicas')} replicas, not 3 (quorum queues)")
+    url = _url(manifests, "INTAKE_AMQP_URL")
+    vhost, user = urllib.parse.unquote(url.path[1:]), url.username
+    if (url.hostname or "").split(".")[0] != name:
+        problems.append(f"{where}: INTAKE_AMQP_URL names host {url.hostname}, not its Service")
+    config = spec.get("rabbitmq", {}).get("additionalConfig", "")
+    folder = next(
+        (
+            line.split("=", 1)[1].strip()
+            for line in config.splitlines()
+            if line.split("=")[0].strip() == "load_definitions"
+        ),
+        None,
+    )
+    if folder is None:
+        return [*problems, f"{where}: no load_definitions in additionalConfig"]
+    pod = spec.get("override", {}).get("statefulSet", {}).get("spec", {}).get("template", {})
+    volumes = {v["name"]: v for v in pod.get("spec", {}).get("volumes", [])}
+    (rabbit,) = [c for c in pod["spec"]["containers"] if c["name"] == "rabbitmq"]
+    configmaps = of_kind(manifests, "ConfigMap")
+    secrets = of_kind(manifests, "Secret")
+    imported: list[tuple[str, Doc]] = []
+    for mount in rabbit.get("volumeMounts", []):
+        if not mount["mountPath"].startswith(folder.rstrip("/") + "/"):
+            continue
+        volume = volumes.get(mount["name"], {})
+        if "configMap" in volume:
+            source = configmaps.get(volume["configMap"]["name"], {}).get("data", {})
+        elif "secret" in volume:
+            source = secrets.get(volume["secret"]["secretName"], {}).get("stringData", {})
+        else:
+            source = {}
+        if mount.get("subPath") not in source:
+            problems.append(f"{where}: {mount['mountPath']} is no key of its volume's source")
+            continue
+        imported.append((mount["mountPath"], json.loads(source[mount["subPath"]])))
+    imported.sort()  # RabbitMQ imports a folder's files in name order
+    users = [u["name"] for _, d in imported for u in d.get("users", [])]
+    vhosts = [v["name"] for _, d in imported for v in d.get("vhosts", [])]
+    if user not in users:
+        problems.append(f"{where}: the definitions make no user {user!r} (INTAKE_AMQP_URL)")
+    if vhost not in vhosts:
+        problems.append(f"{where}: the definitions make no vhost {vhost!r} (INTAKE_AMQP_URL)")
+    for index, (path, d) in enumerate(imported):
+        for permission in d.get("permissions", []):
+            before = [u["name"] for _, e in imported[: index + 1] for u in e.get("users", [])]
+            if permission["user"] not in before:
+                problems.append(f"{where}: {path} gives permissions to a user not yet imported")
+    granted = {
+        (p["user"], p["vhost"])
+        for _, d in imported
+        for p in d.get("permissions", [])
+        if p["configure"] == p["write"] == p["read"] == ".*"
+    }
+    if (user, vhost) not in granted:
+        problems.append(f"{where}: the definitions give {user!r} no full permissions on {vhost!r}")
+    return problems
+
+
+def postgresql_problems(manifests: list[Manifest], name: str, cluster: Doc) -> list[str]:
+    """Three instances with synchronous replication, the Secret's URL pointing at its primary's
+    Service, its database and owner, and room for every process's pool."""
+    where = f"Cluster/{name}"
+    spec = cluster["spec"]
+    problems = []
+    if spec.get("instances") != 3:
+        problems.append(f"{where}: {spec.get('instances')} instances, not 3")
+    sync = spec.get("postgresql", {}).get("synchronous", {})
+    if sync.get("number", 0) < 1 or sync.get("dataDurability") != "required":
+        problems.append(f"{where}: commits not synchronously replicated (postgresql.synchronous)")
+    if spec.get("enablePDB") is False:
+        problems.append(f"{where}: enablePDB false: drains could stop every instance")
+    url = _url(manifests, "INTAKE_DATABASE_URL")
+    if (url.hostname or "").split(".")[0] != f"{name}-rw":
+        problems.append(f"{where}: INTAKE_DATABASE_URL names {url.hostname}, not {name}-rw")
+    initdb = spec.get("bootstrap", {}).get("initdb", {})
+    if initdb.get("database") != url.path[1:] or initdb.get("owner") != url.username:
+        problems.append(
+            f"{where}: initdb makes database {initdb.get('database')!r} owned by"
+            f" {initdb.get('owner')!r}, INTAKE_DATABASE_URL wants {url.path[1:]!r}"
+            f" of {url.username!r}"
+        )
+    secret = of_kind(manifests, "Secret").get(initdb.get("secret", {}).get("name"), {})
+    if secret.get("type") != "kubernetes.io/basic-auth" or secret.get("stringData", {}).get(
+        "username"
+    ) != initdb.get("owner"):
+        problems.append(f"{where}: initdb's secret is no basic-auth Secret of its owner")
+    limit = int(spec.get("postgresql", {}).get("parameters", {}).get("max_connections", 100))
+    budget = connection_budget(manifests)
+    if limit < budget + 20:
+        problems.append(
+            f"{where}: max_connections {limit}, but the processes open up to {budget}"
+            " (and the operator, the exporter and the Job need some)"
+        )
+    return problems
+
+
+def ingress_problems(manifests: list[Manifest], name: str, ingress: Doc) -> list[str]:
+    """HTTPS at the host of INTAKE_PUBLIC_BASE_URL, to a port of the edge's Service."""
+    where = f"Ingress/{name}"
+    problems = []
+    (config,) = [d for n, d in of_kind(manifests, "ConfigMap").items() if n == "intake-config"]
+    host = urllib.parse.urlsplit(config["data"]["INTAKE_PUBLIC_BASE_URL"]).hostname
+    tls_hosts = {
+        h for t in ingress["spec"].get("tls", []) if t.get("secretName") for h in t["hosts"]
+    }
+    if host not in tls_hosts:
+        problems.append(f"{where}: no TLS (with a secretName) for {host} (INTAKE_PUBLIC_BASE_URL)")
+    services = of_kind(manifests, "Service")
+    for rule in ingress["spec"].get("rules", []):
+        if rule.get("host") != host:
+            problems.append(f"{where}: rule for {rule.get('host')}, not {host}")
+        for path in rule.get("http", {}).get("paths", []):
+            backend = path["backend"]["service"]
+            service = services.get(backend["name"])
+            ports = {p.get("name") for p in (service or {}).get("spec", {}).get("ports", [])}
+            if service is None or backend["port"].get("name") not in ports:
+                problems.append(f"{where}: backend {backend} is no port of a Service of k8s/")
     return problems
 
 
 def consistency_problems(manifests: list[Manifest]) -> list[str]:
     problems = coverage_problems(manifests) + secret_problems(manifests)
+    problems += services_network_problems(manifests)
+    settings_maps = {
+        source["configMapRef"]["name"]
+        for kind in ("Deployment", "Job")
+        for d in of_kind(manifests, kind).values()
+        for source in container(d).get("envFrom", [])
+        if "configMapRef" in source
+    }
     for name, configmap in of_kind(manifests, "ConfigMap").items():
-        problems += configmap_problems(name, configmap)
+        if name in settings_maps:
+            problems += configmap_problems(name, configmap)
+    for name, rabbitmq in of_kind(manifests, "RabbitmqCluster").items():
+        problems += rabbitmq_problems(manifests, name, rabbitmq)
+    for name, postgresql in of_kind(manifests, "Cluster").items():
+        problems += postgresql_problems(manifests, name, postgresql)
+    for name, ingress in of_kind(manifests, "Ingress").items():
+        problems += ingress_problems(manifests, name, ingress)
     for name, deployment in of_kind(manifests, "Deployment").items():
         problems += deployment_problems(manifests, name, deployment)
     for name, so in of_kind(manifests, "ScaledObject").items():
@@ -745,13 +1117,23 @@ def test_builtin_kinds_validate_against_kubernetes(manifests: list[Manifest]) ->
         "Service",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Ingress",
+        "Job",
     }
     assert schema_problems(builtin) == []
 
 
 def test_custom_resources_validate_against_their_crds(manifests: list[Manifest]) -> None:
     custom = [m for m in manifests if is_custom(m.doc)]
-    assert {m.kind for m in custom} == {"ScaledObject", "TriggerAuthentication", "PodMonitor"}
+    assert {m.kind for m in custom} == {
+        "ScaledObject",
+        "TriggerAuthentication",
+        "PodMonitor",
+        "PrometheusRule",
+        "RabbitmqCluster",
+        "Cluster",
+    }
     assert schema_problems(custom) == []
 
 
@@ -759,7 +1141,7 @@ def test_every_process_serves_metrics_on_the_port_the_pod_monitor_scrapes(
     manifests: list[Manifest],
 ) -> None:
     # Spelled out, although consistency_problems covers it.
-    (monitor,) = of_kind(manifests, "PodMonitor").values()
+    monitor = of_kind(manifests, "PodMonitor")["intake"]
     names = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
     assert names == {"metrics"}
     deployments = of_kind(manifests, "Deployment")
@@ -840,6 +1222,124 @@ def test_every_worker_kind_is_one_kustomization_of_the_worker_base() -> None:
         (deployment,) = [d for d in kustomize.build(workers / kind) if d["kind"] == "Deployment"]
         assert deployment["metadata"]["name"] == f"intake-worker-{kind}"
         assert argv(deployment) == ["intake", "worker", kind]
+
+
+def test_every_service_runs_three_replicated_members(manifests: list[Manifest]) -> None:
+    # Spelled out, although consistency_problems covers it.
+    (rabbitmq,) = of_kind(manifests, "RabbitmqCluster").values()
+    assert rabbitmq["spec"]["replicas"] == 3
+    (postgresql,) = of_kind(manifests, "Cluster").values()
+    assert postgresql["spec"]["instances"] == 3
+    assert postgresql["spec"]["postgresql"]["synchronous"]["number"] >= 1
+    assert int(postgresql["spec"]["postgresql"]["parameters"]["max_connections"]) > (
+        connection_budget(manifests)
+    )
+    # The budget config.yaml states (about 350), from the autoscalers' maxima.
+    assert 300 < connection_budget(manifests) < 400
+
+
+# --- the rules and dashboards generated from monitoring/ -------------------------------------
+
+
+def test_the_generated_monitoring_resources_are_current() -> None:
+    assert monitoring_k8s.stale(K8S) == [], "stale: run `make k8s-generate`"
+
+
+def test_a_stale_generated_file_is_reported(tmp_path: Path) -> None:
+    for name, text in monitoring_k8s.render().items():
+        (tmp_path / name).write_text(text)
+    assert monitoring_k8s.stale(tmp_path) == []
+    rules = tmp_path / monitoring_k8s.RULES_FILE
+    rules.write_text(rules.read_text().replace("for: 5m", "for: 10m", 1))
+    (tmp_path / monitoring_k8s.DASHBOARDS_FILE).unlink()
+    assert sorted(monitoring_k8s.stale(tmp_path)) == sorted(
+        [rules, tmp_path / monitoring_k8s.DASHBOARDS_FILE]
+    )
+    assert monitoring_k8s.main(["--check", "--directory", str(tmp_path)]) == 1
+    assert monitoring_k8s.main(["--directory", str(tmp_path)]) == 0
+    assert monitoring_k8s.stale(tmp_path) == []
+
+
+def test_the_cluster_gets_the_rules_and_dashboards_of_monitoring(
+    manifests: list[Manifest],
+) -> None:
+    monitoring = ROOT / "monitoring"
+    groups = []
+    for name in ("recording.yml", "alerts.yml"):
+        groups += yaml.safe_load((monitoring / "rules" / name).read_text())["groups"]
+    (rule,) = of_kind(manifests, "PrometheusRule").values()
+    assert rule["spec"]["groups"] == groups
+    dashboards = of_kind(manifests, "ConfigMap")["intake-grafana-dashboards"]
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards["data"] == {
+        path.name: path.read_text()
+        for path in sorted((monitoring / "grafana" / "dashboards").glob("*.json"))
+    }
+
+
+# --- checkov ----------------------------------------------------------------------------------
+
+TOOLS = ROOT / ".venv-tools"
+README = K8S / "README.md"
+
+
+def checkov_version() -> str:
+    """The version scripts/setup.sh pins."""
+    found = re.search(r"^CHECKOV_VERSION=(\S+)$", (ROOT / "scripts/setup.sh").read_text(), re.M)
+    assert found, "scripts/setup.sh pins no CHECKOV_VERSION"
+    return found.group(1)
+
+
+def checkov(build: str, tmp_path: Path) -> Doc:
+    """checkov's report (JSON) on rendered manifests: the Kubernetes checks, offline."""
+    binary = TOOLS / "bin" / "checkov"
+    command = str(binary) if binary.is_file() else shutil.which("checkov")
+    assert command, "checkov not found: `make setup` installs it into .venv-tools"
+    path = tmp_path / "k8s.yaml"
+    path.write_text(build)
+    done = subprocess.run(
+        [command, "-f", str(path), "--framework", "kubernetes", "-o", "json", "--skip-download"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    report: Doc = json.loads(done.stdout)
+    assert report["summary"]["checkov_version"] == checkov_version()
+    return report
+
+
+def readme_justified() -> set[str]:
+    """The checkov check ids k8s/README.md's checkov table justifies."""
+    section = README.read_text().partition("\n## checkov")[2].partition("\n## ")[0]
+    return set(re.findall(r"^\| `(CKV_K8S_\d+)` \|", section, re.M))
+
+
+def test_checkov_finds_nothing_unjustified(tmp_path: Path) -> None:
+    report = checkov(kustomize.build_text(K8S), tmp_path)
+    results, summary = report["results"], report["summary"]
+    failed = [
+        f"{r['check_id']} {r['resource']}: {r['check_name']}" for r in results["failed_checks"]
+    ]
+    assert failed == []
+    assert summary["parsing_errors"] == 0
+    assert summary["passed"] > 500
+    # Every check skipped in a manifest (checkov.io/skipN annotations) is justified in the
+    # README's table, and the table justifies nothing that is not skipped.
+    skipped = {r["check_id"] for r in results["skipped_checks"]}
+    assert skipped == readme_justified()
+
+
+def test_checkov_reports_a_finding(tmp_path: Path) -> None:
+    # The edge without its pull policy: the check the manifests pass now fails.
+    docs = kustomize.build(K8S)
+    (edge,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "intake-edge"
+    ]
+    container(edge).pop("imagePullPolicy")
+    report = checkov(yaml.safe_dump_all(docs), tmp_path)
+    failed = {(r["check_id"], r["resource"]) for r in report["results"]["failed_checks"]}
+    assert failed == {("CKV_K8S_15", "Deployment.intake.intake-edge")}
 
 
 # --- the checks can fail --------------------------------------------------------------------
@@ -1151,11 +1651,157 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "intake-worker-photo: a NetworkPolicy lets it reach (443, 'TCP'), which it never calls",
     ),
     (
-        "ingress left open",
+        "a broker of one node",
+        "RabbitmqCluster",
+        "rabbitmq",
+        lambda d: d["spec"].update(replicas=1),
+        "RabbitmqCluster/rabbitmq: 1 replicas, not 3",
+    ),
+    (
+        "misspelled RabbitmqCluster field",
+        "RabbitmqCluster",
+        "rabbitmq",
+        lambda d: _rename(d["spec"], "persistence", "persistance"),
+        "'persistance' was unexpected",
+    ),
+    (
+        "no definitions imported",
+        "RabbitmqCluster",
+        "rabbitmq",
+        lambda d: d["spec"]["rabbitmq"].update(additionalConfig=""),
+        "no load_definitions in additionalConfig",
+    ),
+    (
+        "definitions without the user's permissions",
+        "ConfigMap",
+        "rabbitmq-definitions",
+        lambda d: d["data"].update({"definitions.json": '{"vhosts": [{"name": "intake"}]}'}),
+        "the definitions give 'intake' no full permissions on 'intake'",
+    ),
+    (
+        "definitions of another vhost",
+        "ConfigMap",
+        "rabbitmq-definitions",
+        lambda d: d["data"].update(
+            {"definitions.json": d["data"]["definitions.json"].replace('"intake"}', '"/"}')}
+        ),
+        "the definitions make no vhost 'intake'",
+    ),
+    (
+        "a database of one instance",
+        "Cluster",
+        "postgresql",
+        lambda d: d["spec"].update(instances=1),
+        "Cluster/postgresql: 1 instances, not 3",
+    ),
+    (
+        "asynchronous replication",
+        "Cluster",
+        "postgresql",
+        lambda d: d["spec"]["postgresql"].pop("synchronous"),
+        "commits not synchronously replicated",
+    ),
+    (
+        "misspelled CloudNativePG field",
+        "Cluster",
+        "postgresql",
+        lambda d: _rename(d["spec"], "bootstrap", "boostrap"),
+        "'boostrap' was unexpected",
+    ),
+    (
+        "too few PostgreSQL connections",
+        "Cluster",
+        "postgresql",
+        lambda d: d["spec"]["postgresql"]["parameters"].update(max_connections="100"),
+        "max_connections 100, but the processes open up to",
+    ),
+    (
+        "another database than the URL's",
+        "Cluster",
+        "postgresql",
+        lambda d: d["spec"]["bootstrap"]["initdb"].update(database="app"),
+        "initdb makes database 'app'",
+    ),
+    (
+        "misspelled PrometheusRule field",
+        "PrometheusRule",
+        "intake",
+        lambda d: _rename(d["spec"], "groups", "group"),
+        "'group' was unexpected",
+    ),
+    (
+        "RabbitMQ's management API open to the processes",
         "NetworkPolicy",
-        "intake-common",
-        lambda d: d["spec"].update(policyTypes=["Egress"]),
-        "intake-worker-persist: no NetworkPolicy isolates its ingress",
+        "rabbitmq",
+        lambda d: d["spec"]["ingress"][0]["ports"].append({"port": 15672}),
+        "is let in on [(5672, 'TCP'), (15672, 'TCP')]",
+    ),
+    (
+        "RabbitMQ nodes cut off from each other",
+        "NetworkPolicy",
+        "rabbitmq",
+        lambda d: d["spec"]["egress"].pop(1),
+        "RabbitmqCluster/rabbitmq: no NetworkPolicy lets it reach port 25672/TCP",
+    ),
+    (
+        "KEDA unable to read queue lengths",
+        "NetworkPolicy",
+        "rabbitmq",
+        lambda d: d["spec"]["ingress"][0]["from"].pop(1),
+        "RabbitmqCluster/rabbitmq: KEDA's operator is not let in on 5672/TCP",
+    ),
+    (
+        "CloudNativePG's operator shut out",
+        "NetworkPolicy",
+        "postgresql",
+        lambda d: d["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"].update(
+            {"kubernetes.io/metadata.name": "cnpg"}
+        ),
+        "Cluster/postgresql: the operator is not let in on 8000/TCP",
+    ),
+    (
+        "PostgreSQL's metrics open to the processes",
+        "NetworkPolicy",
+        "postgresql",
+        lambda d: d["spec"]["ingress"][0]["ports"].append({"port": 9187}),
+        "is let in on [(5432, 'TCP'), (9187, 'TCP')], not 5432",
+    ),
+    (
+        "a broker budget that blocks drains",
+        "PodDisruptionBudget",
+        "rabbitmq",
+        lambda d: d["spec"].update(minAvailable=3),
+        "RabbitmqCluster/rabbitmq's budget must set maxUnavailable: 1",
+    ),
+    (
+        "a broker PodMonitor on a port the nodes do not name",
+        "PodMonitor",
+        "rabbitmq",
+        lambda d: d["spec"]["podMetricsEndpoints"][0].update(port="metrics"),
+        "port 'metrics' is no named port of RabbitmqCluster/rabbitmq's pods",
+    ),
+    (
+        "an ingress for another host",
+        "Ingress",
+        "intake-edge",
+        lambda d: d["spec"]["tls"][0].update(hosts=["daftar.example"]),
+        "no TLS (with a secretName) for daftar.prakerja.example",
+    ),
+    (
+        "an ingress to a port the Service lacks",
+        "Ingress",
+        "intake-edge",
+        lambda d: d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"].update(
+            port={"name": "https"}
+        ),
+        "is no port of a Service of k8s/",
+    ),
+    (
+        "no default deny",
+        "NetworkPolicy",
+        "default-deny",
+        lambda d: d["spec"].update(policyTypes=["Ingress"]),
+        "no NetworkPolicy denies everything in the namespace by default",
     ),
     (
         "the edge's HTTP port closed",
@@ -1186,6 +1832,17 @@ def test_a_lane_without_scaled_object_is_reported() -> None:
         m for m in load() if not (m.kind == "ScaledObject" and m.name == "intake-worker-dtks")
     ]
     assert f"no ScaledObject scales on {topology.lane_queue(Check.DTKS)}" in all_problems(edited)
+
+
+def test_a_broker_without_budget_or_monitor_is_reported() -> None:
+    edited = [
+        m
+        for m in load()
+        if not (m.kind in {"PodDisruptionBudget", "PodMonitor"} and m.name == "rabbitmq")
+    ]
+    found = all_problems(edited)
+    assert "no PodDisruptionBudget for the pods of RabbitmqCluster/rabbitmq" in found
+    assert "no PodMonitor scrapes the pods of RabbitmqCluster/rabbitmq" in found
 
 
 def test_an_older_kubernetes_refuses_what_it_lacks() -> None:

@@ -43,6 +43,11 @@ def _build(directory: str) -> str:
     return done.stdout
 
 
+def build_text(directory: Path = K8S) -> str:
+    """``kustomize build directory``'s output, as it is."""
+    return _build(str(directory))
+
+
 def build(directory: Path = K8S) -> list[dict[str, Any]]:
     """Every resource ``kustomize build`` renders from ``directory`` (a fresh copy each call)."""
     return [doc for doc in yaml.safe_load_all(_build(str(directory))) if doc]
