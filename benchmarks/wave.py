@@ -1,10 +1,11 @@
 """Replay a wave opening against the whole system and audit that nothing accepted was lost.
 
 One fresh vhost and database; the ministry simulators (seeded with the same population the
-generator sends); ``intake edge`` (``--edges`` processes sharing the port); ``intake
-supervise`` with the worker kinds of the profile (``day``: only ``persist``, its figure is the
-time until the last registration is stored; the others also run the NIK, email and phone
-lanes so the funnel moves). Then:
+generator sends); ``intake edge`` (``--edges`` processes sharing the port; with ``--tier``,
+behind the refusal tier of :mod:`benchmarks.refusal_tier`); ``intake supervise`` with the
+worker kinds of the profile (``day``: only ``persist``, its figure is the time until the last
+registration is stored; the others also run the NIK, email and phone lanes so the funnel
+moves). Then:
 
 1. the load generator's **ceiling**: :mod:`benchmarks.loadgen` closed loop against
    :mod:`benchmarks.bare` (pinned to the other CPU) for a few seconds: the rate above which
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -42,7 +44,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from benchmarks import plots
+from benchmarks import plots, refusal_tier
 from benchmarks._support import (
     RESULTS_DIR,
     free_port,
@@ -185,9 +187,10 @@ async def ceiling(work_dir: Path, connections: int, seconds: float) -> dict[str,
     }
 
 
-async def start_system(rig: Rig, kinds: Sequence[str], edges: int = 1) -> None:
+async def start_system(rig: Rig, kinds: Sequence[str], edges: int = 1, tier: bool = False) -> str:
     """``intake supervise KINDS`` and ``edges`` edge processes sharing the port, as an
-    operator starts them, once the simulators run."""
+    operator starts them, once the simulators run; with ``tier``, the refusal tier in front
+    of them (:mod:`benchmarks.refusal_tier`). Return the URL the registrants use."""
     run_dir = rig.log_dir / "run"
     run_dir.mkdir()
     # The edges tell the supervisor when they shed (it then holds verification back).
@@ -197,8 +200,21 @@ async def start_system(rig: Rig, kinds: Sequence[str], edges: int = 1) -> None:
     await rig.start_edge()
     for extra in range(1, edges):
         rig.stack.start(f"edge-{extra + 1}", "edge")
+    url = rig.base_url
+    if tier:
+        port = free_port()
+        config = rig.log_dir / "haproxy.cfg"
+        # The edges share one port: one server for the tier, each edge's share of the slots.
+        edge = refusal_tier.TierConfig(port, (url.removeprefix("http://"),))
+        config.write_text(
+            refusal_tier.render(dataclasses.replace(edge, edge_conns=edge.edge_conns * edges))
+        )
+        rig.stack.start_program("haproxy", ["haproxy", "-db", "-f", str(config)])
+        url = f"http://127.0.0.1:{port}"
+        await rig.wait_http(f"{url}/readyz", 60)
     await asyncio.sleep(3)  # the first workers open their pools and queues
     rig.check_alive()
+    return url
 
 
 async def wait_stored(rig: Rig, sampler: Sampler, accepted: int, stall_s: float) -> None:
@@ -280,14 +296,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             invalid_share=profile.invalid_share,
             duplicate_share=profile.duplicate_share,
         )
-        await start_system(rig, kinds, args.edges)
+        url = await start_system(rig, kinds, args.edges, args.tier)
         sampler = Sampler(rig, ministries="dukcapil" in kinds)
         sampling = asyncio.create_task(sampler.run())
         cpu_marks = [(time.monotonic(), cpu_by_role(_ME))]
         try:
             progress(f"  offering with {connections} connections; workers: {' '.join(kinds)}")
             offered = await spawn(
-                rig.base_url,
+                url,
                 args.profile,
                 work_dir,
                 count=args.count,
@@ -340,6 +356,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine_info(),
         "config": {
             "edges": args.edges,
+            "tier": args.tier,
             "worker_kinds": kinds,
             "connections": connections,
             "db_connections": args.db_connections,
@@ -438,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=None, help="generator connections")
     parser.add_argument("--edges", type=int, default=1, help="intake edge processes")
     parser.add_argument("--no-lanes", action="store_true", help="only persist workers")
+    parser.add_argument(
+        "--tier", action="store_true", help="a refusal tier (HAProxy) in front of the edges"
+    )
     parser.add_argument(
         "--worker-limits", default="", help="INTAKE_SUPERVISE_WORKER_LIMITS, e.g. persist=1-2"
     )

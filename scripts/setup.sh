@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine for development: RabbitMQ (with its Prometheus plugin), PostgreSQL,
-# Patroni (the local cluster's),
+# Patroni (the local cluster's), HAProxy (the refusal tier's),
 # Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool), the .venv, and
 # checkov in .venv-tools (the Kubernetes tests run it).
 # Idempotent: every step checks first and only acts when something is missing;
@@ -53,23 +53,26 @@ pg_su() { (cd / && runuser -u postgres -- psql -v ON_ERROR_STOP=1 -tAc "$1"); }
 venv_ok() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c pass >/dev/null 2>&1; }
 tools_ok() { [ -x "$TOOLS/bin/python" ] && "$TOOLS/bin/python" -c pass >/dev/null 2>&1; }
 
-# Debian's prometheus package enables and starts its service from its postinst: under systemd
-# always; without systemd through invoke-rc.d, which starts it only when a runlevel is known
-# and no policy-rc.d forbids it (in a container it usually does not). That daemon would
-# scrape the package's default targets and hold port 9090, so stop it and keep it off at boot.
-stop_packaged_prometheus() {
+# Debian's prometheus and haproxy packages enable and start their service from their postinst:
+# under systemd always; without systemd through invoke-rc.d, which starts it only when a
+# runlevel is known and no policy-rc.d forbids it (in a container it usually does not). Those
+# daemons would scrape the package's default targets and hold port 9090, or run a balancer
+# nothing here uses (the benchmarks start HAProxy with a configuration of their own), so stop
+# them and keep them off at boot.
+stop_packaged_service() {
     if [ -d /run/systemd/system ]; then
-        quiet systemctl disable --now prometheus.service
-    elif [ -x /etc/init.d/prometheus ]; then
+        quiet systemctl disable --now "$1.service"
+    elif [ -x "/etc/init.d/$1" ]; then
         # start-stop-daemon --oknodo: succeeds when nothing runs.
-        quiet /etc/init.d/prometheus stop
-        quiet update-rc.d prometheus disable
+        quiet "/etc/init.d/$1" stop
+        quiet update-rc.d "$1" disable
     fi
 }
 
 # --- apt packages ------------------------------------------------------------
 pkgs=()
 prometheus_missing=0
+haproxy_missing=0
 if [ "$skip_services" != 1 ]; then
     command -v rabbitmqctl >/dev/null 2>&1 || pkgs+=(rabbitmq-server)
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
@@ -78,6 +81,8 @@ if [ "$skip_services" != 1 ]; then
         pkgs+=(patroni python3-pysyncobj)
     # Installed on its own, below (not with its recommends).
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || prometheus_missing=1
+    # The refusal tier in front of the edges (benchmarks/refusal_tier.py, its tests).
+    command -v haproxy >/dev/null 2>&1 || { pkgs+=(haproxy) && haproxy_missing=1; }
 fi
 # Debian's python3 ships venv without ensurepip unless python3-venv is installed.
 if ! { venv_ok && tools_ok; } && ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
@@ -93,12 +98,13 @@ fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
     say "installing ${pkgs[*]}"
     quiet apt-get install -y -q "${pkgs[@]}"
+    [ "$haproxy_missing" = 0 ] || stop_packaged_service haproxy
 fi
 if [ "$prometheus_missing" = 1 ]; then
     # Without its recommended node exporter: another daemon, and nothing here scrapes it.
     say "installing prometheus (prometheus, promtool; its service stays stopped)"
     quiet apt-get install -y -q --no-install-recommends prometheus
-    stop_packaged_prometheus
+    stop_packaged_service prometheus
 fi
 
 if [ "$skip_services" != 1 ]; then
