@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from core import broker
@@ -179,11 +180,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``INTAKE_*`` variables, converting each to its field's type."""
+        """Build settings from ``INTAKE_*`` variables, converting each to its field's type.
+        ``INTAKE_<NAME>_FILE`` names a file that holds the value instead (its content, one
+        trailing newline dropped): how an orchestrator hands over a secret without putting
+        it in the environment, e.g. a Kubernetes Secret mounted as files."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            raw = env.get("INTAKE_" + f.name.upper())
+            name = "INTAKE_" + f.name.upper()
+            raw = env.get(name)
+            path = env.get(name + "_FILE")
+            if path is not None:
+                if raw is not None:
+                    raise SettingsError(f"{name} and {name}_FILE are both set: set one")
+                raw = _read_setting_file(name, path)
             if raw is None:
                 continue
             values[f.name] = _convert(f.name, f.type, raw)
@@ -289,6 +299,15 @@ class Settings:
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def _read_setting_file(name: str, path: str) -> str:
+    """The value of ``name`` from the file at ``path`` (never echoed: it may be a secret)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}_FILE: cannot read {path}: {type(exc).__name__}") from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def _convert(name: str, type_name: object, raw: str) -> object:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.settings import DEV_SECRET_KEY, Settings, SettingsError
@@ -39,3 +41,23 @@ def test_production_refuses_the_development_key() -> None:
 def test_round_trip_through_the_environment() -> None:
     settings = Settings(edge_port=9123, edge_access_log=False, edge_publish_timeout_s=0.25)
     assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_a_setting_can_come_from_a_file_as_an_orchestrator_mounts_a_secret(
+    tmp_path: Path,
+) -> None:
+    key = tmp_path / "INTAKE_SECRET_KEY"
+    key.write_text("k" * 40 + "\n")  # as `kubectl create secret --from-file` may leave it
+    url = tmp_path / "INTAKE_AMQP_URL"
+    url.write_text("amqp://intake:pass@rabbitmq:5672/intake")
+    settings = Settings.from_env(
+        {"INTAKE_SECRET_KEY_FILE": str(key), "INTAKE_AMQP_URL_FILE": str(url)}
+    )
+    assert settings.secret_key == "k" * 40
+    assert settings.amqp_url == "amqp://intake:pass@rabbitmq:5672/intake"
+    with pytest.raises(SettingsError, match="INTAKE_SECRET_KEY and INTAKE_SECRET_KEY_FILE"):
+        Settings.from_env({"INTAKE_SECRET_KEY_FILE": str(key), "INTAKE_SECRET_KEY": "x" * 40})
+    missing = tmp_path / "absent"
+    with pytest.raises(SettingsError, match="INTAKE_SECRET_KEY_FILE: cannot read") as raised:
+        Settings.from_env({"INTAKE_SECRET_KEY_FILE": str(missing)})
+    assert "k" * 40 not in str(raised.value)
