@@ -21,6 +21,7 @@ import random
 import urllib.parse
 
 import aio_pika
+import yarl
 from aio_pika.abc import AbstractConnection
 
 CONNECT_TIMEOUT_S = 5.0
@@ -45,9 +46,23 @@ def first(amqp_url: str) -> str:
     return nodes(amqp_url)[0]
 
 
-async def connect(amqp_url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> AbstractConnection:
+def with_heartbeat(url: str, heartbeat_s: int | None) -> str:
+    """``url`` asking for an AMQP heartbeat of ``heartbeat_s`` seconds, unless it names one
+    itself (``?heartbeat=``) or ``heartbeat_s`` is None (the client's default: 60 s)."""
+    if heartbeat_s is None:
+        return url
+    parsed = yarl.URL(url)
+    if "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=heartbeat_s))
+
+
+async def connect(
+    amqp_url: str, timeout_s: float = CONNECT_TIMEOUT_S, heartbeat_s: int | None = None
+) -> AbstractConnection:
     """A connection to a node of ``amqp_url``: the next one after the last connected to, else
-    the one after that, and so on; the last node's error if none answers."""
+    the one after that, and so on; the last node's error if none answers. ``heartbeat_s``: the
+    AMQP heartbeat to ask for where the URL names none (see :func:`with_heartbeat`)."""
     urls = nodes(amqp_url)
     last = _last.get(amqp_url)
     # Spreading, not secrecy: any generator will do.
@@ -56,7 +71,9 @@ async def connect(amqp_url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Abstra
     for step in range(len(urls)):
         index = (start + step) % len(urls)
         try:
-            connection = await aio_pika.connect(urls[index], timeout=timeout_s)
+            connection = await aio_pika.connect(
+                with_heartbeat(urls[index], heartbeat_s), timeout=timeout_s
+            )
         except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
             error = exc
             continue

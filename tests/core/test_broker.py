@@ -6,6 +6,7 @@ client, a node lost (its connections aborted, nothing listening)."""
 from __future__ import annotations
 
 import contextlib
+import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ import pytest
 
 from core import broker
 from core.settings import Settings, SettingsError
+from intake.publisher import HEARTBEAT_S
 from tests.support import inprocess
 from tests.support.people import person
 from tests.support.processes import Process, free_port
@@ -113,6 +115,54 @@ async def test_the_edge_and_the_persist_worker_carry_on_when_their_node_is_lost(
                 for j in range(1, 5):
                     assert await register(i + j) == 202
             await stored_once(db, accepted, only=True)
+
+
+def test_a_heartbeat_is_asked_for_unless_the_url_names_one() -> None:
+    url = "amqp://u:p@h1:5672/intake"
+    assert broker.with_heartbeat(url, 3) == f"{url}?heartbeat=3"
+    assert broker.with_heartbeat(f"{url}?heartbeat=10", 3) == f"{url}?heartbeat=10"
+    assert broker.with_heartbeat(url, None) == url
+
+
+async def test_an_edge_whose_node_goes_silent_moves_to_another_node(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    # A node cut off by a network partition (or paused as its minority) sends nothing more,
+    # not even the close of its connections: the edge gives it up after three missed
+    # heartbeats (intake.publisher.HEARTBEAT_S) and goes to the next node, while it is still
+    # silent. With the client's default heartbeat (60 s) that took 183 s.
+    async with _nodes(settings, 2) as (proxies, setting):
+        clustered = settings.replace(amqp_url=setting, edge_reconnect_max_delay_s=0.2)
+        accepted: set[uuid.UUID] = set()
+        async with inprocess.edge(clustered) as client:
+
+            async def register(i: int) -> int:
+                response = await client.post(
+                    "/v1/registrations",
+                    json=person(i, seed=83),
+                    headers={"Idempotency-Key": f"silent-node-{i}"},
+                )
+                if response.status == 202:
+                    accepted.add(uuid.UUID((await response.json())["id"]))
+                return response.status
+
+            assert await register(0) == 202
+            [silent] = [p for p in proxies if p.carrying]
+            silent.stall()  # what the node sends is held back: its heartbeats too
+            started = time.monotonic()
+            answers = [await register(1)]
+            assert answers == [503]  # no confirm from a silent node
+            status = await eventually(partial(register, 2), lambda s: s == 202, 30)
+            assert status == 202
+            assert time.monotonic() - started < 3 * (HEARTBEAT_S + 1) + 10
+            assert [p.carrying for p in proxies if p is not silent] == [True]
+            for i in range(3, 8):
+                assert await register(i) == 202
+            silent.release()
+        # Every 202 stored once; the 503s may be stored too (the silent node took their
+        # publishes, its confirms were held back): a 503 promises nothing.
+        async with inprocess.persist_worker(settings, db):
+            await stored_once(db, accepted)
 
 
 async def test_the_database_may_be_named_by_several_hosts_the_primary_found_among_them(
