@@ -6,7 +6,8 @@ application on it (:mod:`cluster.app`).
     intake cluster down [--purge]              stop everything (--purge: and remove the data)
 
 Needs root (Patroni runs PostgreSQL as the ``postgres`` user) and Debian's ``rabbitmq-server``,
-``postgresql`` and ``patroni`` (``make setup`` installs them).
+``postgresql`` and ``patroni`` (``make setup`` installs them), and ``iptables`` to cut a node off
+(:mod:`cluster.network`; ``down`` heals any partition first).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _print_up(cluster: Cluster, app: App | None) -> None:
     print(f"cluster in {cluster.root}")
     print(f"  RabbitMQ, {len(status['rabbitmq_running'])} nodes running:")
     for node in status["rabbitmq"]:
-        print(f"    {node['node']}  amqp://127.0.0.1:{node['amqp_port']}")
+        print(f"    {node['node']}  amqp://{node['address']}:{node['amqp_port']}")
     print(f"  PostgreSQL under Patroni, primary {status['primary']}:")
     for member in status["patroni"]:
         print(f"    {member['name']}  127.0.0.1:{member['port']}  {member['role']}")

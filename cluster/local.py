@@ -4,9 +4,11 @@ Patroni, on one machine, in one directory (``intake cluster up|status|down``).
 The layout is fixed by a base port (``--base-port``, default 5700): the cluster's epmd on the
 base port, RabbitMQ node *i*'s AMQP on base + *i* and its Erlang distribution on base + 20 + *i*,
 PostgreSQL member *i* on base + 40 + *i*, its Patroni REST API on base + 50 + *i* and its raft
-on base + 60 + *i*. What runs is found again from the directory (pid files), so ``status`` and
-``down`` work from another process than ``up``, and ``up`` on a cluster that was formed before
-starts its nodes again with their data.
+on base + 60 + *i*. Each RabbitMQ node listens on a loopback address of its own,
+127.H.L.(10 + *i*) with H and L the base port's two bytes, so that :meth:`Cluster.partition` can
+cut one node off by its address (:mod:`cluster.network`). What runs is found again from the
+directory (pid files), so ``status`` and ``down`` work from another process than ``up``, and
+``up`` on a cluster that was formed before starts its nodes again with their data.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cluster import patroni
+from cluster import network, patroni
 from cluster.patroni import PgMember
 from cluster.rabbit import RabbitError, RabbitNode
 
@@ -43,10 +45,26 @@ class Cluster:
     prefix: str = "intake"
 
     @property
-    def rabbits(self) -> list[RabbitNode]:
+    def rabbit_addresses(self) -> tuple[str, ...]:
+        """Each RabbitMQ node's loopback address, of this cluster alone: 127.H.L.(10 + i),
+        H and L the base port's two bytes (5700: 127.22.68.11 to .13)."""
         base = self.base_port
+        return tuple(f"127.{base >> 8 & 255}.{base & 255}.{10 + i}" for i in range(1, SIZE + 1))
+
+    @property
+    def rabbits(self) -> list[RabbitNode]:
+        base, addresses = self.base_port, self.rabbit_addresses
         return [
-            RabbitNode(i, self.prefix, base + i, base + 20 + i, base, self.root)
+            RabbitNode(
+                i,
+                self.prefix,
+                base + i,
+                base + 20 + i,
+                base,
+                self.root,
+                addresses[i - 1],
+                addresses,
+            )
             for i in range(1, SIZE + 1)
         ]
 
@@ -157,11 +175,15 @@ class Cluster:
 
     # --- looking -------------------------------------------------------------------------
 
-    def rabbit_running(self) -> list[str]:
-        """The running nodes of the RabbitMQ cluster, as the first node that answers sees it."""
-        for node in self.rabbits:
-            if node.pid() is None:
-                continue
+    def _reachable(self) -> list[RabbitNode]:
+        """The nodes that run and are not cut off (a cut-off node's tools get no answer)."""
+        cut = {n.name for n in self.partitioned()}
+        return [n for n in self.rabbits if n.pid() is not None and n.name not in cut]
+
+    def rabbit_running(self, seen_by: RabbitNode | None = None) -> list[str]:
+        """The running nodes of the RabbitMQ cluster, as ``seen_by`` sees them, or else the
+        first node that answers."""
+        for node in [seen_by] if seen_by is not None else self._reachable():
             try:
                 status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
             except (RabbitError, ValueError):
@@ -181,9 +203,7 @@ class Cluster:
 
     def quorum_members(self, queue: str, vhost: str = VHOST) -> dict[str, Any]:
         """A quorum queue's leader and members (``rabbitmqctl list_queues``)."""
-        for node in self.rabbits:
-            if node.pid() is None:
-                continue
+        for node in self._reachable():
             try:
                 rows = json.loads(
                     node.ctl(
@@ -217,9 +237,11 @@ class Cluster:
             "amqp_url": self.amqp_url(),
             "database_url": self.database_url(),
             "rabbitmq": [
-                {"node": n.name, "amqp_port": n.amqp_port, "pid": n.pid()} for n in self.rabbits
+                {"node": n.name, "address": n.address, "amqp_port": n.amqp_port, "pid": n.pid()}
+                for n in self.rabbits
             ],
             "rabbitmq_running": self.rabbit_running(),
+            "rabbitmq_partitioned": [n.name for n in self.partitioned()],
             "postgres": [
                 {
                     "member": m.name,
@@ -234,10 +256,29 @@ class Cluster:
             "primary": primary.name if primary else None,
         }
 
+    # --- partitions --------------------------------------------------------------------------
+
+    def partition(self, node: RabbitNode) -> None:
+        """Cut ``node`` off from the other nodes and from every client (:mod:`cluster.network`):
+        every packet from or to its address dropped, until :meth:`heal`."""
+        network.cut(self.base_port, node.address)
+
+    def heal(self) -> None:
+        """End every partition of the cluster's nodes."""
+        for address in network.cut_off(self.base_port):
+            network.heal(self.base_port, address)
+
+    def partitioned(self) -> list[RabbitNode]:
+        """The nodes cut off now."""
+        cut = set(network.cut_off(self.base_port))
+        return [n for n in self.rabbits if n.address in cut]
+
     # --- down ------------------------------------------------------------------------------
 
     def down(self, purge: bool = False) -> None:
-        """Stop every node and member; ``purge`` also removes the directory (its data)."""
+        """Heal any partition, stop every node and member; ``purge`` also removes the directory
+        (its data)."""
+        network.remove(self.base_port)
         with ThreadPoolExecutor(max_workers=SIZE * 2) as pool:
             stops = [pool.submit(n.stop) for n in self.rabbits]
             stops += [pool.submit(m.stop) for m in self.members]

@@ -8,6 +8,14 @@ own replaces it), and an epmd (the Erlang port mapper) on a port of the cluster'
 cookie of its own (``$HOME/.erlang.cookie`` of the cluster's directory), so that the cluster's
 nodes and tools never speak to the machine's broker. The server scripts are run directly, as
 root (``/usr/sbin/rabbitmq-server`` would switch to the ``rabbitmq`` user and its home).
+
+Each node also has a loopback address of its own (all of 127/8 is local on Linux), and a host
+name for it: its AMQP listener and its Erlang distribution listen there only, and its outgoing
+distribution connections leave from there, so that every packet to or from the node carries its
+address, and the node can be cut off from the others and from its clients by address
+(:mod:`cluster.network`). The host names resolve through an Erlang ``inetrc`` file of the
+cluster's own (``ERL_INETRC``, for the servers and for the CLI tools), not ``/etc/hosts``, and
+the cluster's epmd listens on every node's address (a node looks another up at its host).
 """
 
 from __future__ import annotations
@@ -22,6 +30,14 @@ from pathlib import Path
 from cluster import processes
 
 SCRIPTS = Path("/usr/lib/rabbitmq/bin")
+# Erlang's distribution declares a silent peer down after 0.75 to 1.25 times this (Erlang's
+# default is 60 s): a node cut off is seen as down, and pauses (pause_minority), within seconds.
+NET_TICKTIME_S = 10
+
+
+def host_name(index: int, epmd_port: int) -> str:
+    """Node ``index``'s host name in the cluster whose epmd is on ``epmd_port``."""
+    return f"rabbit{index}-{epmd_port}"
 
 
 class RabbitError(RuntimeError):
@@ -38,10 +54,22 @@ class RabbitNode:
     dist_port: int
     epmd_port: int
     root: Path
+    address: str
+    peers: tuple[str, ...] = ()  # every node's address, this one's included (for epmd)
+
+    @property
+    def host(self) -> str:
+        """The node's host name, resolved to :attr:`address` by the cluster's inetrc."""
+        return host_name(self.index, self.epmd_port)
 
     @property
     def name(self) -> str:
-        return f"{self.prefix}{self.index}@localhost"
+        return f"{self.prefix}{self.index}@{self.host}"
+
+    @property
+    def inetrc(self) -> Path:
+        """The cluster's Erlang resolver file (every node's host name and address)."""
+        return self.root / "rabbit" / "inetrc"
 
     @property
     def dir(self) -> Path:
@@ -54,17 +82,19 @@ class RabbitNode:
     def url(self, vhost: str = "/") -> str:
         """The node's AMQP URL for ``vhost``, as the default user (a local cluster's)."""
         quoted = vhost.replace("/", "%2F")
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/{quoted}"
+        return f"amqp://guest:guest@{self.address}:{self.amqp_port}/{quoted}"
 
     def env(self) -> dict[str, str]:
         """The environment of this node's server and of the tools that speak to it."""
         home = self.root / "rabbit"
+        erl_ip = "{" + self.address.replace(".", ",") + "}"
         return {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "HOME": str(home),  # .erlang.cookie: the cluster's own
             "ERL_EPMD_PORT": str(self.epmd_port),
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_ADDRESS": ",".join(("127.0.0.1", *self.peers)),
+            "ERL_INETRC": str(self.inetrc),
             "RABBITMQ_CONF_ENV_FILE": str(home / "rabbitmq-env.conf"),
             "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(home / "enabled_plugins"),
@@ -76,7 +106,9 @@ class RabbitNode:
             # Three nodes share the machine's cores: unbound schedulers, no busy waiting.
             "RABBITMQ_SCHEDULER_BIND_TYPE": "u",
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
-                "-kernel inet_dist_use_interface {127,0,0,1}"
+                f"-kernel inet_dist_use_interface {erl_ip}"
+                f" -kernel inet_dist_connect_options [{{ip,{erl_ip}}}]"
+                f" -kernel net_ticktime {NET_TICKTIME_S}"
                 " +sbwt none +sbwtdcpu none +sbwtdio none"
             ),
         }
@@ -86,10 +118,15 @@ class RabbitNode:
         (self.dir / "log").mkdir(parents=True, exist_ok=True)
         (home / "rabbitmq-env.conf").write_text("# the cluster's own: nothing from /etc\n")
         (home / "enabled_plugins").write_text("[].\n")
+        hosts = [
+            f'{{host, {{{address.replace(".", ",")}}}, ["{host_name(i, self.epmd_port)}"]}}.'
+            for i, address in enumerate(self.peers, start=1)
+        ]
+        self.inetrc.write_text("\n".join([*hosts, "{lookup, [file, native]}.", ""]))
         (self.dir / "rabbitmq.conf").write_text(
             "\n".join(
                 [
-                    f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}",
+                    f"listeners.tcp.default = {self.address}:{self.amqp_port}",
                     "loopback_users = none",
                     # A local cluster shares a disk with everything else: alarm at 1 GB free.
                     "disk_free_limit.absolute = 1GB",

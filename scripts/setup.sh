@@ -79,6 +79,8 @@ if [ "$skip_services" != 1 ]; then
     # The local cluster (intake cluster, tests/cluster): Patroni with its raft store.
     { [ -x /usr/bin/patroni ] && /usr/bin/python3 -c 'import pysyncobj' 2>/dev/null; } ||
         pkgs+=(patroni python3-pysyncobj)
+    # Its network partitions (cluster/network.py, the chaos suite's rabbit-partition).
+    command -v iptables >/dev/null 2>&1 || pkgs+=(iptables)
     # Installed on its own, below (not with its recommends).
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || prometheus_missing=1
     # The refusal tier in front of the edges (benchmarks/refusal_tier.py, its tests).

@@ -28,6 +28,9 @@ from tests.support.processes import Process, free_port, wait_until_ready
 from tests.support.stored import stored_once
 from tests.support.waiting import eventually
 
+# What a node of the minority of a partition logs as it pauses (pause_minority).
+MINORITY = "Cluster minority/secondary status detected"
+
 
 def test_the_cluster_is_three_rabbitmq_nodes_and_a_patroni_primary_with_two_replicas(
     local_cluster: Cluster,
@@ -176,6 +179,46 @@ async def test_nothing_is_lost_when_the_postgres_primary_is_killed(
         await registrants.more(50)  # stored on the new primary
         old.start()  # it comes back as a replica (pg_rewind)
         await eventually(lambda: asyncio.to_thread(local_cluster.postgres_whole), bool, 180)
+        await registrants.more(20)
+    await stored_on(local_cluster, registrants.accepted)
+
+
+async def test_a_node_cut_off_by_a_partition_is_seen_down_pauses_and_rejoins_when_healed(
+    local_cluster: Cluster, on_cluster: Registrants
+) -> None:
+    registrants = on_cluster
+    async with registrants.flowing():
+        await registrants.more(20)
+        node = await asyncio.to_thread(local_cluster.leading, PERSIST_QUEUE)
+        assert node is not None
+        other = next(n for n in local_cluster.rabbits if n.name != node.name)
+        log = next((node.dir / "log").glob(f"{node.name}.log"))
+        paused_before = log.read_text().count(MINORITY)
+        await asyncio.to_thread(local_cluster.partition, node)
+        try:
+            assert [n.name for n in local_cluster.partitioned()] == [node.name]
+            # The others see it down once its distribution's ticks are missed (net_ticktime);
+            # it sees itself in the minority and pauses (pause_minority).
+            running = await eventually(
+                lambda: asyncio.to_thread(local_cluster.rabbit_running, other),
+                lambda names: len(names) == 2,
+                90,
+            )
+            assert node.name not in running
+            await eventually(lambda: log.read_text().count(MINORITY), lambda n: n > paused_before)
+            moved = await asyncio.to_thread(local_cluster.leading, PERSIST_QUEUE)
+            assert moved is not None
+            assert moved.name != node.name
+            await registrants.more(50)  # accepted by the majority, the cut node still silent
+        finally:
+            await asyncio.to_thread(local_cluster.heal)
+        assert local_cluster.partitioned() == []
+        everyone = sorted(n.name for n in local_cluster.rabbits)
+        await eventually(
+            lambda: asyncio.to_thread(local_cluster.rabbit_running, node),
+            lambda names: sorted(names) == everyone,
+            120,
+        )
         await registrants.more(20)
     await stored_on(local_cluster, registrants.accepted)
 
