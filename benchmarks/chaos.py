@@ -64,13 +64,14 @@ from intake.validation import today_wib
 NEMESES = (
     "rabbit-leader-kill",
     "rabbit-pause",
+    "rabbit-partition",
     "postgres-primary-kill",
     "process-kill",
     "memory-alarm",
     "disk-alarm",
     "combined",
 )
-SHORT = ("rabbit-leader-kill", "postgres-primary-kill", "process-kill")
+SHORT = ("rabbit-leader-kill", "rabbit-partition", "postgres-primary-kill", "process-kill")
 SETTLE_TIMEOUT_S = 240.0
 # Where each run's cluster lives (the postgres user must reach its members' directories).
 CHAOS_DIR = Path("/var/lib/intake-chaos")
@@ -160,6 +161,17 @@ async def _resume_node(rig: Rig, name: str) -> None:
             node.signal(signal.SIGCONT)
 
 
+async def _partition_leader(rig: Rig) -> str:
+    node = await asyncio.to_thread(rig.leader)
+    rig.strike()
+    await asyncio.to_thread(rig.cluster.partition, node)
+    return node.name
+
+
+async def _heal_partition(rig: Rig, _: str) -> None:
+    await asyncio.to_thread(rig.cluster.heal)
+
+
 async def _kill_primary(rig: Rig) -> str:
     member = await asyncio.to_thread(rig.primary)
     rig.strike()
@@ -224,6 +236,7 @@ async def _heal_combined(rig: Rig, what: str) -> None:
 FAULTS: dict[str, Fault] = {
     "rabbit-leader-kill": (_kill_leader, _restart_node),
     "rabbit-pause": (_pause_leader, _resume_node),
+    "rabbit-partition": (_partition_leader, _heal_partition),
     "postgres-primary-kill": (_kill_primary, _restart_member),
     "process-kill": (_kill_processes, _restart_processes),
     "memory-alarm": _alarm(0, "set_vm_memory_high_watermark", "0.00001", MEMORY_WATERMARK),
@@ -233,12 +246,18 @@ FAULTS: dict[str, Fault] = {
 DESCRIPTIONS = {
     "rabbit-leader-kill": "kill -9 of the RabbitMQ node that leads intake.registrations",
     "rabbit-pause": "SIGSTOP of the RabbitMQ node that leads intake.registrations",
+    "rabbit-partition": (
+        "the RabbitMQ node that leads intake.registrations cut off from the other nodes and"
+        " from its clients (iptables drops every packet from or to its address)"
+    ),
     "postgres-primary-kill": "kill -9 of the PostgreSQL primary (Patroni and postmaster)",
     "process-kill": "kill -9 of one edge and two random workers",
     "memory-alarm": "a memory alarm on one RabbitMQ node (publishers blocked cluster-wide)",
     "disk-alarm": "a disk alarm on one RabbitMQ node (publishers blocked cluster-wide)",
     "combined": "the queue leader's node, the primary, one edge and two workers killed at once",
 }
+# Not in "combined": with the leader's node killed, a second node cut off would leave no
+# majority, and nothing could be accepted until the heal (a fault the cluster is not built for).
 
 
 # --- one run -------------------------------------------------------------------------------
@@ -438,6 +457,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         for index, name in enumerate(args.nemeses):
             results["runs"].append(await run_nemesis(rig, name, index, args))
     finally:
+        # First of all, whatever happened (an error, ^C): no node stays cut off.
+        cluster.heal()
         progress("cluster: down")
         await asyncio.to_thread(app.down)
         await asyncio.to_thread(cluster.down, not args.keep)
