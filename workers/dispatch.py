@@ -42,7 +42,7 @@ from core.queues import QueueCollector
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
 from core.verification import Check, Task
-from workers.sessions import keep_running
+from workers.sessions import HEARTBEAT_S, keep_running
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class Dispatcher:
             raise
 
     async def _session(self) -> None:
-        connection = await broker.connect(self._settings.amqp_url)
+        connection = await broker.connect(self._settings.amqp_url, heartbeat_s=HEARTBEAT_S)
         listener = await self._pool.acquire()
         try:
             await listener.add_listener(OUTBOX_CHANNEL, self._on_notify)

@@ -66,6 +66,7 @@ from core.verification import (
 from workers import flow
 from workers.dispatch import publish_task
 from workers.sessions import (
+    HEARTBEAT_S,
     STALL_S,
     ConsumerStalled,
     keep_running,
@@ -162,7 +163,7 @@ class LaneWorker:
         await keep_running(self._session, self._stopping, f"lane {self._check}", health=self.health)
 
     async def _session(self) -> None:
-        connection = await broker.connect(self._settings.amqp_url)
+        connection = await broker.connect(self._settings.amqp_url, heartbeat_s=HEARTBEAT_S)
         async with connection:
             lost = asyncio.Event()
             connection.close_callbacks.add(lambda *_: lost.set())

@@ -47,6 +47,7 @@ from core.migrate import migrate, wait_until_migrated
 from core.settings import Settings
 from core.status import report_forever
 from workers.sessions import (
+    HEARTBEAT_S,
     STALL_S,
     ConsumerStalled,
     keep_running,
@@ -135,7 +136,7 @@ class PersistWorker:
         await keep_running(self._session, self._stopping, "persist", health=self.health)
 
     async def _session(self) -> None:
-        connection = await broker.connect(self._settings.amqp_url)
+        connection = await broker.connect(self._settings.amqp_url, heartbeat_s=HEARTBEAT_S)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=self._settings.persist_prefetch)

@@ -14,6 +14,14 @@ from core.health import Health
 
 log = logging.getLogger(__name__)
 
+# The AMQP heartbeat the long-running workers ask for. A node that goes silent (cut off by a
+# network partition, or paused as its cluster's minority: its close never arrives) is given up
+# after three heartbeats and a second without a frame (aiormq: 16 s here, 183 s with the
+# client's default of 60 s), and the session reconnects to the next node; the deliveries held
+# on the silent connection are redelivered once the broker sees it closed. Longer than the
+# edge's (intake.publisher.HEARTBEAT_S): a worker's loop may be busy for a moment, and nobody
+# waits on its answer.
+HEARTBEAT_S = 5
 # A consumer with nothing in hand, yet no delivery for this long while its queue holds ready
 # messages, is stuck: its session ends and another connection subscribes.
 STALL_S = 10.0

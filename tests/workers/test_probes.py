@@ -25,7 +25,7 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
-from core import topology
+from core import broker, topology
 from core.health import Health
 from core.keys import Keyring
 from core.metrics_http import MetricsEndpoint
@@ -110,7 +110,10 @@ async def test_a_lane_whose_broker_went_silent_fails_its_liveness_probe_then_rec
     settings: Settings, db: asyncpg.Pool, served: tuple[Health, Probes]
 ) -> None:
     health, probes = served
-    async with broker_proxy(settings) as (proxy, through), aiohttp.ClientSession() as http:
+    # The client's default heartbeat (60 s): the lane's own heartbeat (workers.sessions) would
+    # give the silent connection up by itself before the probe is asked.
+    patient = settings.replace(amqp_url=broker.with_heartbeat(settings.amqp_url, 60))
+    async with broker_proxy(patient) as (proxy, through), aiohttp.ClientSession() as http:
         lane = _lane(through, db, http, health)
         running = asyncio.create_task(lane.run())
         try:
