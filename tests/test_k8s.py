@@ -17,9 +17,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import posixpath
 import re
 import shutil
 import subprocess
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -255,24 +257,119 @@ def all_queues() -> set[str]:
     return {topology.PERSIST_QUEUE} | {topology.lane_queue(c) for c in Check}
 
 
+def pod_spec(workload: Doc) -> Doc:
+    """The pod template's spec of a Deployment or Job."""
+    spec: Doc = workload["spec"]["template"]["spec"]
+    return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretFile:
+    """What a container sees at a path inside a Secret volume it mounts."""
+
+    secret: str  # the Secret's name
+    key: str | None  # the key whose value the file holds; None: the Secret projects no such file
+    mode: int  # the file's permission bits (the volume's defaultMode, or its item's mode)
+    read_only: bool  # the mount's readOnly
+    optional: bool  # the volume's optional: the pod starts without the Secret
+
+
+def secret_file(pod: Doc, c: Doc, path: str) -> SecretFile | None:
+    """The file of a Secret volume that container ``c`` of ``pod`` sees at ``path`` (a key named
+    after it, or the key of the volume's ``items`` entry with that path; with ``subPath``, the
+    one file mounted); None when ``path`` is in no Secret volume it mounts."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    path = posixpath.normpath(path)
+    # The deepest mount that holds the path is the one the container sees there.
+    for mount in sorted(c.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
+        root = posixpath.normpath(mount["mountPath"])
+        if "subPath" in mount:
+            if path != root:
+                continue
+            inside = posixpath.normpath(mount["subPath"])
+        elif path.startswith(root.rstrip("/") + "/"):
+            inside = path[len(root.rstrip("/")) + 1 :]
+        else:
+            continue
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            return None  # another kind of volume holds the path
+        mode = int(secret.get("defaultMode", 0o644))
+        key = inside if "/" not in inside else None
+        if secret.get("items") is not None:
+            items: list[Doc] = secret["items"]
+            item = next((i for i in items if posixpath.normpath(i["path"]) == inside), {})
+            key, mode = item.get("key"), int(item.get("mode", mode))
+        return SecretFile(
+            secret=str(secret.get("secretName")),
+            key=key,
+            mode=mode,
+            read_only=bool(mount.get("readOnly")),
+            optional=bool(secret.get("optional")),
+        )
+    return None
+
+
+def file_setting(name: str) -> str | None:
+    """The setting an ``INTAKE_<NAME>_FILE`` variable names the file of; None for another name
+    (``INTAKE_WORKER_STATUS_FILE`` is a setting of its own)."""
+    setting = name.removesuffix("_FILE")
+    return setting if setting != name and setting in SETTINGS_ENV else None
+
+
+def secret_settings(workload: Doc) -> dict[str, tuple[str, str]]:
+    """The settings (``INTAKE_<NAME>``) a workload's container takes from a Secret, to that
+    Secret and key: through ``INTAKE_<NAME>_FILE`` naming a file of a mounted Secret volume,
+    or through a ``secretKeyRef`` env (which secret_problems refuses)."""
+    pod, c = pod_spec(workload), container(workload)
+    found: dict[str, tuple[str, str]] = {}
+    for env in c.get("env", []):
+        ref = env.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            found[env["name"]] = (ref["name"], ref["key"])
+        elif file_setting(env["name"]) and "value" in env:
+            file = secret_file(pod, c, str(env["value"]))
+            if file is not None and file.key is not None:
+                found[env["name"].removesuffix("_FILE")] = (file.secret, file.key)
+    return found
+
+
 def effective_settings(manifests: Iterable[Manifest], deployment: Doc) -> Settings:
-    """The settings a Deployment's process would build: its ConfigMaps, then its own `env`
-    (which wins); values from Secrets are placeholders. Raises SettingsError."""
+    """The settings a Deployment's (or Job's) process would build: its ConfigMaps, then its own
+    `env` (which wins); values from Secrets are placeholders, a Secret's file (named by an
+    ``INTAKE_<NAME>_FILE``) a real file holding one, read by Settings.from_env itself. Raises
+    SettingsError, also for an ``INTAKE_<NAME>_FILE`` naming no file of a mounted Secret."""
     configmaps = of_kind(manifests, "ConfigMap")
-    c = container(deployment)
+    pod, c = pod_spec(deployment), container(deployment)
     environ: dict[str, str] = {}
     for source in c.get("envFrom", []):
         environ.update(
             configmaps.get(source.get("configMapRef", {}).get("name"), {}).get("data", {})
         )
-    for env in c.get("env", []):
-        if "value" in env:
-            environ[env["name"]] = str(env["value"])
-        elif "secretKeyRef" in env.get("valueFrom", {}):
-            environ[env["name"]] = _SECRET_PLACEHOLDERS.get(
-                env["name"], "placeholder-from-a-secret-0123456789abcdef"
-            )
-    return Settings.from_env(environ)
+    with tempfile.TemporaryDirectory() as files:
+        for env in c.get("env", []):
+            name = env["name"]
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                environ[name] = _secret_placeholder(ref["key"])
+            elif file_setting(name) and "value" in env:
+                file = secret_file(pod, c, str(env["value"]))
+                if file is None or file.key is None:
+                    raise SettingsError(
+                        f"{name}: {env['value']} is no file of a Secret mounted in the container"
+                    )
+                # The file the process would read, with a placeholder for the Secret's value.
+                local = Path(files) / name
+                local.write_text(_secret_placeholder(file.key) + "\n")
+                environ[name] = str(local)
+            elif "value" in env:
+                environ[name] = str(env["value"])
+        return Settings.from_env(environ)
+
+
+def _secret_placeholder(key: str) -> str:
+    """A value in the shape the settings check (the example Secret's shape) for a Secret's key."""
+    return _SECRET_PLACEHOLDERS.get(key, "placeholder-from-a-secret-0123456789abcdef")
 
 
 # Secret values in the shape the settings check (the example Secret's shape).
@@ -330,8 +427,11 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
         )
     c = container(deployment)
     for env in c.get("env", []):
-        if env["name"] not in SETTINGS_ENV:
-            problems.append(f"{where}: env {env['name']} is not a setting (core/settings.py)")
+        if env["name"] not in SETTINGS_ENV and file_setting(env["name"]) is None:
+            problems.append(
+                f"{where}: env {env['name']} is not a setting (core/settings.py) nor the"
+                " INTAKE_<NAME>_FILE of one"
+            )
     try:
         settings = effective_settings(manifests, deployment)
     except SettingsError as exc:
@@ -672,22 +772,97 @@ def hpa_problems(manifests: list[Manifest], name: str, hpa: Doc) -> list[str]:
     return problems
 
 
+# The Secret the processes take their secret settings from (secret.example.yaml's shape).
+SECRETS = "intake-secrets"
+
+
+def readable(pod: Doc, c: Doc, mode: int) -> bool:
+    """Whether container ``c`` of ``pod`` can read a file of a Secret volume with this mode:
+    the kubelet makes it owned by root, and by the group fsGroup when the pod sets one (the
+    process's user is in that group)."""
+    context = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    if context.get("runAsUser") == 0 or mode & 0o004:
+        return True
+    return pod.get("securityContext", {}).get("fsGroup") is not None and bool(mode & 0o040)
+
+
 def secret_problems(manifests: list[Manifest]) -> list[str]:
-    """Every Secret key referred to exists in the Secret's example (secret.example.yaml)."""
+    """Every Secret key referred to exists in the Secret's example (secret.example.yaml). The
+    processes and the migration Job take their secrets as files of a mounted Secret, never in
+    their environment: no ``secretKeyRef`` env, no ``secretRef`` envFrom; each
+    ``INTAKE_<NAME>_FILE`` names a file of a Secret volume the container mounts read-only, which
+    holds the key ``INTAKE_<NAME>`` and which the container's user can read. Every process
+    takes every key of intake-secrets that way, the Job its INTAKE_DATABASE_URL."""
     secrets = {
         name: set(doc.get("stringData", {})) | set(doc.get("data", {}))
         for name, doc in of_kind(manifests, "Secret").items()
     }
     refs: list[tuple[str, str, str]] = []
-    for name, deployment in of_kind(manifests, "Deployment").items():
-        for env in container(deployment).get("env", []):
-            ref = env.get("valueFrom", {}).get("secretKeyRef")
-            if ref is not None:
-                refs.append((f"Deployment/{name}", ref["name"], ref["key"]))
+    problems = []
+    workloads = [
+        (f"{kind}/{name}", kind, workload)
+        for kind in ("Deployment", "Job")
+        for name, workload in of_kind(manifests, kind).items()
+    ]
+    for where, kind, workload in workloads:
+        pod = pod_spec(workload)
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            for source in c.get("envFrom", []):
+                if "secretRef" in source:
+                    problems.append(
+                        f"{where}: envFrom the Secret {source['secretRef'].get('name')!r} puts"
+                        " secrets in the environment: mount it and set INTAKE_<NAME>_FILE"
+                    )
+            for env in c.get("env", []):
+                name = env["name"]
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref is not None:
+                    refs.append((where, ref["name"], ref["key"]))
+                    problems.append(
+                        f"{where}: env {name} takes the key {ref['key']!r} of the Secret"
+                        f" {ref['name']!r} through secretKeyRef, into the environment: mount"
+                        f" the Secret and set {name}_FILE"
+                    )
+                setting = file_setting(name)
+                if setting is None:
+                    continue
+                file = secret_file(pod, c, str(env.get("value", "")))
+                if file is None or file.key is None:
+                    problems.append(
+                        f"{where}: {name} {env.get('value')!r} is no file of a Secret volume"
+                        " the container mounts"
+                    )
+                    continue
+                refs.append((where, file.secret, file.key))
+                if file.key != setting:
+                    problems.append(
+                        f"{where}: {name} reads the key {file.key!r} of the Secret"
+                        f" {file.secret!r}, not {setting!r}"
+                    )
+                if not file.read_only:
+                    problems.append(f"{where}: the Secret {file.secret!r} is mounted writable")
+                if file.optional:
+                    problems.append(
+                        f"{where}: the Secret {file.secret!r} is an optional volume: the pod"
+                        " would start without it"
+                    )
+                if not readable(pod, c, file.mode):
+                    problems.append(
+                        f"{where}: {env['value']} (mode {file.mode:04o}) is not readable by the"
+                        " container's user (no fsGroup with a group-readable mode)"
+                    )
+        wanted = secrets.get(SECRETS, set()) if kind == "Deployment" else {"INTAKE_DATABASE_URL"}
+        taken = secret_settings(workload)
+        for setting in sorted(wanted):
+            if taken.get(setting) != (SECRETS, setting):
+                problems.append(
+                    f"{where}: does not take {setting} from the Secret {SECRETS!r} (the file"
+                    f" of its key {setting} named by {setting}_FILE)"
+                )
     for name, auth in of_kind(manifests, "TriggerAuthentication").items():
         for ref in auth["spec"].get("secretTargetRef", []):
             refs.append((f"TriggerAuthentication/{name}", ref["name"], ref["key"]))
-    return [
+    return problems + [
         f"{where}: Secret {secret!r} has no key {key!r}"
         for where, secret, key in refs
         if key not in secrets.get(secret, set())
@@ -1192,8 +1367,8 @@ def test_the_schema_is_migrated_by_a_job_the_persist_worker_waits_for(
         ["migrate"]
     ]
     (job,) = jobs.values()
-    env = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "INTAKE_DATABASE_URL" in env
+    # Its database URL from the Secret's file.
+    assert secret_settings(job) == {"INTAKE_DATABASE_URL": (SECRETS, "INTAKE_DATABASE_URL")}
     persist = of_kind(manifests, "Deployment")["intake-worker-persist"]
     assert effective_settings(manifests, persist).persist_migrate is False
     # Its network: DNS and PostgreSQL out, nothing in.
@@ -1368,6 +1543,41 @@ def _trigger(doc: Doc) -> Doc:
     return metadata
 
 
+def _env(doc: Doc, name: str) -> Doc:
+    """The env entry ``name`` of a workload's container."""
+    envs: list[Doc] = container(doc)["env"]
+    (env,) = [e for e in envs if e["name"] == name]
+    return env
+
+
+def _replace_env(doc: Doc, name: str, new: Doc) -> None:
+    envs = container(doc)["env"]
+    envs[envs.index(_env(doc, name))] = new
+
+
+def _secret_volume(doc: Doc) -> Doc:
+    """The Secret volume of a workload's pod (the one of intake-secrets)."""
+    (volume,) = [v for v in pod_spec(doc)["volumes"] if "secret" in v]
+    secret: Doc = volume["secret"]
+    return secret
+
+
+def _secret_mount(doc: Doc) -> Doc:
+    mounts: list[Doc] = container(doc)["volumeMounts"]
+    (mount,) = [m for m in mounts if m["name"] == "secrets"]
+    return mount
+
+
+SECRET_KEY_REF = {
+    "name": "INTAKE_SECRET_KEY",
+    "valueFrom": {"secretKeyRef": {"name": "intake-secrets", "key": "INTAKE_SECRET_KEY"}},
+}
+DATABASE_URL_REF = {
+    "name": "INTAKE_DATABASE_URL",
+    "valueFrom": {"secretKeyRef": {"name": "intake-secrets", "key": "INTAKE_DATABASE_URL"}},
+}
+
+
 BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
     # (what, kind, name, change, a fragment of the expected problem)
     (
@@ -1538,7 +1748,9 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "photo lane without the blob volume",
         "Deployment",
         "intake-worker-photo",
-        lambda d: container(d).update(volumeMounts=[]),
+        lambda d: container(d).update(
+            volumeMounts=[m for m in container(d)["volumeMounts"] if m["name"] != "blobs"]
+        ),
         "no volume claim mounted at INTAKE_BLOB_DIR",
     ),
     (
@@ -1810,6 +2022,121 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         lambda d: d["spec"]["ingress"][0]["ports"][0].update(port="metrics"),
         "intake-edge: no NetworkPolicy lets in port 8080/TCP",
     ),
+    (
+        "the secret key back in the environment",
+        "Deployment",
+        "intake-edge",
+        lambda d: _replace_env(d, "INTAKE_SECRET_KEY_FILE", SECRET_KEY_REF),
+        "Deployment/intake-edge: env INTAKE_SECRET_KEY takes the key 'INTAKE_SECRET_KEY' of the"
+        " Secret 'intake-secrets' through secretKeyRef",
+    ),
+    (
+        "the Job's database URL back in the environment",
+        "Job",
+        "intake-migrate",
+        lambda d: _replace_env(d, "INTAKE_DATABASE_URL_FILE", DATABASE_URL_REF),
+        "Job/intake-migrate: env INTAKE_DATABASE_URL takes the key 'INTAKE_DATABASE_URL'",
+    ),
+    (
+        "the whole Secret in the environment",
+        "Deployment",
+        "intake-worker-email",
+        lambda d: container(d)["envFrom"].append({"secretRef": {"name": "intake-secrets"}}),
+        "intake-worker-email: envFrom the Secret 'intake-secrets' puts secrets in the environment",
+    ),
+    (
+        "a secret's file outside the Secret's volume",
+        "Deployment",
+        "intake-worker-persist",
+        lambda d: _env(d, "INTAKE_DATABASE_URL_FILE").update(value="/etc/intake/database-url"),
+        "INTAKE_DATABASE_URL_FILE '/etc/intake/database-url' is no file of a Secret volume",
+    ),
+    (
+        "a secret's file of a key the Secret lacks",
+        "Deployment",
+        "intake-worker-dispatch",
+        lambda d: _env(d, "INTAKE_AMQP_URL_FILE").update(
+            value="/var/run/secrets/intake/INTAKE_AMQP_URI"
+        ),
+        "Deployment/intake-worker-dispatch: Secret 'intake-secrets' has no key 'INTAKE_AMQP_URI'",
+    ),
+    (
+        "a setting read from another setting's key",
+        "Deployment",
+        "intake-edge",
+        lambda d: _env(d, "INTAKE_AMQP_URL_FILE").update(
+            value="/var/run/secrets/intake/INTAKE_DATABASE_URL"
+        ),
+        "INTAKE_AMQP_URL_FILE reads the key 'INTAKE_DATABASE_URL' of the Secret 'intake-secrets',"
+        " not 'INTAKE_AMQP_URL'",
+    ),
+    (
+        "a process without its database URL",
+        "Deployment",
+        "intake-worker-dtks",
+        lambda d: container(d)["env"].remove(_env(d, "INTAKE_DATABASE_URL_FILE")),
+        "intake-worker-dtks: does not take INTAKE_DATABASE_URL from the Secret 'intake-secrets'",
+    ),
+    (
+        "the Job without the Secret's volume",
+        "Job",
+        "intake-migrate",
+        lambda d: pod_spec(d)["volumes"].remove({"name": "secrets", "secret": _secret_volume(d)}),
+        "Job/intake-migrate: INTAKE_DATABASE_URL_FILE '/var/run/secrets/intake/"
+        "INTAKE_DATABASE_URL' is no file of a Secret volume the container mounts",
+    ),
+    (
+        "another Secret mounted",
+        "Deployment",
+        "intake-worker-phone",
+        lambda d: _secret_volume(d).update(secretName="rabbitmq-users"),
+        "intake-worker-phone: does not take INTAKE_SECRET_KEY from the Secret 'intake-secrets'",
+    ),
+    (
+        "a Secret's items that leave a setting's file out",
+        "Deployment",
+        "intake-worker-persist",
+        lambda d: _secret_volume(d).update(
+            items=[{"key": "INTAKE_DATABASE_URL", "path": "INTAKE_DATABASE_URL"}]
+        ),
+        "INTAKE_AMQP_URL_FILE '/var/run/secrets/intake/INTAKE_AMQP_URL' is no file of a Secret",
+    ),
+    (
+        "the Secret's files unreadable without fsGroup",
+        "Job",
+        "intake-migrate",
+        lambda d: pod_spec(d)["securityContext"].pop("fsGroup"),
+        "Job/intake-migrate: /var/run/secrets/intake/INTAKE_DATABASE_URL (mode 0440) is not"
+        " readable by the container's user",
+    ),
+    (
+        "the Secret's files readable by their owner only",
+        "Deployment",
+        "intake-edge",
+        lambda d: _secret_volume(d).update(defaultMode=0o400),
+        "/var/run/secrets/intake/INTAKE_SECRET_KEY (mode 0400) is not readable",
+    ),
+    (
+        "the Secret mounted writable",
+        "Deployment",
+        "intake-worker-dukcapil",
+        lambda d: _secret_mount(d).pop("readOnly"),
+        "intake-worker-dukcapil: the Secret 'intake-secrets' is mounted writable",
+    ),
+    (
+        "an optional Secret",
+        "Deployment",
+        "intake-worker-dapodik",
+        lambda d: _secret_volume(d).update(optional=True),
+        "the Secret 'intake-secrets' is an optional volume",
+    ),
+    (
+        "a secret both from its file and from a value",
+        "Deployment",
+        "intake-edge",
+        lambda d: container(d)["env"].append({"name": "INTAKE_SECRET_KEY", "value": "k" * 40}),
+        "Deployment/intake-edge: INTAKE_SECRET_KEY and INTAKE_SECRET_KEY_FILE are both set",
+    ),
 ]
 
 
@@ -1853,3 +2180,45 @@ def test_an_older_kubernetes_refuses_what_it_lacks() -> None:
     edge = of_kind(load(), "Deployment")["intake-edge"]
     assert builtin_problems(edge, KUBERNETES_VERSION) == []
     assert any("'sleep' was unexpected" in p for p in builtin_problems(edge, older[-1]))
+
+
+def test_a_secret_mounted_by_items_or_sub_path_is_followed() -> None:
+    # The other ways of mounting a Secret's key as a file: an `items` entry naming its path,
+    # a `subPath` mount of the one file. The edge's secret settings through both still check.
+    def remount(edge: Doc) -> None:
+        _secret_volume(edge)["items"] = [
+            {"key": "INTAKE_AMQP_URL", "path": "broker/url"},
+            {"key": "INTAKE_DATABASE_URL", "path": "database-url", "mode": 0o440},
+        ]
+        _env(edge, "INTAKE_AMQP_URL_FILE")["value"] = "/var/run/secrets/intake/broker/url"
+        _env(edge, "INTAKE_DATABASE_URL_FILE")["value"] = "/var/run/secrets/intake/database-url"
+        container(edge)["volumeMounts"].append(
+            {
+                "name": "secrets-key",
+                "mountPath": "/etc/intake/secret-key",
+                "subPath": "key",
+                "readOnly": True,
+            }
+        )
+        pod_spec(edge)["volumes"].append(
+            {
+                "name": "secrets-key",
+                "secret": {
+                    "secretName": "intake-secrets",
+                    "items": [{"key": "INTAKE_SECRET_KEY", "path": "key"}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        _env(edge, "INTAKE_SECRET_KEY_FILE")["value"] = "/etc/intake/secret-key"
+
+    edited = _edit("Deployment", "intake-edge", remount)
+    edge = of_kind(edited, "Deployment")["intake-edge"]
+    assert secret_settings(edge) == {
+        key: (SECRETS, key)
+        for key in ("INTAKE_SECRET_KEY", "INTAKE_AMQP_URL", "INTAKE_DATABASE_URL")
+    }
+    assert consistency_problems(edited) == []
+    # A path beside the items' is no file.
+    _env(edge, "INTAKE_AMQP_URL_FILE")["value"] = "/var/run/secrets/intake/INTAKE_AMQP_URL"
+    assert "INTAKE_AMQP_URL" not in secret_settings(edge)
