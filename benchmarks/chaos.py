@@ -115,16 +115,20 @@ class Rig:
         return children
 
     async def whole(self, timeout_s: float = 300.0) -> None:
-        """Until every node and member runs again and the edges answer."""
+        """Until every node and member runs again, no partition is recorded any more, and the
+        edges answer."""
         deadline = time.monotonic() + timeout_s
         nodes = sorted(n.name for n in self.cluster.rabbits)
         while True:
             running = sorted(await asyncio.to_thread(self.cluster.rabbit_running))
+            split = await asyncio.to_thread(self.cluster.rabbit_split)
             pg = await asyncio.to_thread(self.cluster.postgres_whole)
-            if running == nodes and pg and await asyncio.to_thread(self.app.ready):
+            if running == nodes and not split and pg and await asyncio.to_thread(self.app.ready):
                 return
             if time.monotonic() > deadline:
-                raise BenchError(f"the cluster was not whole again: rabbit {running}, pg {pg}")
+                raise BenchError(
+                    f"the cluster was not whole again: rabbit {running}, split {split}, pg {pg}"
+                )
             await asyncio.sleep(1.0)
 
 

@@ -183,13 +183,26 @@ class Cluster:
     def rabbit_running(self, seen_by: RabbitNode | None = None) -> list[str]:
         """The running nodes of the RabbitMQ cluster, as ``seen_by`` sees them, or else the
         first node that answers."""
+        status = self._cluster_status(seen_by)
+        return list(status.get("running_nodes", [])) if status else []
+
+    def rabbit_split(self, seen_by: RabbitNode | None = None) -> bool:
+        """Whether the cluster, as ``seen_by`` (or the first node that answers) sees it, still
+        records a partition: the nodes may all run and see each other again and yet be split
+        until the losing side restarts (``autoheal``). Not knowing counts as split."""
+        status = self._cluster_status(seen_by)
+        return status is None or bool(status.get("partitions"))
+
+    def _cluster_status(self, seen_by: RabbitNode | None) -> dict[str, Any] | None:
         for node in [seen_by] if seen_by is not None else self._reachable():
             try:
-                status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
+                status: dict[str, Any] = json.loads(
+                    node.ctl("cluster_status", "--formatter", "json")
+                )
             except (RabbitError, ValueError):
                 continue
-            return list(status.get("running_nodes", []))
-        return []
+            return status
+        return None
 
     def pg_state(self) -> list[dict[str, Any]]:
         return patroni.members_state(self.members)

@@ -31,7 +31,7 @@ from cluster import processes
 
 SCRIPTS = Path("/usr/lib/rabbitmq/bin")
 # Erlang's distribution declares a silent peer down after 0.75 to 1.25 times this (Erlang's
-# default is 60 s): a node cut off is seen as down, and pauses (pause_minority), within seconds.
+# default is 60 s): a node cut off is seen as down within seconds.
 NET_TICKTIME_S = 10
 
 
@@ -131,7 +131,11 @@ class RabbitNode:
                     # A local cluster shares a disk with everything else: alarm at 1 GB free.
                     "disk_free_limit.absolute = 1GB",
                     "vm_memory_high_watermark.relative = 0.2",
-                    "cluster_partition_handling = pause_minority",
+                    # Not pause_minority: a node suspended (SIGSTOP, a paused VM) and resumed
+                    # does not see itself in a minority and the split stays until an operator
+                    # restarts it; autoheal restarts the losing side once the nodes see each
+                    # other again. Every queue is a quorum queue: Raft, not this, keeps them.
+                    "cluster_partition_handling = autoheal",
                     "log.file.level = info",
                     "",
                 ]
