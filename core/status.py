@@ -34,7 +34,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 
@@ -67,6 +67,24 @@ async def report_forever(
                 await asyncio.wait_for(stopping.wait(), interval_s)
     finally:
         remove_status(path)
+
+
+@contextlib.asynccontextmanager
+async def reporting(
+    path: str | None, snapshot: Callable[[], dict[str, object]]
+) -> AsyncIterator[None]:
+    """While inside, :func:`report_forever` to ``path`` (none when ``path`` is empty): the
+    file lasts until the block ends (a worker's tasks in hand done), not just until SIGTERM."""
+    if not path:
+        yield
+        return
+    stopped = asyncio.Event()
+    reporter = asyncio.create_task(report_forever(path, snapshot, stopped))
+    try:
+        yield
+    finally:
+        stopped.set()
+        await reporter
 
 
 def write_status(path: str, snapshot: dict[str, object]) -> None:

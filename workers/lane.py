@@ -51,7 +51,7 @@ from core.checks import FINAL_STATES
 from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
-from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, report_forever
+from core.status import HOLD_SIGNAL, RELEASE_SIGNAL, reporting
 from core.verification import (
     Check,
     Passed,
@@ -545,15 +545,5 @@ async def _serve(settings: Settings, worker: LaneWorker) -> None:
     loop.add_signal_handler(HOLD_SIGNAL, worker.hold, True)
     loop.add_signal_handler(RELEASE_SIGNAL, worker.hold, False)
     # The status file (set by ``intake supervise``) lasts until the tasks in hand are done.
-    stopped = asyncio.Event()
-    reporter = None
-    if settings.worker_status_file:
-        reporter = asyncio.create_task(
-            report_forever(settings.worker_status_file, worker.status, stopped)
-        )
-    try:
+    async with reporting(settings.worker_status_file, worker.status):
         await worker.run()
-    finally:
-        stopped.set()
-        if reporter is not None:
-            await reporter

@@ -45,7 +45,7 @@ from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.migrate import migrate, wait_until_migrated
 from core.settings import Settings
-from core.status import report_forever
+from core.status import reporting
 from workers.sessions import (
     HEARTBEAT_S,
     STALL_S,
@@ -408,16 +408,6 @@ async def _serve(settings: Settings, worker: PersistWorker) -> None:
         loop.add_signal_handler(sig, worker.stop)
     # The status file (set by ``intake supervise``) lasts until the worker has stored and
     # acknowledged what it held, not just until SIGTERM.
-    stopped = asyncio.Event()
-    reporter = None
-    if settings.worker_status_file:
-        reporter = asyncio.create_task(
-            report_forever(settings.worker_status_file, worker.status, stopped)
-        )
-    try:
+    async with reporting(settings.worker_status_file, worker.status):
         with contextlib.suppress(asyncio.CancelledError):
             await worker.run()
-    finally:
-        stopped.set()
-        if reporter is not None:
-            await reporter
