@@ -113,6 +113,11 @@ async def test_a_lane_whose_broker_went_silent_fails_its_liveness_probe_then_rec
     # The client's default heartbeat (60 s): the lane's own heartbeat (workers.sessions) would
     # give the silent connection up by itself before the probe is asked.
     patient = settings.replace(amqp_url=broker.with_heartbeat(settings.amqp_url, 60))
+    # Lane queues are not emptied between tests: count only this test's tasks.
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        lanes = await topology.declare_lanes(await connection.channel(), settings, ("dukcapil",))
+        await lanes.queues[Check.DUKCAPIL].purge()
     async with broker_proxy(patient) as (proxy, through), aiohttp.ClientSession() as http:
         lane = _lane(through, db, http, health)
         running = asyncio.create_task(lane.run())
@@ -124,6 +129,9 @@ async def test_a_lane_whose_broker_went_silent_fails_its_liveness_probe_then_rec
             connection = await aio_pika.connect(settings.amqp_url)
             async with connection:
                 channel = await connection.channel()
+                # Lane queues are not emptied between tests: count only this test's tasks.
+                queue = await channel.declare_queue(topology.lane_queue("dukcapil"), passive=True)
+                await queue.purge()
                 for _ in range(3 * settings.lane_prefetch):  # more than the lane may hold
                     task = Task(uuid.uuid4(), Check.DUKCAPIL, 1)  # nothing stored: skipped
                     await channel.default_exchange.publish(
