@@ -17,7 +17,8 @@ The checker reads the generator's answers, the database and the simulators, per 
 offered; answered ``202``; ``503`` answers; **lost** (a ``202`` id not stored) and
 **duplicated** (stored more than once); stored without a ``202`` (after a ``503`` that made no
 promise, or a request its person gave up on: counted apart); **not settled** (a stored
-registration with a check still pending or retrying once the lanes have drained); emails and
+registration with a check still pending or retrying once nothing has moved for
+``SETTLE_STILL_S``: the checker waits as long as the lanes make progress); emails and
 SMS **sent twice** to the same person; the time from the fault to the first ``202`` and until
 the accepted rate is back at 90 % of the offered one. Exit 1 when anything was lost,
 duplicated, left unsettled or sent twice.
@@ -56,7 +57,7 @@ from benchmarks.loadgen import Offered, spawn
 from cluster import patroni
 from cluster.app import App
 from cluster.local import Cluster
-from cluster.rabbit import RabbitNode
+from cluster.rabbit import RabbitError, RabbitNode
 from core.settings import Settings
 from core.topology import PERSIST_QUEUE
 from intake.validation import today_wib
@@ -72,7 +73,11 @@ NEMESES = (
     "combined",
 )
 SHORT = ("rabbit-leader-kill", "rabbit-partition", "postgres-primary-kill", "process-kill")
-SETTLE_TIMEOUT_S = 240.0
+# The checker waits while the registrations settle: as long as the open count keeps falling
+# (the lanes work through what the wave left, at the ministries' pace), up to SETTLE_MAX_S;
+# what has not moved for SETTLE_STILL_S is stuck, and counted as not settled.
+SETTLE_STILL_S = 150.0  # longer than the 120 s retry tier a next attempt may wait in
+SETTLE_MAX_S = 1800.0
 # Where each run's cluster lives (the postgres user must reach its members' directories).
 CHAOS_DIR = Path("/var/lib/intake-chaos")
 # The memory watermark and disk limit the cluster's nodes are configured with (cluster.rabbit).
@@ -308,6 +313,10 @@ async def run_nemesis(rig: Rig, name: str, index: int, args: argparse.Namespace)
             "consumers",
         )
         progress(f"  queues: {' | '.join(queues.split(chr(10))[2:])}")
+        await asyncio.to_thread(_held_unacknowledged, rig, queues)
+        for status in rig.app.worker_statuses():
+            if status.get("in_hand") or status.get("inflight"):
+                progress(f"  worker in hand: {status}")
     return {
         "nemesis": name,
         "description": DESCRIPTIONS[name],
@@ -356,7 +365,8 @@ async def checker(rig: Rig, offered: Offered, started: dt.datetime) -> dict[str,
     ids = list(set(offered.ids))
     pool = await asyncpg.create_pool(rig.cluster.database_url(), min_size=1, max_size=2)
     async with pool:
-        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        deadline = time.monotonic() + SETTLE_MAX_S
+        still_since, last_open = time.monotonic(), -1
         while True:
             stored = await pool.fetch(
                 "SELECT id, count(*) AS n FROM registrations WHERE id = ANY($1::uuid[])"
@@ -375,9 +385,13 @@ async def checker(rig: Rig, offered: Offered, started: dt.datetime) -> dict[str,
                 " (SELECT 1 FROM checks c WHERE c.registration_id = r.id)",
                 started,
             )
-            if (len(stored) == len(ids) and unsettled == 0 and not_started == 0) or (
-                time.monotonic() > deadline
-            ):
+            if len(stored) == len(ids) and unsettled == 0 and not_started == 0:
+                break
+            now = time.monotonic()
+            open_now = len(ids) - len(stored) + unsettled + not_started
+            if open_now != last_open:
+                still_since, last_open = now, open_now
+            if now - still_since > SETTLE_STILL_S or now > deadline:
                 break
             await asyncio.sleep(2.0)
         total = await pool.fetchval(
@@ -407,6 +421,35 @@ async def checker(rig: Rig, offered: Offered, started: dt.datetime) -> dict[str,
         "open_checks": [dict(r) for r in open_checks],
         **sent,
     }
+
+
+def _held_unacknowledged(rig: Rig, listing: str) -> None:
+    """For each queue holding unacknowledged messages: who the broker holds them for (its
+    consumers and their channels) and its quorum members, as the broker tells."""
+    node = rig.cluster.rabbits[0]
+    for line in listing.splitlines()[2:]:
+        fields = line.split("\t")
+        if len(fields) < 3 or not fields[2].isdigit() or fields[2] == "0":
+            continue
+        for args in (
+            ("list_consumers", "-p", "intake", "queue_name", "channel_pid", "prefetch_count"),
+            ("list_channels", "pid", "connection", "messages_unacknowledged", "consumer_count"),
+        ):
+            try:
+                text = node.ctl(*args)
+            except RabbitError as exc:
+                text = str(exc)
+            rows = [
+                r for r in text.splitlines()[2:] if args[0] == "list_channels" or fields[0] in r
+            ]
+            progress(f"  {args[0]} ({fields[0]}): {' | '.join(rows)}")
+        try:
+            status = node.ctl(
+                "quorum_status", fields[0], "--vhost", "intake", tool="rabbitmq-queues"
+            )
+        except RabbitError as exc:
+            status = str(exc)
+        progress(f"  quorum_status {fields[0]}: {' | '.join(status.splitlines()[2:])}")
 
 
 def _feed(url: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from cluster import processes
 from cluster.local import Cluster
 from core.settings import Settings
+from core.status import read_status
 from simulators.server import Ports
 
 STOP_GRACE_S = 30.0
@@ -36,6 +37,20 @@ class App:
     @property
     def dir(self) -> Path:
         return self.cluster.root / "app"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where ``intake supervise`` keeps its workers' status files."""
+        return self.dir / "run"
+
+    def worker_statuses(self) -> list[dict[str, object]]:
+        """The status files of the workers that run now."""
+        found = []
+        for path in sorted(self.run_dir.glob("*.json")):
+            status = read_status(path)
+            if status is not None:
+                found.append(status)
+        return found
 
     @property
     def edge_port(self) -> int:
@@ -99,7 +114,7 @@ class App:
         if "supervise" not in running:
             self._start(
                 "supervise",
-                ["supervise", f"--log-dir={self.dir}"],
+                ["supervise", f"--log-dir={self.dir}", f"--run-dir={self.run_dir}"],
                 settings.replace(metrics_port=worker_metrics),
             )
         multiproc = self.dir / "edge-metrics"

@@ -152,7 +152,8 @@ LANE_RETRIES = Counter(
 CONSUMER_RESUBSCRIPTIONS = Counter(
     "intake_consumer_resubscriptions_total",
     "Consumer sessions a worker ended to subscribe afresh on a new connection: stalled (no"
-    " delivery while its queue held ready messages) or idle (none for 30 s at all).",
+    " delivery while its queue held ready messages), idle (none for 30 s at all) or broken (a"
+    " publish not confirmed in time, or an acknowledgement on a channel gone).",
     ["worker", "reason"],
 )
 LANE_REJECTIONS = Counter(

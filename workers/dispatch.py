@@ -42,7 +42,7 @@ from core.queues import QueueCollector
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
 from core.verification import Check, Task
-from workers.sessions import HEARTBEAT_S, keep_running
+from workers.sessions import CONFIRM_TIMEOUT_S, HEARTBEAT_S, keep_running
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,10 @@ async def publish_task(
     task: Task,
     routing_key: str | None = None,
     expiration_s: float | None = None,
+    timeout_s: float = CONFIRM_TIMEOUT_S,
 ) -> None:
-    """Publish a task persistent and mandatory and wait for the broker's confirm."""
+    """Publish a task persistent and mandatory and wait for the broker's confirm, at most
+    ``timeout_s`` (``TimeoutError`` then)."""
     await exchange.publish(
         aio_pika.Message(
             task.to_json(),
@@ -180,6 +182,7 @@ async def publish_task(
         ),
         routing_key or task.check.value,
         mandatory=True,
+        timeout=timeout_s,
     )
 
 

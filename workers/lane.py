@@ -30,6 +30,7 @@ in hand wait for the breaker), and a half-open breaker consumes one task at a ti
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -66,9 +67,12 @@ from core.verification import (
 from workers import flow
 from workers.dispatch import publish_task
 from workers.sessions import (
+    BROKER_GONE,
+    CONFIRM_TIMEOUT_S,
     HEARTBEAT_S,
     STALL_S,
     ConsumerStalled,
+    SessionBroken,
     keep_running,
     ready_messages,
     resubscribe_reason,
@@ -98,8 +102,11 @@ class LaneWorker:
         self._check = verifier.check
         self.gate = gate if gate is not None else build_gate(settings, verifier.check, pool)
         self._stopping = asyncio.Event()
+        # Set by a handler whose publish or ack failed: the session ends (SessionBroken).
+        self._broken = asyncio.Event()
         self._lanes: topology.LaneTopology | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        # The deliveries in hand: each one's handler, with its stage and since when (status).
+        self._in_hand: dict[asyncio.Task[None], tuple[str, float]] = {}
         self.outcomes: dict[str, int] = {}  # tasks finished, by outcome (metrics.LANE_OUTCOMES)
         self.processed = 0
         lane = self._check.value
@@ -110,6 +117,7 @@ class LaneWorker:
         self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
         self._last_delivery_s = 0.0  # when the last task was delivered (monotonic)
         self.stalls = 0  # sessions ended because the consumer was stuck (see _stalled)
+        self.sessions_broken = 0  # sessions ended because a publish or an ack failed
         # Held back (intake supervise, while an edge sheds or is late): no new deliveries, the
         # tasks in hand finish; the backlog waits in the queue.
         self.held = False
@@ -125,7 +133,22 @@ class LaneWorker:
             "prefetch": self.prefetch,
             "held": self.held,
             **self.gate.snapshot(),
+            **self._in_hand_status(),
         }
+
+    def _in_hand_status(self) -> dict[str, object]:
+        """The deliveries in hand by stage, and how long the oldest has been in hand: a task
+        stuck in one stage (a confirm that never comes, a gate that never opens) shows here."""
+        now = time.monotonic()
+        stages = collections.Counter(stage for stage, _ in self._in_hand.values())
+        oldest = min((since for _, since in self._in_hand.values()), default=now)
+        return {"in_hand": dict(stages), "oldest_in_hand_s": round(now - oldest, 1)}
+
+    def _stage(self, stage: str) -> None:
+        """Record the stage the current delivery's handler has reached."""
+        current = asyncio.current_task()
+        if current in self._in_hand:
+            self._in_hand[current] = (stage, self._in_hand[current][1])
 
     def stop(self) -> None:
         self._stopping.set()
@@ -164,48 +187,67 @@ class LaneWorker:
 
     async def _session(self) -> None:
         connection = await broker.connect(self._settings.amqp_url, heartbeat_s=HEARTBEAT_S)
-        async with connection:
-            lost = asyncio.Event()
-            connection.close_callbacks.add(lambda *_: lost.set())
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
-            consumer = _Consumer(channel, self._lanes.queues[self._check], self._on_message)
-            log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
-            self.health.serving(True)
-            self._last_delivery_s = time.monotonic()
-            next_check_s = self._last_delivery_s + STALL_S
-            try:
-                while not (self._stopping.is_set() or lost.is_set()):
-                    self.health.beat()
-                    self.prefetch = await consumer.follow(self._wanted_prefetch())
-                    await self._wait_for_change(lost)
-                    if time.monotonic() >= next_check_s:
-                        next_check_s = time.monotonic() + STALL_S
-                        why = await self._stalled(connection)
-                        if why == "stalled":
-                            self.stalls += 1
-                            self.health.stalled()
-                            log.warning(
-                                "lane consumer stalled: reconnecting",
-                                extra={"fields": {"lane": self._check.value}},
-                            )
-                        if why is not None:
-                            metrics.CONSUMER_RESUBSCRIPTIONS.labels(self._check.value, why).inc()
-                            raise ConsumerStalled(f"{self._check.value} {why}")
-            finally:
-                self.prefetch = 0
-            if not lost.is_set():
-                # Graceful stop: no new deliveries; finish the tasks in hand, then close.
-                await consumer.follow(0)
-                if self._inflight:
-                    await asyncio.wait(set(self._inflight), timeout=30)
+        self._broken.clear()
+        try:
+            async with connection:
+                await self._consume(connection)
+        finally:
+            # Whatever is still in hand belongs to a channel that is closed now: its messages
+            # go back to the queue. Its handlers are cancelled, so that none lingers into the
+            # next session (one stuck for good would keep the lane from ever looking stalled).
+            leftover = set(self._in_hand)
+            for handler in leftover:
+                handler.cancel()
+            if leftover:
+                await asyncio.wait(leftover, timeout=5)
+        if self._broken.is_set():
+            self.sessions_broken += 1
+            metrics.CONSUMER_RESUBSCRIPTIONS.labels(self._check.value, "broken").inc()
+            raise SessionBroken(f"{self._check.value}: a publish or an acknowledgement failed")
+
+    async def _consume(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
+        consumer = _Consumer(channel, self._lanes.queues[self._check], self._on_message)
+        log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
+        self.health.serving(True)
+        self._last_delivery_s = time.monotonic()
+        next_check_s = self._last_delivery_s + STALL_S
+        ended = (self._stopping, lost, self._broken)
+        try:
+            while not any(event.is_set() for event in ended):
+                self.health.beat()
+                self.prefetch = await consumer.follow(self._wanted_prefetch())
+                await self._wait_for_change(lost)
+                if time.monotonic() >= next_check_s:
+                    next_check_s = time.monotonic() + STALL_S
+                    why = await self._stalled(connection)
+                    if why == "stalled":
+                        self.stalls += 1
+                        self.health.stalled()
+                        log.warning(
+                            "lane consumer stalled: reconnecting",
+                            extra={"fields": {"lane": self._check.value}},
+                        )
+                    if why is not None:
+                        metrics.CONSUMER_RESUBSCRIPTIONS.labels(self._check.value, why).inc()
+                        raise ConsumerStalled(f"{self._check.value} {why}")
+        finally:
+            self.prefetch = 0
+        if self._stopping.is_set() and not (lost.is_set() or self._broken.is_set()):
+            # Graceful stop: no new deliveries; finish the tasks in hand, then close.
+            await consumer.follow(0)
+            if self._in_hand:
+                await asyncio.wait(set(self._in_hand), timeout=30)
 
     async def _stalled(self, connection: aio_pika.abc.AbstractConnection) -> str | None:
         """Why the consumer should subscribe afresh (workers.sessions.resubscribe_reason)."""
         queue = topology.lane_queue(self._check.value)
         return await resubscribe_reason(
             time.monotonic() - self._last_delivery_s,
-            self.prefetch == 0 or bool(self._inflight),
+            self.prefetch == 0 or bool(self._in_hand),
             lambda: ready_messages(connection, queue),
         )
 
@@ -225,7 +267,7 @@ class LaneWorker:
         changed = self.gate.breaker.changed
         changed.clear()
         self._held_changed.clear()
-        events = (changed, self._held_changed, lost, self._stopping)
+        events = (changed, self._held_changed, lost, self._stopping, self._broken)
         waits = [asyncio.create_task(event.wait()) for event in events]
         remaining = self.gate.breaker.open_remaining_s()
         timeout = min(1.0, remaining + 0.01) if remaining else 1.0
@@ -239,12 +281,22 @@ class LaneWorker:
         assert current is not None
         self._last_delivery_s = time.monotonic()
         self.health.delivered()
-        self._inflight.add(current)
+        self._in_hand[current] = ("load", time.monotonic())
         started = time.perf_counter()
         try:
             outcome = await self._handle(message)
+        except BROKER_GONE as exc:
+            # No confirm for a publish, or the channel gone under an ack: the message stays
+            # unacknowledged; the session ends, and its close gives the message back.
+            log.warning(
+                "lane session broken: %s",
+                type(exc).__name__,
+                extra={"fields": {"lane": self._check.value}},
+            )
+            self._broken.set()
+            outcome = None
         finally:
-            self._inflight.discard(current)
+            self._in_hand.pop(current, None)
         if outcome is not None:  # finished and acknowledged
             self._count(outcome)
             self._task_duration.observe(time.perf_counter() - started)
@@ -271,11 +323,13 @@ class LaneWorker:
             await message.ack()
             self.processed += 1
             return "dead_lettered"
+        self._stage("permit")
         permit = await self._permit()
         if permit is None:
             return None  # stopping: the task goes back to the queue when the channel closes
         outcome: Passed | Reject | Review | Retry
         called = time.perf_counter()
+        self._stage("verify")
         try:
             outcome = await self._verifier.verify(task, subject)
         except (Reject, Review, Retry) as exc:
@@ -291,9 +345,12 @@ class LaneWorker:
         self._calls[signal].observe(time.perf_counter() - called)
         self.gate.release(permit, signal)
         if isinstance(outcome, Retry):
+            self._stage("retry")
             result = await self._retry(task, outcome)
         else:
+            self._stage("record")
             result = await self._db(functools.partial(self._record, task, outcome))
+        self._stage("ack")
         await message.ack()
         self.processed += 1
         return result
@@ -407,6 +464,7 @@ class LaneWorker:
             Task(task.registration_id, task.check, task.attempt + 1),
             routing_key=f"{tier_s}.{task.check}",
             expiration_s=min(delay_s, tier_s),
+            timeout_s=CONFIRM_TIMEOUT_S,
         )
         metrics.LANE_RETRIES.labels(self._check.value, metrics.reason_label(reason)).inc()
         return "retry"
@@ -435,6 +493,7 @@ class LaneWorker:
                 headers={"x-intake-reason": reason},
             ),
             routing_key=topology.lane_queue(task.check),
+            timeout=CONFIRM_TIMEOUT_S,
         )
         metrics.LANE_DEAD_LETTERED.labels(self._check.value).inc()
         log.warning(

@@ -29,6 +29,17 @@ STALL_S = 10.0
 # queue holds: the broker may hold deliveries for it that never reached it (unacknowledged on
 # its channel, invisible to a passive declare), which only the channel's close gives back.
 IDLE_RESUBSCRIBE_S = 30.0
+# How long a worker waits for the broker's confirm of a publish (a task, its next attempt, a
+# dead letter). RabbitMQ 3.10 can leave a confirm unanswered for good when the queue's leader
+# died under it; past this the publish counts as failed: the session ends, the connection is
+# closed, and what was not confirmed is published again by the next one.
+CONFIRM_TIMEOUT_S = 15.0
+
+
+class SessionBroken(Exception):
+    """A publish or an acknowledgement failed under a delivery's handler (no confirm within
+    :data:`CONFIRM_TIMEOUT_S`, the channel gone): the session ends and another connection
+    takes over; the delivery, never acknowledged, is given back when this one closes."""
 
 
 class ConsumerStalled(Exception):
@@ -67,6 +78,7 @@ async def ready_messages(connection: aio_pika.abc.AbstractConnection, queue: str
 # (ChannelInvalidStateError: an ack or a publish on a channel that died meanwhile).
 BROKER_GONE: tuple[type[BaseException], ...] = (
     ConsumerStalled,
+    SessionBroken,
     aio_pika.exceptions.AMQPError,
     aiormq.exceptions.ChannelInvalidStateError,
     OSError,

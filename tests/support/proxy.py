@@ -4,8 +4,9 @@ In the spirit of aio-pika's own test suite: the system under test connects throu
 :meth:`TcpProxy.cut` closes the listening socket and aborts every open connection, which is what
 a client sees when the server process stops; :meth:`TcpProxy.restore` listens again.
 :meth:`TcpProxy.stall` holds back whatever the server sends (a broker's confirms among them), as
-a congested link or a struggling server would, while what the client sends still goes through;
-:meth:`TcpProxy.release` delivers everything held, in order.
+a congested link or a struggling server would, while what the client sends still goes through
+(on the connections open then only, with ``new_connections=False``: one connection wedged while
+a new one works); :meth:`TcpProxy.release` delivers everything held, in order.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._flowing = asyncio.Event()
+        self._flowing = asyncio.Event()  # whether new connections flow
         self._flowing.set()
+        self._gates: set[asyncio.Event] = set()  # each open connection's server side
 
     @property
     def carrying(self) -> bool:
@@ -48,12 +50,18 @@ class TcpProxy:
         self._writers.clear()
         await asyncio.sleep(0)
 
-    def stall(self) -> None:
-        """Hold back what the server sends until :meth:`release`."""
-        self._flowing.clear()
+    def stall(self, *, new_connections: bool = True) -> None:
+        """Hold back what the server sends on the open connections, and on those opened
+        later unless ``new_connections`` is False, until :meth:`release`."""
+        for gate in self._gates:
+            gate.clear()
+        if new_connections:
+            self._flowing.clear()
 
     def release(self) -> None:
         self._flowing.set()
+        for gate in self._gates:
+            gate.set()
 
     async def restore(self) -> None:
         """Listen again on the same port."""
@@ -74,23 +82,29 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
-        for src, dst, gated in ((reader, up_writer, False), (up_reader, writer, True)):
+        gate = asyncio.Event()
+        if self._flowing.is_set():
+            gate.set()
+        self._gates.add(gate)
+        for src, dst, gated in ((reader, up_writer, None), (up_reader, writer, gate)):
             task = asyncio.create_task(self._pipe(src, dst, gated))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gated: bool
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
     ) -> None:
         try:
             while data := await src.read(65536):
-                if gated:
-                    await self._flowing.wait()
+                if gate is not None:
+                    await gate.wait()
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
             pass
         finally:
+            if gate is not None:
+                self._gates.discard(gate)
             self._writers.discard(dst)
             dst.transport.abort()
 
