@@ -166,6 +166,13 @@ LANE_DEAD_LETTERED = Counter(
     "Tasks a lane moved to its dead-letter queue.",
     ["lane"],
 )
+LANE_REPUBLISHED = Counter(
+    "intake_lane_republished_total",
+    "Tasks a lane published again after losing its connection while it held them under a"
+    " cancelled consumer (RabbitMQ 3.10 keeps such deliveries checked out for good when the"
+    " consumer's node goes away).",
+    ["lane"],
+)
 SERVICE_CALLS = Histogram(
     "intake_service_call_duration_seconds",
     "Calls from a lane to its external service (a ministry API, SMTP, the SMS gateway, the"
@@ -288,5 +295,6 @@ def init_lane(lane: str) -> None:
         LANE_BREAKER_TRANSITIONS.labels(lane, state)
     LANE_TASK_DURATION.labels(lane)
     LANE_DEAD_LETTERED.labels(lane)
+    LANE_REPUBLISHED.labels(lane)
     LANE_LIMIT.labels(lane)
     LANE_INFLIGHT.labels(lane)

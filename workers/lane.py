@@ -107,6 +107,11 @@ class LaneWorker:
         self._lanes: topology.LaneTopology | None = None
         # The deliveries in hand: each one's handler, with its stage and since when (status).
         self._in_hand: dict[asyncio.Task[None], tuple[str, float]] = {}
+        # This session's deliveries not acknowledged (or given back) yet, by delivery tag.
+        self._unsettled: dict[int, AbstractIncomingMessage] = {}
+        # Tasks to publish again in the next session (see _orphaned).
+        self._orphans: list[bytes] = []
+        self.republished = 0
         self.outcomes: dict[str, int] = {}  # tasks finished, by outcome (metrics.LANE_OUTCOMES)
         self.processed = 0
         lane = self._check.value
@@ -135,6 +140,11 @@ class LaneWorker:
             **self.gate.snapshot(),
             **self._in_hand_status(),
         }
+
+    @property
+    def in_hand(self) -> int:
+        """The deliveries in hand now."""
+        return len(self._in_hand)
 
     def _in_hand_status(self) -> dict[str, object]:
         """The deliveries in hand by stage, and how long the oldest has been in hand: a task
@@ -210,6 +220,8 @@ class LaneWorker:
         connection.close_callbacks.add(lambda *_: lost.set())
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         self._lanes = await topology.declare_lanes(channel, self._settings, (self._check,))
+        await self._republish_orphans()
+        self._unsettled = {}
         consumer = _Consumer(channel, self._lanes.queues[self._check], self._on_message)
         log.info("lane consuming", extra={"fields": {"lane": self._check.value}})
         self.health.serving(True)
@@ -236,11 +248,52 @@ class LaneWorker:
                         raise ConsumerStalled(f"{self._check.value} {why}")
         finally:
             self.prefetch = 0
+            if lost.is_set() or connection.is_closed:
+                self._orphaned(consumer.cancelled)
         if self._stopping.is_set() and not (lost.is_set() or self._broken.is_set()):
             # Graceful stop: no new deliveries; finish the tasks in hand, then close.
             await consumer.follow(0)
             if self._in_hand:
                 await asyncio.wait(set(self._in_hand), timeout=30)
+
+    def _orphaned(self, cancelled: set[str]) -> None:
+        """The connection was lost: keep, to publish again, the deliveries not settled
+        that came through a consumer cancelled meanwhile (the lane cancels and subscribes
+        afresh to move its prefetch, and whenever its breaker opens or it is held back). Their
+        handlers may be gone already: the channel's close cancels them.
+
+        RabbitMQ 3.10's quorum queues give back what a consumer held when its node goes away
+        only if the consumer was still up (``rabbit_fifo``, ``{down, Pid, noconnection}``); a
+        cancelled one keeps its deliveries checked out, unacknowledged for good (until the
+        queue's leader changes), and its tasks would never be handled. Publishing them again
+        costs at worst a duplicate, which every step tolerates (the state is read first, a
+        contact is sent once per generation)."""
+        for message in self._unsettled.values():
+            if message.consumer_tag in cancelled:
+                self._orphans.append(message.body)
+        self._unsettled = {}
+
+    async def _republish_orphans(self) -> None:
+        """Publish again the tasks kept by :meth:`_orphaned` (each confirmed, else kept for
+        the next session)."""
+        assert self._lanes is not None
+        count = len(self._orphans)
+        while self._orphans:
+            body = self._orphans[0]
+            try:
+                task = Task.from_json(body)
+            except TaskError:
+                self._orphans.pop(0)  # it came in unreadable; the queue had dead-lettered it
+                continue
+            await publish_task(self._lanes.verify_exchange, task, timeout_s=CONFIRM_TIMEOUT_S)
+            self._orphans.pop(0)
+            self.republished += 1
+            metrics.LANE_REPUBLISHED.labels(self._check.value).inc()
+        if count:
+            log.info(
+                "tasks held under a cancelled consumer published again",
+                extra={"fields": {"lane": self._check.value, "count": count}},
+            )
 
     async def _stalled(self, connection: aio_pika.abc.AbstractConnection) -> str | None:
         """Why the consumer should subscribe afresh (workers.sessions.resubscribe_reason)."""
@@ -282,9 +335,13 @@ class LaneWorker:
         self._last_delivery_s = time.monotonic()
         self.health.delivered()
         self._in_hand[current] = ("load", time.monotonic())
+        unsettled = self._unsettled  # this session's
+        if message.delivery_tag is not None:
+            unsettled[message.delivery_tag] = message
         started = time.perf_counter()
         try:
             outcome = await self._handle(message)
+            unsettled.pop(message.delivery_tag or 0, None)  # acknowledged, or given back
         except BROKER_GONE as exc:
             # No confirm for a publish, or the channel gone under an ack: the message stays
             # unacknowledged; the session ends, and its close gives the message back.
@@ -526,6 +583,7 @@ class _Consumer:
         self._tag: str | None = None
         self._changed_at = -math.inf
         self.prefetch = 0
+        self.cancelled: set[str] = set()  # the consumer tags cancelled on this channel
 
     async def follow(self, wanted: int) -> int:
         """Consume with prefetch ``wanted`` (0: stop consuming); return the prefetch now."""
@@ -537,6 +595,7 @@ class _Consumer:
                 or time.monotonic() - self._changed_at < 1.0
             ):
                 return self.prefetch
+            self.cancelled.add(self._tag)
             await self._queue.cancel(self._tag)
             self._tag = None
             self.prefetch = 0
