@@ -78,6 +78,9 @@ SHORT = ("rabbit-leader-kill", "rabbit-partition", "postgres-primary-kill", "pro
 # what has not moved for SETTLE_STILL_S is stuck, and counted as not settled.
 SETTLE_STILL_S = 150.0  # longer than the 120 s retry tier a next attempt may wait in
 SETTLE_MAX_S = 1800.0
+# How long a partition may stay recorded, every node running, before the rig restarts the
+# losing side (Rig.whole).
+SPLIT_GRACE_S = 60.0
 # Where each run's cluster lives (the postgres user must reach its members' directories).
 CHAOS_DIR = Path("/var/lib/intake-chaos")
 # The memory watermark and disk limit the cluster's nodes are configured with (cluster.rabbit).
@@ -91,6 +94,8 @@ class Rig:
     settings: Settings
     work_dir: Path
     struck_at: float = 0.0  # when the current fault struck (time.time())
+    # What the rig did as an operator would, beyond healing the fault (reported per nemesis).
+    operator: list[str] = dataclasses.field(default_factory=list)
 
     def strike(self) -> None:
         """Called by a fault at the moment it strikes (after finding its victim)."""
@@ -121,20 +126,48 @@ class Rig:
 
     async def whole(self, timeout_s: float = 300.0) -> None:
         """Until every node and member runs again, no partition is recorded any more, and the
-        edges answer."""
+        edges answer.
+
+        RabbitMQ 3.10's autoheal asks once per event (a node up, an inconsistent database):
+        when that one request is denied (a node had not reconnected to every other yet), the
+        partition stays recorded, every node running, until the losing side restarts. After
+        ``SPLIT_GRACE_S`` of that, the rig restarts the losing side's application as an
+        operator would, and says so in the report."""
         deadline = time.monotonic() + timeout_s
         nodes = sorted(n.name for n in self.cluster.rabbits)
+        split_since: float | None = None
         while True:
             running = sorted(await asyncio.to_thread(self.cluster.rabbit_running))
             split = await asyncio.to_thread(self.cluster.rabbit_split)
             pg = await asyncio.to_thread(self.cluster.postgres_whole)
             if running == nodes and not split and pg and await asyncio.to_thread(self.app.ready):
                 return
+            if running == nodes and split:
+                split_since = split_since or time.monotonic()
+                if time.monotonic() - split_since > SPLIT_GRACE_S:
+                    await self._restart_split_losers(time.monotonic() - split_since)
+                    split_since = None
+            else:
+                split_since = None
             if time.monotonic() > deadline:
                 raise BenchError(
                     f"the cluster was not whole again: rabbit {running}, split {split}, pg {pg}"
                 )
             await asyncio.sleep(1.0)
+
+    async def _restart_split_losers(self, waited_s: float) -> None:
+        losers = await asyncio.to_thread(self.cluster.split_losers)
+        for node in losers:
+            progress(
+                f"  split still recorded {waited_s:.0f} s, every node running:"
+                f" restarting {node.name}"
+            )
+            await asyncio.to_thread(self.cluster.restart_app, node)
+        names = ", ".join(n.name for n in losers) or "none found"
+        self.operator.append(
+            f"the partition stayed recorded {waited_s:.0f} s with every node running;"
+            f" the losing side restarted ({names})"
+        )
 
 
 # --- the nemeses ---------------------------------------------------------------------------
@@ -284,6 +317,7 @@ async def run_nemesis(rig: Rig, name: str, index: int, args: argparse.Namespace)
     )
     await asyncio.sleep(args.duration / 4)
     rig.struck_at = 0.0
+    rig.operator = []
     what = await inject(rig)
     fault_at = rig.struck_at
     progress(f"  fault: {what}")
@@ -321,6 +355,7 @@ async def run_nemesis(rig: Rig, name: str, index: int, args: argparse.Namespace)
         "nemesis": name,
         "description": DESCRIPTIONS[name],
         "fault": what,
+        "operator": list(rig.operator),
         "offered": result["scheduled"],
         "answers": result["answers"],
         "accepted": len(offered.ids),
@@ -561,6 +596,11 @@ def report(results: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"- {r['nemesis']}: {r['description']} ({r['fault']})" for r in results["runs"]]
+    lines += [
+        f"- {r['nemesis']}, after the heal: {action}"
+        for r in results["runs"]
+        for action in r.get("operator", [])
+    ]
     return "\n".join(lines)
 
 

@@ -193,6 +193,19 @@ class Cluster:
         status = self._cluster_status(seen_by)
         return status is None or bool(status.get("partitions"))
 
+    def split_losers(self, seen_by: RabbitNode | None = None) -> list[RabbitNode]:
+        """The nodes on the smaller side of a recorded partition (:func:`split_losers`)."""
+        status = self._cluster_status(seen_by)
+        names = split_losers((status or {}).get("partitions") or {})
+        return [n for n in self.rabbits if n.name in names]
+
+    def restart_app(self, node: RabbitNode) -> None:
+        """``rabbitmqctl stop_app`` then ``start_app`` on ``node``: what an operator does to the
+        losing side of a partition that RabbitMQ did not heal by itself (its partition list
+        clears only when the node restarts)."""
+        node.ctl("stop_app")
+        node.ctl("start_app")
+
     def _cluster_status(self, seen_by: RabbitNode | None) -> dict[str, Any] | None:
         for node in [seen_by] if seen_by is not None else self._reachable():
             try:
@@ -306,3 +319,18 @@ class Cluster:
         )
         if purge:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def split_losers(partitions: dict[str, list[str]]) -> list[str]:
+    """The nodes to restart to end a recorded partition: those the others most often say they
+    were cut off from (``cluster_status``'s ``partitions``: each node and the nodes it lost
+    sight of). After one node of three was suspended or cut off, both others name it and it
+    names both: it alone is named twice."""
+    named: dict[str, int] = {}
+    for lost in partitions.values():
+        for name in lost:
+            named[name] = named.get(name, 0) + 1
+    if not named:
+        return []
+    most = max(named.values())
+    return sorted(name for name, count in named.items() if count == most)
