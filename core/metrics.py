@@ -192,6 +192,14 @@ LANE_INFLIGHT = Gauge(
     ["lane"],
     multiprocess_mode="livesum",
 )
+LANE_IN_HAND = Gauge(
+    "intake_lane_deliveries_in_hand",
+    "Deliveries the lane holds, from their delivery to their acknowledgement (or their giving"
+    " back), summed over its worker processes: what RabbitMQ should count as unacknowledged on"
+    " the lane's queue (alert LaneDeliveriesOrphaned compares the two).",
+    ["lane"],
+    multiprocess_mode="livesum",
+)
 LANE_BREAKER = Gauge(
     "intake_lane_breaker_workers",
     "Worker processes of the lane whose circuit breaker is in each state.",
@@ -298,3 +306,4 @@ def init_lane(lane: str) -> None:
     LANE_REPUBLISHED.labels(lane)
     LANE_LIMIT.labels(lane)
     LANE_INFLIGHT.labels(lane)
+    LANE_IN_HAND.labels(lane)

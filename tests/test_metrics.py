@@ -302,6 +302,8 @@ async def test_the_metrics_tell_what_happened(
             "open": 0,
             "half_open": 0,
         }
+        # Every delivery came in and went out again (acknowledged: counted above).
+        assert fleet.value("intake_lane_deliveries_in_hand", lane=lane) == 0
     rejections = fleet.by("intake_lane_rejections_total", "reason", lane="dukcapil")
     assert rejections == {
         r: n for r, n in truth["rejected"].items() if r in ("nik_not_found", "nik_data_mismatch")

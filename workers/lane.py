@@ -118,6 +118,7 @@ class LaneWorker:
         metrics.init_lane(lane)
         self._tasks = {o: metrics.LANE_TASKS.labels(lane, o) for o in metrics.LANE_OUTCOMES}
         self._task_duration = metrics.LANE_TASK_DURATION.labels(lane)
+        self._in_hand_gauge = metrics.LANE_IN_HAND.labels(lane)
         self._calls = {s: metrics.SERVICE_CALLS.labels(lane, s.value) for s in flow.Signal}
         self.prefetch = 0  # the consumer's prefetch; 0 while not consuming
         self._last_delivery_s = 0.0  # when the last task was delivered (monotonic)
@@ -335,6 +336,7 @@ class LaneWorker:
         self._last_delivery_s = time.monotonic()
         self.health.delivered()
         self._in_hand[current] = ("load", time.monotonic())
+        self._in_hand_gauge.inc()
         unsettled = self._unsettled  # this session's
         if message.delivery_tag is not None:
             unsettled[message.delivery_tag] = message
@@ -354,6 +356,7 @@ class LaneWorker:
             outcome = None
         finally:
             self._in_hand.pop(current, None)
+            self._in_hand_gauge.dec()
         if outcome is not None:  # finished and acknowledged
             self._count(outcome)
             self._task_duration.observe(time.perf_counter() - started)

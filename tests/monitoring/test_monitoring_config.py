@@ -442,6 +442,7 @@ def test_alert_unit_tests_pass() -> None:
         "QueueGrowingWithoutConsumers",
         "CircuitBreakerOpen",
         "FunnelStalled",
+        "LaneDeliveriesOrphaned",
     }
     assert wanted <= tested, f"no firing case for {sorted(wanted - tested)}"
 
@@ -742,6 +743,7 @@ def stack_series(config: Doc, *, troubled: bool) -> list[Series]:
         s.histogram(sup, "intake_service_call_duration_seconds", 240, lane=lane, signal="ok")
         s.gauge(sup, "intake_lane_concurrency_limit", 16, lane=lane)
         s.gauge(sup, "intake_lane_inflight_calls", 9, lane=lane)
+        s.gauge(sup, "intake_lane_deliveries_in_hand", 30, lane=lane)  # the queue's unacked
         s.gauge(sup, "intake_lane_breaker_workers", 1, lane=lane, state="closed")
     for kind in WORKER_KINDS:
         s.gauge(sup, "intake_worker_processes", 1, kind=kind)
