@@ -39,6 +39,7 @@ from verifiers.imaging import (
     analyse,
     init_worker_process,
 )
+from verifiers.phash_chunks import probes
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,33 @@ _ANALYSED_SQL = """
 UPDATE photos SET phash = $2, outcome = $3, analysed_at = now()
 WHERE registration_id = $1 AND sha256 = $4
 """
-# A sequential scan over analysed photos for the phash part: see docs/architecture.md.
-_REUSED_SQL = """
-SELECT EXISTS (
-    SELECT 1 FROM photos
-    WHERE registration_id <> $1
-      AND (sha256 = $2 OR bit_count((phash # $3::bigint)::bit(64)) <= $4)
-)
+# The same bytes (photos_sha256), or a perceptual hash within $4 bits of $3: multi-index hashing
+# (verifiers/phash_chunks.py, migration 0007), one arm per 16-bit chunk that looks up the probe
+# values $5..$8 in the chunk's index and keeps the rows within the exact distance; see
+# docs/architecture.md. UNION ALL rather than the arms joined by OR in one WHERE: that is planned
+# as a sequential scan, and a bitmap scan, its best plan, would visit a table page for each of the
+# thousands of candidates; an arm of its own is an index-only scan. EXISTS stops at the first
+# row. The chunk expressions are migration 0007's, letter for letter.
+MATCHES_SQL = """
+SELECT registration_id FROM photos WHERE sha256 = $2 AND registration_id <> $1
+UNION ALL
+SELECT registration_id FROM photos
+WHERE ((phash >> 48) & 65535) = ANY($5::bigint[])
+  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
+UNION ALL
+SELECT registration_id FROM photos
+WHERE ((phash >> 32) & 65535) = ANY($6::bigint[])
+  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
+UNION ALL
+SELECT registration_id FROM photos
+WHERE ((phash >> 16) & 65535) = ANY($7::bigint[])
+  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
+UNION ALL
+SELECT registration_id FROM photos
+WHERE (phash & 65535) = ANY($8::bigint[])
+  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
 """
+REUSED_SQL = "SELECT EXISTS (" + MATCHES_SQL + ")"
 
 
 def phash_to_bigint(phash_hex: str) -> int:
@@ -99,8 +119,15 @@ class PhotoVerifier:
         )
         if not analysis.ok:
             raise Reject(f"photo_{analysis.outcome}")
+        if phash is None:
+            raise Retry("photo_not_hashed")  # an ok analysis always has a hash: should not happen
         reused = await self._pool.fetchval(
-            _REUSED_SQL, task.registration_id, ref.sha256, phash, SAME_PHOTO_MAX_DISTANCE
+            REUSED_SQL,
+            task.registration_id,
+            ref.sha256,
+            phash,
+            SAME_PHOTO_MAX_DISTANCE,
+            *probes(phash, SAME_PHOTO_MAX_DISTANCE),
         )
         if reused:
             raise Review(REUSED)
