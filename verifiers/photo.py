@@ -39,7 +39,7 @@ from verifiers.imaging import (
     analyse,
     init_worker_process,
 )
-from verifiers.phash_chunks import probes
+from verifiers.phash_chunks import CHUNKS, probes
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +50,31 @@ _ANALYSED_SQL = """
 UPDATE photos SET phash = $2, outcome = $3, analysed_at = now()
 WHERE registration_id = $1 AND sha256 = $4
 """
+
+
 # The same bytes (photos_sha256), or a perceptual hash within $4 bits of $3: multi-index hashing
 # (verifiers/phash_chunks.py, migration 0007), one arm per 16-bit chunk that looks up the probe
 # values $5..$8 in the chunk's index and keeps the rows within the exact distance; see
 # docs/architecture.md. UNION ALL rather than the arms joined by OR in one WHERE: that is planned
 # as a sequential scan, and a bitmap scan, its best plan, would visit a table page for each of the
 # thousands of candidates; an arm of its own is an index-only scan. EXISTS stops at the first
-# row. The chunk expressions are migration 0007's, letter for letter.
-MATCHES_SQL = """
-SELECT registration_id FROM photos WHERE sha256 = $2 AND registration_id <> $1
-UNION ALL
-SELECT registration_id FROM photos
-WHERE ((phash >> 48) & 65535) = ANY($5::bigint[])
-  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
-UNION ALL
-SELECT registration_id FROM photos
-WHERE ((phash >> 32) & 65535) = ANY($6::bigint[])
-  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
-UNION ALL
-SELECT registration_id FROM photos
-WHERE ((phash >> 16) & 65535) = ANY($7::bigint[])
-  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
-UNION ALL
-SELECT registration_id FROM photos
-WHERE (phash & 65535) = ANY($8::bigint[])
-  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1
-"""
+# row. The chunk expressions are made from CHUNKS as migration 0007 spells them (a test compares).
+def _matches_sql() -> str:
+    """The sha256 arm, then one arm per chunk of :data:`~verifiers.phash_chunks.CHUNKS`
+    (values ``$5``, ``$6``, ...), each spelled as migration 0007's index expression."""
+    arms = ["SELECT registration_id FROM photos WHERE sha256 = $2 AND registration_id <> $1"]
+    for index, (width, shift) in enumerate(CHUNKS):
+        mask = (1 << width) - 1
+        chunk = f"((phash >> {shift}) & {mask})" if shift else f"(phash & {mask})"
+        arms.append(
+            "SELECT registration_id FROM photos\n"  # noqa: S608 - integers from CHUNKS only
+            f"WHERE {chunk} = ANY(${5 + index}::bigint[])\n"
+            "  AND bit_count((phash # $3::bigint)::bit(64)) <= $4 AND registration_id <> $1"
+        )
+    return "\n" + "\nUNION ALL\n".join(arms) + "\n"
+
+
+MATCHES_SQL = _matches_sql()
 REUSED_SQL = "SELECT EXISTS (" + MATCHES_SQL + ")"
 
 

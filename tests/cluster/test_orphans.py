@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -62,17 +61,7 @@ async def test_tasks_held_under_a_cancelled_consumer_are_handled_after_their_nod
     node = next(n for n in local_cluster.rabbits if n.name != leader.name)
     on_node = everyone.replace(amqp_url=node.url(VHOST))
 
-    ids = []
-    async with inprocess.edge(everyone) as client:
-        for person in slow_dukcapil.people:
-            response = await client.post("/v1/registrations", json=person.form)
-            assert response.status == 202
-            ids.append(uuid.UUID((await response.json())["id"]))
-    async with inprocess.persist_worker(everyone, db):
-        await eventually(
-            lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", ids),
-            lambda n: n == PEOPLE,
-        )
+    ids = await inprocess.registered(everyone, db, (p.form for p in slow_dukcapil.people))
 
     async def settled() -> int:
         return int(

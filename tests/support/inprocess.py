@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,6 +24,7 @@ from intake.appkeys import GATE, PUBLISHER
 from intake.gate import Gate
 from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher
+from tests.support.waiting import eventually
 from verifiers import registry
 from workers.dispatch import Dispatcher
 from workers.lane import LaneWorker
@@ -51,6 +53,25 @@ async def persist_worker(
     finally:
         worker.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def registered(
+    settings: Settings, pool: asyncpg.Pool, forms: Iterable[dict[str, object]]
+) -> list[uuid.UUID]:
+    """Register ``forms`` through an edge (each answered ``202``) and wait until a persist
+    worker has stored them all; their ids, in order."""
+    ids = []
+    async with edge(settings) as client:
+        for form in forms:
+            response = await client.post("/v1/registrations", json=form)
+            assert response.status == 202
+            ids.append(uuid.UUID((await response.json())["id"]))
+    async with persist_worker(settings, pool):
+        await eventually(
+            lambda: pool.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", ids),
+            lambda n: n == len(ids),
+        )
+    return ids
 
 
 @contextlib.asynccontextmanager

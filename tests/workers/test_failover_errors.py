@@ -88,17 +88,7 @@ async def test_a_lane_records_its_result_again_on_new_connections_without_callin
     # call Dukcapil again (and count towards the queue's delivery limit); the record is
     # retried in place instead.
     wired = dukcapil.wire(settings)
-    ids = []
-    async with inprocess.edge(wired) as client:
-        for person in dukcapil.people:
-            response = await client.post("/v1/registrations", json=person.form)
-            assert response.status == 202
-            ids.append(uuid.UUID((await response.json())["id"]))
-    async with inprocess.persist_worker(wired, db):
-        await eventually(
-            lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = ANY($1)", ids),
-            lambda n: n == len(ids),
-        )
+    ids = await inprocess.registered(wired, db, (p.form for p in dukcapil.people))
     pool = await _read_only_pool(settings, db)
     async with (
         pool,

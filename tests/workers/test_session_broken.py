@@ -12,7 +12,6 @@ when the wedged connection closed) is handled again.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -56,15 +55,7 @@ async def test_a_publish_never_confirmed_ends_the_lane_session_and_the_task_come
     async with amqp:  # lane queues are not emptied between tests
         lanes = await topology.declare_lanes(await amqp.channel(), settings, ("dukcapil",))
         await lanes.queues[Check.DUKCAPIL].purge()
-    async with inprocess.edge(wired) as client:
-        response = await client.post("/v1/registrations", json=failing_dukcapil.people[0].form)
-        assert response.status == 202
-        accepted = uuid.UUID((await response.json())["id"])
-    async with inprocess.persist_worker(wired, db):
-        await eventually(
-            lambda: db.fetchval("SELECT count(*) FROM registrations WHERE id = $1", accepted),
-            lambda n: n == 1,
-        )
+    [accepted] = await inprocess.registered(wired, db, [failing_dukcapil.people[0].form])
     # A client heartbeat of a minute: aiormq would give the wedged connection up only after
     # three of them, long after this test's waits.
     patient = wired.replace(amqp_url=broker.with_heartbeat(wired.amqp_url, 60))
