@@ -482,6 +482,9 @@ async def test_no_personal_data_in_any_metrics_text(
         secrets.add(str(form["phone"]).lstrip("0"))
     for registration_id, token in burst.accepted.items():
         secrets |= {str(registration_id), registration_id.hex, token}
+    # A secret too short to tell from a number (the invalid phone "12345") would be found in
+    # any large counter by chance: RabbitMQ's byte totals once held it.
+    secrets = {secret for secret in secrets if len(secret) >= 8}
     assert len(secrets) > 5 * len(people)
     leaked = {name: sorted(s for s in secrets if s in text) for name, text in texts.items()}
     assert leaked == {name: [] for name in texts}
