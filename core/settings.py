@@ -78,6 +78,9 @@ class Settings:
     edge_status_dir: str = ""
     edge_reconnect_max_delay_s: float = 2.0
     edge_access_log: bool = True
+    # Simple registrations accepted straight from the connection, without aiohttp's request
+    # machinery (intake/express.py); false: every request through aiohttp.
+    edge_express: bool = True
 
     # Queue topology.
     # Both bounds count: messages (a message holds a batch of registrations) and bytes

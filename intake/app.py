@@ -19,24 +19,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import orjson
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 
 from core import metrics
-from core.envelope import Envelope
-from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings
 from intake import contact_routes, photo_routes
 from intake.access import authorized_id
-from intake.appkeys import DB, GATE, KEYRING, PUBLISHER, SETTINGS, STATE
+from intake.accesslog import AccessLogger
+from intake.appkeys import DB, GATE, HTTP_METRICS, KEYRING, PUBLISHER, SETTINGS, STATE
+from intake.express import Express
 from intake.gate import Gate
+from intake.httpmetrics import HttpMetrics
 from intake.problems import problem, unavailable
 from intake.publisher import BatchPublisher, Unavailable
-from intake.validation import ValidationFailed, today_wib, validate
+from intake.registering import BadIdempotencyKey, accepted_document, envelope_for
+from intake.validation import ValidationFailed
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_KEY_MAX_CHARS = 255
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -98,25 +98,19 @@ async def register(request: web.Request) -> web.StreamResponse:
     except orjson.JSONDecodeError:
         return _invalid(problem(400, "malformed-json", "The body is not valid JSON"))
     now = dt.datetime.now(dt.UTC)
+    keyring = request.app[KEYRING]
     try:
-        registration = validate(body, today_wib(now))
+        registration_id, item = envelope_for(
+            body, request.headers.get("Idempotency-Key"), keyring, now
+        )
     except ValidationFailed as exc:
         return _invalid(
             problem(422, "invalid-registration", "The registration is invalid", errors=exc.errors)
         )
-
-    keyring = request.app[KEYRING]
-    idempotency_key = request.headers.get("Idempotency-Key")
-    if idempotency_key is None:
-        registration_id = uuid7()
-    elif 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_CHARS:
-        registration_id = keyring.idempotent_id(idempotency_key)
-    else:
+    except BadIdempotencyKey:
         return _invalid(
             problem(400, "bad-idempotency-key", "Idempotency-Key must be 1-255 characters")
         )
-
-    item = Envelope(registration_id, now, registration).to_json()
     try:
         confirmed = publisher.submit(item, probe=probe)
         # Within the deadline, counted from when the request was read. A registration whose
@@ -130,16 +124,9 @@ async def register(request: web.Request) -> web.StreamResponse:
         return _shed(gate, "deadline")
     gate.accepted()
     metrics.REGISTRATIONS_ACCEPTED.inc()
-    status_url = f"/v1/registrations/{registration_id}"
-    return _json(
-        202,
-        {
-            "id": str(registration_id),
-            "status": "accepted",
-            "status_url": status_url,
-            "access_token": keyring.access_token(registration_id),
-        },
-        headers={"Location": status_url},
+    document, status_url = accepted_document(registration_id, keyring)
+    return web.Response(
+        status=202, body=document, content_type="application/json", headers={"Location": status_url}
     )
 
 
@@ -209,34 +196,6 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.Response(body=spec, content_type="application/json")
 
 
-class _HttpMetrics:
-    """The request counter and duration histogram, their children cached by label values (a
-    dict look-up per request instead of prometheus-client's validated, locked ``labels()``)."""
-
-    def __init__(self) -> None:
-        self._counters: dict[tuple[str, str, int], Counter] = {}
-        self._durations: dict[tuple[str, str], Histogram] = {}
-
-    def record(self, request: web.Request, status: int, elapsed_s: float) -> None:
-        # The route *template* (``/v1/registrations/{id}``), never the path: paths hold ids.
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        method = request.method if request.method in metrics.HTTP_METHODS else "other"
-        key = (route, method, status // 100)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = metrics.HTTP_REQUESTS.labels(route, method, metrics.status_class(status))
-            self._counters[key] = counter
-        counter.inc()
-        duration = self._durations.get(key[:2])
-        if duration is None:
-            duration = self._durations[key[:2]] = metrics.HTTP_DURATION.labels(route, method)
-        duration.observe(elapsed_s)
-
-
-HTTP_METRICS = web.AppKey("http_metrics", _HttpMetrics)
-
-
 @web.middleware
 async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count every answer by route template, method and status class, and time it."""
@@ -270,7 +229,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     )
     app[SETTINGS], app[KEYRING], app[PUBLISHER] = settings, keyring, publisher
     app[GATE] = Gate(settings, publisher)
-    app[HTTP_METRICS] = _HttpMetrics()
+    app[HTTP_METRICS] = HttpMetrics()
     metrics.init_edge()
     app[STATE] = {"stopping": False}
     app.router.add_post("/v1/registrations", register)
@@ -282,6 +241,13 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     photo_routes.add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
+
+
+def express_path(app: web.Application, access_log: AccessLogger | None = None) -> Express:
+    """The express path of ``app``'s edge (:mod:`intake.express`), for its site."""
+    return Express(
+        app[SETTINGS], app[KEYRING], app[PUBLISHER], app[GATE], app[HTTP_METRICS], access_log
+    )
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

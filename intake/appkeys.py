@@ -9,6 +9,7 @@ from aiohttp import web
 from core.keys import Keyring
 from core.settings import Settings
 from intake.gate import Gate
+from intake.httpmetrics import HttpMetrics
 from intake.publisher import BatchPublisher
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -17,3 +18,4 @@ PUBLISHER = web.AppKey("publisher", BatchPublisher)
 GATE = web.AppKey("gate", Gate)
 DB = web.AppKey("db", asyncpg.Pool)
 STATE = web.AppKey("state", dict[str, bool])
+HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)

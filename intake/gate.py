@@ -26,8 +26,9 @@ from core import metrics, status
 from core.settings import Settings
 from intake import admission
 from intake.problems import unavailable_body
-from intake.protocol import REGISTRATIONS_PATH, HttpDate
+from intake.protocol import HttpDate
 from intake.publisher import BatchPublisher
+from intake.registering import REGISTRATIONS_PATH
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,11 @@ class Gate:
         if reason in PRESSURE_REASONS:
             self._pressed()
         self._publisher.count_shed(reason)  # refused without a publish, as its own sheds
+        return self.unavailable(reason, now_s)
+
+    def unavailable(self, reason: str, now_s: float) -> bytes:
+        """The whole ``503`` response (with its ``Retry-After``) for a registration shed for
+        ``reason`` at ``now_s``; counts nothing."""
         body = self._bodies[reason]
         return (
             b"HTTP/1.1 503 Service Unavailable\r\n"

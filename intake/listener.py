@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from intake.protocol import Shedder, protocol_factory
+from intake.protocol import Shedder, Taker, protocol_factory
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ ACCEPT_BATCH = 128
 class EdgeSite(web.BaseSite):
     """A TCP site (an address, or an already bound socket) that accepts every waiting
     connection on each readiness and serves it with the edge's connection protocol
-    (:class:`~intake.protocol.EdgeRequestHandler`)."""
+    (:class:`~intake.protocol.EdgeRequestHandler`), with the express path ``express`` if
+    given (:mod:`intake.express`)."""
 
     __slots__ = ("_factory", "_host", "_listening", "_port", "_reuse_port", "_sock", "_tasks")
 
@@ -50,12 +51,13 @@ class EdgeSite(web.BaseSite):
         sock: socket.socket | None = None,
         backlog: int = 128,
         reuse_port: bool = False,
+        express: Taker | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         server = runner.server
         assert server is not None
         self._host, self._port, self._sock, self._reuse_port = host, port, sock, reuse_port
-        self._factory = protocol_factory(server, shedder)
+        self._factory = protocol_factory(server, shedder, express)
         self._listening: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from intake.validation import FieldError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-_TYPE_BASE = "https://intake.example/problems/"
+PROBLEM_TYPE_BASE = "https://intake.example/problems/"
 
 
 def problem(
@@ -24,7 +24,7 @@ def problem(
     **extra: Any,
 ) -> web.Response:
     """A problem+json response; ``slug`` is the stable, machine-readable kind of problem."""
-    body: dict[str, Any] = {"type": _TYPE_BASE + slug, "title": title, "status": status}
+    body: dict[str, Any] = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status}
     field_errors = [{"field": e.field, "code": e.code, "message": e.message} for e in errors]
     if field_errors:
         body["errors"] = field_errors
@@ -43,7 +43,7 @@ _UNAVAILABLE_TITLE = "Registration is temporarily unavailable, please retry"
 def unavailable_body(reason: str) -> dict[str, Any]:
     """The problem document of a 503 (also prepared as bytes by the early 503, intake.gate)."""
     return {
-        "type": _TYPE_BASE + "unavailable",
+        "type": PROBLEM_TYPE_BASE + "unavailable",
         "title": _UNAVAILABLE_TITLE,
         "status": 503,
         "reason": reason,

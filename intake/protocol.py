@@ -28,6 +28,8 @@ and serves without the shortcut (the handler still sheds, at a higher cost), and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import logging
 import re
@@ -39,9 +41,9 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 
-log = logging.getLogger(__name__)
+from intake.registering import REGISTRATIONS_PATH
 
-REGISTRATIONS_PATH = "/v1/registrations"
+log = logging.getLogger(__name__)
 
 
 class Shedder(Protocol):
@@ -64,10 +66,38 @@ class Shedder(Protocol):
         """A registration admitted by :meth:`early_reason` will not reach its handler."""
 
 
+class Taker(Protocol):
+    """What takes an admitted registration off the connection (:class:`intake.express.Express`)."""
+
+    def take(self, connection: Any, data: bytes, head_end: int, read_at_s: float) -> bool:
+        """Take the registration ``data`` (one whole request) and answer it later through
+        ``connection.express_answer``; or return False to leave it to aiohttp."""
+
+
+class Taken(Protocol):
+    """A registration taken, not yet answered."""
+
+    def abandon(self) -> None:
+        """Its connection was lost."""
+
+
+# What a connection holds, at most, of what follows a registration the express path took
+# before it stops reading (a client that pipelines).
+HOLD_MAX_BYTES = 64 * 1024
+
+
 def supported() -> bool:
     """Whether this aiohttp's ``RequestHandler`` has what the shortcut relies on."""
     slots = set(getattr(RequestHandler, "__slots__", ())) | set(BaseProtocol.__slots__)
-    names = {"_request_count", "_payload_parser", "_upgraded"}
+    names = {
+        "_request_count",
+        "_payload_parser",
+        "_upgraded",
+        "_keepalive_timeout",
+        "_next_keepalive_close_time",
+        "_force_close",
+        "_close",
+    }
     return names <= slots and hasattr(RequestHandler, "_handle_request")
 
 
@@ -98,9 +128,16 @@ class EdgeRequestHandler(RequestHandler):
     """aiohttp's connection protocol, with registrations shed as they are read (see the
     module docstring)."""
 
-    def __init__(self, manager: web.Server, shedder: Shedder, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, shedder: Shedder, express: Taker | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._shedder = shedder
+        self._express = express
+        self._taken: Taken | None = None  # taken by the express path, not answered yet
+        self._held = b""  # what arrived meanwhile
+        self._held_paused = False
+        self._express_idle: asyncio.Future[None] | None = None  # a shutdown waits on it
         # Whether everything this connection sent so far ended at a request's end: aiohttp's
         # parser holds no partial request, so the next bytes start one.
         self._at_boundary = True
@@ -112,8 +149,16 @@ class EdgeRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # The hot path of a shed registration: keep it short (see the module docstring).
+        if self._taken is not None:  # the express path answers first (in order)
+            self._held += data
+            if len(self._held) > HOLD_MAX_BYTES and not self._held_paused:
+                self._held_paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            return
         now = self._loop.time()
-        if self._at_boundary and data:  # (aiohttp feeds itself b"" to re-parse what it held)
+        if self._at_boundary and data and not (self._force_close or self._close):
+            # (aiohttp feeds itself b"" to re-parse what it held)
             whole, head_end = _one_request(data)
             if not whole:
                 self._at_boundary = False  # for good: the shortcut is for the simple case
@@ -124,6 +169,10 @@ class EdgeRequestHandler(RequestHandler):
             ):
                 reason = self._shedder.early_reason(now)
                 if reason is None:
+                    express = self._express
+                    read_at_s = now - self._shedder.delay_s(now)
+                    if express is not None and express.take(self, data, head_end, read_at_s):
+                        return
                     self.admitted_at_s = now
                 elif self.transport is not None:
                     self.transport.write(self._shedder.answer(reason, now))
@@ -131,12 +180,54 @@ class EdgeRequestHandler(RequestHandler):
         self.read_at_s = now - self._shedder.delay_s(now)
         super().data_received(data)
 
+    def express_taken(self, taken: Taken) -> None:
+        """The express path took the registration just read; it answers with
+        :meth:`express_answer`."""
+        self._taken = taken
+        self._keep_alive_from_now()
+
+    def express_answer(self, response: bytes) -> None:
+        """The express path's answer to the registration it took; then what arrived since."""
+        self._taken = None
+        if self.transport is not None:
+            self.transport.write(response)
+        self._keep_alive_from_now()
+        if self._express_idle is not None and not self._express_idle.done():
+            self._express_idle.set_result(None)
+        if self._held:
+            held, self._held = self._held, b""
+            if self._held_paused:
+                self._held_paused = False
+                if self.transport is not None:
+                    self.transport.resume_reading()
+            self.data_received(held)
+
+    def _keep_alive_from_now(self) -> None:
+        # aiohttp's keep-alive timer closes a connection idle for its timeout; the express
+        # path's requests are activity it does not see.
+        if self._keepalive_timeout > 0:
+            self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:  # noqa: ASYNC109 (aiohttp's)
+        """aiohttp's graceful shutdown, after the express path's answer (if one is due)."""
+        if self._taken is not None:
+            self._express_idle = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._express_idle
+        await super().shutdown(timeout)
+
     def taken(self) -> float | None:
         """The handler of a registration took it: when it was admitted early, if it was."""
         admitted, self.admitted_at_s = self.admitted_at_s, None
         return admitted
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._taken is not None:
+            self._taken.abandon()
+            self._taken, self._held = None, b""
+            if self._express_idle is not None and not self._express_idle.done():
+                self._express_idle.set_result(None)
         if self.admitted_at_s is not None:
             self.admitted_at_s = None
             self._shedder.release()
@@ -159,16 +250,18 @@ class EdgeRequestHandler(RequestHandler):
             self._answered += 1
 
 
-def protocol_factory(server: web.Server, shedder: Shedder) -> Callable[[], RequestHandler]:
+def protocol_factory(
+    server: web.Server, shedder: Shedder, express: Taker | None = None
+) -> Callable[[], RequestHandler]:
+    """What makes the edge's connections: :class:`EdgeRequestHandler`, built with what
+    ``web.Server.__call__`` passes to aiohttp's own (or aiohttp's, see :func:`supported`)."""
     if not supported():
         log.warning("this aiohttp's RequestHandler is not as expected: no early 503s")
         return server
-    """What makes the edge's connections: :class:`EdgeRequestHandler`, built with what
-    ``web.Server.__call__`` passes to aiohttp's own (or aiohttp's, see :func:`supported`)."""
     kwargs = dict(server._kwargs)
 
     def factory() -> RequestHandler:
-        return EdgeRequestHandler(server, shedder, loop=server._loop, **kwargs)
+        return EdgeRequestHandler(server, shedder, express, loop=server._loop, **kwargs)
 
     return factory
 

@@ -14,39 +14,17 @@ import socket
 
 import uvloop
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from core import metrics, metrics_http
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
-from intake.app import create_app
+from intake.accesslog import AccessLogger
+from intake.app import create_app, express_path
 from intake.appkeys import GATE, STATE
 from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher
 
 log = logging.getLogger(__name__)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """Logs method, route template, status and duration. Never the concrete path (it holds
-    registration ids) nor the query string or headers (they may hold tokens)."""
-
-    @property
-    def enabled(self) -> bool:
-        """Skip the per-request work entirely when INFO is filtered out."""
-        return self.logger.isEnabledFor(logging.INFO)
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        route = getattr(getattr(match_info, "route", None), "resource", None)
-        template = route.canonical if route is not None else "unmatched"
-        self.logger.info(
-            "%s %s %s",
-            request.method,
-            template,
-            response.status,
-            extra={"fields": {"status": response.status, "duration_s": round(time, 6)}},
-        )
 
 
 async def serve(settings: Settings, *, sock: socket.socket | None = None) -> None:
@@ -61,15 +39,19 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
 async def _serve(settings: Settings, sock: socket.socket | None) -> None:
     keyring = Keyring.from_secret(settings.secret_key)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
+    access_log = (
+        AccessLogger(logging.getLogger("intake.access"), "") if settings.edge_access_log else None
+    )
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
-        access_log=logging.getLogger("intake.access") if settings.edge_access_log else None,
+        access_log=access_log.logger if access_log is not None else None,
         shutdown_timeout=settings.edge_shutdown_timeout_s,
         handle_signals=False,
     )
     await runner.setup()
-    # Connections answer shed registrations as they are parsed (intake.protocol).
+    # Connections answer shed registrations as they are parsed (intake.protocol), and take
+    # simple registrations straight off the connection (intake.express).
     site = EdgeSite(
         runner,
         app[GATE],
@@ -78,6 +60,7 @@ async def _serve(settings: Settings, sock: socket.socket | None) -> None:
         sock=sock,
         backlog=settings.edge_backlog,
         reuse_port=True,
+        express=express_path(app, access_log) if settings.edge_express else None,
     )
     await site.start()
     log.info("edge listening", extra={"fields": {"address": site.name}})

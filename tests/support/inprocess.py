@@ -19,8 +19,9 @@ from core.health import Health
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.app import create_app
+from intake.app import create_app, express_path
 from intake.appkeys import GATE, PUBLISHER
+from intake.express import Express
 from intake.gate import Gate
 from intake.listener import EdgeSite
 from intake.publisher import BatchPublisher
@@ -113,6 +114,7 @@ class RunningEdge:
     runner: web.AppRunner
     host: str
     port: int
+    express: Express | None
 
     @property
     def gate(self) -> Gate:
@@ -126,7 +128,7 @@ class RunningEdge:
 @contextlib.asynccontextmanager
 async def served_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
     """The edge on a free port with :class:`~intake.listener.EdgeSite` (aiohttp's test server
-    would bypass the early 503 and the accept loop)."""
+    would bypass the early 503, the express path and the accept loop)."""
     keyring = Keyring.from_secret(settings.secret_key)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -135,10 +137,13 @@ async def served_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     try:
-        site = EdgeSite(runner, app[GATE], sock=sock, backlog=settings.edge_backlog)
+        express = express_path(app) if settings.edge_express else None
+        site = EdgeSite(
+            runner, app[GATE], sock=sock, backlog=settings.edge_backlog, express=express
+        )
         await site.start()
         assert await app[PUBLISHER].wait_ready(10), "edge could not reach the broker"
-        yield RunningEdge(app, runner, "127.0.0.1", sock.getsockname()[1])
+        yield RunningEdge(app, runner, "127.0.0.1", sock.getsockname()[1], express)
     finally:
         await runner.cleanup()
         sock.close()

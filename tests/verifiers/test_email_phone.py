@@ -29,10 +29,10 @@ from yarl import URL
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
+from intake.accesslog import AccessLogger
 from intake.app import create_app
 from intake.appkeys import PUBLISHER
 from intake.publisher import BatchPublisher
-from intake.server import AccessLogger
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from simulators.smtp import Mail
 from tests.support import inprocess
