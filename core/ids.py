@@ -16,10 +16,36 @@ def _with_version(value: int, version: int) -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+class _RandomPool:
+    """Bytes from ``os.urandom`` read a thousand ids at a time: one system call per thousand
+    ids instead of one each (a measurable share of the edge's accept path). Emptied in a
+    forked child, so that parent and child never hand out the same bytes."""
+
+    CHUNK = 10 * 1024
+
+    def __init__(self) -> None:
+        self._bytes = b""
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        at = self._at
+        if at + count > len(self._bytes):
+            self._bytes, at = os.urandom(self.CHUNK), 0
+        self._at = at + count
+        return self._bytes[at : at + count]
+
+    def forget(self) -> None:
+        self._bytes, self._at = b"", 0
+
+
+_POOL = _RandomPool()
+os.register_at_fork(after_in_child=_POOL.forget)
+
+
 def uuid7() -> uuid.UUID:
     """A new UUIDv7: 48 bits of Unix milliseconds, then 74 random bits."""
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
+    rand = int.from_bytes(_POOL.take(10), "big")
     return _with_version((ms << 80) | rand, 7)
 
 
