@@ -403,7 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # The same `intake edge`, from other code: the console script's directory comes
                 # first on sys.path, then PYTHONPATH, then the editable install of this checkout.
                 baseline = args.baseline.resolve()
-                if not (baseline / "core" / "cli.py").is_file():
+                if not (baseline / "intake" / "app.py").is_file():
                     raise BenchError(f"--baseline {baseline}: no checkout of the project there")
                 edge_variants.append(("edge-baseline", "false", {"PYTHONPATH": str(baseline)}))
             for name, access_log, extra_env in edge_variants:

@@ -56,14 +56,15 @@ log = logging.getLogger(__name__)
 
 # A head taken by the express path: the registration's request line, then header fields
 # whose names are tokens and whose values hold no control character but HTAB (RFC 9110 5.5;
-# no obs-fold), each at most 8,190 bytes as aiohttp allows, one of them Host. The head ends
-# before its blank line.
+# no obs-fold), one of them Host, the whole head at most 8,190 bytes (so is each field, as
+# aiohttp requires). The head ends before its blank line.
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_FIELD = rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]{0,8190}?)[ \t]*\r\n"
+_FIELD = rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*)\r\n"  # (value: right-strip it)
 _HEAD = re.compile(
     rb"POST " + REGISTRATIONS_PATH.encode() + rb" HTTP/1\.1\r\n(?:" + _FIELD + rb")*"
 )
 _FIELDS = re.compile(_FIELD)
+_LINE_BYTES = len(b"POST " + REGISTRATIONS_PATH.encode() + b" HTTP/1.1\r\n")
 _CONTENT_TYPE = b"content-type"
 _CONTENT_LENGTH = b"content-length"
 _IDEMPOTENCY_KEY = b"idempotency-key"
@@ -91,7 +92,7 @@ def head_fields(data: bytes, head_end: int) -> tuple[bytes | None, bytes | None]
     not one the express path takes (see the module)."""
     if head_end > HEAD_MAX_BYTES or _HEAD.fullmatch(data, 0, head_end + 2) is None:
         return None
-    fields = _FIELDS.findall(data, 0, head_end + 2)
+    fields = _FIELDS.findall(data, _LINE_BYTES, head_end + 2)
     if len(fields) > FIELDS_MAX:
         return None
     content_type = idempotency_key = None
@@ -101,11 +102,11 @@ def head_fields(data: bytes, head_end: int) -> tuple[bytes | None, bytes | None]
         if name == _CONTENT_TYPE:
             if content_type is not None:
                 return None
-            content_type = value
+            content_type = value.rstrip(b" \t")
         elif name == _IDEMPOTENCY_KEY:
             if idempotency_key is not None:
                 return None
-            idempotency_key = value
+            idempotency_key = value.rstrip(b" \t")
         elif name == _CONTENT_LENGTH:
             lengths += 1
         elif name == _HOST:

@@ -23,8 +23,12 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from core.ids import uuid7
+from core.keys import Keyring
 from core.settings import Settings
 from intake.express import Express, head_fields
+from intake.protocol import _one_request
+from intake.registering import accepted_document
 from tests.support import inprocess, openapi
 from tests.support.people import person
 from tests.support.proxy import broker_proxy
@@ -102,7 +106,7 @@ def test_the_heads_taken_are_plainly_well_formed() -> None:
     assert head_fields(taken, end) == (b"application/json", b"k-1")
     for refused in (
         _json_request(form, b"Host: e"),  # two hosts
-        _request(form, b"Host : e", b"Content-Type: application/json"),  # a space before ':' 
+        _request(form, b"Host : e", b"Content-Type: application/json"),  # a space before ':'
         _json_request(form, b" folded"),  # obs-fold
         _json_request(form, b"X-A: a\x01b"),  # a control character
         _json_request(form, b"Content-Length: 7"),  # two lengths
@@ -140,8 +144,8 @@ def test_nothing_aiohttp_refuses_is_taken_and_the_fields_agree(
         head += b"Content-Length: 2\r\n"
     data = head + b"\r\n" + body
     end = data.find(b"\r\n\r\n")
-    if end != len(head) - 2:
-        return  # a value held the blank line: not one request as generated
+    if end != len(head) - 2 or not _one_request(data)[0]:
+        return  # not one whole request: the connection never offers it
     read = head_fields(data, end)
     if read is None:
         return
@@ -286,3 +290,19 @@ async def test_a_client_gone_before_its_answer_harms_nothing(
         assert status == 202, raw
     async with inprocess.persist_worker(settings, db):
         await stored_once(db, {uuid.UUID(orjson.loads(raw)["id"])}, only=True)
+
+
+def test_the_202_document_is_what_orjson_writes() -> None:
+    keyring = Keyring.from_secret("a test secret of at least thirty-two characters")
+    for _ in range(100):
+        registration_id = uuid7()
+        document, status_url = accepted_document(registration_id, keyring)
+        assert document == orjson.dumps(
+            {
+                "id": str(registration_id),
+                "status": "accepted",
+                "status_url": status_url,
+                "access_token": keyring.access_token(registration_id),
+            }
+        )
+        assert status_url == f"/v1/registrations/{registration_id}"

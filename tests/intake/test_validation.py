@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.envelope import FIELDS, Registration
+from intake import validation
 from intake.validation import (
     PROVINCE_CODES,
     FieldError,
@@ -607,3 +608,22 @@ def test_email_domains_are_lower_cased(local: str, labels: list[str]) -> None:
     domain = ".".join(labels)
     email = validate(body(email=f"{local}@{domain}"), TODAY).email
     assert email == f"{local}@{domain.lower()}"
+
+
+# --- the fast forms of the name rules are the rules -----------------------------------------
+
+_WHITESPACE_RUNS = re.compile(r"\s+")
+_ANY_SCRIPT_NAME = re.compile(r"[^\W\d_](?:[^\W\d_]|[\u0300-\u036f]|[ '.,\-])*")
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
+def test_whitespace_is_collapsed_as_a_regex_would(text: str) -> None:
+    assert " ".join(text.split()) == _WHITESPACE_RUNS.sub(" ", text).strip()
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_an_ascii_name_is_judged_as_the_unicode_rule_judges_it(text: str) -> None:
+    expected = _ANY_SCRIPT_NAME.fullmatch(text) is not None and not any(
+        c.isnumeric() and not c.isalpha() for c in text
+    )
+    assert (validation._ASCII_NAME_RE.fullmatch(text) is not None) == expected
