@@ -7,6 +7,10 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from core.logs import BufferedLines
+
+ACCESS_LOGGER = "intake.access"
+
 
 class AccessLogger(AbstractAccessLogger):
     """Logs method, route template, status and duration. Never the concrete path (it holds
@@ -26,10 +30,13 @@ class AccessLogger(AbstractAccessLogger):
 
     def answered(self, method: str, template: str, status: int, time: float) -> None:
         """One answer, ``time`` seconds after its request was read."""
-        self.logger.info(
-            "%s %s %s",
-            method,
-            template,
-            status,
-            extra={"fields": {"status": status, "duration_s": round(time, 6)}},
-        )
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fields = {"status": status, "duration_s": round(time, 6)}
+        handlers = logger.handlers
+        if not logger.propagate and len(handlers) == 1 and isinstance(handlers[0], BufferedLines):
+            # The same line, without a log record: a tenth of the cost (core/logs.py).
+            handlers[0].entry(logger.name, f"{method} {template} {status}", fields)
+        else:
+            logger.info("%s %s %s", method, template, status, extra={"fields": fields})

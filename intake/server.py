@@ -15,10 +15,10 @@ import socket
 import uvloop
 from aiohttp import web
 
-from core import metrics, metrics_http
+from core import logs, metrics, metrics_http
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
-from intake.accesslog import AccessLogger
+from intake.accesslog import ACCESS_LOGGER, AccessLogger
 from intake.app import create_app, express_path
 from intake.appkeys import GATE, STATE
 from intake.listener import EdgeSite
@@ -39,9 +39,11 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
 async def _serve(settings: Settings, sock: socket.socket | None) -> None:
     keyring = Keyring.from_secret(settings.secret_key)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
-    access_log = (
-        AccessLogger(logging.getLogger("intake.access"), "") if settings.edge_access_log else None
-    )
+    access_log = None
+    if settings.edge_access_log:
+        # Written in batches (core/logs.py): one write per line cost a fifth of the edge.
+        logs.buffer_logger(ACCESS_LOGGER, "edge")
+        access_log = AccessLogger(logging.getLogger(ACCESS_LOGGER), "")
     runner = web.AppRunner(
         app,
         access_log_class=AccessLogger,
