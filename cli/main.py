@@ -5,6 +5,8 @@
     intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
+    intake waves ...            create, list, show, open, close waves; the audit log
+    intake admin [token NAME]   the operators' admin API (or a new bearer token)
     intake simulate [...]       the ministry simulators (``intake simulate --help``)
     intake demo                 start a local stack and replay a small wave opening
 
@@ -119,6 +121,26 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _waves(settings: Settings, args: argparse.Namespace) -> int:
+    from admin.commands import waves_command
+
+    return waves_command(settings, args)
+
+
+def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "token":
+        from admin.commands import new_token
+
+        token, entry = new_token(args.name)
+        print(f"token (give it to the operator, once): {token}")
+        print(f"INTAKE_ADMIN_TOKENS entry (the server keeps only this): {entry}")
+        return 0
+    from admin.app import run
+
+    run(settings)
+    return 0
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from demo.run import main as demo_main
 
@@ -162,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("queue", help="a dead-letter queue, e.g. intake.verify.dukcapil.dlq")
     again.add_argument("--limit", type=int, default=None, help="at most this many")
     dlq.set_defaults(func=_dlq)
+    from admin.commands import add_wave_commands
+
+    waves = commands.add_parser("waves", help="create, list, open, close waves; the audit log")
+    add_wave_commands(waves)
+    waves.set_defaults(func=_waves)
+    admin = commands.add_parser("admin", help="run the operators' admin API (or make a token)")
+    admin_actions = admin.add_subparsers(dest="action")
+    admin_actions.add_parser("serve", help="serve the admin API (the default)")
+    token = admin_actions.add_parser("token", help="make a bearer token and its setting entry")
+    token.add_argument("name", help="the name its actions are audited under")
+    admin.set_defaults(func=_admin, action="serve")
     demo = commands.add_parser(
         "demo", help="empty the database, start a local stack and replay a wave opening"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,14 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
 
+    # The operators' admin API (admin/, `intake admin`): its own listener, never the edge's
+    # public port. Credentials: comma-separated NAME:SHA256 entries, each the name an action is
+    # audited under and the hex SHA-256 of its bearer token (`intake admin token NAME` makes
+    # one); empty = every request refused.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_tokens: str = ""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from ``INTAKE_*`` variables, converting each to its field's type.
@@ -250,8 +259,25 @@ class Settings:
         self.worker_limits()  # raises on a malformed INTAKE_SUPERVISE_WORKER_LIMITS
         if not 0 <= self.metrics_port <= 65_535:
             raise SettingsError("INTAKE_METRICS_PORT must be a port number (0: no metrics)")
+        if self.admin_port == self.edge_port:
+            raise SettingsError("INTAKE_ADMIN_PORT must not be the edge's public port")
+        self.admin_credentials()  # raises on a malformed INTAKE_ADMIN_TOKENS
         if self.photo_max_bytes < 1 or self.photo_workers < 1:
             raise SettingsError("INTAKE_PHOTO_MAX_BYTES and INTAKE_PHOTO_WORKERS must be positive")
+
+    def admin_credentials(self) -> dict[str, bytes]:
+        """``admin_tokens`` parsed: name → SHA-256 digest of its bearer token."""
+        found: dict[str, bytes] = {}
+        for item in filter(None, (part.strip() for part in self.admin_tokens.split(","))):
+            name, _, digest = item.partition(":")
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name) or not re.fullmatch(
+                r"[0-9a-f]{64}", digest
+            ):
+                raise SettingsError("INTAKE_ADMIN_TOKENS: entries are NAME:<64 hex digits>")
+            if name in found:
+                raise SettingsError(f"INTAKE_ADMIN_TOKENS: {name} is listed twice")
+            found[name] = bytes.fromhex(digest)
+        return found
 
     def rate_caps(self) -> dict[str, float]:
         """``lane_rate_caps`` parsed: lane name → calls per second."""

@@ -63,7 +63,9 @@ async def settings(base_settings: Settings) -> Settings:
     connection = await asyncpg.connect(base_settings.database_url)
     try:
         await migrate(connection)
-        await connection.execute("TRUNCATE registrations, nik_claims, checks, photos, rate_buckets")
+        await connection.execute(
+            "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, waves"
+        )
     finally:
         await connection.close()
     amqp = await aio_pika.connect(base_settings.amqp_url)

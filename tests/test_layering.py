@@ -24,8 +24,10 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "monitoring": frozenset({"core", "monitoring"}),
     "demo": frozenset({"core", "intake", "verifiers", "simulators", "monitoring", "demo"}),
     "cluster": frozenset({"core", "simulators", "cluster"}),
+    "admin": frozenset({"core", "admin"}),
     "cli": frozenset(
         {
+            "admin",
             "core",
             "intake",
             "workers",

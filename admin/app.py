@@ -1,0 +1,176 @@
+"""The admin API (``intake admin``): operators create, list, open, close and inspect waves, and
+read the audit log. It listens on ``INTAKE_ADMIN_HOST:INTAKE_ADMIN_PORT``, never on the edge's
+public port, and every request needs ``Authorization: Bearer <token>`` of one of the
+credentials in ``INTAKE_ADMIN_TOKENS`` (stored as SHA-256 digests): the credential's name is
+the actor recorded in the audit log. Errors are RFC 9457 problem documents.
+
+    GET  /v1/waves                 every wave, in opening order
+    POST /v1/waves                 {name, opens_at, closes_at, quota, policy?} -> 201
+    GET  /v1/waves/{name}
+    POST /v1/waves/{name}/open     open a scheduled wave now
+    POST /v1/waves/{name}/close    close an open wave now
+    GET  /v1/audit?limit=N         the latest operator actions, newest first
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from core.settings import Settings
+from core.waves import Policy, WaveError, Waves, parse_time
+
+SETTINGS = web.AppKey("settings", Settings)
+WAVES = web.AppKey("waves", Waves)
+CREDENTIALS = web.AppKey("credentials", dict[str, bytes])
+ACTOR = web.RequestKey("actor", str)  # the authenticated credential's name
+
+_TYPE_BASE = "https://intake.example/problems/"
+_STATUS = {"invalid": 422, "not_found": 404, "conflict": 409}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(status: int, body: object) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _problem(
+    status: int, slug: str, title: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"type": _TYPE_BASE + slug, "title": title, "status": status}),
+        content_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def authenticate(credentials: dict[str, bytes], authorization: str) -> str | None:
+    """The name of the credential whose token ``authorization`` carries, or None."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    digest = hashlib.sha256(token.strip().encode()).digest()
+    found = None
+    for name, expected in credentials.items():  # every one compared: no early exit to time
+        if hmac.compare_digest(digest, expected):
+            found = name
+    return found
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    actor = authenticate(request.app[CREDENTIALS], request.headers.get("Authorization", ""))
+    if actor is None:
+        return _problem(
+            401,
+            "unauthorized",
+            "A valid admin bearer token is required",
+            headers={"WWW-Authenticate": 'Bearer realm="intake-admin"'},
+        )
+    request[ACTOR] = actor
+    try:
+        return await handler(request)
+    except WaveError as exc:
+        return _problem(_STATUS.get(exc.code, 400), exc.code.replace("_", "-"), exc.message)
+    except web.HTTPException as exc:
+        return _problem(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def list_waves(request: web.Request) -> web.StreamResponse:
+    now = _now()
+    return _json(200, {"waves": [w.to_obj(now) for w in await request.app[WAVES].all()]})
+
+
+async def create_wave(request: web.Request) -> web.StreamResponse:
+    try:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise WaveError("invalid", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise WaveError("invalid", "the body must be a JSON object")
+    missing = [k for k in ("name", "opens_at", "closes_at", "quota") if k not in body]
+    if missing:
+        raise WaveError("invalid", f"missing: {', '.join(missing)}")
+    if not all(isinstance(body[k], str) for k in ("name", "opens_at", "closes_at")):
+        raise WaveError("invalid", "name, opens_at and closes_at are strings")
+    wave = await request.app[WAVES].create(
+        request[ACTOR],
+        body["name"],
+        parse_time(body["opens_at"]),
+        parse_time(body["closes_at"]),
+        body["quota"],
+        Policy.from_obj(body.get("policy")),
+    )
+    return _json(201, wave.to_obj(_now()))
+
+
+async def show_wave(request: web.Request) -> web.StreamResponse:
+    wave = await request.app[WAVES].get(request.match_info["name"])
+    return _json(200, wave.to_obj(_now()))
+
+
+async def open_wave(request: web.Request) -> web.StreamResponse:
+    now = _now()
+    wave = await request.app[WAVES].open_now(request[ACTOR], request.match_info["name"], now)
+    return _json(200, wave.to_obj(now))
+
+
+async def close_wave(request: web.Request) -> web.StreamResponse:
+    now = _now()
+    wave = await request.app[WAVES].close_now(request[ACTOR], request.match_info["name"], now)
+    return _json(200, wave.to_obj(now))
+
+
+async def audit(request: web.Request) -> web.StreamResponse:
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        raise WaveError("invalid", "limit is a whole number") from None
+    if not 1 <= limit <= 1000:
+        raise WaveError("invalid", "limit is from 1 to 1000")
+    return _json(200, {"entries": await request.app[WAVES].audit(limit)})
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The admin application; its database pool opens and closes with it."""
+    app = web.Application(middlewares=[auth_middleware], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[CREDENTIALS] = settings.admin_credentials()
+    app.router.add_get("/v1/waves", list_waves)
+    app.router.add_post("/v1/waves", create_wave)
+    app.router.add_get("/v1/waves/{name}", show_wave)
+    app.router.add_post("/v1/waves/{name}/open", open_wave)
+    app.router.add_post("/v1/waves/{name}/close", close_wave)
+    app.router.add_get("/v1/audit", audit)
+    app.cleanup_ctx.append(_database)
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    pool = await asyncpg.create_pool(app[SETTINGS].database_url, min_size=0, max_size=2)
+    app[WAVES] = Waves(pool)
+    yield
+    await pool.close()
+
+
+def run(settings: Settings) -> None:
+    """Entry point of ``intake admin``."""
+    web.run_app(
+        create_app(settings),
+        host=settings.admin_host,
+        port=settings.admin_port,
+        access_log=None,
+        print=None,
+    )
