@@ -22,7 +22,8 @@ REGISTRATIONS_PATH = "/v1/registrations"
 
 
 class BadIdempotencyKey(ValueError):
-    """An ``Idempotency-Key`` that is empty or longer than ``IDEMPOTENCY_KEY_MAX_CHARS``."""
+    """An ``Idempotency-Key`` that is empty, longer than ``IDEMPOTENCY_KEY_MAX_CHARS`` or not
+    UTF-8."""
 
 
 def envelope_for(
@@ -38,7 +39,10 @@ def envelope_for(
     if idempotency_key is None:
         registration_id = uuid7()
     elif 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_CHARS:
-        registration_id = keyring.idempotent_id(idempotency_key)
+        try:
+            registration_id = keyring.idempotent_id(idempotency_key)
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them escaped)
+            raise BadIdempotencyKey from None
     else:
         raise BadIdempotencyKey
     return registration_id, Envelope(registration_id, now, registration).to_json()

@@ -210,6 +210,12 @@ async def test_what_the_express_path_leaves_aiohttp_answers(settings: Settings) 
             assert status == expected, raw
             assert headers["content-type"] == "application/problem+json"
             assert express.declined == declined + 1
+        # An Idempotency-Key that is not UTF-8: declined, and 400 (not 500) from aiohttp.
+        ((status, _, raw),) = await _exchange(
+            edge, _json_request(form, b"Idempotency-Key: caf\xe9-\xff")
+        )
+        assert status == 400, raw
+        assert orjson.loads(raw)["type"].endswith("/bad-idempotency-key")
         # What aiohttp's parser refuses is not even offered: two lengths.
         ((status, _, raw),) = await _exchange(edge, _json_request(form, b"Content-Length: 5"))
         assert status == 400, raw
