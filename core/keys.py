@@ -139,7 +139,10 @@ class Keyring:
         return base64.urlsafe_b64encode(digest[:24]).decode()
 
     def check_access_token(self, registration_id: uuid.UUID, token: str) -> bool:
-        return hmac.compare_digest(self.access_token(registration_id), token)
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters (a header
+        # may carry any), and a token is ASCII.
+        expected = self.access_token(registration_id).encode()
+        return hmac.compare_digest(expected, token.encode("utf-8", "surrogateescape"))
 
     def idempotent_id(self, idempotency_key: str) -> uuid.UUID:
         """A registration id derived from a client's ``Idempotency-Key``: a retried request

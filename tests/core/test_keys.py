@@ -35,3 +35,10 @@ def test_what_the_keyring_derives_is_what_it_derived_before() -> None:
     assert keyring.idempotent_id("k-1") == uuid.UUID("6a867b7e-e95a-83b3-ae54-5192af9192a9")
     assert keyring.nik_hmac("3171011705900001").hex()[:16] == "5784716c249580ee"
     assert keyring.check_access_token(registration_id, keyring.access_token(registration_id))
+
+
+def test_a_token_of_any_characters_is_refused_not_an_error() -> None:
+    keyring = Keyring.from_secret("a test secret of at least thirty-two characters")
+    registration_id = uuid.UUID("0192a6f4-1c2b-7d3e-8f40-123456789abc")
+    for token in ("caf\u00e9", "caf\udce9", "", "x" * 1000):  # (an escaped byte of a header)
+        assert not keyring.check_access_token(registration_id, token)
