@@ -167,7 +167,7 @@ class Express:
         try:
             confirmed = publisher.submit(item, probe=publisher.admit())
         except Unavailable as exc:
-            connection.express_answer(self._refused(exc.reason, read_at_s, now_s))
+            connection.express_answer(self.refused(exc.reason, read_at_s, now_s))
             return True
         taken = Taken(self, connection, registration_id, confirmed, read_at_s)
         taken.timer = loop.call_at(read_at_s + self._deadline_s + 1e-3, taken.expired)
@@ -186,7 +186,7 @@ class Express:
             self._framed(document),
         )
 
-    def _refused(self, reason: str, read_at_s: float, now_s: float) -> bytes:
+    def refused(self, reason: str, read_at_s: float, now_s: float) -> bytes:
         """The ``503`` (with ``Retry-After``) for a registration shed for ``reason``, counted
         and logged."""
         self._gate.count(reason)
@@ -261,7 +261,7 @@ class Taken:
         if exc is None:
             response = express.accepted(self.registration_id, self.read_at_s, now_s)
         elif isinstance(exc, Unavailable):
-            response = express._refused(exc.reason, self.read_at_s, now_s)
+            response = express.refused(exc.reason, self.read_at_s, now_s)
         else:
             response = express.failed(exc, self.read_at_s, now_s)
         self.connection.express_answer(response)
@@ -272,7 +272,7 @@ class Taken:
         self.timer = None
         self.confirmed_future.cancel()  # the publisher answers nobody for it
         now_s = asyncio.get_running_loop().time()
-        self.connection.express_answer(self.express._refused("deadline", self.read_at_s, now_s))
+        self.connection.express_answer(self.express.refused("deadline", self.read_at_s, now_s))
 
     def abandon(self) -> None:
         """Its connection was lost: nobody to answer."""
