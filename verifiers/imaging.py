@@ -55,21 +55,30 @@ PhotoOutcome = Literal[
 # 10 sits 8 bits above the re-encodings and 10 below the nearest different photo.
 SAME_PHOTO_MAX_DISTANCE: Final = 10
 
-# Viola-Jones settings measured in the design (one face on skimage's astronaut, two on two of
-# them side by side, none on coffee or rocket).
-_SCALE_FACTOR: Final = 1.1
+# OpenCV's frontal-face cascade "alt2" (haarcascade_frontalface_alt2.xml), with steps of 1.2
+# between window sizes. The design used the "default" cascade with steps of 1.1 (one face on
+# skimage's astronaut, two on two of them side by side, none on coffee or rocket); issue 14
+# measured both (analyse() on one core, 200 demo compositions of 512 px): default at 1.1 about
+# 24 photos a CPU second on a loaded machine, alt2 at 1.2 about 45; default at 1.2 misses the
+# face on 23 of the 1,274 cached one-face demo selfies of 256 px (1.15: 2), alt2 at 1.2 on none.
+# alt2 at 1.2 also counts all 1,364 cached demo selfies, 2x400 fresh compositions (256 and
+# 512 px, not picked by any detector) and the 200 benchmark compositions right, where default at
+# 1.1 counts 4 fresh ones and 1 benchmark one wrong; on astronauts (one, 300 to 4096 px, PNG and
+# JPEG 90/70; two side by side, 600 to 2048 px) and 20 scikit-image photos without a face it
+# miscounts 1 of 48 (the 4096 px PNG astronaut), default at 1.1 2 (that one and coins).
+_CASCADE_FILE: Final = "haarcascade_frontalface_alt2.xml"
+_SCALE_FACTOR: Final = 1.2
 _MIN_NEIGHBORS: Final = 5
-_CASCADE_WINDOW_PX: Final = 24  # the frontal-face cascade's own window: nothing smaller exists
+_CASCADE_WINDOW_PX: Final = 20  # the alt2 cascade's own window: nothing smaller exists
 # The detector runs on a copy scaled so that the smallest face that counts (min_face_fraction of
 # the shorter side) is this wide. Issue 14: on the full 512 px copy the cascade took 52 ms a
 # selfie, over 90% of the analysis (it scans every window from 61 px up); at 32 px it takes
-# about half. Measured over 230 demo selfies of 512 px (150 one face, 40 two, 40 none),
-# astronauts (one, 300 to 4096 px, PNG and JPEG 90/70; two side by side, 600 to 2048 px) and 20
-# scikit-image photos without a face: 3 miscounted (a 4096 px PNG astronaut, which the full copy
-# missed too, a cell micrograph and coins), against 5 on the full copy; 28 px misses demo faces,
-# 36 or 40 px miscount more. Photos up to about 266 px (the demo's 256 px selfies) are not
-# scaled at all. Steps of 1.2 instead of 1.1 would halve the cost again but miss 23 of the 1,274
-# one-face demo selfies of 256 px (1.15: 2).
+# about half. Measured with the default cascade at steps of 1.1 over 230 demo selfies of 512 px
+# (150 one face, 40 two, 40 none), astronauts (one, 300 to 4096 px, PNG and JPEG 90/70; two side
+# by side, 600 to 2048 px) and 20 scikit-image photos without a face: 3 miscounted (a 4096 px PNG
+# astronaut, which the full copy missed too, a cell micrograph and coins), against 5 on the full
+# copy; 28 px misses demo faces, 36 or 40 px miscount more. Photos up to about 266 px (the
+# demo's 256 px selfies) are not scaled at all.
 _DETECT_MIN_FACE_PX: Final = 32
 # Measured over astronauts (one and two, 300 to 4096 px, PNG and JPEG 90/70) and 14 photos without
 # a face: bilinear down to 640x640 pixels counts them all right but a 300 px JPEG; box filtering,
@@ -289,7 +298,8 @@ def _count_faces(
 
 
 # One classifier per thread, loaded on first use (not at import: importing stays cheap): parsing
-# the cascade's XML takes about 30 ms here, a third of a photo's analysis, so never per photo.
+# the alt2 cascade's XML takes 7 to 8 ms of CPU here (the default cascade's 12 to 14), about
+# a third of a photo's analysis, so never per photo.
 # detectMultiScale is not a const method in OpenCV and not documented as thread-safe, so threads
 # do not share one. In a pool worker (one thread) that is one load per process.
 _detectors = threading.local()
@@ -298,7 +308,7 @@ _detectors = threading.local()
 def _face_detector() -> cv2.CascadeClassifier:
     detector: cv2.CascadeClassifier | None = getattr(_detectors, "detector", None)
     if detector is None:
-        path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        path = cv2.data.haarcascades + _CASCADE_FILE
         detector = cv2.CascadeClassifier(path)
         if detector.empty():
             raise RuntimeError(f"cannot load the face cascade {path}")
