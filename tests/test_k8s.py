@@ -53,6 +53,10 @@ CUSTOM_CRDS = (
 )
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/", "rabbitmq.com/", "postgresql.cnpg.io/")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# The processes that use PostgreSQL alone: no RabbitMQ, no metrics.
+DATABASE_ONLY = frozenset({"migrate", "admin"})
+# The label of the operators' pods, the only ones the admin API lets in (network.yaml).
+OPERATOR_LABELS = {"intake.prakerja/role": "operator"}
 
 # The oldest Kubernetes the manifests are for: the edge's preStop `sleep` action is on by
 # default from 1.30.
@@ -235,10 +239,13 @@ def argv(deployment: Doc) -> list[str]:
 
 
 def process(deployment: Doc) -> str | None:
-    """``edge`` or the worker kind a Deployment runs; None if it runs something else."""
+    """``edge``, ``admin`` or the worker kind a Deployment runs; None if it runs something
+    else."""
     match argv(deployment):
         case ["intake", "edge"]:
             return "edge"
+        case ["intake", "admin"]:
+            return "admin"
         case ["intake", "worker", kind] if kind in WORKER_KINDS:
             return str(kind)
     return None
@@ -376,6 +383,7 @@ def _secret_placeholder(key: str) -> str:
 _SECRET_PLACEHOLDERS = {
     "INTAKE_AMQP_URL": "amqp://intake:placeholder@rabbitmq.intake.svc:5672/intake",
     "INTAKE_DATABASE_URL": "postgresql://intake:placeholder@postgresql-rw.intake.svc:5432/intake",
+    "INTAKE_ADMIN_TOKENS": "ops-placeholder:" + "0" * 64,
 }
 
 
@@ -422,7 +430,8 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
     kind = process(deployment)
     if kind is None:
         problems.append(
-            f"{where}: runs {argv(deployment)}, not `intake edge` nor `intake worker <kind>`"
+            f"{where}: runs {argv(deployment)}, not `intake edge`, `intake admin` nor"
+            " `intake worker <kind>`"
             f" with a kind of core.verification.WORKER_KINDS {WORKER_KINDS}"
         )
     c = container(deployment)
@@ -444,6 +453,8 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
         )
     if kind == "edge":
         problems += edge_problems(where, pod, c, settings, grace)
+    elif kind == "admin":
+        problems += admin_problems(where, c, settings)
     elif kind is not None:
         problems += worker_probe_problems(where, c, settings)
     if kind in {"edge", Check.PHOTO.value}:
@@ -522,12 +533,12 @@ def _url_port(url: str, default: int) -> int:
 
 def needed_egress(settings: Settings, kind: str) -> set[Port]:
     """What a process calls: DNS, every PostgreSQL host, every RabbitMQ node (not the
-    migration Job), and, for a lane that calls out, its ministry's API, the SMS gateway or the
-    SMTP relay."""
+    migration Job nor the admin API), and, for a lane that calls out, its ministry's API, the
+    SMS gateway or the SMTP relay."""
     needed = {(53, "UDP"), (53, "TCP")}
     hosts = urllib.parse.urlsplit(settings.database_url).netloc.rpartition("@")[2]
     needed |= {(int(h.rpartition(":")[2]) if ":" in h else 5432, "TCP") for h in hosts.split(",")}
-    if kind == "migrate":
+    if kind in DATABASE_ONLY:
         return needed
     needed |= {(_url_port(url, 5672), "TCP") for url in broker.nodes(settings.amqp_url)}
     outside = {
@@ -547,7 +558,8 @@ def network_problems(
     manifests: list[Manifest], where: str, deployment: Doc, settings: Settings, kind: str
 ) -> list[str]:
     """Each process isolated both ways by NetworkPolicies, reachable on its own ports (the
-    metrics port; the edge's HTTP port) and allowed to call exactly what it calls."""
+    metrics port; the edge's HTTP port; the admin API's port alone, from the operators' pods
+    only) and allowed to call exactly what it calls."""
     labels = deployment["spec"]["template"]["metadata"].get("labels", {})
     policies = [
         d
@@ -560,9 +572,20 @@ def network_problems(
             problems.append(f"{where}: no NetworkPolicy isolates its {direction.lower()}")
     named = {p["name"]: p["containerPort"] for p in container(deployment).get("ports", [])}
     ingress = _allowed(policies, "ingress", named)
-    wanted_in = set() if kind == "migrate" else {(settings.metrics_port, "TCP")}
+    wanted_in = set() if kind in DATABASE_ONLY else {(settings.metrics_port, "TCP")}
     if kind == "edge":
         wanted_in.add((settings.edge_port, "TCP"))
+    if kind == "admin":
+        wanted_in.add((settings.admin_port, "TCP"))
+        # From the operators' pods of the namespace only: not another pod, not elsewhere.
+        for who, source, ports in (
+            ("the operators' pods", (NAMESPACE, OPERATOR_LABELS), wanted_in),
+            ("another pod of the namespace", (NAMESPACE, {"app.kubernetes.io/name": "x"}), set()),
+            ("an operator's pod of another namespace", ("default", OPERATOR_LABELS), set()),
+        ):
+            got = admitted(policies, source, named)
+            if got != ports:
+                problems.append(f"{where}: {who} let in on {sorted(got)}, not {sorted(ports)}")
     for port in sorted(wanted_in - ingress):
         problems.append(f"{where}: no NetworkPolicy lets in port {port[0]}/{port[1]}")
     for port in sorted(ingress - wanted_in):
@@ -597,6 +620,25 @@ def edge_problems(where: str, pod: Doc, c: Doc, settings: Settings, grace: int) 
             f"{where}: terminationGracePeriodSeconds {grace} does not cover the preStop sleep"
             f" ({sleep} s) and INTAKE_EDGE_SHUTDOWN_TIMEOUT_S ({settings.edge_shutdown_timeout_s})"
         )
+    return problems
+
+
+def admin_problems(where: str, c: Doc, settings: Settings) -> list[str]:
+    """The admin API listens on a container port, reachable, apart from the edge's; every path
+    answers 401 without a token, so both probes connect to that port (tcpSocket)."""
+    problems = []
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    if settings.admin_port not in ports.values():
+        problems.append(f"{where}: INTAKE_ADMIN_PORT {settings.admin_port} is no container port")
+    if settings.admin_host in LOOPBACK:
+        problems.append(f"{where}: INTAKE_ADMIN_HOST {settings.admin_host} is unreachable")
+    for probe in ("readinessProbe", "livenessProbe"):
+        port = c.get(probe, {}).get("tcpSocket", {}).get("port")
+        if ports.get(port, port) != settings.admin_port:
+            problems.append(
+                f"{where}: {probe} must connect (tcpSocket) to INTAKE_ADMIN_PORT"
+                f" {settings.admin_port}, not {port!r}"
+            )
     return problems
 
 
@@ -708,13 +750,14 @@ def service_problems(manifests: list[Manifest], kind: str, name: str, doc: Doc) 
 
 def pod_monitor_problems(manifests: list[Manifest], name: str, monitor: Doc) -> list[str]:
     """A PodMonitor of a service (RabbitMQ, PostgreSQL) scrapes named ports of its pods. The
-    others select the pods of every Deployment, and each of their endpoints is a named
-    container port of theirs that is the port their process serves /metrics on."""
+    others select the pods of every Deployment but the admin API's, and each of their
+    endpoints is a named container port of theirs that is the port their process serves
+    /metrics on."""
     where = f"PodMonitor/{name}"
     spec = monitor.get("spec", {})
-    selector = spec.get("selector", {}).get("matchLabels", {})
+    selector = spec.get("selector", {})
     for pod, (labels, named) in service_pods(manifests).items():
-        if selector and selector.items() <= labels.items():
+        if selector and _selector_matches(selector, labels):
             # A service's own metrics (RabbitMQ's plugin, CloudNativePG's exporter).
             return [
                 f"{where}: port {e.get('port')!r} is no named port of {pod}'s pods"
@@ -722,11 +765,22 @@ def pod_monitor_problems(manifests: list[Manifest], name: str, monitor: Doc) -> 
                 if e.get("port") not in named
             ] or ([] if spec.get("podMetricsEndpoints") else [f"{where}: no podMetricsEndpoints"])
     deployments = of_kind(manifests, "Deployment")
-    selected = {n: d for n, d in deployments.items() if _selects(selector, d)}
+    selected = {
+        n: d
+        for n, d in deployments.items()
+        if selector
+        and _selector_matches(selector, d["spec"]["template"]["metadata"].get("labels", {}))
+    }
+    serving = {n for n, d in deployments.items() if process(d) not in DATABASE_ONLY}
     problems = [
         f"{where}: its selector {selector} misses the pods of Deployment/{n}"
-        for n in sorted(set(deployments) - set(selected))
+        for n in sorted(serving - set(selected))
     ]
+    problems += [
+        f"{where}: selects Deployment/{n}, which serves no metrics"
+        for n in sorted(set(selected) - serving)
+    ]
+    selected = {n: d for n, d in selected.items() if n in serving}
     endpoints = spec.get("podMetricsEndpoints", [])
     if not endpoints:
         problems.append(f"{where}: no podMetricsEndpoints")
@@ -774,6 +828,10 @@ def hpa_problems(manifests: list[Manifest], name: str, hpa: Doc) -> list[str]:
 
 # The Secret the processes take their secret settings from (secret.example.yaml's shape).
 SECRETS = "intake-secrets"
+# The admin API's keys of it (INTAKE_SECRET_KEY only because no process starts without it in
+# production), and the one no other process takes.
+ADMIN_SECRETS = frozenset({"INTAKE_SECRET_KEY", "INTAKE_DATABASE_URL", "INTAKE_ADMIN_TOKENS"})
+ADMIN_SECRETS_ONLY = frozenset({"INTAKE_ADMIN_TOKENS"})
 
 
 def readable(pod: Doc, c: Doc, mode: int) -> bool:
@@ -792,7 +850,8 @@ def secret_problems(manifests: list[Manifest]) -> list[str]:
     their environment: no ``secretKeyRef`` env, no ``secretRef`` envFrom; each
     ``INTAKE_<NAME>_FILE`` names a file of a Secret volume the container mounts read-only, which
     holds the key ``INTAKE_<NAME>`` and which the container's user can read. Every process
-    takes every key of intake-secrets that way, the Job its INTAKE_DATABASE_URL."""
+    takes intake-secrets' keys that way (INTAKE_ADMIN_TOKENS the admin API alone, which takes
+    no INTAKE_AMQP_URL), the Job its INTAKE_DATABASE_URL."""
     secrets = {
         name: set(doc.get("stringData", {})) | set(doc.get("data", {}))
         for name, doc in of_kind(manifests, "Secret").items()
@@ -851,8 +910,17 @@ def secret_problems(manifests: list[Manifest]) -> list[str]:
                         f"{where}: {env['value']} (mode {file.mode:04o}) is not readable by the"
                         " container's user (no fsGroup with a group-readable mode)"
                     )
-        wanted = secrets.get(SECRETS, set()) if kind == "Deployment" else {"INTAKE_DATABASE_URL"}
+        keys = secrets.get(SECRETS, set())
+        if kind == "Job":
+            wanted = {"INTAKE_DATABASE_URL"}
+        elif process(workload) == "admin":
+            wanted = keys & ADMIN_SECRETS
+        else:
+            wanted = keys - ADMIN_SECRETS_ONLY
         taken = secret_settings(workload)
+        for setting in sorted(set(taken) - wanted):
+            if setting in ADMIN_SECRETS_ONLY or setting == "INTAKE_AMQP_URL":
+                problems.append(f"{where}: takes {setting}, which it has no use for")
         for setting in sorted(wanted):
             if taken.get(setting) != (SECRETS, setting):
                 problems.append(
@@ -874,9 +942,9 @@ def coverage_problems(manifests: list[Manifest]) -> list[str]:
     problems = []
     deployments = of_kind(manifests, "Deployment")
     running = {process(d) for d in deployments.values()}
-    for kind in sorted({"edge", *WORKER_KINDS} - running):
+    for kind in sorted({"edge", "admin", *WORKER_KINDS} - running):
         problems.append(
-            f"no Deployment runs `intake {'edge' if kind == 'edge' else 'worker ' + kind}`"
+            f"no Deployment runs `intake {kind if kind in {'edge', 'admin'} else 'worker ' + kind}`"
         )
     scaled = {
         trigger.get("metadata", {}).get("queueName")
@@ -1054,8 +1122,8 @@ def services_network_problems(manifests: list[Manifest]) -> list[str]:
         else:
             for source in clients:
                 got = admitted(mine, source, named)
-                job = source[1].get("app.kubernetes.io/component") == "migrate"
-                if got != (set() if job else {(5672, "TCP")}):
+                apart = source[1].get("app.kubernetes.io/component") in DATABASE_ONLY
+                if got != (set() if apart else {(5672, "TCP")}):
                     problems.append(f"{where}: {source[1]} is let in on {sorted(got)}")
         out: set[Port] = set()
         for p in mine:
@@ -1073,9 +1141,9 @@ def _url(manifests: list[Manifest], key: str) -> urllib.parse.SplitResult:
     return urllib.parse.urlsplit(str(secret["stringData"][key]))
 
 
-# The PostgreSQL pool of each process (intake/app.py, workers/persist.py, workers/dispatch.py:
-# fixed; a lane's is INTAKE_LANE_DB_CONNECTIONS).
-FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3}
+# The PostgreSQL pool of each process (intake/app.py, workers/persist.py, workers/dispatch.py,
+# admin/app.py: fixed; a lane's is INTAKE_LANE_DB_CONNECTIONS).
+FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3, "admin": 2}
 
 
 def connection_budget(manifests: list[Manifest]) -> int:
@@ -1207,7 +1275,8 @@ def postgresql_problems(manifests: list[Manifest], name: str, cluster: Doc) -> l
 
 
 def ingress_problems(manifests: list[Manifest], name: str, ingress: Doc) -> list[str]:
-    """HTTPS at the host of INTAKE_PUBLIC_BASE_URL, to a port of the edge's Service."""
+    """HTTPS at the host of INTAKE_PUBLIC_BASE_URL, to a port of the edge's Service (no other
+    process's: not the admin API's)."""
     where = f"Ingress/{name}"
     problems = []
     (config,) = [d for n, d in of_kind(manifests, "ConfigMap").items() if n == "intake-config"]
@@ -1227,6 +1296,10 @@ def ingress_problems(manifests: list[Manifest], name: str, ingress: Doc) -> list
             ports = {p.get("name") for p in (service or {}).get("spec", {}).get("ports", [])}
             if service is None or backend["port"].get("name") not in ports:
                 problems.append(f"{where}: backend {backend} is no port of a Service of k8s/")
+                continue
+            for n, d in sorted(of_kind(manifests, "Deployment").items()):
+                if _selects(service["spec"].get("selector", {}), d) and process(d) != "edge":
+                    problems.append(f"{where}: backend {backend} reaches Deployment/{n}")
     return problems
 
 
@@ -1320,8 +1393,10 @@ def test_every_process_serves_metrics_on_the_port_the_pod_monitor_scrapes(
     names = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
     assert names == {"metrics"}
     deployments = of_kind(manifests, "Deployment")
-    assert {process(d) for d in deployments.values()} == {"edge", *WORKER_KINDS}
+    assert {process(d) for d in deployments.values()} == {"edge", "admin", *WORKER_KINDS}
     for deployment in deployments.values():
+        if process(deployment) == "admin":
+            continue  # serves no metrics
         ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
         settings = effective_settings(manifests, deployment)
         assert ports["metrics"] == settings.metrics_port != 0
@@ -1331,7 +1406,9 @@ def test_every_process_serves_metrics_on_the_port_the_pod_monitor_scrapes(
 def test_every_worker_has_both_probes_on_its_metrics_port(manifests: list[Manifest]) -> None:
     # Spelled out, although consistency_problems covers it.
     workers = {
-        name: d for name, d in of_kind(manifests, "Deployment").items() if process(d) != "edge"
+        name: d
+        for name, d in of_kind(manifests, "Deployment").items()
+        if process(d) not in {"edge", "admin"}
     }
     assert {process(d) for d in workers.values()} == set(WORKER_KINDS)
     for deployment in workers.values():
@@ -1343,6 +1420,31 @@ def test_every_worker_has_both_probes_on_its_metrics_port(manifests: list[Manife
 
 def test_manifests_agree_with_the_code(manifests: list[Manifest]) -> None:
     assert consistency_problems(manifests) == []
+
+
+def test_the_admin_api_is_apart_from_the_edge_and_not_behind_the_ingress(
+    manifests: list[Manifest],
+) -> None:
+    # Spelled out, although consistency_problems covers it.
+    deployments = of_kind(manifests, "Deployment")
+    admin, edge = deployments["intake-admin"], deployments["intake-edge"]
+    assert process(admin) == "admin"
+    admin_port = effective_settings(manifests, admin).admin_port
+    assert admin_port != effective_settings(manifests, edge).edge_port
+    admin_services = {
+        name
+        for name, service in of_kind(manifests, "Service").items()
+        if _selects(service["spec"]["selector"], admin)
+    }
+    assert admin_services == {"intake-admin"}
+    backends = {
+        path["backend"]["service"]["name"]
+        for ingress in of_kind(manifests, "Ingress").values()
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert backends == {"intake-edge"}
+    assert not backends & admin_services
 
 
 def test_every_lane_and_the_persist_queue_has_a_scaled_object(manifests: list[Manifest]) -> None:
@@ -1693,7 +1795,7 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "Deployment",
         "intake-worker-dukcapil",
         lambda d: container(d).update(args=["worker", "dukcapl"]),
-        "not `intake edge` nor `intake worker <kind>`",
+        "not `intake edge`, `intake admin` nor `intake worker <kind>`",
     ),
     (
         "replicas under KEDA",
@@ -2007,6 +2109,41 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
             port={"name": "https"}
         ),
         "is no port of a Service of k8s/",
+    ),
+    (
+        "the admin API behind the ingress",
+        "Ingress",
+        "intake-edge",
+        lambda d: d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"].update(
+            name="intake-admin"
+        ),
+        "reaches Deployment/intake-admin",
+    ),
+    (
+        "the admin API open to every pod of the namespace",
+        "NetworkPolicy",
+        "intake-admin",
+        lambda d: d["spec"]["ingress"][0].pop("from"),
+        "intake-admin: another pod of the namespace let in on [(8081, 'TCP')]",
+    ),
+    (
+        "the admin API probed over HTTP",
+        "Deployment",
+        "intake-admin",
+        lambda d: container(d).update(readinessProbe={"httpGet": {"path": "/", "port": "http"}}),
+        "intake-admin: readinessProbe must connect (tcpSocket) to INTAKE_ADMIN_PORT 8081",
+    ),
+    (
+        "a worker with the admin credentials",
+        "Deployment",
+        "intake-worker-email",
+        lambda d: container(d)["env"].append(
+            {
+                "name": "INTAKE_ADMIN_TOKENS_FILE",
+                "value": "/var/run/secrets/intake/INTAKE_ADMIN_TOKENS",
+            }
+        ),
+        "intake-worker-email: takes INTAKE_ADMIN_TOKENS, which it has no use for",
     ),
     (
         "no default deny",
