@@ -199,13 +199,7 @@ class Waves:
             if wave.state(now) is not WaveState.SCHEDULED:
                 raise WaveError("conflict", f"wave {name} is {wave.state(now).value}")
             await self._no_overlap(connection, now, wave.closes_at, wave.id)
-            row = await connection.fetchrow(
-                "UPDATE waves SET opens_at = $2 WHERE id = $1" + _RETURNING,  # noqa: S608 (constants)
-                wave.id,
-                now,
-            )
-            await _audit(connection, actor, "wave.open", name, {"opens_at": now.isoformat()})
-        return _wave(row)
+            return await _stamp(connection, actor, wave, "opens_at", now)
 
     async def close_now(self, actor: str, name: str, now: dt.datetime) -> Wave:
         """Close an open wave at ``now``, before its closing time."""
@@ -213,13 +207,7 @@ class Waves:
             wave = await self._for_update(connection, name)
             if wave.state(now) is not WaveState.OPEN:
                 raise WaveError("conflict", f"wave {name} is {wave.state(now).value}")
-            row = await connection.fetchrow(
-                "UPDATE waves SET closed_at = $2 WHERE id = $1" + _RETURNING,  # noqa: S608 (constants)
-                wave.id,
-                now,
-            )
-            await _audit(connection, actor, "wave.close", name, {"closed_at": now.isoformat()})
-        return _wave(row)
+            return await _stamp(connection, actor, wave, "closed_at", now)
 
     async def open_at(self, now: dt.datetime) -> Wave | None:
         """The wave open at ``now``, if one is."""
@@ -283,6 +271,23 @@ class Waves:
         )
         if clash is not None:
             raise WaveError("conflict", f"it would overlap wave {clash}")
+
+
+# An operator's "now": the column it sets, its statement and its audited action.
+_STAMPS = {
+    "opens_at": ("UPDATE waves SET opens_at = $2 WHERE id = $1" + _RETURNING, "wave.open"),  # noqa: S608 (constants)
+    "closed_at": ("UPDATE waves SET closed_at = $2 WHERE id = $1" + _RETURNING, "wave.close"),  # noqa: S608 (constants)
+}
+
+
+async def _stamp(
+    connection: asyncpg.Connection, actor: str, wave: Wave, column: str, now: dt.datetime
+) -> Wave:
+    """Set ``column`` of ``wave`` to ``now`` and audit it, in the caller's transaction."""
+    statement, action = _STAMPS[column]
+    row = await connection.fetchrow(statement, wave.id, now)
+    await _audit(connection, actor, action, wave.name, {column: now.isoformat()})
+    return _wave(row)
 
 
 async def _audit(
