@@ -64,7 +64,8 @@ async def settings(base_settings: Settings) -> Settings:
     try:
         await migrate(connection)
         await connection.execute(
-            "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, waves"
+            "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, waves,"
+            " test_attempts, wave_joins"
         )
     finally:
         await connection.close()
