@@ -36,6 +36,19 @@ class WaveError(Exception):
         self.message = message
 
 
+class Situation(enum.StrEnum):
+    """What a registrant declares when joining a wave (their work situation)."""
+
+    LAID_OFF = "laid_off"  # lost their job (the programme's first concern in 2020)
+    SMALL_BUSINESS = "small_business"  # runs a small or micro business hit by the crisis
+    JOB_SEEKER = "job_seeker"
+    EMPLOYED = "employed"
+    OTHER = "other"
+
+
+_FIRST = (Situation.LAID_OFF, Situation.SMALL_BUSINESS)
+
+
 class DtksRank(enum.StrEnum):
     """How a registrant already on DTKS (social assistance) is ranked."""
 
@@ -51,6 +64,10 @@ class Policy:
     min_age: int = 18
     max_age: int | None = None
     dtks: DtksRank = DtksRank.LOWER
+    # Situations ranked before every other (at any score); the rest follow by score.
+    first: tuple[Situation, ...] = _FIRST
+    # Test attempts a registrant may make for this wave.
+    test_attempts: int = 1
 
     @classmethod
     def from_obj(cls, obj: Any) -> Policy:
@@ -73,10 +90,27 @@ class Policy:
             dtks = DtksRank(obj.get("dtks", DtksRank.LOWER))
         except ValueError:
             raise WaveError("invalid", "dtks must be equal, lower or excluded") from None
-        return cls(min_age, max_age, dtks)
+        first = obj.get("first", [s.value for s in _FIRST])
+        if not isinstance(first, list) or not all(isinstance(s, str) for s in first):
+            raise WaveError("invalid", "first must be a list of situations")
+        try:
+            situations = tuple(dict.fromkeys(Situation(s) for s in first))
+        except ValueError:
+            choices = ", ".join(s.value for s in Situation)
+            raise WaveError("invalid", f"first holds situations among {choices}") from None
+        attempts = obj.get("test_attempts", 1)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 10:
+            raise WaveError("invalid", "test_attempts must be a whole number from 1 to 10")
+        return cls(min_age, max_age, dtks, situations, attempts)
 
     def to_obj(self) -> dict[str, Any]:
-        return {"min_age": self.min_age, "max_age": self.max_age, "dtks": self.dtks.value}
+        return {
+            "min_age": self.min_age,
+            "max_age": self.max_age,
+            "dtks": self.dtks.value,
+            "first": [s.value for s in self.first],
+            "test_attempts": self.test_attempts,
+        }
 
 
 class WaveState(enum.StrEnum):

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from core.settings import Settings
-from core.waves import WIB, DtksRank, Policy, WaveError, Waves, WaveState, parse_time
+from core.waves import WIB, DtksRank, Policy, Situation, WaveError, Waves, WaveState, parse_time
 
 T0 = dt.datetime(2020, 4, 11, 12, 0, tzinfo=WIB)
 
@@ -38,7 +38,13 @@ async def test_a_wave_is_scheduled_then_open_then_closed(
     shown = wave.to_obj(_at(1))
     assert shown["state"] == "open"
     assert shown["opens_at"] == "2020-04-11T12:00:00+07:00"  # operators read WIB
-    assert shown["policy"] == {"min_age": 18, "max_age": None, "dtks": "lower"}
+    assert shown["policy"] == {
+        "min_age": 18,
+        "max_age": None,
+        "dtks": "lower",
+        "first": ["laid_off", "small_business"],
+        "test_attempts": 1,
+    }
 
 
 async def test_waves_never_overlap_and_names_are_unique(
@@ -156,3 +162,12 @@ def test_intake_waves_acts_and_is_audited_as_the_cli_user(settings: Settings) ->
     audit = [e for e in orjson.loads(intake("audit").stdout) if e["subject"] == "cli-wave"]
     assert [e["action"] for e in audit] == ["wave.close", "wave.open", "wave.create"]
     assert all(e["actor"].startswith("cli:") for e in audit)
+
+
+def test_policy_ranks_situations_first_and_allows_attempts() -> None:
+    policy = Policy.from_obj({"first": ["laid_off"], "test_attempts": 2})
+    assert policy.first == (Situation.LAID_OFF,) and policy.test_attempts == 2
+    assert Policy.from_obj(policy.to_obj()) == policy
+    for bad in ({"first": ["retired"]}, {"first": "laid_off"}, {"test_attempts": 0}):
+        with pytest.raises(WaveError):
+            Policy.from_obj(bad)
