@@ -166,7 +166,8 @@ def test_intake_waves_acts_and_is_audited_as_the_cli_user(settings: Settings) ->
 
 def test_policy_ranks_situations_first_and_allows_attempts() -> None:
     policy = Policy.from_obj({"first": ["laid_off"], "test_attempts": 2})
-    assert policy.first == (Situation.LAID_OFF,) and policy.test_attempts == 2
+    assert policy.first == (Situation.LAID_OFF,)
+    assert policy.test_attempts == 2
     assert Policy.from_obj(policy.to_obj()) == policy
     for bad in ({"first": ["retired"]}, {"first": "laid_off"}, {"test_attempts": 0}):
         with pytest.raises(WaveError):
