@@ -42,6 +42,7 @@ from core.queues import QueueCollector
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
 from core.verification import Check, Task
+from core.wave_metrics import WaveCollector
 from workers.sessions import CONFIRM_TIMEOUT_S, HEARTBEAT_S, keep_running
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,7 @@ async def serve(settings: Settings) -> None:
         )
         if endpoint is not None:
             endpoint.add(FunnelCollector(pool))
+            endpoint.add(WaveCollector(pool))
         try:
             dispatcher = Dispatcher(settings, pool, health)
             loop = asyncio.get_running_loop()

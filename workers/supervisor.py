@@ -61,6 +61,7 @@ from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings, SettingsError
 from core.status import read_status, remove_status
+from core.wave_metrics import WaveCollector
 from workers import pressure
 from workers.children import child_setup, open_log
 from workers.depths import QueueDepths
@@ -304,7 +305,9 @@ class Supervisor:
         queues = QueueCollector(self._settings.amqp_url)
         try:
             async with metrics_http.serving(
-                self._settings, registry=registry, collectors=[FunnelCollector(pool), queues]
+                self._settings,
+                registry=registry,
+                collectors=[FunnelCollector(pool), WaveCollector(pool), queues],
             ):
                 yield
         finally:

@@ -36,6 +36,7 @@ from core import metrics, topology
 from core.funnel import STAGES, FunnelCollector
 from core.queues import QueueCollector, queue_names
 from core.verification import WORKER_KINDS, Check
+from core.wave_metrics import WAVE_STAGES, WaveCollector
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 MONITORING = ROOT / "monitoring"
@@ -59,6 +60,11 @@ COLLECTOR_CONTRACT: Mapping[str, frozenset[str]] = {
     "intake_funnel_registrations": frozenset({"stage"}),
     "intake_funnel_rejected_registrations": frozenset({"reason"}),
     "intake_checks": frozenset({"check", "state"}),
+    "intake_wave_participants": frozenset({"wave", "stage"}),
+    "intake_wave_quota": frozenset({"wave"}),
+    "intake_wave_open": frozenset({"wave"}),
+    "intake_wave_notifications": frozenset({"wave", "channel", "state"}),
+    "intake_wave_selection_duration_seconds": frozenset({"wave"}),
 }
 
 # The RabbitMQ metrics the configuration uses, as RabbitMQ 3.10's rabbitmq_prometheus plugin
@@ -372,7 +378,11 @@ def collector_metrics() -> dict[str, frozenset[str]]:
     they yield; with nothing read yet, they yield them empty)."""
     found = {
         family.name: frozenset(family._labelnames)
-        for collector in (FunnelCollector(pool=None), QueueCollector("amqp://unused"))
+        for collector in (
+            FunnelCollector(pool=None),
+            WaveCollector(pool=None),
+            QueueCollector("amqp://unused"),
+        )
         for family in collector.collect()
         if isinstance(family, GaugeMetricFamily)
     }
@@ -600,6 +610,7 @@ def test_dashboard_is_provisioning_ready() -> None:
     assert [r.lower() for r in rows] == [
         "at a glance",
         "funnel",
+        "waves",
         "queues",
         "lanes",
         "ministries",
@@ -763,6 +774,16 @@ def stack_series(config: Doc, *, troubled: bool) -> list[Series]:
     for check in lanes:
         s.gauge(sup, "intake_checks", 50, check=check, state="pending")
         s.counter(sup, "intake_checks", 200, check=check, state="passed")
+    # A wave closed and selected, its notifications going out.
+    wave = {"wave": "gelombang-1"}
+    for i, stage in enumerate(WAVE_STAGES):
+        s.counter(sup, "intake_wave_participants", 100 // (i + 1), stage=stage, **wave)
+    s.gauge(sup, "intake_wave_quota", 1000, **wave)
+    s.gauge(sup, "intake_wave_open", 0, **wave)
+    s.gauge(sup, "intake_wave_selection_duration_seconds", 4.2, **wave)
+    for channel in ("email", "sms"):
+        s.gauge(sup, "intake_wave_notifications", 300, channel=channel, state="pending", **wave)
+        s.counter(sup, "intake_wave_notifications", 20, channel=channel, state="sent", **wave)
 
     for name in RABBITMQ_METRICS:
         if name.startswith("rabbitmq_detailed_"):

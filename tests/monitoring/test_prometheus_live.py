@@ -5,7 +5,9 @@ is valid and returns data, through Prometheus' own HTTP API; and ``intake top`` 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import asyncpg
 import pytest
 
 from core.settings import Settings
+from core.waves import Policy, Waves
 from intake.validation import today_wib
 from monitoring import local
 from simulators.behaviour import Behaviour
@@ -53,6 +56,54 @@ async def _query(http: aiohttp.ClientSession, base: str, expr: str) -> dict[str,
     async with http.get(f"{base}/api/v1/query", params={"query": expr}) as response:
         body: dict[str, Any] = await response.json()
     return body
+
+
+async def _a_selected_wave(db: asyncpg.Pool) -> None:
+    """A wave closed an hour ago, three of this run's registrants joined, two selected and
+    notified: what the Waves row shows after a close (the wave's own paths are tested in
+    tests/workers and tests/intake)."""
+    now = dt.datetime.now(dt.UTC)
+    hour = dt.timedelta(hours=1)
+    name = f"live-{uuid.uuid4().hex[:8]}"
+    wave = await Waves(db).create("ops", name, now - 3 * hour, now - hour, 2, Policy())
+    ids = [r["id"] for r in await db.fetch("SELECT id FROM registrations ORDER BY id LIMIT 3")]
+    async with db.acquire() as connection, connection.transaction():
+        for i, rid in enumerate(ids):
+            outcome = "selected" if i < 2 else "not_selected"
+            await connection.execute(
+                "INSERT INTO test_attempts (registration_id, wave_id, attempt, questions,"
+                " served_at, deadline_at, correct, score, scored_at)"
+                " VALUES ($1, $2, 1, '[]', $3, $4, 12, 63, $3)",
+                rid,
+                wave.id,
+                now - 2 * hour,
+                now - hour,
+            )
+            await connection.execute(
+                "INSERT INTO wave_joins (wave_id, registration_id, situation, joined_at,"
+                " outcome, rank) VALUES ($1, $2, 'laid_off', $3, $4, $5)",
+                wave.id,
+                rid,
+                now - 2 * hour,
+                outcome,
+                i + 1,
+            )
+            await connection.execute(
+                "INSERT INTO notifications (wave_id, registration_id, channel, outcome, state,"
+                " sent_at) SELECT $1, $2, c, $3, 'sent', $4 FROM unnest($5::text[]) AS c",
+                wave.id,
+                rid,
+                outcome,
+                now,
+                ["email", "sms"],
+            )
+        await connection.execute(
+            "INSERT INTO wave_selections (wave_id, seed, started_at, joined, eligible, selected,"
+            " digest) VALUES ($1, $2, $3, 3, 3, 2, '\\x00')",
+            wave.id,
+            bytes(32),
+            now - hour,
+        )
 
 
 async def test_every_panel_rule_and_alert_query_returns_data_from_a_running_stack(
@@ -131,6 +182,7 @@ async def test_every_panel_rule_and_alert_query_returns_data_from_a_running_stac
                 ),
                 180,
             )
+            await _a_selected_wave(db)
             await asyncio.sleep(15)
 
             failures: list[str] = []
