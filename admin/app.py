@@ -10,6 +10,7 @@ the actor recorded in the audit log. Errors are RFC 9457 problem documents.
     POST /v1/waves/{name}/open     open a scheduled wave now
     POST /v1/waves/{name}/close    close an open wave now
     GET  /v1/audit?limit=N         the latest operator actions, newest first
+    GET  /openapi.json             the OpenAPI document of this API (admin/openapi.json)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import datetime as dt
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from typing import Any
 
 import asyncpg
@@ -143,6 +145,13 @@ async def audit(request: web.Request) -> web.StreamResponse:
     return _json(200, {"entries": await request.app[WAVES].audit(limit)})
 
 
+_DOCUMENT = resources.files("admin").joinpath("openapi.json").read_bytes()
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=_DOCUMENT, content_type="application/json")
+
+
 def create_app(settings: Settings) -> web.Application:
     """The admin application; its database pool opens and closes with it."""
     app = web.Application(middlewares=[auth_middleware], client_max_size=64 * 1024)
@@ -154,6 +163,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/waves/{name}/open", open_wave)
     app.router.add_post("/v1/waves/{name}/close", close_wave)
     app.router.add_get("/v1/audit", audit)
+    app.router.add_get("/openapi.json", openapi)
     app.cleanup_ctx.append(_database)
     return app
 

@@ -52,12 +52,16 @@ async def test_without_a_valid_credential_nothing_is_served(admin: TestClient) -
             ("GET", "/v1/waves"),
             ("POST", "/v1/waves"),
             ("GET", "/v1/audit"),
+            ("GET", "/openapi.json"),
             ("GET", "/nope"),
         ):
             response = await admin.request(method, path, headers=headers, json=_wave("x"))
             assert response.status == 401, (method, path, headers)
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
             assert (await response.json())["type"].endswith("/unauthorized")
+    served = await admin.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert served.status == 200
+    assert (await served.json())["info"]["title"].endswith("admin API")
     response = await admin.get("/v1/waves", headers=AUTH)
     assert response.status == 200
     assert await response.json() == {"waves": []}
