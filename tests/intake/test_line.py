@@ -319,3 +319,40 @@ async def test_the_cost_of_a_status_look_up_at_a_100000_backlog(
         figures["first in line"] = round(statistics.median(timings) * 1000, 1)
     print(f"line: status look-up at a {backlog:,} backlog, median ms: {figures}")
     assert set(figures) == {"not vacuumed", "vacuumed", "first in line"}
+
+
+async def test_a_retry_is_placed_at_the_back_and_the_outbox_behind_the_whole_line(
+    settings: Settings, db: asyncpg.Pool, keyring: Keyring
+) -> None:
+    """The documented order: published tasks by ``dispatched_at``; a retrying check as of when
+    its retry was recorded (``updated_at``), behind what was published before then; a check not
+    published yet behind the whole line, after the outbox's earlier rows of its lane."""
+    ids = [uuid.UUID(int=i + 1) for i in range(6)]
+    await db.execute(
+        "INSERT INTO registrations (id, nik_hmac, nik_enc, personal_enc, status, submitted_at,"
+        " dispatched_at) SELECT id, '\\x00', '\\x00', '\\x00', 'received', now(), now()"
+        " FROM unnest($1::uuid[]) AS r (id)",
+        ids,
+    )
+    t = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    s = dt.timedelta(seconds=1)
+    rows = [  # (id, state, created_at, dispatched_at, updated_at)
+        (ids[0], "pending", t, t + s, t + s),
+        (ids[1], "retrying", t, t + s, t + 4 * s),  # dispatched first, retried later
+        (ids[2], "pending", t, t + 2 * s, t + 2 * s),
+        (ids[3], "pending", t + 3 * s, t + 5 * s, t + 5 * s),  # published after the retry
+        (ids[4], "pending", t + 6 * s, None, t + 6 * s),  # in the outbox
+        (ids[5], "pending", t + 7 * s, None, t + 7 * s),
+    ]
+    await db.executemany(
+        "INSERT INTO checks (registration_id, check_name, state, created_at, dispatched_at,"
+        " updated_at) VALUES ($1, 'dukcapil', $2, $3, $4, $5)",
+        rows,
+    )
+    expected = {ids[0]: 0, ids[2]: 1, ids[1]: 2, ids[3]: 3, ids[4]: 4, ids[5]: 5}
+    async with inprocess.edge(settings) as client:
+        for rid, position in expected.items():
+            step = (await _status(client, keyring, rid))["line"]["dukcapil"]
+            assert step["position"] == position, rid
+            # Nothing was handled for minutes while they waited: the lane is stopped.
+            assert step["basis"] == "lane_stopped"
