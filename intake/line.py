@@ -201,7 +201,9 @@ def estimate(ahead: int, in_line_s: float, drain: Drain, stall_s: float) -> dict
         return step | {"basis": "no_drain_measured"}
     eta_s = (ahead + 1) / rate
     error_s = 2 * eta_s / math.sqrt(drain.count) + 1 / rate
-    return step | {"basis": "measured", "eta_s": round(eta_s, 1), "error_s": round(error_s, 1)}
+    # The error is rounded up, so that rounding never makes it smaller than stated.
+    rounded_error_s = math.ceil(error_s * 10) / 10
+    return step | {"basis": "measured", "eta_s": round(eta_s, 1), "error_s": rounded_error_s}
 
 
 def queued() -> dict[str, Any]:
