@@ -32,13 +32,17 @@ null) while fewer than two handlings were seen in the window (``no_drain_measure
 the lane has handled nothing for ``line_stall_s`` since this item entered its line
 (``lane_stopped``: a breaker open, a lane held back or without workers).
 
-Cost: each position is one count over the ``checks_line`` index (the lane's backlog only), up
-to the items ahead; the rates are cached per edge process for ``line_rate_cache_s``, so a look-up
-costs two or three small queries (``benchmarks/line.py`` measures it at a 100,000 backlog).
+Cost: a position is a count over the ``checks_line`` index (the lane's backlog only): exact
+over the items ahead while they are few, and from a per-lane rank table beyond (see
+:meth:`Rates.ahead`), so that a look-up at the back of a long line costs about what one at its
+front does; the rates are cached per edge process for ``line_rate_cache_s``
+(``tests/intake/test_line.py`` reports the figures at a 100,000 backlog).
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime as dt
 import math
 import time
 import uuid
@@ -53,6 +57,16 @@ from core.settings import Settings
 # bounded index range whatever the lane's speed.
 SAMPLE_MAX = 2000
 DISPATCH = "dispatch"
+# A position is counted exactly over the index up to about this many items ahead; beyond, from
+# the lane's rank table (every STRIDE-th key, read once per line_rate_cache_s), the items from
+# the nearest boundary to this one counted exactly, less those handled since the table was
+# read.
+EXACT_UP_TO = 5000
+STRIDE = 1000
+# How long a rank table is used: reading one is a scan of the whole line (40-80 ms at a
+# 100,000 backlog), while a look-up's correction counts the lane's handlings since it was read
+# (about rate x age index entries), so it is read far less often than the rates.
+RANK_TABLE_TTL_S = 5.0
 # The states in which a lane leaves a check it handled. The email and phone lanes leave it
 # ``waiting`` (a link or code sent); their ``passed`` is the registrant's doing, at the edge.
 # The photo check is created ``waiting`` (for the upload), so that is not a photo lane outcome.
@@ -93,34 +107,79 @@ FROM registrations r WHERE r.id = $1
 # The line key of checks_line (migration 0011) is
 # (CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END, created_at,
 # registration_id), over rows in state pending or retrying with dispatched_at set.
-_CHECKS_LINE_SQL = """
-SELECT c.check_name, c.state,
+_CHECKS_SQL = """
+SELECT check_name, state, dispatched_at IS NULL AS in_outbox,
+       CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END AS line_at,
+       created_at, registration_id,
        extract(epoch FROM now() - coalesce(
-         CASE WHEN c.state = 'retrying' THEN c.updated_at ELSE c.dispatched_at END,
-         c.created_at))::float8 AS in_line_s,
-       CASE
-         WHEN c.state = 'waiting' THEN NULL
-         WHEN c.dispatched_at IS NULL THEN
-           (SELECT count(*) FROM checks a
-            WHERE a.check_name = c.check_name
-              AND a.state IN ('pending', 'retrying') AND a.dispatched_at IS NOT NULL)
-           + (SELECT count(*) FROM checks o
-              WHERE o.dispatched_at IS NULL AND o.state = 'pending'
-                AND o.check_name = c.check_name
-                AND (o.created_at, o.registration_id) < (c.created_at, c.registration_id))
-         ELSE
-           (SELECT count(*) FROM checks a
-            WHERE a.check_name = c.check_name
-              AND a.state IN ('pending', 'retrying') AND a.dispatched_at IS NOT NULL
-              AND (CASE WHEN a.state = 'retrying' THEN a.updated_at ELSE a.dispatched_at END,
-                   a.created_at, a.registration_id)
-                < (CASE WHEN c.state = 'retrying' THEN c.updated_at ELSE c.dispatched_at END,
-                   c.created_at, c.registration_id))
-       END AS ahead
-FROM checks c
-WHERE c.registration_id = $1 AND c.state IN ('pending', 'retrying', 'waiting')
-ORDER BY c.check_name
+         CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END,
+         created_at))::float8 AS in_line_s
+FROM checks
+WHERE registration_id = $1 AND state IN ('pending', 'retrying', 'waiting')
+ORDER BY check_name
 """
+_AHEAD_SQL = """
+SELECT count(*) FROM checks
+WHERE check_name = $1 AND state IN ('pending', 'retrying') AND dispatched_at IS NOT NULL
+  AND (CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END,
+       created_at, registration_id) < ($2, $3, $4)
+"""
+_WHOLE_LINE_SQL = """
+SELECT count(*) FROM checks
+WHERE check_name = $1 AND state IN ('pending', 'retrying') AND dispatched_at IS NOT NULL
+"""
+# From a boundary of the rank table (included) to a key (excluded), or to the end.
+_BETWEEN_SQL = """
+SELECT count(*) FROM checks
+WHERE check_name = $1 AND state IN ('pending', 'retrying') AND dispatched_at IS NOT NULL
+  AND (CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END,
+       created_at, registration_id) >= ($2, $3, $4)
+  AND (CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END,
+       created_at, registration_id) < ($5, $6, $7)
+"""
+_FROM_SQL = """
+SELECT count(*) FROM checks
+WHERE check_name = $1 AND state IN ('pending', 'retrying') AND dispatched_at IS NOT NULL
+  AND (CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END,
+       created_at, registration_id) >= ($2, $3, $4)
+"""
+# Every $2-th item of the line, in order, with the number ahead of it.
+_RANK_TABLE_SQL = """
+SELECT line_at, created_at, registration_id, n - 1 AS ahead, now() AS taken_at
+FROM (SELECT CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END AS line_at,
+             created_at, registration_id,
+             row_number() OVER (ORDER BY
+               CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END,
+               created_at, registration_id) AS n
+      FROM checks
+      WHERE check_name = $1 AND state IN ('pending', 'retrying')
+        AND dispatched_at IS NOT NULL) AS line
+WHERE n % $2 = 0
+ORDER BY n
+"""
+# The lane's items handled since a rank table was read: they left the front of the line.
+_HANDLED_SINCE_SQL = """
+SELECT count(*) FROM checks
+WHERE check_name = $1 AND state <> 'pending' AND state = ANY($2::text[]) AND updated_at >= $3
+"""
+_OUTBOX_AHEAD_SQL = """
+SELECT count(*) FROM checks
+WHERE dispatched_at IS NULL AND state = 'pending' AND check_name = $1
+  AND (created_at, registration_id) < ($2, $3)
+"""
+
+Key = tuple[dt.datetime, dt.datetime, uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
+class RankTable:
+    """Every :data:`STRIDE`-th key of a lane's line, in order, with the number of items that
+    were ahead of each, as read at ``taken_at`` (PostgreSQL's clock)."""
+
+    keys: list[Key]
+    ahead: list[int]
+    taken_at: dt.datetime | None
+    measured_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +216,10 @@ class Rates:
         self.stall_s = settings.line_stall_s
         self._cached: dict[str, Drain] = {}
         self._measuring: set[str] = set()
+        self._tables: dict[str, RankTable] = {}
+        self.table_ttl_s = max(RANK_TABLE_TTL_S, self._ttl_s)
+        self._reading: set[str] = set()
+        self.from_table = 0  # positions answered from a rank table, for the tests
 
     async def drain(self, connection: asyncpg.Connection, lane: str) -> Drain:
         cached = self._cached.get(lane)
@@ -183,6 +246,58 @@ class Rates:
             return drain
         finally:
             self._measuring.discard(lane)
+
+    async def _table(self, connection: asyncpg.Connection, lane: str) -> RankTable:
+        cached = self._tables.get(lane)
+        if cached is not None and (
+            time.monotonic() - cached.measured_at < self.table_ttl_s or lane in self._reading
+        ):
+            return cached
+        self._reading.add(lane)
+        try:
+            rows = await connection.fetch(_RANK_TABLE_SQL, lane, STRIDE)
+            table = RankTable(
+                keys=[(r["line_at"], r["created_at"], r["registration_id"]) for r in rows],
+                ahead=[r["ahead"] for r in rows],
+                taken_at=rows[0]["taken_at"] if rows else None,
+                measured_at=time.monotonic(),
+            )
+            self._tables[lane] = table
+            return table
+        finally:
+            self._reading.discard(lane)
+
+    async def ahead(self, connection: asyncpg.Connection, lane: str, key: Key | None) -> int:
+        """How many items of ``lane``'s line are ahead of ``key`` (None: the whole line).
+
+        Exact up to about :data:`EXACT_UP_TO`. Beyond, from the rank table: the items ahead of
+        the nearest boundary when the table was read, less the lane's items handled since
+        (the line only loses items at its front: a new or retried item enters at its back),
+        plus the items from that boundary to ``key``, counted now. Exact while the line is
+        still; low by the handlings whose transaction was open when the table was read."""
+        table = await self._table(connection, lane)
+        index = len(table.keys) - 1 if key is None else bisect.bisect_right(table.keys, key) - 1
+        if index >= 0 and table.ahead[index] >= EXACT_UP_TO:
+            handled: int = await connection.fetchval(
+                _HANDLED_SINCE_SQL,
+                lane,
+                list(_HANDLED.get(lane, _HANDLED_DEFAULT)),
+                table.taken_at,
+            )
+            beyond: int = await (
+                connection.fetchval(_FROM_SQL, lane, *table.keys[index])
+                if key is None
+                else connection.fetchval(_BETWEEN_SQL, lane, *table.keys[index], *key)
+            )
+            position = table.ahead[index] - handled + beyond
+            if position >= EXACT_UP_TO:
+                self.from_table += 1
+                return position
+        if key is None:
+            whole: int = await connection.fetchval(_WHOLE_LINE_SQL, lane)
+            return whole
+        exact: int = await connection.fetchval(_AHEAD_SQL, lane, *key)
+        return exact
 
 
 def estimate(ahead: int, in_line_s: float, drain: Drain, stall_s: float) -> dict[str, Any]:
@@ -229,11 +344,18 @@ async def line_of(
         drain = await rates.drain(connection, DISPATCH)
         return {DISPATCH: estimate(row["ahead"], row["in_line_s"], drain, rates.stall_s)}
     line: dict[str, Any] = {}
-    for check in await connection.fetch(_CHECKS_LINE_SQL, registration_id):
+    for check in await connection.fetch(_CHECKS_SQL, registration_id):
         name = check["check_name"]
         if check["state"] == "waiting":
             line[name] = _no_line("waiting_for_you")
             continue
+        if check["in_outbox"]:  # behind the whole line and the outbox's earlier rows
+            ahead = await rates.ahead(connection, name, None) + await connection.fetchval(
+                _OUTBOX_AHEAD_SQL, name, check["created_at"], check["registration_id"]
+            )
+        else:
+            key = (check["line_at"], check["created_at"], check["registration_id"])
+            ahead = await rates.ahead(connection, name, key)
         drain = await rates.drain(connection, name)
-        line[name] = estimate(check["ahead"], check["in_line_s"], drain, rates.stall_s)
+        line[name] = estimate(ahead, check["in_line_s"], drain, rates.stall_s)
     return line
