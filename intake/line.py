@@ -93,16 +93,31 @@ FROM (SELECT dispatched_at FROM registrations
       WHERE dispatched_at IS NOT NULL AND dispatched_at > now() - make_interval(secs => $1)
       ORDER BY dispatched_at DESC LIMIT $2) AS recent
 """
-# The registration's place in the dispatcher's backlog, counted only while it is in it.
+# The registration, and whether it waits for the dispatcher.
 _DISPATCH_LINE_SQL = """
-SELECT r.dispatched_at IS NULL AS undispatched,
-       extract(epoch FROM now() - r.stored_at)::float8 AS in_line_s,
-       CASE WHEN r.dispatched_at IS NULL THEN
-         (SELECT count(*) FROM registrations u
-          WHERE u.dispatched_at IS NULL AND u.status = 'received'
-            AND u.submitted_at < r.submitted_at)
-       END AS ahead
-FROM registrations r WHERE r.id = $1
+SELECT dispatched_at IS NULL AS undispatched, submitted_at,
+       extract(epoch FROM now() - stored_at)::float8 AS in_line_s
+FROM registrations WHERE id = $1
+"""
+# The dispatcher's line: registrations stored and not started, by submission (its order).
+_DISPATCH_AHEAD_SQL = """
+SELECT count(*) FROM registrations
+WHERE dispatched_at IS NULL AND status = 'received' AND submitted_at < $1
+"""
+_DISPATCH_BETWEEN_SQL = """
+SELECT count(*) FROM registrations
+WHERE dispatched_at IS NULL AND status = 'received' AND submitted_at >= $1 AND submitted_at < $2
+"""
+_DISPATCH_TABLE_SQL = """
+SELECT submitted_at, ahead, now() AS taken_at
+FROM (SELECT submitted_at, rank() OVER (ORDER BY submitted_at) - 1 AS ahead,
+             row_number() OVER (ORDER BY submitted_at) AS n
+      FROM registrations WHERE dispatched_at IS NULL AND status = 'received') AS line
+WHERE n % $1 = 0
+ORDER BY n
+"""
+_DISPATCHED_SINCE_SQL = """
+SELECT count(*) FROM registrations WHERE dispatched_at IS NOT NULL AND dispatched_at >= $1
 """
 # The line key of checks_line (migration 0011) is
 # (CASE WHEN state = 'retrying' THEN updated_at ELSE dispatched_at END, created_at,
@@ -168,7 +183,9 @@ WHERE dispatched_at IS NULL AND state = 'pending' AND check_name = $1
   AND (created_at, registration_id) < ($2, $3)
 """
 
-Key = tuple[dt.datetime, dt.datetime, uuid.UUID]
+# A line's order: (line_at, created_at, registration_id) for a check, (submitted_at,) for the
+# dispatcher's line.
+Key = tuple[dt.datetime, dt.datetime, uuid.UUID] | tuple[dt.datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +272,15 @@ class Rates:
             return cached
         self._reading.add(lane)
         try:
-            rows = await connection.fetch(_RANK_TABLE_SQL, lane, STRIDE)
+            keys: list[Key]
+            if lane == DISPATCH:
+                rows = await connection.fetch(_DISPATCH_TABLE_SQL, STRIDE)
+                keys = [(r["submitted_at"],) for r in rows]
+            else:
+                rows = await connection.fetch(_RANK_TABLE_SQL, lane, STRIDE)
+                keys = [(r["line_at"], r["created_at"], r["registration_id"]) for r in rows]
             table = RankTable(
-                keys=[(r["line_at"], r["created_at"], r["registration_id"]) for r in rows],
+                keys=keys,
                 ahead=[r["ahead"] for r in rows],
                 taken_at=rows[0]["taken_at"] if rows else None,
                 measured_at=time.monotonic(),
@@ -274,29 +297,42 @@ class Rates:
         the nearest boundary when the table was read, less the lane's items handled since
         (the line only loses items at its front: a new or retried item enters at its back),
         plus the items from that boundary to ``key``, counted now. Exact while the line is
-        still; low by the handlings whose transaction was open when the table was read."""
+        still; high by the handlings whose transaction was open when the table was read (for
+        the dispatcher's line: up to one round)."""
         table = await self._table(connection, lane)
         index = len(table.keys) - 1 if key is None else bisect.bisect_right(table.keys, key) - 1
         if index >= 0 and table.ahead[index] >= EXACT_UP_TO:
-            handled: int = await connection.fetchval(
-                _HANDLED_SINCE_SQL,
-                lane,
-                list(_HANDLED.get(lane, _HANDLED_DEFAULT)),
-                table.taken_at,
-            )
-            beyond: int = await (
-                connection.fetchval(_FROM_SQL, lane, *table.keys[index])
-                if key is None
-                else connection.fetchval(_BETWEEN_SQL, lane, *table.keys[index], *key)
-            )
+            boundary = table.keys[index]
+            handled: int
+            beyond: int
+            if lane == DISPATCH:
+                assert key is not None
+                handled = await connection.fetchval(_DISPATCHED_SINCE_SQL, table.taken_at)
+                beyond = await connection.fetchval(_DISPATCH_BETWEEN_SQL, *boundary, *key)
+            else:
+                handled = await connection.fetchval(
+                    _HANDLED_SINCE_SQL,
+                    lane,
+                    list(_HANDLED.get(lane, _HANDLED_DEFAULT)),
+                    table.taken_at,
+                )
+                beyond = await (
+                    connection.fetchval(_FROM_SQL, lane, *boundary)
+                    if key is None
+                    else connection.fetchval(_BETWEEN_SQL, lane, *boundary, *key)
+                )
             position = table.ahead[index] - handled + beyond
             if position >= EXACT_UP_TO:
                 self.from_table += 1
                 return position
-        if key is None:
-            whole: int = await connection.fetchval(_WHOLE_LINE_SQL, lane)
-            return whole
-        exact: int = await connection.fetchval(_AHEAD_SQL, lane, *key)
+        exact: int
+        if lane == DISPATCH:
+            assert key is not None
+            exact = await connection.fetchval(_DISPATCH_AHEAD_SQL, *key)
+        elif key is None:
+            exact = await connection.fetchval(_WHOLE_LINE_SQL, lane)
+        else:
+            exact = await connection.fetchval(_AHEAD_SQL, lane, *key)
         return exact
 
 
@@ -341,8 +377,9 @@ async def line_of(
     if row is None:
         return {}
     if row["undispatched"]:
+        ahead = await rates.ahead(connection, DISPATCH, (row["submitted_at"],))
         drain = await rates.drain(connection, DISPATCH)
-        return {DISPATCH: estimate(row["ahead"], row["in_line_s"], drain, rates.stall_s)}
+        return {DISPATCH: estimate(ahead, row["in_line_s"], drain, rates.stall_s)}
     line: dict[str, Any] = {}
     for check in await connection.fetch(_CHECKS_SQL, registration_id):
         name = check["check_name"]

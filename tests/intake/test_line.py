@@ -377,3 +377,50 @@ async def test_a_retry_is_placed_at_the_back_and_the_outbox_behind_the_whole_lin
             assert step["position"] == position, rid
             # Nothing was handled for minutes while they waited: the lane is stopped.
             assert step["basis"] == "lane_stopped"
+
+
+async def test_the_dispatch_line_at_a_100000_backlog_from_its_rank_table(
+    settings: Settings, db: asyncpg.Pool, keyring: Keyring
+) -> None:
+    """A wave's registrations waiting for the dispatcher (held back while an edge sheds): the
+    positions at the back come from the rank table, exact while nothing moves and after 2,000
+    were started since it was read. Prints the look-up's cost."""
+    backlog = 100_000
+    await db.execute(
+        "INSERT INTO registrations (id, nik_hmac, nik_enc, personal_enc, status, submitted_at)"
+        " SELECT gen_random_uuid(), '\\x00', '\\x00', '\\x00', 'received',"
+        "  now() - interval '1 hour' + i * interval '1 ms'"
+        " FROM generate_series(1, $1) AS i",
+        backlog,
+    )
+    in_order = [
+        row["id"] for row in await db.fetch("SELECT id FROM registrations ORDER BY submitted_at")
+    ]
+    async with inprocess.edge(settings) as client:
+        assert client.app is not None
+        rates = client.app[LINE_RATES]
+        rates.table_ttl_s = 3600.0
+        timings = []
+        for _ in range(20):
+            started = time.perf_counter()
+            line = (await _status(client, keyring, in_order[-1]))["line"]
+            timings.append(time.perf_counter() - started)
+            assert line["dispatch"]["position"] == backlog - 1
+        assert rates.from_table == 20
+        await db.execute(
+            "UPDATE registrations SET dispatched_at = now() WHERE id = ANY($1)", in_order[:2000]
+        )
+        line = (await _status(client, keyring, in_order[-1]))["line"]
+        assert line["dispatch"]["position"] == backlog - 1 - 2000
+        assert rates.from_table == 21
+        # Near the front, counted exactly.
+        line = (await _status(client, keyring, in_order[2010]))["line"]
+        assert line["dispatch"]["position"] == 10
+        assert rates.from_table == 21
+    print(
+        "line: dispatch look-up at a 100,000 backlog, median ms:",
+        round(statistics.median(timings[1:]) * 1000, 1),
+        "(reading the rank table:",
+        round(timings[0] * 1000, 1),
+        ")",
+    )
