@@ -58,7 +58,7 @@ from core.settings import Settings
 SAMPLE_MAX = 2000
 DISPATCH = "dispatch"
 # A position is counted exactly over the index up to about this many items ahead; beyond, from
-# the lane's rank table (every STRIDE-th key, read once per line_rate_cache_s), the items from
+# the lane's rank table (every STRIDE-th key, read at most every RANK_TABLE_TTL_S), the items from
 # the nearest boundary to this one counted exactly, less those handled since the table was
 # read.
 EXACT_UP_TO = 5000
