@@ -82,6 +82,13 @@ class Settings:
     # Simple registrations accepted straight from the connection, without aiohttp's request
     # machinery (intake/express.py); false: every request through aiohttp.
     edge_express: bool = True
+    # A registrant's place in line (intake/line.py): each lane's drain rate is measured over
+    # its handlings of the last line_window_s (at most 2,000 of them) and cached in each edge
+    # process for line_rate_cache_s; a lane that handled nothing for line_stall_s while an item
+    # waited in its line is stopped, and gets no estimate.
+    line_window_s: float = 60.0
+    line_rate_cache_s: float = 1.0
+    line_stall_s: float = 10.0
 
     # Queue topology.
     # Both bounds count: messages (a message holds a batch of registrations) and bytes
@@ -237,6 +244,11 @@ class Settings:
             raise SettingsError(
                 "need 0 < INTAKE_EDGE_QUEUE_TARGET_S <= INTAKE_EDGE_QUEUE_INTERVAL_S"
                 " < INTAKE_EDGE_DEADLINE_S"
+            )
+        if not (self.line_window_s > 0 and self.line_rate_cache_s >= 0 and self.line_stall_s > 0):
+            raise SettingsError(
+                "INTAKE_LINE_WINDOW_S and INTAKE_LINE_STALL_S must be positive,"
+                " INTAKE_LINE_RATE_CACHE_S at least 0"
             )
         if self.edge_backlog < 1:
             raise SettingsError("INTAKE_EDGE_BACKLOG must be positive")

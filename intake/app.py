@@ -24,9 +24,10 @@ from core import metrics
 from core.keys import Keyring
 from core.settings import Settings
 from intake import contact_routes, photo_routes
+from intake import line as place_in_line
 from intake.access import authorized_id
 from intake.accesslog import AccessLogger
-from intake.appkeys import DB, GATE, HTTP_METRICS, KEYRING, PUBLISHER, SETTINGS, STATE
+from intake.appkeys import DB, GATE, HTTP_METRICS, KEYRING, LINE_RATES, PUBLISHER, SETTINGS, STATE
 from intake.express import Express
 from intake.gate import Gate
 from intake.httpmetrics import HttpMetrics
@@ -147,12 +148,17 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
                 " WHERE registration_id = $1 ORDER BY check_name",
                 registration_id,
             )
+            line = await place_in_line.line_of(
+                connection, request.app[LINE_RATES], registration_id, row and row["status"]
+            )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("status look-up failed: %s", type(exc).__name__)
         return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
     if row is None:
         # The token proves the edge accepted it: it is still queued for storage.
-        return _json(200, {"id": str(registration_id), "status": "queued"})
+        return _json(
+            200, {"id": str(registration_id), "status": "queued", "line": place_in_line.queued()}
+        )
     return _json(
         200,
         {
@@ -172,6 +178,7 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
                 }
                 for c in checks
             },
+            "line": line,  # each waiting step's place in line (intake/line.py)
         },
     )
 
@@ -230,6 +237,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     app[SETTINGS], app[KEYRING], app[PUBLISHER] = settings, keyring, publisher
     app[GATE] = Gate(settings, publisher)
     app[HTTP_METRICS] = HttpMetrics()
+    app[LINE_RATES] = place_in_line.Rates(settings)
     metrics.init_edge()
     app[STATE] = {"stopping": False}
     app.router.add_post("/v1/registrations", register)

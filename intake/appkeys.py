@@ -10,6 +10,7 @@ from core.keys import Keyring
 from core.settings import Settings
 from intake.gate import Gate
 from intake.httpmetrics import HttpMetrics
+from intake.line import Rates
 from intake.publisher import BatchPublisher
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,3 +20,4 @@ GATE = web.AppKey("gate", Gate)
 DB = web.AppKey("db", asyncpg.Pool)
 STATE = web.AppKey("state", dict[str, bool])
 HTTP_METRICS = web.AppKey("http_metrics", HttpMetrics)
+LINE_RATES = web.AppKey("line_rates", Rates)
