@@ -23,7 +23,7 @@ from aiohttp import web
 from core import metrics
 from core.keys import Keyring
 from core.settings import Settings
-from intake import contact_routes, photo_routes
+from intake import contact_routes, participation_routes, photo_routes
 from intake.access import authorized_id
 from intake.accesslog import AccessLogger
 from intake.appkeys import DB, GATE, HTTP_METRICS, KEYRING, PUBLISHER, SETTINGS, STATE
@@ -147,6 +147,9 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
                 " WHERE registration_id = $1 ORDER BY check_name",
                 registration_id,
             )
+            participation = await participation_routes.participation_status(
+                connection, registration_id
+            )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("status look-up failed: %s", type(exc).__name__)
         return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
@@ -172,6 +175,7 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
                 }
                 for c in checks
             },
+            **participation,  # "test" and "wave": intake/participation_routes.py
         },
     )
 
@@ -239,6 +243,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     app.router.add_get("/openapi.json", openapi)
     contact_routes.add_routes(app)
     photo_routes.add_routes(app)
+    participation_routes.add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
 

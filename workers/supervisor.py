@@ -75,7 +75,7 @@ from workers.scaling import (
     db_connections,
     desired_workers,
     next_workers,
-    queue_of,
+    queues_of,
     worker_limits,
 )
 
@@ -184,9 +184,7 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._depths = QueueDepths(
-            settings.amqp_url, {k: q for k in kinds if (q := queue_of(k)) is not None}
-        )
+        self._depths = QueueDepths(settings.amqp_url, {k: q for k in kinds if (q := queues_of(k))})
         self.decisions: list[Decision] = []
         self.exits: list[Exit] = []
         # Workers that exited unexpectedly (and were replaced), by kind.
