@@ -26,6 +26,7 @@ from intake.appkeys import PUBLISHER
 from tests.support.inprocess import edge
 from tests.support.openapi import validate
 from tests.support.waiting import eventually
+from workers import dlq
 from workers.participation import ParticipationWorker
 
 BANK = questions.load()
@@ -457,3 +458,27 @@ async def test_the_edge_sheds_answers_as_it_sheds_registrations(
             assert response.status == 503
             assert int(response.headers["Retry-After"]) >= 1
             assert (await response.json())["reason"] == "shutting_down"
+
+
+async def test_a_dead_lettered_join_is_listed_and_replayed(
+    settings: Settings, db: asyncpg.Pool, keyring: Keyring
+) -> None:
+    wave = await _wave(db, "gelombang-10", -1, 24)
+    registration_id = await _verified(db, keyring)
+    message = Join(registration_id, wave.id, Situation.SMALL_BUSINESS, _now())
+    dlq_name = f"{topology.JOINS_QUEUE}.dlq"
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(message.seal(Keyring.from_secret(settings.secret_key))), dlq_name
+        )
+    report = await dlq.list_dead_letters(settings)
+    assert report[dlq_name]["messages"] == 1
+    assert await dlq.replay(settings, dlq_name) == 1
+    async with worker(settings, db):
+        situation = await eventually(
+            lambda: db.fetchval("SELECT situation FROM wave_joins"), lambda s: s is not None
+        )
+    assert situation == "small_business"
+    assert (await dlq.list_dead_letters(settings))[dlq_name]["messages"] == 0
