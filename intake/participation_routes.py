@@ -155,10 +155,9 @@ async def get_test(request: web.Request) -> web.StreamResponse:
     registration_id = authorized_id(request, request.app[KEYRING])
     if registration_id is None:
         return _not_found()
-    now = dt.datetime.now(dt.UTC)
     try:
         async with request.app[DB].acquire() as connection, connection.transaction():
-            return await _serve_test(request, connection, registration_id, now)
+            return await _serve_test(request, connection, registration_id)
     except _DB_ERRORS as exc:
         return _database_down(request, exc)
 
@@ -167,7 +166,6 @@ async def _serve_test(
     request: web.Request,
     connection: asyncpg.Connection,
     registration_id: uuid.UUID,
-    now: dt.datetime,
 ) -> web.Response:
     settings, bank = request.app[SETTINGS], request.app[BANK]
     # The row lock makes concurrent fetches of one registrant take turns: the second finds
@@ -176,6 +174,7 @@ async def _serve_test(
     status = await connection.fetchval(_STATUS_SQL + " FOR NO KEY UPDATE", registration_id)
     if status != "verified":
         return _not_verified()
+    now = dt.datetime.now(dt.UTC)  # once the lock is held: the clock starts when served
     wave = await connection.fetchrow(_CURRENT_WAVE_SQL, now)
     if wave is None:
         return problem(409, "no-wave", "No wave is open or scheduled", next_opens_at=None)
