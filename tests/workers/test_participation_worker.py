@@ -1,6 +1,7 @@
-"""``intake worker participation`` killed with ``kill -9`` in the middle of a stream of joins
-loses none and stores none twice: it acknowledges after the commit, the broker redelivers what
-it held, and the insert is idempotent."""
+"""The participation worker as a process and as the supervisor sees it: ``intake worker
+participation`` killed with ``kill -9`` in the middle of a stream of joins loses none and stores
+none twice (it acknowledges after the commit, the broker redelivers what it held, the insert is
+idempotent); its scaling signal is the sum of both its queues."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from core.settings import Settings
 from core.waves import Policy, Situation, Waves
 from tests.support.processes import Process
 from tests.support.waiting import eventually
+from workers.depths import QueueDepths
+from workers.scaling import queues_of
 
 JOINS = 2_000
 
@@ -82,3 +85,19 @@ async def test_a_worker_killed_mid_stream_loses_no_join(
         for name in (topology.JOINS_QUEUE, f"{topology.JOINS_QUEUE}.dlq"):
             queue = await channel.declare_queue(name, passive=True)
             assert queue.declaration_result.message_count == 0, name
+
+
+async def test_the_supervisor_scales_it_on_the_sum_of_both_queues(settings: Settings) -> None:
+    assert queues_of("participation") == (topology.TESTS_QUEUE, topology.JOINS_QUEUE)
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(topology.EXCHANGE)
+        for key, count in ((topology.TESTS_ROUTING_KEY, 3), (topology.JOINS_ROUTING_KEY, 2)):
+            for _ in range(count):
+                await exchange.publish(aio_pika.Message(b"x"), key, mandatory=True)
+    depths = QueueDepths(settings.amqp_url, {"participation": queues_of("participation")})
+    try:
+        assert await depths.read() == {"participation": 5}
+    finally:
+        await depths.close()
