@@ -130,6 +130,25 @@ DISPATCHED = Counter(
     ["lane"],
 )
 
+# --- the participation worker (the test and joining a wave) ---------------------------------
+
+TEST_OUTCOMES = ("scored", "late", "already_scored", "unknown_attempt", "unreadable")
+JOIN_OUTCOMES = ("joined", "already_joined", "wave_not_open", "after_selection", "unreadable")
+TEST_SUBMISSIONS = Counter(
+    "intake_test_submissions_total",
+    "Test submissions handled by the participation worker, by outcome (scored; late: received"
+    " after the attempt's deadline; already_scored: redelivered or submitted twice;"
+    " unknown_attempt; unreadable: returned to the queue, dead-lettered past its limit).",
+    ["outcome"],
+)
+WAVE_JOINS = Counter(
+    "intake_wave_joins_total",
+    "Wave joins handled by the participation worker, by outcome (joined; already_joined;"
+    " wave_not_open: received when the wave was not open; after_selection: the wave's"
+    " selection ran already; unreadable).",
+    ["outcome"],
+)
+
 # --- the lanes ---------------------------------------------------------------------------------
 
 LANE_TASKS = Counter(
@@ -285,6 +304,13 @@ def init_edge() -> None:
 def init_persist() -> None:
     for outcome in PERSIST_OUTCOMES:
         PERSISTED.labels(outcome)
+
+
+def init_participation() -> None:
+    for outcome in TEST_OUTCOMES:
+        TEST_SUBMISSIONS.labels(outcome)
+    for outcome in JOIN_OUTCOMES:
+        WAVE_JOINS.labels(outcome)
 
 
 def init_dispatch() -> None:

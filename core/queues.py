@@ -24,6 +24,7 @@ from core.verification import Check
 def queue_names() -> list[str]:
     """Every queue of the topology."""
     names = [topology.PERSIST_QUEUE, topology.PERSIST_DLQ]
+    names += [f"{q}{suffix}" for q in topology.PARTICIPATION_QUEUES for suffix in ("", ".dlq")]
     for check in Check:
         names += [topology.lane_queue(check), topology.lane_dlq(check)]
     names += [topology.delay_queue(tier) for tier in topology.RETRY_TIERS_S]

@@ -147,6 +147,17 @@ class Settings:
     # Processes analysing photos in each photo lane worker (about 10 photos/s per process).
     photo_workers: int = 1
 
+    # The intake test and joining a wave (core/questions.py, intake/participation_routes.py,
+    # workers/participation.py). The bank: a JSON file, empty = the bundled one. An attempt
+    # draws test_questions questions and is timed from the moment they are served.
+    test_bank: str = ""
+    test_questions: int = 19
+    test_time_limit_s: float = 1500.0
+    # Length limit of intake.tests and of intake.joins (reject-publish: the edge answers 503).
+    participation_queue_max_length: int = 1_000_000
+    # Unacknowledged messages per participation worker (one transaction each).
+    participation_prefetch: int = 64
+
     # Persist worker.
     # Unacknowledged messages per worker. It must cover about two batches of messages, or the
     # next batch cannot arrive while one is being written (the acks free the window): with 10
@@ -276,6 +287,12 @@ class Settings:
         self.admin_credentials()  # raises on a malformed INTAKE_ADMIN_TOKENS
         if self.photo_max_bytes < 1 or self.photo_workers < 1:
             raise SettingsError("INTAKE_PHOTO_MAX_BYTES and INTAKE_PHOTO_WORKERS must be positive")
+        if self.test_questions < 1 or not self.test_time_limit_s > 0:
+            raise SettingsError(
+                "INTAKE_TEST_QUESTIONS and INTAKE_TEST_TIME_LIMIT_S must be positive"
+            )
+        if self.participation_prefetch < 1:
+            raise SettingsError("INTAKE_PARTICIPATION_PREFETCH must be positive")
 
     def admin_credentials(self) -> dict[str, bytes]:
         """``admin_tokens`` parsed: name → SHA-256 digest of its bearer token."""

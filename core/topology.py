@@ -7,6 +7,10 @@
   limit (in messages and in bytes) with ``reject-publish`` so that a full queue nacks the
   publisher (the edge answers 503) instead of silently dropping the oldest registrations.
 - ``intake.dlx`` (direct) routes dead letters to ``intake.registrations.dlq``.
+- ``intake.tests`` and ``intake.joins`` (quorum, bound to ``intake`` with the keys ``tests`` and
+  ``joins``) carry a registrant's test answers and wave joins to the participation worker,
+  with the same delivery limit and dead-lettering (to ``intake.tests.dlq``, ``intake.joins.dlq``)
+  and a length limit with ``reject-publish``.
 
 Declaring with the same arguments is a no-op; with different ones RabbitMQ refuses with
 PRECONDITION_FAILED, which is the right outcome: queue arguments are changed with policies
@@ -28,6 +32,11 @@ DEAD_LETTER_EXCHANGE = "intake.dlx"
 PERSIST_QUEUE = "intake.registrations"
 PERSIST_ROUTING_KEY = "registrations"
 PERSIST_DLQ = "intake.registrations.dlq"
+TESTS_QUEUE = "intake.tests"
+TESTS_ROUTING_KEY = "tests"
+JOINS_QUEUE = "intake.joins"
+JOINS_ROUTING_KEY = "joins"
+PARTICIPATION_QUEUES = (TESTS_QUEUE, JOINS_QUEUE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +47,8 @@ class Topology:
     dead_letter_exchange: AbstractExchange
     persist_queue: AbstractQueue
     persist_dlq: AbstractQueue
+    tests_queue: AbstractQueue
+    joins_queue: AbstractQueue
 
 
 def persist_queue_arguments(settings: Settings) -> dict[str, FieldValue]:
@@ -50,6 +61,36 @@ def persist_queue_arguments(settings: Settings) -> dict[str, FieldValue]:
         "x-max-length-bytes": settings.persist_queue_max_bytes,
         "x-overflow": "reject-publish",
     }
+
+
+def participation_queue_arguments(settings: Settings, queue: str) -> dict[str, FieldValue]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": queue,
+        "x-max-length": settings.participation_queue_max_length,
+        "x-overflow": "reject-publish",
+    }
+
+
+async def _declare_participation(
+    channel: AbstractChannel,
+    exchange: AbstractExchange,
+    dlx: AbstractExchange,
+    settings: Settings,
+    queue: str,
+    routing_key: str,
+) -> AbstractQueue:
+    dlq = await channel.declare_queue(
+        f"{queue}.dlq", durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dlq.bind(dlx, routing_key=queue)
+    declared = await channel.declare_queue(
+        queue, durable=True, arguments=participation_queue_arguments(settings, queue)
+    )
+    await declared.bind(exchange, routing_key=routing_key)
+    return declared
 
 
 async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
@@ -66,7 +107,13 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
         PERSIST_QUEUE, durable=True, arguments=persist_queue_arguments(settings)
     )
     await queue.bind(exchange, routing_key=PERSIST_ROUTING_KEY)
-    return Topology(exchange, dlx, queue, dlq)
+    tests = await _declare_participation(
+        channel, exchange, dlx, settings, TESTS_QUEUE, TESTS_ROUTING_KEY
+    )
+    joins = await _declare_participation(
+        channel, exchange, dlx, settings, JOINS_QUEUE, JOINS_ROUTING_KEY
+    )
+    return Topology(exchange, dlx, queue, dlq, tests, joins)
 
 
 # --- verification lanes --------------------------------------------------------------------

@@ -73,7 +73,10 @@ IDLE_LIMIT_S = 30.0  # once everyone is done: stop watching when nothing has mov
 CONNECTIONS = 256
 QUIET_CORES, QUIET_S = 0.3, 0.5  # the stack has settled: under 0.3 of a core for half a second
 CORES = max(1, len(os.sched_getaffinity(0)))
-_TABLES = "registrations, nik_claims, checks, contact_codes, photos, rate_buckets"
+_TABLES = (
+    "registrations, nik_claims, checks, contact_codes, photos, rate_buckets, waves, test_attempts,"
+    " wave_joins, wave_selections, benefit_niks, notifications"
+)
 
 
 def sim_ports(base: int) -> dict[str, int]:

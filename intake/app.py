@@ -23,7 +23,7 @@ from aiohttp import web
 from core import metrics
 from core.keys import Keyring
 from core.settings import Settings
-from intake import contact_routes, photo_routes
+from intake import contact_routes, participation_routes, photo_routes
 from intake import line as place_in_line
 from intake.access import authorized_id
 from intake.accesslog import AccessLogger
@@ -151,6 +151,9 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
             line = await place_in_line.line_of(
                 connection, request.app[LINE_RATES], registration_id, row and row["status"]
             )
+            participation = await participation_routes.participation_status(
+                connection, registration_id
+            )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("status look-up failed: %s", type(exc).__name__)
         return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
@@ -179,6 +182,7 @@ async def registration_status(request: web.Request) -> web.StreamResponse:
                 for c in checks
             },
             "line": line,  # each waiting step's place in line (intake/line.py)
+            **participation,  # "test" and "wave": intake/participation_routes.py
         },
     )
 
@@ -247,6 +251,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     app.router.add_get("/openapi.json", openapi)
     contact_routes.add_routes(app)
     photo_routes.add_routes(app)
+    participation_routes.add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
 

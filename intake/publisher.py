@@ -221,6 +221,35 @@ class BatchPublisher:
         self._schedule_flush()
         return future
 
+    async def publish_one(self, routing_key: str, body: bytes) -> None:
+        """Publish one message (a test's answers, a wave join: not a registration) to
+        ``routing_key`` of the exchange, persistent, ``mandatory``, on the publishing channel,
+        and return once the broker confirmed it. Raises :class:`Unavailable` with the same
+        reasons as a batch (not connected, nack, return, no confirm in time); such messages
+        are few (one per registrant and step), so they are not batched, and not counted as
+        registrations."""
+        if self._closing:
+            raise Unavailable("shutting_down")
+        exchange = self._exchange
+        if exchange is None:
+            raise Unavailable("broker_unreachable")
+        message = aio_pika.Message(
+            body,
+            content_type="application/octet-stream",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        try:
+            async with asyncio.timeout(self._settings.edge_publish_timeout_s):
+                await exchange.publish(message, routing_key, mandatory=True)
+        except TimeoutError:
+            raise Unavailable("confirm_timeout") from None
+        except aio_pika.exceptions.PublishError:
+            raise Unavailable("unroutable") from None
+        except aio_pika.exceptions.DeliveryError:
+            raise Unavailable("queue_full") from None
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+            raise Unavailable("broker_unreachable") from None
+
     def retry_after_s(self, reason: str) -> int:
         """The ``Retry-After`` (whole seconds) of a 503 for ``reason``, with jitter.
 

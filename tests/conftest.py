@@ -75,6 +75,10 @@ async def settings(base_settings: Settings) -> Settings:
         declared = await topology.declare(channel, base_settings)
         await declared.persist_queue.purge()
         await declared.persist_dlq.purge()
+        await declared.tests_queue.purge()
+        await declared.joins_queue.purge()
+        for queue in topology.PARTICIPATION_QUEUES:
+            await (await channel.declare_queue(f"{queue}.dlq", passive=True)).purge()
     return base_settings
 
 

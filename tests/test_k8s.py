@@ -251,17 +251,23 @@ def process(deployment: Doc) -> str | None:
     return None
 
 
-def expected_queue(kind: str | None) -> str | None:
-    """The queue a worker kind consumes, from the topology; None for the others."""
+def expected_queues(kind: str | None) -> set[str]:
+    """The queues a worker kind consumes, from the topology; none for the others."""
     if kind == "persist":
-        return topology.PERSIST_QUEUE
+        return {topology.PERSIST_QUEUE}
+    if kind == "participation":
+        return set(topology.PARTICIPATION_QUEUES)
     if kind in {c.value for c in Check}:
-        return topology.lane_queue(Check(kind))
-    return None
+        return {topology.lane_queue(Check(kind))}
+    return set()
 
 
 def all_queues() -> set[str]:
-    return {topology.PERSIST_QUEUE} | {topology.lane_queue(c) for c in Check}
+    return (
+        {topology.PERSIST_QUEUE}
+        | {topology.lane_queue(c) for c in Check}
+        | set(topology.PARTICIPATION_QUEUES)
+    )
 
 
 def pod_spec(workload: Doc) -> Doc:
@@ -677,8 +683,8 @@ def scaled_object_problems(manifests: list[Manifest], name: str, so: Doc) -> lis
     if "replicas" in deployment["spec"]:
         problems.append(f"{where}: Deployment/{target['name']} sets replicas, which KEDA owns")
     kind = process(deployment)
-    queue = expected_queue(kind)
-    if queue is None:
+    queues = expected_queues(kind)
+    if not queues:
         return [*problems, f"{where}: Deployment/{target['name']} consumes no queue"]
     minimum, maximum = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
     if minimum > maximum:
@@ -696,10 +702,10 @@ def scaled_object_problems(manifests: list[Manifest], name: str, so: Doc) -> lis
         metadata = trigger.get("metadata", {})
         for key in sorted(set(metadata) - RABBITMQ_TRIGGER_KEYS):
             problems.append(f"{where}: trigger metadata {key!r} is no rabbitmq scaler parameter")
-        if metadata.get("queueName") != queue:
+        if metadata.get("queueName") not in queues:
             problems.append(
                 f"{where}: queueName {metadata.get('queueName')!r}, but"
-                f" `intake worker {kind}` consumes {queue!r} (core/topology.py)"
+                f" `intake worker {kind}` consumes {sorted(queues)} (core/topology.py)"
             )
         if metadata.get("mode") != "QueueLength":
             problems.append(f"{where}: mode {metadata.get('mode')!r}, not QueueLength")
@@ -1450,14 +1456,17 @@ def test_the_admin_api_is_apart_from_the_edge_and_not_behind_the_ingress(
 def test_every_lane_and_the_persist_queue_has_a_scaled_object(manifests: list[Manifest]) -> None:
     # Spelled out, although consistency_problems covers it: the queues come from the topology.
     targets = {
-        so["spec"]["scaleTargetRef"]["name"]: so["spec"]["triggers"][0]["metadata"]["queueName"]
+        so["spec"]["scaleTargetRef"]["name"]: {
+            trigger["metadata"]["queueName"] for trigger in so["spec"]["triggers"]
+        }
         for so in of_kind(manifests, "ScaledObject").values()
     }
     deployments = of_kind(manifests, "Deployment")
-    consumed = {process(deployments[name]): queue for name, queue in targets.items()}
+    consumed = {process(deployments[name]): queues for name, queues in targets.items()}
     assert consumed == {
-        "persist": topology.PERSIST_QUEUE,
-        **{check.value: topology.lane_queue(check) for check in Check},
+        "persist": {topology.PERSIST_QUEUE},
+        "participation": {topology.TESTS_QUEUE, topology.JOINS_QUEUE},
+        **{check.value: {topology.lane_queue(check)} for check in Check},
     }
 
 
@@ -1712,7 +1721,7 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "ScaledObject",
         "intake-worker-persist",
         lambda d: _trigger(d).update(queueName=topology.lane_queue(Check.EMAIL)),
-        "`intake worker persist` consumes 'intake.registrations'",
+        "`intake worker persist` consumes ['intake.registrations']",
     ),
     (
         "misspelled trigger parameter",

@@ -20,9 +20,9 @@ READ_TIMEOUT_S = 10.0
 class QueueDepths:
     """Each kind's queue depth, read on demand; the connection is made again after a loss."""
 
-    def __init__(self, amqp_url: str, queues: dict[str, str]) -> None:
+    def __init__(self, amqp_url: str, queues: dict[str, tuple[str, ...]]) -> None:
         self._amqp_url = amqp_url
-        self._queues = queues  # kind -> queue name
+        self._queues = queues  # kind -> its queues (their depths are summed)
         self._amqp: aio_pika.abc.AbstractConnection | None = None
         self._broker_down = False
 
@@ -52,16 +52,18 @@ class QueueDepths:
     async def _passive_declares(self) -> dict[str, int]:
         if self._amqp is None or self._amqp.is_closed:
             self._amqp = await broker.connect(self._amqp_url)
-        depths = {}
+        depths: dict[str, int] = {}
         channel = await self._amqp.channel()
         try:
-            for kind, name in self._queues.items():
-                try:
-                    declared = await channel.declare_queue(name, passive=True)
-                except aio_pika.exceptions.ChannelNotFoundEntity:
-                    channel = await self._amqp.channel()  # the refusal closed the channel
-                    continue
-                depths[kind] = int(declared.declaration_result.message_count or 0)
+            for kind, names in self._queues.items():
+                for name in names:
+                    try:
+                        declared = await channel.declare_queue(name, passive=True)
+                    except aio_pika.exceptions.ChannelNotFoundEntity:
+                        channel = await self._amqp.channel()  # the refusal closed the channel
+                        continue
+                    ready = int(declared.declaration_result.message_count or 0)
+                    depths[kind] = depths.get(kind, 0) + ready
         finally:
             if not channel.is_closed:
                 await channel.close()

@@ -34,8 +34,19 @@ class DeadLetter:
     first_death: str | None
 
 
+# A participation queue's dead letters, by their queue (they go back to it as they are).
+_PARTICIPATION_DLQS = {
+    f"{topology.TESTS_QUEUE}.dlq": topology.TESTS_ROUTING_KEY,
+    f"{topology.JOINS_QUEUE}.dlq": topology.JOINS_ROUTING_KEY,
+}
+
+
 def dead_letter_queues() -> list[str]:
-    return [topology.PERSIST_DLQ, *(topology.lane_dlq(c.value) for c in Check)]
+    return [
+        topology.PERSIST_DLQ,
+        *(topology.lane_dlq(c.value) for c in Check),
+        *_PARTICIPATION_DLQS,
+    ]
 
 
 def _reason(message: AbstractIncomingMessage) -> str:
@@ -120,6 +131,11 @@ async def replay(settings: Settings, queue_name: str, limit: int | None = None) 
             if queue_name == topology.PERSIST_DLQ:
                 await declared.exchange.publish(
                     _copy(message, message.body), topology.PERSIST_ROUTING_KEY, mandatory=True
+                )
+            elif queue_name in _PARTICIPATION_DLQS:
+                routing_key = _PARTICIPATION_DLQS[queue_name]
+                await declared.exchange.publish(
+                    _copy(message, message.body), routing_key, mandatory=True
                 )
             else:
                 try:

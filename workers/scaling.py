@@ -45,10 +45,11 @@ from core import topology
 from core.settings import Settings, SettingsError
 from core.verification import WORKER_KINDS
 
-PERSIST, DISPATCH = "persist", "dispatch"
+PERSIST, DISPATCH, PARTICIPATION = "persist", "dispatch", "participation"
 # PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py;
 # a lane's is INTAKE_LANE_DB_CONNECTIONS).
 _PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS = 2, 3
+_PARTICIPATION_CONNECTIONS = 4  # workers/participation.py
 # The shortest span of status samples a worker's rate is computed over.
 _MIN_RATE_SPAN_S = 0.5
 _OPEN_BREAKER = ("open", "half_open")
@@ -227,14 +228,20 @@ def db_connections(settings: Settings, kind: str) -> int:
         return _PERSIST_CONNECTIONS
     if kind == DISPATCH:
         return _DISPATCH_CONNECTIONS
+    if kind == PARTICIPATION:
+        return _PARTICIPATION_CONNECTIONS
     return settings.lane_db_connections
 
 
-def queue_of(kind: str) -> str | None:
-    """The queue whose depth scales ``kind`` (None: the dispatcher, not scaled)."""
+def queues_of(kind: str) -> tuple[str, ...]:
+    """The queues whose depth (summed) scales ``kind`` (none: the dispatcher, not scaled)."""
     if kind == DISPATCH:
-        return None
-    return topology.PERSIST_QUEUE if kind == PERSIST else topology.lane_queue(kind)
+        return ()
+    if kind == PERSIST:
+        return (topology.PERSIST_QUEUE,)
+    if kind == PARTICIPATION:
+        return topology.PARTICIPATION_QUEUES
+    return (topology.lane_queue(kind),)
 
 
 # --- the supervisor -------------------------------------------------------------------------

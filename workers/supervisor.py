@@ -1,7 +1,8 @@
 """``intake supervise``: the whole worker fleet on one machine, scaled on its queues.
 
 The supervisor runs ``intake worker <kind>`` child processes (the command Kubernetes runs) for
-every kind: the persist worker, the dispatcher, and each verification lane. The dispatcher is
+every kind: the persist worker, the dispatcher, each verification lane, and the participation
+worker (scaled on the sum of ``intake.tests`` and ``intake.joins``). The dispatcher is
 always exactly one: its backlog is the outbox in PostgreSQL, not a queue, and one keeps up with
 the lanes (several could run safely, they share the outbox with ``FOR UPDATE SKIP LOCKED``).
 Every other kind runs between a minimum and a maximum number of processes
@@ -76,7 +77,7 @@ from workers.scaling import (
     db_connections,
     desired_workers,
     next_workers,
-    queue_of,
+    queues_of,
     worker_limits,
 )
 
@@ -185,9 +186,7 @@ class Supervisor:
         self._watchers: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
-        self._depths = QueueDepths(
-            settings.amqp_url, {k: q for k in kinds if (q := queue_of(k)) is not None}
-        )
+        self._depths = QueueDepths(settings.amqp_url, {k: q for k in kinds if (q := queues_of(k))})
         self.decisions: list[Decision] = []
         self.exits: list[Exit] = []
         # Workers that exited unexpectedly (and were replaced), by kind.
