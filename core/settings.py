@@ -111,6 +111,9 @@ class Settings:
     breaker_open_s: float = 5.0
     breaker_open_max_s: float = 60.0
     breaker_probes: int = 3
+    # How often each lane worker reads its operator controls (core.controls: a forced breaker,
+    # a maintenance window); a failed read keeps the last state known.
+    lane_control_poll_s: float = 1.0
     # Fixed rate caps agreed with a service, calls per second per lane across all its
     # workers, e.g. "dukcapil=200,dtks=50". Empty: none.
     lane_rate_caps: str = ""
@@ -244,6 +247,8 @@ class Settings:
             raise SettingsError("INTAKE_LANE_LIMIT_INITIAL must be positive")
         if not 0 < self.breaker_failure_rate <= 1 or self.breaker_probes < 1:
             raise SettingsError("INTAKE_BREAKER_FAILURE_RATE must be in (0, 1]")
+        if not 0 < self.lane_control_poll_s <= 60:
+            raise SettingsError("INTAKE_LANE_CONTROL_POLL_S must be in (0, 60]")
         self.rate_caps()  # raises on a malformed INTAKE_LANE_RATE_CAPS
         if not (
             0 <= self.supervise_min_workers <= self.supervise_max_workers

@@ -25,6 +25,9 @@ concurrency limit, circuit breaker, optional shared rate cap). The consumer foll
 its prefetch is the limit plus a little headroom, re-set when the limit has moved enough; while
 the breaker is open the lane cancels its consumer (the backlog waits in the queue, tasks already
 in hand wait for the breaker), and a half-open breaker consumes one task at a time for probes.
+An operator can force the breaker open or closed, and a registry's maintenance window forces it
+open (``core/controls.py``, applied by ``workers/controls.py``): the lane then behaves as with
+its breaker open, without a call or an attempt counted.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
+from core.controls import LaneControls
 from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
@@ -65,6 +69,7 @@ from core.verification import (
     Verifier,
 )
 from workers import flow
+from workers.controls import ControlWatcher
 from workers.dispatch import publish_task
 from workers.sessions import (
     BROKER_GONE,
@@ -129,6 +134,14 @@ class LaneWorker:
         self.held = False
         self._held_changed = asyncio.Event()
         self.health = health if health is not None else Health()  # what its probes read
+        # The operators' controls (a forced breaker, a maintenance window), applied to the gate.
+        self.controls = ControlWatcher(
+            LaneControls(pool),
+            self._check,
+            self.gate,
+            settings.lane_control_poll_s,
+            on_change=self._held_changed.set,
+        )
 
     def status(self) -> dict[str, object]:
         """What ``intake supervise`` reads from the worker's status file."""
@@ -138,6 +151,7 @@ class LaneWorker:
             "processed": self.processed,
             "prefetch": self.prefetch,
             "held": self.held,
+            "maintenance": self.controls.control.window is not None,
             **self.gate.snapshot(),
             **self._in_hand_status(),
         }
@@ -175,13 +189,18 @@ class LaneWorker:
             )
 
     async def run(self) -> None:
+        # The controls are read before the first delivery: a lane starting during a
+        # maintenance window must not make a call first.
+        await self.controls.refresh()
         gauges = asyncio.create_task(self._export_gauges())
+        controls = asyncio.create_task(self.controls.run())
         try:
             await self._run()
         finally:
-            gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauges
+            for task in (gauges, controls):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             close = getattr(self._verifier, "close", None)
             if close is not None:
                 await close()  # e.g. the photo verifier's process pool
@@ -306,9 +325,10 @@ class LaneWorker:
         )
 
     def _wanted_prefetch(self) -> int:
-        """Deliveries to hold: none while the breaker is open, one per probe while half-open,
-        else the limit plus a quarter (at least two) so that the next task is at hand."""
-        state = self.gate.breaker.state
+        """Deliveries to hold: none while the breaker is open (or forced open by an operator,
+        or a maintenance window is on), one per probe while half-open, else the limit plus a
+        quarter (at least two) so that the next task is at hand."""
+        state = self.gate.state
         if state is flow.BreakerState.OPEN or self.held:
             return 0
         if state is flow.BreakerState.HALF_OPEN:
