@@ -10,7 +10,8 @@ PostgreSQL (migration 0012), read by every lane worker about once a second:
   opens);
 - **maintenance windows** of a registry (start, end, reason): while one is on, the lane behaves
   as forced open. No call is made, so no attempt is counted and nothing is dead-lettered
-  because of it; the tasks wait in their queue (or in hand) and are done after it ends.
+  because of it; the tasks wait in their queue (or in hand, for at most
+  ``lane_control_hand_back_s``: then they go back to the queue) and are done after it ends.
 
 Operators act through ``intake lanes ...`` and the admin API (``admin/``); each action and its
 row in the append-only ``admin_audit`` are written in one transaction. Times are shown in WIB,

@@ -174,6 +174,13 @@ LANE_REPUBLISHED = Counter(
     " consumer's node goes away).",
     ["lane"],
 )
+LANE_HANDED_BACK = Counter(
+    "intake_lane_handed_back_total",
+    "Tasks a lane held while forced open (by an operator, or a maintenance window) for"
+    " INTAKE_LANE_CONTROL_HAND_BACK_S and gave back to its queue (published again, then"
+    " acknowledged), without a call.",
+    ["lane"],
+)
 SERVICE_CALLS = Histogram(
     "intake_service_call_duration_seconds",
     "Calls from a lane to its external service (a ministry API, SMTP, the SMS gateway, the"
@@ -319,6 +326,7 @@ def init_lane(lane: str) -> None:
     LANE_TASK_DURATION.labels(lane)
     LANE_DEAD_LETTERED.labels(lane)
     LANE_REPUBLISHED.labels(lane)
+    LANE_HANDED_BACK.labels(lane)
     LANE_LIMIT.labels(lane)
     LANE_INFLIGHT.labels(lane)
     LANE_IN_HAND.labels(lane)

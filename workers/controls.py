@@ -3,8 +3,10 @@ applied to the lane's gate, exported as gauges.
 
 A maintenance window forces the gate open whatever the breaker mode says: no call is made, the
 lane stops consuming (``LaneWorker._wanted_prefetch`` reads the gate's applied state) and the
-tasks in hand wait for a permit. Since no call is made, no retry is published, no attempt is
-counted and nothing reaches a dead-letter queue because of the window.
+tasks in hand wait for a permit (for at most ``lane_control_hand_back_s``: then the lane
+publishes them again to its queue and acknowledges them, ``LaneWorker._hand_back``). Since no
+call is made, no retry is published, no attempt is counted and nothing reaches a dead-letter
+queue because of the window.
 
 A read that fails (the database is away, a failover, a pool being closed) keeps the last state
 known: a lane must not stop, or start calling a registry in maintenance, because PostgreSQL

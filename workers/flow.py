@@ -432,6 +432,7 @@ class LaneGate:
         # The operator's mode (core.controls): open, no permit at all; closed, the breaker is
         # neither asked nor told; auto, the breaker decides.
         self.forced = BreakerMode.AUTO
+        self.forced_since = clock()  # when the mode last changed
         self._gauges = _GateGauges(lane) if lane is not None else None
         if self._gauges is not None:
             breaker.on_change = self._on_breaker_change
@@ -455,6 +456,7 @@ class LaneGate:
         if mode is self.forced:
             return
         self.forced = mode
+        self.forced_since = self._clock()
         if mode is BreakerMode.CLOSED:
             self.breaker.reset()
         self._wakeup.set()

@@ -52,7 +52,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
-from core.controls import LaneControls
+from core.controls import BreakerMode, LaneControls
 from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
@@ -88,6 +88,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class HeldOpen(Exception):
+    """Raised by :meth:`LaneWorker._permit` when the lane has been forced open for
+    ``lane_control_hand_back_s`` while the task waited: it goes back to its queue."""
+
+
 class LaneWorker:
     """Runs one verifier on its lane until :meth:`stop`."""
 
@@ -117,6 +122,7 @@ class LaneWorker:
         # Tasks to publish again in the next session (see _orphaned).
         self._orphans: list[bytes] = []
         self.republished = 0
+        self.handed_back = 0  # tasks given back to the queue while the lane was forced open
         self.outcomes: dict[str, int] = {}  # tasks finished, by outcome (metrics.LANE_OUTCOMES)
         self.processed = 0
         lane = self._check.value
@@ -404,7 +410,11 @@ class LaneWorker:
             self.processed += 1
             return "dead_lettered"
         self._stage("permit")
-        permit = await self._permit()
+        try:
+            permit = await self._permit()
+        except HeldOpen:
+            await self._hand_back(task, message)
+            return None
         if permit is None:
             return None  # stopping: the task goes back to the queue when the channel closes
         outcome: Passed | Reject | Review | Retry
@@ -468,23 +478,53 @@ class LaneWorker:
             return state, subject
 
     async def _permit(self) -> flow.Permit | None:
-        """Wait for the gate, unless the worker stops first. A permit granted to a wait that
-        was abandoned (the worker stops, or this task is cancelled: its connection was lost)
-        is given back at once: kept, it would be a slot of the limit lost for good, and a
-        lane whose slots were all lost that way waits for ever."""
+        """Wait for the gate, unless the worker stops first (None), or the lane has been
+        forced open for ``lane_control_hand_back_s`` while this task waited (:exc:`HeldOpen`).
+        A permit granted to a wait that was abandoned (the worker stops, or this task is
+        cancelled: its connection was lost) is given back at once: kept, it would be a slot of
+        the limit lost for good, and a lane whose slots were all lost that way waits for ever."""
         acquire = asyncio.ensure_future(self.gate.acquire())
         stop = asyncio.ensure_future(self._stopping.wait())
+        held_open = asyncio.ensure_future(self._held_open(time.monotonic()))
         try:
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({acquire, stop, held_open}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             self._abandon(acquire)
             raise
         finally:
             stop.cancel()
+            held_open.cancel()
         if acquire.done():
             return acquire.result()
         self._abandon(acquire)
+        if held_open.done() and not held_open.cancelled():
+            raise HeldOpen
         return None
+
+    async def _held_open(self, since: float) -> None:
+        """Until the gate has been forced open for ``lane_control_hand_back_s``, counted from
+        ``since`` at the earliest."""
+        wait_s = self._settings.lane_control_hand_back_s
+        while True:
+            if self.gate.forced is BreakerMode.OPEN:
+                left = max(since, self.gate.forced_since) + wait_s - time.monotonic()
+                if left <= 0:
+                    return
+            else:
+                left = wait_s
+            await asyncio.sleep(min(1.0, left))
+
+    async def _hand_back(self, task: Task, message: AbstractIncomingMessage) -> None:
+        """Give a task the lane cannot start back to its queue: published again (confirmed),
+        then acknowledged. A fresh message, so nothing counts towards the queue's delivery
+        limit; no call was made, so no attempt is counted. At worst (a crash between the two)
+        the task is there twice, which every step tolerates."""
+        self._stage("hand_back")
+        assert self._lanes is not None
+        await publish_task(self._lanes.verify_exchange, task, timeout_s=CONFIRM_TIMEOUT_S)
+        await message.ack()
+        self.handed_back += 1
+        metrics.LANE_HANDED_BACK.labels(self._check.value).inc()
 
     def _abandon(self, acquire: asyncio.Future[flow.Permit]) -> None:
         """Give up a wait for a permit; release the permit if it was (or is being) granted."""

@@ -170,7 +170,8 @@ async def test_a_maintenance_window_holds_every_call_without_an_attempt_or_a_dea
 async def test_a_breaker_forced_open_stops_calls_and_auto_resumes_them(
     settings: Settings, db: asyncpg.Pool, simulators: Running
 ) -> None:
-    wired = _wired(settings, simulators)
+    # Tasks held while the lane is forced open go back to the queue after 5 s.
+    wired = _wired(settings, simulators).replace(lane_control_hand_back_s=5.0)
     await _fresh_lane_queues(wired)
     # Slow enough that tasks are still in hand when the operator acts.
     simulators.set_behaviour("dukcapil", latency_median_ms=300, latency_p99_ms=300, capacity=2)
@@ -189,16 +190,19 @@ async def test_a_breaker_forced_open_stops_calls_and_auto_resumes_them(
         await eventually(lambda: worker.gate.state, lambda s: s is flow.BreakerState.OPEN, 10)
         await eventually(lambda: worker.gate.inflight, lambda n: n == 0, 10)
         stopped_at = _calls(simulators)
-        # Tasks stay in hand, waiting for a permit, and the rest in the queue: the lane
-        # cancelled its consumer (RabbitMQ keeps counting it while it holds deliveries).
+        # Tasks wait in hand for a permit, the rest in the queue: the lane cancelled its
+        # consumer. After 5 s those in hand go back to the queue, without a call.
         assert worker.in_hand > 0
         await eventually(lambda: worker.prefetch, lambda n: n == 0, 10)
+        await eventually(lambda: worker.in_hand, lambda n: n == 0, 10)
+        assert worker.handed_back > 0
         queue = topology.lane_queue(Check.DUKCAPIL)
-        ready, _ = await _queue(wired, queue)
-        assert ready > 0
-        await asyncio.sleep(3)
+        left = len(ids) - (await _dukcapil(db, ids))["done"]
+        assert left > 0
+        await eventually(lambda: _queue(wired, queue), lambda q: q == (left, 0), 10)
+        await asyncio.sleep(2)
         assert _calls(simulators) == stopped_at
-        assert (await _queue(wired, queue))[0] == ready  # nothing more delivered
+        assert (await _queue(wired, queue))[0] == left  # nothing more delivered
         assert worker.gate.breaker.opened == 0  # the lane's own breaker never opened
         assert _gauge("intake_lane_forced_breaker", check="dukcapil", state="open") == 1
         assert (await _dukcapil(db, ids))["done"] < len(ids)
@@ -207,7 +211,7 @@ async def test_a_breaker_forced_open_stops_calls_and_auto_resumes_them(
         assert _gauge("intake_lane_forced_breaker", check="dukcapil", state="auto") == 1
     assert _calls(simulators) > stopped_at
     assert after["attempts"] == 0  # waiting for the operator is not an attempt
-    assert simulators.stats("dukcapil")["served"] == len(ids)
+    assert simulators.stats("dukcapil")["served"] == len(ids)  # each called once, given back or not
 
 
 async def test_a_breaker_forced_closed_keeps_calling_through_failures(
