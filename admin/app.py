@@ -1,5 +1,6 @@
-"""The admin API (``intake admin``): operators create, list, open, close and inspect waves, and
-read the audit log. It listens on ``INTAKE_ADMIN_HOST:INTAKE_ADMIN_PORT``, never on the edge's
+"""The admin API (``intake admin``): operators create, list, open, close and inspect waves, force
+a lane's circuit breaker, schedule and cancel registries' maintenance windows, and read the
+audit log. It listens on ``INTAKE_ADMIN_HOST:INTAKE_ADMIN_PORT``, never on the edge's
 public port, and every request needs ``Authorization: Bearer <token>`` of one of the
 credentials in ``INTAKE_ADMIN_TOKENS`` (stored as SHA-256 digests): the credential's name is
 the actor recorded in the audit log. Errors are RFC 9457 problem documents.
@@ -9,8 +10,18 @@ the actor recorded in the audit log. Errors are RFC 9457 problem documents.
     GET  /v1/waves/{name}
     POST /v1/waves/{name}/open     open a scheduled wave now
     POST /v1/waves/{name}/close    close an open wave now
+    GET  /v1/lanes                 every lane's breaker mode and maintenance window on now
+    PUT  /v1/lanes/{check}/breaker {state: open|closed|auto}: force the lane's breaker open
+                                   (no call), closed (it never opens), or give it back
+    GET  /v1/maintenance?all=true  the windows not over yet (all: past and cancelled too)
+    POST /v1/maintenance           {check, starts_at, ends_at, reason} -> 201: the lane makes
+                                   no call from starts_at to ends_at (times in WIB unless
+                                   offset); its tasks wait, no attempt counted
+    DELETE /v1/maintenance/{id}    cancel a scheduled window, or end an active one now
     GET  /v1/audit?limit=N         the latest operator actions, newest first
     GET  /openapi.json             the OpenAPI document of this API (admin/openapi.json)
+
+Lanes take effect within about a second (``INTAKE_LANE_CONTROL_POLL_S``).
 """
 
 from __future__ import annotations
@@ -26,11 +37,13 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from core.controls import ControlError, LaneControls, parse_check, parse_mode
 from core.settings import Settings
 from core.waves import Policy, WaveError, Waves, parse_time
 
 SETTINGS = web.AppKey("settings", Settings)
 WAVES = web.AppKey("waves", Waves)
+CONTROLS = web.AppKey("controls", LaneControls)
 CREDENTIALS = web.AppKey("credentials", dict[str, bytes])
 ACTOR = web.RequestKey("actor", str)  # the authenticated credential's name
 
@@ -44,11 +57,18 @@ def _json(status: int, body: object) -> web.Response:
 
 
 def _problem(
-    status: int, slug: str, title: str, headers: dict[str, str] | None = None
+    status: int,
+    slug: str,
+    title: str,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
 ) -> web.Response:
+    body: dict[str, object] = {"type": _TYPE_BASE + slug, "title": title, "status": status}
+    if errors:
+        body["errors"] = errors
     return web.Response(
         status=status,
-        body=orjson.dumps({"type": _TYPE_BASE + slug, "title": title, "status": status}),
+        body=orjson.dumps(body),
         content_type="application/problem+json",
         headers=headers,
     )
@@ -82,6 +102,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except WaveError as exc:
         return _problem(_STATUS.get(exc.code, 400), exc.code.replace("_", "-"), exc.message)
+    except ControlError as exc:
+        errors = None
+        if exc.field is not None and exc.code == "invalid":
+            errors = [{"field": exc.field, "code": exc.code, "message": exc.message}]
+        return _problem(
+            _STATUS.get(exc.code, 400), exc.code.replace("_", "-"), exc.message, errors=errors
+        )
     except web.HTTPException as exc:
         return _problem(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
 
@@ -152,6 +179,79 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.Response(body=_DOCUMENT, content_type="application/json")
 
 
+async def _object(request: web.Request) -> dict[str, Any]:
+    """The request's body, a JSON object (else ``invalid``)."""
+    try:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise ControlError("invalid", "the body is not valid JSON", "body") from None
+    if not isinstance(body, dict):
+        raise ControlError("invalid", "the body must be a JSON object", "body")
+    return body
+
+
+def _time(body: dict[str, Any], field: str) -> dt.datetime:
+    value = body.get(field)
+    if not isinstance(value, str):
+        raise ControlError("invalid", f"{field} is a time (ISO 8601, WIB unless offset)", field)
+    try:
+        return parse_time(value)
+    except WaveError as exc:
+        raise ControlError("invalid", exc.message, field) from None
+
+
+async def list_lanes(request: web.Request) -> web.StreamResponse:
+    return _json(200, {"lanes": await request.app[CONTROLS].lanes(_now())})
+
+
+async def force_breaker(request: web.Request) -> web.StreamResponse:
+    check = parse_check(request.match_info["check"], "not_found")
+    body = await _object(request)
+    mode = parse_mode(body.get("state"))
+    controls = request.app[CONTROLS]
+    was = await controls.set_breaker(request[ACTOR], check, mode)
+    lane = next(lane for lane in await controls.lanes(_now()) if lane["check"] == check.value)
+    return _json(200, {**lane, "was": was.value})
+
+
+async def list_windows(request: web.Request) -> web.StreamResponse:
+    everything = request.query.get("all", "false")
+    if everything not in ("true", "false"):
+        raise ControlError("invalid", "all is true or false", "all")
+    now = _now()
+    windows = await request.app[CONTROLS].windows(now, everything=everything == "true")
+    return _json(200, {"windows": [w.to_obj(now) for w in windows]})
+
+
+async def add_window(request: web.Request) -> web.StreamResponse:
+    body = await _object(request)
+    check = body.get("check")
+    if not isinstance(check, str):
+        raise ControlError("invalid", "check is a lane's name", "check")
+    reason = body.get("reason")
+    if not isinstance(reason, str):
+        raise ControlError("invalid", "reason is a short text", "reason")
+    now = _now()
+    window = await request.app[CONTROLS].add_window(
+        request[ACTOR],
+        parse_check(check),
+        _time(body, "starts_at"),
+        _time(body, "ends_at"),
+        reason,
+        now,
+    )
+    return _json(201, window.to_obj(now))
+
+
+async def cancel_window(request: web.Request) -> web.StreamResponse:
+    text = request.match_info["id"]
+    if not text.isdigit() or len(text) > 18:
+        raise ControlError("not_found", f"no maintenance window {text}")
+    now = _now()
+    window = await request.app[CONTROLS].cancel_window(request[ACTOR], int(text), now)
+    return _json(200, window.to_obj(now))
+
+
 def create_app(settings: Settings) -> web.Application:
     """The admin application; its database pool opens and closes with it."""
     app = web.Application(middlewares=[auth_middleware], client_max_size=64 * 1024)
@@ -162,6 +262,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/waves/{name}", show_wave)
     app.router.add_post("/v1/waves/{name}/open", open_wave)
     app.router.add_post("/v1/waves/{name}/close", close_wave)
+    app.router.add_get("/v1/lanes", list_lanes)
+    app.router.add_put("/v1/lanes/{check}/breaker", force_breaker)
+    app.router.add_get("/v1/maintenance", list_windows)
+    app.router.add_post("/v1/maintenance", add_window)
+    app.router.add_delete("/v1/maintenance/{id}", cancel_window)
     app.router.add_get("/v1/audit", audit)
     app.router.add_get("/openapi.json", openapi)
     app.cleanup_ctx.append(_database)
@@ -171,6 +276,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await asyncpg.create_pool(app[SETTINGS].database_url, min_size=0, max_size=2)
     app[WAVES] = Waves(pool)
+    app[CONTROLS] = LaneControls(pool)
     yield
     await pool.close()
 

@@ -1,7 +1,9 @@
-"""``intake waves ...`` and ``intake admin token``: the operators' commands on this machine.
+"""``intake waves ...``, ``intake lanes ...`` and ``intake admin token``: the operators'
+commands on this machine.
 
-``intake waves`` acts on the database directly (its access is the operator's credential); each
-action is audited under ``cli:<user>``, as the admin API audits under a token's name.
+``intake waves`` and ``intake lanes`` act on the database directly (its access is the operator's
+credential); each action is audited under ``cli:<user>``, as the admin API audits under a
+token's name.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import sys
 import asyncpg
 import orjson
 
+from core.controls import BreakerMode, ControlError, LaneControls, parse_check
 from core.settings import Settings
+from core.verification import Check
 from core.waves import Policy, WaveError, Waves, parse_time
 
 
@@ -79,6 +83,69 @@ async def _waves(settings: Settings, args: argparse.Namespace) -> object:
         if args.action == "close":
             return (await waves.close_now(actor, args.name, now)).to_obj(now)
         return await waves.audit(args.limit)
+    finally:
+        await pool.close()
+
+
+def add_lane_commands(lanes: argparse.ArgumentParser) -> None:
+    """The sub-commands of ``intake lanes``."""
+    actions = lanes.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every lane's breaker mode and maintenance window on now")
+    breaker = actions.add_parser(
+        "breaker", help="force a lane's breaker open (no call) or closed, or back to auto"
+    )
+    breaker.add_argument("check", choices=[c.value for c in Check])
+    breaker.add_argument("state", choices=[m.value for m in BreakerMode])
+    maintenance = actions.add_parser("maintenance", help="a registry's maintenance windows")
+    windows = maintenance.add_subparsers(dest="window_action", required=True)
+    add = windows.add_parser("add", help="schedule a window (times in WIB unless offset)")
+    add.add_argument("check", choices=[c.value for c in Check])
+    add.add_argument("--start", required=True, help="e.g. 2020-04-12T01:00 (WIB)")
+    add.add_argument("--end", required=True, help="e.g. 2020-04-12T03:00 (WIB)")
+    add.add_argument("--reason", required=True, help="a short note, e.g. the ministry's notice")
+    listing = windows.add_parser("list", help="the windows not over yet")
+    listing.add_argument("--all", action="store_true", help="past and cancelled ones too")
+    cancel = windows.add_parser("cancel", help="cancel a window, or end an active one now")
+    cancel.add_argument("id", type=int)
+
+
+def lanes_command(settings: Settings, args: argparse.Namespace) -> int:
+    """Run ``intake lanes <action>``; prints JSON; exit 1 on a refused action."""
+    try:
+        result = asyncio.run(_lanes(settings, args))
+    except (ControlError, WaveError) as exc:
+        print(f"intake lanes {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def _lanes(settings: Settings, args: argparse.Namespace) -> object:
+    actor = f"cli:{getpass.getuser()}"
+    now = dt.datetime.now(dt.UTC)
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        controls = LaneControls(pool)
+        if args.action == "list":
+            return await controls.lanes(now)
+        if args.action == "breaker":
+            was = await controls.set_breaker(
+                actor, parse_check(args.check), BreakerMode(args.state)
+            )
+            return {"check": args.check, "breaker": args.state, "was": was.value}
+        if args.window_action == "add":
+            window = await controls.add_window(
+                actor,
+                parse_check(args.check),
+                parse_time(args.start),
+                parse_time(args.end),
+                args.reason,
+                now,
+            )
+            return window.to_obj(now)
+        if args.window_action == "list":
+            return [w.to_obj(now) for w in await controls.windows(now, everything=args.all)]
+        return (await controls.cancel_window(actor, args.id, now)).to_obj(now)
     finally:
         await pool.close()
 

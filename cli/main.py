@@ -7,6 +7,7 @@
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
     intake waves ...            create, list, show, open, close waves; the audit log
+    intake lanes ...            force a lane's breaker; registries' maintenance windows
     intake admin [token NAME]   the operators' admin API (or a new bearer token)
     intake simulate [...]       the ministry simulators (``intake simulate --help``)
     intake demo                 start a local stack and replay a small wave opening
@@ -132,6 +133,12 @@ def _waves(settings: Settings, args: argparse.Namespace) -> int:
     return waves_command(settings, args)
 
 
+def _lanes(settings: Settings, args: argparse.Namespace) -> int:
+    from admin.commands import lanes_command
+
+    return lanes_command(settings, args)
+
+
 def _admin(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "token":
         from admin.commands import new_token
@@ -189,11 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("queue", help="a dead-letter queue, e.g. intake.verify.dukcapil.dlq")
     again.add_argument("--limit", type=int, default=None, help="at most this many")
     dlq.set_defaults(func=_dlq)
-    from admin.commands import add_wave_commands
+    from admin.commands import add_lane_commands, add_wave_commands
 
     waves = commands.add_parser("waves", help="create, list, open, close waves; the audit log")
     add_wave_commands(waves)
     waves.set_defaults(func=_waves)
+    lanes = commands.add_parser(
+        "lanes", help="force a lane's breaker; schedule and cancel maintenance windows"
+    )
+    add_lane_commands(lanes)
+    lanes.set_defaults(func=_lanes)
     admin = commands.add_parser("admin", help="run the operators' admin API (or make a token)")
     admin_actions = admin.add_subparsers(dest="action")
     admin_actions.add_parser("serve", help="serve the admin API (the default)")

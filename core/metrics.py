@@ -55,6 +55,7 @@ PERSIST_OUTCOMES = ("stored", "duplicate", "already_stored", "dead_lettered")
 LANE_OUTCOMES = ("passed", "waiting", "rejected", "review", "retry", "dead_lettered", "skipped")
 SIGNALS = ("ok", "overload", "failure", "neutral")  # workers.flow.Signal
 BREAKER_STATES = ("closed", "open", "half_open")  # workers.flow.BreakerState
+BREAKER_MODES = ("auto", "open", "closed")  # core.controls.BreakerMode
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 # --- the edge --------------------------------------------------------------------------------
@@ -192,6 +193,13 @@ LANE_REPUBLISHED = Counter(
     " consumer's node goes away).",
     ["lane"],
 )
+LANE_HANDED_BACK = Counter(
+    "intake_lane_handed_back_total",
+    "Tasks a lane held while forced open (by an operator, or a maintenance window) for"
+    " INTAKE_LANE_CONTROL_HAND_BACK_S and gave back to its queue (published again, then"
+    " acknowledged), without a call.",
+    ["lane"],
+)
 SERVICE_CALLS = Histogram(
     "intake_service_call_duration_seconds",
     "Calls from a lane to its external service (a ministry API, SMTP, the SMS gateway, the"
@@ -229,6 +237,20 @@ LANE_BREAKER_TRANSITIONS = Counter(
     "intake_lane_breaker_transitions_total",
     "Circuit breaker state changes, by the state entered.",
     ["lane", "state"],
+)
+LANE_FORCED_BREAKER = Gauge(
+    "intake_lane_forced_breaker",
+    "1 for the breaker mode an operator set for the lane (auto: its own breaker decides; open:"
+    " no call; closed: the breaker never opens), as its worker processes apply it, else 0.",
+    ["check", "state"],
+    multiprocess_mode="livemax",
+)
+LANE_MAINTENANCE = Gauge(
+    "intake_lane_maintenance",
+    "1 while a maintenance window of the lane's registry is on (the lane makes no call, its"
+    " tasks wait), as its worker processes see it, else 0.",
+    ["check"],
+    multiprocess_mode="livemax",
 )
 
 # --- the supervisor ------------------------------------------------------------------------------
@@ -330,6 +352,10 @@ def init_lane(lane: str) -> None:
     LANE_TASK_DURATION.labels(lane)
     LANE_DEAD_LETTERED.labels(lane)
     LANE_REPUBLISHED.labels(lane)
+    LANE_HANDED_BACK.labels(lane)
     LANE_LIMIT.labels(lane)
     LANE_INFLIGHT.labels(lane)
     LANE_IN_HAND.labels(lane)
+    for mode in BREAKER_MODES:
+        LANE_FORCED_BREAKER.labels(lane, mode)
+    LANE_MAINTENANCE.labels(lane)

@@ -118,6 +118,14 @@ class Settings:
     breaker_open_s: float = 5.0
     breaker_open_max_s: float = 60.0
     breaker_probes: int = 3
+    # How often each lane worker reads its operator controls (core.controls: a forced breaker,
+    # a maintenance window); a failed read keeps the last state known.
+    lane_control_poll_s: float = 1.0
+    # A task held in hand while its lane is forced open (by an operator, or a maintenance
+    # window) is published again to its queue and acknowledged after this long: a long window
+    # then holds nothing unacknowledged (RabbitMQ closes a channel that holds a delivery
+    # longer than its consumer_timeout, 30 minutes by default).
+    lane_control_hand_back_s: float = 60.0
     # Fixed rate caps agreed with a service, calls per second per lane across all its
     # workers, e.g. "dukcapil=200,dtks=50". Empty: none.
     lane_rate_caps: str = ""
@@ -267,6 +275,10 @@ class Settings:
             raise SettingsError("INTAKE_LANE_LIMIT_INITIAL must be positive")
         if not 0 < self.breaker_failure_rate <= 1 or self.breaker_probes < 1:
             raise SettingsError("INTAKE_BREAKER_FAILURE_RATE must be in (0, 1]")
+        if not 0 < self.lane_control_poll_s <= 60:
+            raise SettingsError("INTAKE_LANE_CONTROL_POLL_S must be in (0, 60]")
+        if not 0 < self.lane_control_hand_back_s <= 1200:
+            raise SettingsError("INTAKE_LANE_CONTROL_HAND_BACK_S must be in (0, 1200]")
         self.rate_caps()  # raises on a malformed INTAKE_LANE_RATE_CAPS
         if not (
             0 <= self.supervise_min_workers <= self.supervise_max_workers

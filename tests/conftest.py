@@ -65,7 +65,8 @@ async def settings(base_settings: Settings) -> Settings:
         await migrate(connection)
         await connection.execute(
             "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, waves,"
-            " test_attempts, wave_joins, wave_selections, benefit_niks, notifications"
+            " test_attempts, wave_joins, wave_selections, benefit_niks, notifications,"
+            " lane_controls, maintenance_windows"
         )
     finally:
         await connection.close()

@@ -39,6 +39,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 
 from core import metrics
+from core.controls import BreakerMode
 from core.verification import Failure, Retry
 
 Clock = Callable[[], float]
@@ -295,6 +296,14 @@ class CircuitBreaker:
         ):
             self._trip()
 
+    def reset(self) -> None:
+        """Closed, with a fresh window and the first open period (an operator forced it)."""
+        self._outcomes.clear()
+        self._open_s = self.config.open_s
+        self._probe_busy = False
+        self._probe_successes = 0
+        self._set(BreakerState.CLOSED)
+
     def _trip(self) -> None:
         self.opened += 1
         self._outcomes.clear()
@@ -420,6 +429,10 @@ class LaneGate:
         self.inflight = 0
         self._wakeup = asyncio.Event()
         self.calls = 0
+        # The operator's mode (core.controls): open, no permit at all; closed, the breaker is
+        # neither asked nor told; auto, the breaker decides.
+        self.forced = BreakerMode.AUTO
+        self.forced_since = clock()  # when the mode last changed
         self._gauges = _GateGauges(lane) if lane is not None else None
         if self._gauges is not None:
             breaker.on_change = self._on_breaker_change
@@ -436,16 +449,46 @@ class LaneGate:
         self._gauges.transition(state)
         self.export()
 
+    def force(self, mode: BreakerMode) -> None:
+        """Apply an operator's mode. Forced closed starts from a closed breaker with a fresh
+        window (an open one would otherwise be waited out after ``auto``); forced open lets
+        calls in flight end but starts none."""
+        if mode is self.forced:
+            return
+        self.forced = mode
+        self.forced_since = self._clock()
+        if mode is BreakerMode.CLOSED:
+            self.breaker.reset()
+        self._wakeup.set()
+        self.breaker.changed.set()  # the lane re-sets its consumer at once
+        self.export()
+
+    @property
+    def state(self) -> BreakerState:
+        """The breaker's state as the lane applies it: the operator's, when forced."""
+        if self.forced is BreakerMode.OPEN:
+            return BreakerState.OPEN
+        if self.forced is BreakerMode.CLOSED:
+            return BreakerState.CLOSED
+        return self.breaker.state
+
     async def acquire(self) -> Permit:
-        """Wait until a call may start: the breaker allows it and the limit has room."""
+        """Wait until a call may start: the breaker allows it (or the operator forced it
+        closed) and the limit has room; never while the operator forces it open."""
         while True:
-            probing = self.breaker.state is BreakerState.HALF_OPEN
             room = self.inflight < max(1, math.floor(self.limit.limit))
-            if (room or probing) and self.breaker.allow():
-                probe = self.breaker.state is BreakerState.HALF_OPEN
-                break
+            if self.forced is BreakerMode.CLOSED:
+                if room:
+                    probe = False
+                    break
+            elif self.forced is BreakerMode.AUTO:
+                probing = self.breaker.state is BreakerState.HALF_OPEN
+                if (room or probing) and self.breaker.allow():
+                    probe = self.breaker.state is BreakerState.HALF_OPEN
+                    break
             self._wakeup.clear()
-            wait_s = self.breaker.open_remaining_s() or 1.0
+            forced = self.forced is not BreakerMode.AUTO
+            wait_s = (0.0 if forced else self.breaker.open_remaining_s()) or 1.0
             try:
                 async with asyncio.timeout(max(0.01, wait_s)):
                     await self._wakeup.wait()
@@ -471,7 +514,12 @@ class LaneGate:
         rtt_s = self._clock() - permit.started
         self.limit.on_sample(rtt_s, self.inflight, signal)
         self.inflight -= 1
-        self.breaker.record(signal, probe=permit.probe)
+        if self.forced is BreakerMode.CLOSED:
+            # Not told: it must not open. A probe let through before still frees its slot.
+            if permit.probe:
+                self.breaker.record(Signal.NEUTRAL, probe=True)
+        else:
+            self.breaker.record(signal, probe=permit.probe)
         self._wakeup.set()
         self.export()
 
@@ -479,7 +527,8 @@ class LaneGate:
         return {
             "limit": round(self.limit.limit, 2),
             "inflight": self.inflight,
-            "breaker": self.breaker.state.value,
+            "breaker": self.state.value,  # as applied: intake supervise holds scale-ups on it
+            "forced_breaker": self.forced.value,
             "breaker_opened": self.breaker.opened,
             "probes": self.breaker.probes,
             "calls": self.calls,

@@ -25,6 +25,9 @@ concurrency limit, circuit breaker, optional shared rate cap). The consumer foll
 its prefetch is the limit plus a little headroom, re-set when the limit has moved enough; while
 the breaker is open the lane cancels its consumer (the backlog waits in the queue, tasks already
 in hand wait for the breaker), and a half-open breaker consumes one task at a time for probes.
+An operator can force the breaker open or closed, and a registry's maintenance window forces it
+open (``core/controls.py``, applied by ``workers/controls.py``): the lane then behaves as with
+its breaker open, without a call or an attempt counted.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from core import broker, checks, database, metrics, metrics_http, topology
 from core.checks import FINAL_STATES
+from core.controls import BreakerMode, LaneControls
 from core.health import Health
 from core.keys import DecryptionError, Keyring
 from core.settings import Settings
@@ -65,6 +69,7 @@ from core.verification import (
     Verifier,
 )
 from workers import flow
+from workers.controls import ControlWatcher
 from workers.dispatch import publish_task
 from workers.sessions import (
     BROKER_GONE,
@@ -81,6 +86,11 @@ from workers.sessions import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class HeldOpen(Exception):
+    """Raised by :meth:`LaneWorker._permit` when the lane has been forced open for
+    ``lane_control_hand_back_s`` while the task waited: it goes back to its queue."""
 
 
 class LaneWorker:
@@ -112,6 +122,7 @@ class LaneWorker:
         # Tasks to publish again in the next session (see _orphaned).
         self._orphans: list[bytes] = []
         self.republished = 0
+        self.handed_back = 0  # tasks given back to the queue while the lane was forced open
         self.outcomes: dict[str, int] = {}  # tasks finished, by outcome (metrics.LANE_OUTCOMES)
         self.processed = 0
         lane = self._check.value
@@ -129,6 +140,14 @@ class LaneWorker:
         self.held = False
         self._held_changed = asyncio.Event()
         self.health = health if health is not None else Health()  # what its probes read
+        # The operators' controls (a forced breaker, a maintenance window), applied to the gate.
+        self.controls = ControlWatcher(
+            LaneControls(pool),
+            self._check,
+            self.gate,
+            settings.lane_control_poll_s,
+            on_change=self._held_changed.set,
+        )
 
     def status(self) -> dict[str, object]:
         """What ``intake supervise`` reads from the worker's status file."""
@@ -138,6 +157,7 @@ class LaneWorker:
             "processed": self.processed,
             "prefetch": self.prefetch,
             "held": self.held,
+            "maintenance": self.controls.control.window is not None,
             **self.gate.snapshot(),
             **self._in_hand_status(),
         }
@@ -175,13 +195,18 @@ class LaneWorker:
             )
 
     async def run(self) -> None:
+        # The controls are read before the first delivery: a lane starting during a
+        # maintenance window must not make a call first.
+        await self.controls.refresh()
         gauges = asyncio.create_task(self._export_gauges())
+        controls = asyncio.create_task(self.controls.run())
         try:
             await self._run()
         finally:
-            gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauges
+            for task in (gauges, controls):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             close = getattr(self._verifier, "close", None)
             if close is not None:
                 await close()  # e.g. the photo verifier's process pool
@@ -306,9 +331,10 @@ class LaneWorker:
         )
 
     def _wanted_prefetch(self) -> int:
-        """Deliveries to hold: none while the breaker is open, one per probe while half-open,
-        else the limit plus a quarter (at least two) so that the next task is at hand."""
-        state = self.gate.breaker.state
+        """Deliveries to hold: none while the breaker is open (or forced open by an operator,
+        or a maintenance window is on), one per probe while half-open, else the limit plus a
+        quarter (at least two) so that the next task is at hand."""
+        state = self.gate.state
         if state is flow.BreakerState.OPEN or self.held:
             return 0
         if state is flow.BreakerState.HALF_OPEN:
@@ -384,7 +410,11 @@ class LaneWorker:
             self.processed += 1
             return "dead_lettered"
         self._stage("permit")
-        permit = await self._permit()
+        try:
+            permit = await self._permit()
+        except HeldOpen:
+            await self._hand_back(task, message)
+            return None
         if permit is None:
             return None  # stopping: the task goes back to the queue when the channel closes
         outcome: Passed | Reject | Review | Retry
@@ -448,23 +478,53 @@ class LaneWorker:
             return state, subject
 
     async def _permit(self) -> flow.Permit | None:
-        """Wait for the gate, unless the worker stops first. A permit granted to a wait that
-        was abandoned (the worker stops, or this task is cancelled: its connection was lost)
-        is given back at once: kept, it would be a slot of the limit lost for good, and a
-        lane whose slots were all lost that way waits for ever."""
+        """Wait for the gate, unless the worker stops first (None), or the lane has been
+        forced open for ``lane_control_hand_back_s`` while this task waited (:exc:`HeldOpen`).
+        A permit granted to a wait that was abandoned (the worker stops, or this task is
+        cancelled: its connection was lost) is given back at once: kept, it would be a slot of
+        the limit lost for good, and a lane whose slots were all lost that way waits for ever."""
         acquire = asyncio.ensure_future(self.gate.acquire())
         stop = asyncio.ensure_future(self._stopping.wait())
+        held_open = asyncio.ensure_future(self._held_open(time.monotonic()))
         try:
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({acquire, stop, held_open}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             self._abandon(acquire)
             raise
         finally:
             stop.cancel()
+            held_open.cancel()
         if acquire.done():
             return acquire.result()
         self._abandon(acquire)
+        if held_open.done() and not held_open.cancelled():
+            raise HeldOpen
         return None
+
+    async def _held_open(self, since: float) -> None:
+        """Until the gate has been forced open for ``lane_control_hand_back_s``, counted from
+        ``since`` at the earliest."""
+        wait_s = self._settings.lane_control_hand_back_s
+        while True:
+            if self.gate.forced is BreakerMode.OPEN:
+                left = max(since, self.gate.forced_since) + wait_s - time.monotonic()
+                if left <= 0:
+                    return
+            else:
+                left = wait_s
+            await asyncio.sleep(min(1.0, left))
+
+    async def _hand_back(self, task: Task, message: AbstractIncomingMessage) -> None:
+        """Give a task the lane cannot start back to its queue: published again (confirmed),
+        then acknowledged. A fresh message, so nothing counts towards the queue's delivery
+        limit; no call was made, so no attempt is counted. At worst (a crash between the two)
+        the task is there twice, which every step tolerates."""
+        self._stage("hand_back")
+        assert self._lanes is not None
+        await publish_task(self._lanes.verify_exchange, task, timeout_s=CONFIRM_TIMEOUT_S)
+        await message.ack()
+        self.handed_back += 1
+        metrics.LANE_HANDED_BACK.labels(self._check.value).inc()
 
     def _abandon(self, acquire: asyncio.Future[flow.Permit]) -> None:
         """Give up a wait for a permit; release the permit if it was (or is being) granted."""

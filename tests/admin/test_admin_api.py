@@ -53,6 +53,11 @@ async def test_without_a_valid_credential_nothing_is_served(admin: TestClient) -
             ("POST", "/v1/waves"),
             ("GET", "/v1/audit"),
             ("GET", "/openapi.json"),
+            ("GET", "/v1/lanes"),
+            ("PUT", "/v1/lanes/dukcapil/breaker"),
+            ("GET", "/v1/maintenance"),
+            ("POST", "/v1/maintenance"),
+            ("DELETE", "/v1/maintenance/1"),
             ("GET", "/nope"),
         ):
             response = await admin.request(method, path, headers=headers, json=_wave("x"))
@@ -99,6 +104,10 @@ async def test_the_admin_api_is_not_on_the_public_port(settings: Settings) -> No
             ("GET", "/v1/waves"),
             ("POST", "/v1/waves/x/open"),
             ("GET", "/v1/audit"),
+            ("GET", "/v1/lanes"),
+            ("PUT", "/v1/lanes/dukcapil/breaker"),
+            ("POST", "/v1/maintenance"),
+            ("DELETE", "/v1/maintenance/1"),
         ):
             response = await edge.request(method, path, headers=AUTH)
             assert response.status in (404, 405), (method, path)

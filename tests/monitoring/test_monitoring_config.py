@@ -756,6 +756,9 @@ def stack_series(config: Doc, *, troubled: bool) -> list[Series]:
         s.gauge(sup, "intake_lane_inflight_calls", 9, lane=lane)
         s.gauge(sup, "intake_lane_deliveries_in_hand", 30, lane=lane)  # the queue's unacked
         s.gauge(sup, "intake_lane_breaker_workers", 1, lane=lane, state="closed")
+        for mode in metrics.BREAKER_MODES:  # operator controls: every lane on auto
+            s.gauge(sup, "intake_lane_forced_breaker", int(mode == "auto"), check=lane, state=mode)
+        s.gauge(sup, "intake_lane_maintenance", 0, check=lane)
     for kind in WORKER_KINDS:
         s.gauge(sup, "intake_worker_processes", 1, kind=kind)
     for queue in queue_names():

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from core import metrics
+from core.controls import BreakerMode
 from core.settings import Settings, SettingsError
 from core.verification import Failure, Retry
 from workers.flow import (
@@ -181,6 +182,46 @@ async def test_the_gate_holds_calls_beyond_the_limit_until_one_ends() -> None:
     gate.release(permit, Signal.OK)
     assert gate.inflight == 0
     assert gate.calls == 3
+
+
+def _applied(gate: LaneGate) -> BreakerState:
+    return gate.state
+
+
+async def test_an_operator_forces_the_gate_open_and_closed() -> None:
+    breaker = CircuitBreaker(BreakerConfig(window=20, min_calls=10, open_s=60))
+    gate = LaneGate(AdaptiveLimit(LimitConfig(initial=4, min_limit=4, max_limit=4)), breaker)
+    # Forced open: no permit at all, though the breaker is closed and the limit has room; a
+    # permit granted before ends normally. Back to auto, the waiting call goes through.
+    held = await gate.acquire()
+    gate.force(BreakerMode.OPEN)
+    assert _applied(gate) is BreakerState.OPEN
+    assert breaker.state is BreakerState.CLOSED
+    waiting = asyncio.ensure_future(gate.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    gate.release(held, Signal.OK)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    gate.force(BreakerMode.AUTO)
+    gate.release(await asyncio.wait_for(waiting, 5), Signal.OK)
+    # Forced closed: failures go unrecorded, the breaker never opens and calls go on.
+    gate.force(BreakerMode.CLOSED)
+    for _ in range(50):
+        gate.release(await asyncio.wait_for(gate.acquire(), 5), Signal.FAILURE)
+    assert breaker.opened == 0
+    assert _applied(gate) is BreakerState.CLOSED
+    # Auto again: the same failures open it.
+    gate.force(BreakerMode.AUTO)
+    for _ in range(10):
+        gate.release(await asyncio.wait_for(gate.acquire(), 5), Signal.FAILURE)
+    assert breaker.opened == 1
+    assert _applied(gate) is BreakerState.OPEN
+    # Forcing it closed resets an open breaker: calls at once, none waits out the open period.
+    gate.force(BreakerMode.CLOSED)
+    assert breaker.state is BreakerState.CLOSED
+    gate.release(await asyncio.wait_for(gate.acquire(), 1), Signal.OK)
+    assert gate.snapshot()["forced_breaker"] == "closed"
 
 
 async def test_a_rate_cap_is_shared_by_every_worker_of_the_lane(db: asyncpg.Pool) -> None:
