@@ -1,7 +1,8 @@
 """The ``intake`` command: one entry point for every process of the system.
 
     intake edge                 the HTTP intake edge
-    intake worker [KIND]        a worker: persist (default), dispatch, or a verification lane
+    intake worker [KIND]        a worker: persist (default), dispatch, a verification lane,
+                                waves (the selection at a close), notify (the outcomes)
     intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
@@ -55,6 +56,14 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
                 from workers.dispatch import serve as dispatch
 
                 runner.run(dispatch(settings))
+            elif args.lane == "waves":
+                from workers.selection import serve as selection
+
+                runner.run(selection(settings))
+            elif args.lane == "notify":
+                from workers.notify import serve as notify
+
+                runner.run(notify(settings))
             else:
                 from workers.lane import serve as lane
 

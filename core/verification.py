@@ -38,8 +38,9 @@ class Check(enum.StrEnum):
 # photo is uploaded.
 INITIAL_CHECKS = (Check.EMAIL, Check.PHONE, Check.DUKCAPIL)
 REQUIRED_CHECKS = frozenset(Check)
-# The worker processes: the persist worker, the outbox dispatcher, and one lane per check.
-WORKER_KINDS = ["persist", "dispatch", *(check.value for check in Check)]
+# The worker processes: the persist worker, the outbox dispatcher, one lane per check, the
+# selection at a wave's close and the sender of its outcome notifications.
+WORKER_KINDS = ["persist", "dispatch", *(check.value for check in Check), "waves", "notify"]
 
 
 class TaskError(ValueError):

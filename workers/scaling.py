@@ -46,9 +46,13 @@ from core.settings import Settings, SettingsError
 from core.verification import WORKER_KINDS
 
 PERSIST, DISPATCH = "persist", "dispatch"
-# PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py;
-# a lane's is INTAKE_LANE_DB_CONNECTIONS).
-_PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS = 2, 3
+WAVES, NOTIFY = "waves", "notify"
+# Kinds that run exactly once, not scaled on a queue: their work is in PostgreSQL (the
+# dispatcher's outbox, the waves to select, the notifications to send).
+SINGLE = frozenset({DISPATCH, WAVES, NOTIFY})
+# PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py,
+# workers/selection.py; a lane's and the notifier's is INTAKE_LANE_DB_CONNECTIONS).
+_PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS, _WAVES_CONNECTIONS = 2, 3, 2
 # The shortest span of status samples a worker's rate is computed over.
 _MIN_RATE_SPAN_S = 0.5
 _OPEN_BREAKER = ("open", "half_open")
@@ -204,12 +208,13 @@ def worker_limits(settings: Settings, kinds: Sequence[str]) -> dict[str, Limits]
     unknown = set(overrides) - set(WORKER_KINDS)
     if unknown:
         raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: unknown kinds {sorted(unknown)}")
-    if DISPATCH in overrides:
-        raise SettingsError("INTAKE_SUPERVISE_WORKER_LIMITS: the dispatcher is always one")
+    fixed = sorted(SINGLE & set(overrides))
+    if fixed:
+        raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: {', '.join(fixed)} always one")
     low, high = settings.supervise_min_workers, settings.supervise_max_workers
     limits = {}
     for kind in kinds:
-        if kind == DISPATCH:
+        if kind in SINGLE:
             limits[kind] = Limits(1, 1)
         elif kind in overrides:
             limits[kind] = Limits(*overrides[kind])
@@ -227,12 +232,14 @@ def db_connections(settings: Settings, kind: str) -> int:
         return _PERSIST_CONNECTIONS
     if kind == DISPATCH:
         return _DISPATCH_CONNECTIONS
+    if kind == WAVES:
+        return _WAVES_CONNECTIONS
     return settings.lane_db_connections
 
 
 def queue_of(kind: str) -> str | None:
-    """The queue whose depth scales ``kind`` (None: the dispatcher, not scaled)."""
-    if kind == DISPATCH:
+    """The queue whose depth scales ``kind`` (None: a kind that runs once, not scaled)."""
+    if kind in SINGLE:
         return None
     return topology.PERSIST_QUEUE if kind == PERSIST else topology.lane_queue(kind)
 
