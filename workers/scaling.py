@@ -210,7 +210,10 @@ def worker_limits(settings: Settings, kinds: Sequence[str]) -> dict[str, Limits]
         raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: unknown kinds {sorted(unknown)}")
     fixed = sorted(SINGLE & set(overrides))
     if fixed:
-        raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: {', '.join(fixed)} always one")
+        raise SettingsError(
+            "INTAKE_SUPERVISE_WORKER_LIMITS: the dispatcher, the selection (waves) and the"
+            f" notifier always run once, not {', '.join(fixed)}"
+        )
     low, high = settings.supervise_min_workers, settings.supervise_max_workers
     limits = {}
     for kind in kinds:

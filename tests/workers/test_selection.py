@@ -32,7 +32,7 @@ import pytest
 
 from core import selection
 from core.keys import Keyring
-from core.settings import Settings
+from core.settings import Settings, SettingsError
 from core.waves import WIB, DtksRank, Policy, Situation, Wave, Waves
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
@@ -483,6 +483,9 @@ async def test_selection_and_notifier_run_once_under_supervise(settings: Setting
         "notify": (1, 1),
         "dispatch": (1, 1),
     }
+    for single in ("waves", "notify"):
+        with pytest.raises(SettingsError, match=f"always run once, not {single}"):
+            worker_limits(settings.replace(supervise_worker_limits=f"{single}=1-3"), [single])
 
 
 # --- the notifications ------------------------------------------------------------------------
