@@ -245,7 +245,12 @@ class Notifier:
         if not rows:
             return 0
         taken = [Due(*row) for row in rows]
-        await asyncio.gather(*(self._deliver(due) for due in taken))
+        results = await asyncio.gather(
+            *(self._deliver(due) for due in taken), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):  # that row's lease runs out; it is taken again
+                log.warning("notification not recorded: %s", type(result).__name__)
         return len(taken)
 
     async def _deliver(self, due: Due) -> None:
@@ -255,7 +260,8 @@ class Notifier:
             async with self._pool.acquire() as connection:
                 subject = await load_subject(connection, self._keyring, due.registration_id)
             wave = await self._wave(due.wave_id)
-        except (asyncpg.PostgresError, *database.FAILOVER, OSError):
+        except Exception as exc:  # the database, or a row that cannot be read: not now
+            log.warning("notification not prepared: %s", type(exc).__name__)
             return  # the lease runs out and the row is taken again
         if subject is None:  # erased since: nobody to tell
             await self._pool.execute(_SENT_SQL, *key)

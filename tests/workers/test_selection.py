@@ -430,6 +430,21 @@ async def test_the_selector_waits_for_the_joins_queue(
             await queue.delete(if_unused=False, if_empty=False)
 
 
+async def test_intake_worker_waves_selects_and_stops_on_sigterm(
+    settings: Settings, db: asyncpg.Pool, keyring_for: Keyring, spawn: Callable[..., Process]
+) -> None:
+    wave = await closed_wave(db, quota=5)
+    await populate(db, keyring_for, wave, count=12)
+    worker = spawn(["worker", "waves"], settings.replace(wave_close_grace_s=0.2), name="waves")
+    selected = await eventually(
+        lambda: db.fetchval("SELECT selected FROM wave_selections WHERE wave_id = $1", wave.id),
+        lambda n: n is not None,
+    )
+    assert selected == 5
+    assert worker.terminate() == 0
+    assert "wave selected" in worker.log()
+
+
 async def test_a_benefit_is_once_in_a_lifetime_and_the_others_join_again(
     settings: Settings, db: asyncpg.Pool, keyring_for: Keyring
 ) -> None:
