@@ -1144,9 +1144,9 @@ def _url(manifests: list[Manifest], key: str) -> urllib.parse.SplitResult:
 
 
 # The PostgreSQL pool of each process (intake/app.py, workers/persist.py, workers/dispatch.py,
-# workers/selection.py, admin/app.py: fixed; a lane's and the notifier's is
+# workers/selection.py, workers/notify.py, admin/app.py: fixed; a lane's is
 # INTAKE_LANE_DB_CONNECTIONS).
-FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3, "waves": 2, "admin": 2}
+FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3, "waves": 2, "notify": 3, "admin": 2}
 
 
 def connection_budget(manifests: list[Manifest]) -> int:

@@ -345,7 +345,7 @@ async def serve(settings: Settings) -> None:
             settings.database_url,
             name="intake-notify",
             min_size=1,
-            max_size=settings.lane_db_connections,
+            max_size=3,  # workers.scaling counts it
             attempted=health.beat,
         )
         connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)

@@ -51,8 +51,9 @@ WAVES, NOTIFY = "waves", "notify"
 # dispatcher's outbox, the waves to select, the notifications to send).
 SINGLE = frozenset({DISPATCH, WAVES, NOTIFY})
 # PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py,
-# workers/selection.py; a lane's and the notifier's is INTAKE_LANE_DB_CONNECTIONS).
-_PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS, _WAVES_CONNECTIONS = 2, 3, 2
+# workers/selection.py, workers/notify.py; a lane's is INTAKE_LANE_DB_CONNECTIONS).
+_PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS = 2, 3
+_WAVES_CONNECTIONS, _NOTIFY_CONNECTIONS = 2, 3
 # The shortest span of status samples a worker's rate is computed over.
 _MIN_RATE_SPAN_S = 0.5
 _OPEN_BREAKER = ("open", "half_open")
@@ -237,6 +238,8 @@ def db_connections(settings: Settings, kind: str) -> int:
         return _DISPATCH_CONNECTIONS
     if kind == WAVES:
         return _WAVES_CONNECTIONS
+    if kind == NOTIFY:
+        return _NOTIFY_CONNECTIONS
     return settings.lane_db_connections
 
 

@@ -232,7 +232,7 @@ async def serve(settings: Settings) -> None:
             settings.database_url,
             name="intake-waves",
             min_size=1,
-            max_size=2,
+            max_size=2,  # workers.scaling counts it
             attempted=health.beat,
         )
         async with pool:
