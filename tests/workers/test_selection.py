@@ -644,3 +644,41 @@ async def test_simulators_deduplicate_as_providers_do(simulators: Running) -> No
     assert len(simulators.mailbox.for_address("b@example.com")) == 3
     assert len(simulators.mailbox.for_address("c@example.com")) == 1
     assert simulators.mailbox.duplicates == 1
+
+
+async def test_failed_sends_back_off_and_are_sent_once_the_gateway_is_back(
+    settings: Settings, db: asyncpg.Pool, keyring_for: Keyring, simulators: Running
+) -> None:
+    from workers.notify import Notifier
+
+    wave = await closed_wave(db, quota=3)
+    people = await populate(db, keyring_for, wave, count=10)
+    assert await select_wave(db, keyring_for, wave.id) is not None
+    simulators.set_behaviour("sms", outage=True)
+    wired = simulators.wire(settings).replace(
+        notify_retry_base_s=0.3, notify_retry_max_s=1.0, breaker_open_s=0.5, breaker_open_max_s=1.0
+    )
+    async with aiohttp.ClientSession() as http:
+        notifier = Notifier(wired, db, http)
+        task = asyncio.create_task(notifier.run())
+        try:
+            await eventually(
+                lambda: _states(db), lambda s: s.get("sent") == 10 and notifier.failed >= 10
+            )
+            # Every SMS failed, backed off and was tried again; none was delivered.
+            await eventually(
+                lambda: db.fetchval(
+                    "SELECT min(attempts) FROM notifications WHERE channel = 'sms'"
+                    " AND state <> 'sent'"
+                ),
+                lambda n: n is not None and n >= 2,
+            )
+            assert simulators.outbox.accepted == 0
+            simulators.set_behaviour("sms", outage=False)
+            await eventually(lambda: _states(db), lambda s: s == {"sent": 20})
+        finally:
+            notifier.stop()
+            await asyncio.wait_for(task, 30)
+    assert all(len(simulators.outbox.for_number(p.phone)) == 1 for p in people)
+    assert all(len(simulators.mailbox.for_address(p.email)) == 1 for p in people)
+    assert notifier.sent == 20
