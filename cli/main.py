@@ -6,7 +6,7 @@
     intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
-    intake waves ...            create, list, show, open, close waves; the audit log
+    intake waves ...            create, list, show, open, close waves; a selection; the audit log
     intake admin [token NAME]   the operators' admin API (or a new bearer token)
     intake simulate [...]       the ministry simulators (``intake simulate --help``)
     intake demo                 start a local stack and replay a small wave opening
