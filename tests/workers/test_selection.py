@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import aio_pika
 import aiohttp
@@ -443,6 +444,32 @@ async def test_intake_worker_waves_selects_and_stops_on_sigterm(
     assert selected == 5
     assert worker.terminate() == 0
     assert "wave selected" in worker.log()
+
+
+async def test_intake_supervise_runs_one_selector_and_one_notifier(
+    settings: Settings,
+    db: asyncpg.Pool,
+    keyring_for: Keyring,
+    simulators: Running,
+    spawn: Callable[..., Process],
+    tmp_path: Path,
+) -> None:
+    wave = await closed_wave(db, quota=2)
+    await populate(db, keyring_for, wave, count=6)
+    fleet = simulators.wire(settings).replace(wave_close_grace_s=0.2, supervise_max_workers=4)
+    supervisor = spawn(
+        ["supervise", "waves", "notify", f"--run-dir={tmp_path / 'run'}", f"--log-dir={tmp_path}"],
+        fleet,
+        name="supervise",
+    )
+    await eventually(lambda: _states(db), lambda s: s == {"sent": 12}, timeout_s=60)
+    assert simulators.mailbox.received == 6
+    assert supervisor.terminate(60) == 0
+    logs = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.glob("*.log")))
+    assert [n for n in logs if n.startswith("worker-")] == [
+        "worker-notify-1.log",
+        "worker-waves-1.log",
+    ]  # one of each, never scaled
 
 
 async def test_a_benefit_is_once_in_a_lifetime_and_the_others_join_again(
