@@ -3,7 +3,9 @@ commands on this machine.
 
 ``intake waves`` and ``intake lanes`` act on the database directly (its access is the operator's
 credential); each action is audited under ``cli:<user>``, as the admin API audits under a
-token's name.
+token's name. ``intake waves selection NAME --check`` recomputes a wave's selection from its
+recorded seed (it reads the joiners' birth dates, so it needs ``INTAKE_SECRET_KEY``) and exits 1
+if it differs.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import sys
 import asyncpg
 import orjson
 
+from core import selection
 from core.controls import BreakerMode, ControlError, LaneControls, parse_check
+from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from core.waves import Policy, WaveError, Waves, parse_time
+from core.waves import WIB, Policy, Wave, WaveError, Waves, parse_time
 
 
 def add_wave_commands(waves: argparse.ArgumentParser) -> None:
@@ -39,18 +43,30 @@ def add_wave_commands(waves: argparse.ArgumentParser) -> None:
     )
     for name, text in (("show", "one wave"), ("open", "open now"), ("close", "close now")):
         actions.add_parser(name, help=text).add_argument("name")
+    selection = actions.add_parser(
+        "selection", help="a closed wave's recorded selection (made by `intake worker waves`)"
+    )
+    selection.add_argument("name")
+    selection.add_argument(
+        "--check",
+        action="store_true",
+        help="recompute it from the recorded seed and say whether it is the recorded one",
+    )
     audit = actions.add_parser("audit", help="the latest operator actions, newest first")
     audit.add_argument("--limit", type=int, default=50)
 
 
 def waves_command(settings: Settings, args: argparse.Namespace) -> int:
-    """Run ``intake waves <action>``; prints JSON; exit 1 on a refused action."""
+    """Run ``intake waves <action>``; prints JSON; exit 1 on a refused action (and on a
+    ``selection --check`` that does not give the recorded selection)."""
     try:
         result = asyncio.run(_waves(settings, args))
     except WaveError as exc:
         print(f"intake waves {args.action}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if isinstance(result, dict) and result.get("check", {}).get("same_selection") is False:
+        return 1
     return 0
 
 
@@ -82,6 +98,8 @@ async def _waves(settings: Settings, args: argparse.Namespace) -> object:
             return (await waves.open_now(actor, args.name, now)).to_obj(now)
         if args.action == "close":
             return (await waves.close_now(actor, args.name, now)).to_obj(now)
+        if args.action == "selection":
+            return await _selection(settings, pool, await waves.get(args.name), args.check)
         return await waves.audit(args.limit)
     finally:
         await pool.close()
@@ -148,6 +166,32 @@ async def _lanes(settings: Settings, args: argparse.Namespace) -> object:
         return (await controls.cancel_window(actor, args.id, now)).to_obj(now)
     finally:
         await pool.close()
+
+
+async def _selection(
+    settings: Settings, pool: asyncpg.Pool, wave: Wave, check: bool
+) -> dict[str, object]:
+    """The recorded selection's figures (no person), and with ``check`` the recomputation."""
+    async with pool.acquire() as connection:
+        record = await selection.recorded(connection, wave)
+        if record is None:
+            raise WaveError("not_found", f"wave {wave.name} has no selection yet")
+        result: dict[str, object] = {
+            "wave": wave.name,
+            "started_at": record.started_at.astimezone(WIB).isoformat(),
+            "finished_at": record.finished_at.astimezone(WIB).isoformat(),
+            "joined": record.joined,
+            "eligible": record.eligible,
+            "selected": record.selected,
+            "seed": record.seed.hex(),
+            "digest": record.digest.hex(),
+        }
+        if check:
+            keyring = Keyring.from_secret(settings.secret_key)
+            recomputed = await selection.check(connection, keyring, wave)
+            assert recomputed is not None  # the record exists
+            result["check"] = recomputed.to_obj()
+    return result
 
 
 def new_token(name: str) -> tuple[str, str]:

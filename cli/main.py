@@ -2,11 +2,12 @@
 
     intake edge                 the HTTP intake edge
     intake worker [KIND]        a worker: persist (default), dispatch, a verification lane,
-                                or participation (test answers and wave joins)
+                                or participation (test answers and wave joins), waves (the
+                                selection at a close), notify (the outcomes)
     intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
-    intake waves ...            create, list, show, open, close waves; the audit log
+    intake waves ...            create, list, show, open, close waves; a selection; the audit log
     intake lanes ...            force a lane's breaker; registries' maintenance windows
     intake admin [token NAME]   the operators' admin API (or a new bearer token)
     intake simulate [...]       the ministry simulators (``intake simulate --help``)
@@ -61,6 +62,14 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
                 from workers.participation import serve as participation
 
                 runner.run(participation(settings))
+            elif args.lane == "waves":
+                from workers.selection import serve as selection
+
+                runner.run(selection(settings))
+            elif args.lane == "notify":
+                from workers.notify import serve as notify
+
+                runner.run(notify(settings))
             else:
                 from workers.lane import serve as lane
 

@@ -51,7 +51,11 @@ SHED_REASONS = (
     "queue_delay",
     "deadline",
 )
-PERSIST_OUTCOMES = ("stored", "duplicate", "already_stored", "dead_lettered")
+PERSIST_OUTCOMES = ("stored", "duplicate", "benefit_received", "already_stored", "dead_lettered")
+SELECTION_OUTCOMES = ("selected", "not_selected", "ineligible")  # core.selection.Outcome
+INELIGIBLE_REASONS = ("not_verified", "age", "dtks", "benefit_received")  # core.selection
+NOTIFY_CHANNELS = ("email", "sms")
+NOTIFY_OUTCOMES = ("sent", "failed")
 LANE_OUTCOMES = ("passed", "waiting", "rejected", "review", "retry", "dead_lettered", "skipped")
 SIGNALS = ("ok", "overload", "failure", "neutral")  # workers.flow.Signal
 BREAKER_STATES = ("closed", "open", "half_open")  # workers.flow.BreakerState
@@ -117,7 +121,8 @@ EDGE_PENDING = Gauge(
 PERSISTED = Counter(
     "intake_persist_registrations_total",
     "Registrations handled by the persist worker, by outcome (stored, duplicate: stored as"
-    " rejected duplicate_nik, already_stored: redelivered, stored before, dead_lettered).",
+    " rejected duplicate_nik, benefit_received: stored as rejected, the NIK had the benefit,"
+    " already_stored: redelivered, stored before, dead_lettered).",
     ["outcome"],
 )
 PERSIST_BATCH = Histogram(
@@ -315,6 +320,37 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+# --- waves: the selection and the notifications ------------------------------------------------
+
+WAVE_SELECTION_SECONDS = Histogram(
+    "intake_wave_selection_seconds",
+    "Time to select one wave's participants (one transaction, commit included).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+WAVE_JOIN_OUTCOMES = Counter(
+    "intake_wave_join_outcomes_total",
+    "Joins decided by the selection at a wave's close, by outcome.",
+    ["outcome"],
+)
+WAVE_INELIGIBLE = Counter(
+    "intake_wave_ineligible_total",
+    "Joins found ineligible by the selection, by reason (a code, never a person).",
+    ["reason"],
+)
+NOTIFICATIONS = Counter(
+    "intake_notifications_total",
+    "Outcome notifications handed to the mail server or the SMS gateway (sent), or not (failed:"
+    " retried after a backoff), by channel.",
+    ["channel", "outcome"],
+)
+NOTIFICATIONS_PENDING = Gauge(
+    "intake_notifications_pending",
+    "Notifications not sent yet, by channel, as the notifier last counted them.",
+    ["channel"],
+    multiprocess_mode="livemax",
+)
+
+
 # --- series that exist from the start ----------------------------------------------------------
 
 
@@ -333,6 +369,20 @@ def init_participation() -> None:
         TEST_SUBMISSIONS.labels(outcome)
     for outcome in JOIN_OUTCOMES:
         WAVE_JOINS.labels(outcome)
+
+
+def init_selection() -> None:
+    for outcome in SELECTION_OUTCOMES:
+        WAVE_JOIN_OUTCOMES.labels(outcome)
+    for reason in INELIGIBLE_REASONS:
+        WAVE_INELIGIBLE.labels(reason)
+
+
+def init_notify() -> None:
+    for channel in NOTIFY_CHANNELS:
+        NOTIFICATIONS_PENDING.labels(channel)
+        for outcome in NOTIFY_OUTCOMES:
+            NOTIFICATIONS.labels(channel, outcome)
 
 
 def init_dispatch() -> None:

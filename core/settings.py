@@ -148,6 +148,19 @@ class Settings:
     resend_cooldown_s: int = 60
     resend_max: int = 3
 
+    # Waves: the selection at a close and the outcome notifications.
+    # After a wave closed and intake.joins is drained, the selector waits this long more (for
+    # edges' clocks and a join in a worker's hands) before it selects.
+    wave_close_grace_s: float = 3.0
+    notify_batch_max: int = 100
+    # A notification taken for sending is someone's for this long; past it (its sender died)
+    # it is sent again under the same idempotency key.
+    notify_lease_s: float = 60.0
+    # First wait after a failed send; doubles per attempt, jittered, at most notify_retry_max_s.
+    notify_retry_base_s: float = 5.0
+    notify_retry_max_s: float = 600.0
+    notify_mail_from: str = "info@prakerja.example"
+
     # Photo check. Blobs are content-addressed files (core.blobs); a relative path is resolved
     # from the working directory (for development; mount a volume in production).
     blob_dir: str = ".intake-blobs"

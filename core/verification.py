@@ -38,9 +38,17 @@ class Check(enum.StrEnum):
 # photo is uploaded.
 INITIAL_CHECKS = (Check.EMAIL, Check.PHONE, Check.DUKCAPIL)
 REQUIRED_CHECKS = frozenset(Check)
-# The worker processes: the persist worker, the outbox dispatcher, one lane per check, and the
-# participation worker (test answers and wave joins, workers/participation.py).
-WORKER_KINDS = ["persist", "dispatch", *(check.value for check in Check), "participation"]
+# The worker processes: the persist worker, the outbox dispatcher, one lane per check, the
+# participation worker (test answers and wave joins, workers/participation.py), the selection at
+# a wave's close and the sender of its outcome notifications.
+WORKER_KINDS = [
+    "persist",
+    "dispatch",
+    *(check.value for check in Check),
+    "participation",
+    "waves",
+    "notify",
+]
 
 
 class TaskError(ValueError):

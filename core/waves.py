@@ -163,6 +163,11 @@ _SELECT = "SELECT id, name, opens_at, closes_at, quota, policy, closed_at FROM w
 _RETURNING = " RETURNING id, name, opens_at, closes_at, quota, policy, closed_at"
 
 
+def wave_from_row(row: asyncpg.Record) -> Wave:
+    """A wave from a row of ``waves`` (all its columns)."""
+    return _wave(row)
+
+
 def _wave(row: asyncpg.Record) -> Wave:
     return Wave(
         row["id"],

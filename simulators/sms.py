@@ -1,8 +1,14 @@
 """The SMS gateway simulator: accepts text messages and keeps them, as a phone would.
 
     POST /v1/messages  {"to": "+628…" or "08…", "text": "..."}
+      [Idempotency-Key: ...]
       202 {"id": "..."}
       400 {"error": "invalid_fields", "fields": ["to" | "text"]}
+
+A request repeating an ``Idempotency-Key`` the gateway has seen (the last
+:data:`IDEMPOTENCY_KEYS` of them) is answered like the first, with the first message's id, and
+delivers nothing: the phone gets the message once, as with real gateways. Without the header
+every request is a new message.
 
 Simulator-only (not part of any gateway's API; a test or the demo plays the phone with it):
 
@@ -10,6 +16,8 @@ Simulator-only (not part of any gateway's API; a test or the demo plays the phon
       200 {"messages": [{"id", "to", "text", "received_at"}, ...]}   oldest first
     GET /_sim/messages?after=N[&limit=M]
       every number's messages numbered above N (:mod:`simulators.feed`)
+    GET /_sim/messages/counts
+      200 {"accepted": n, "deduplicated": n}   messages delivered; repeats answered, not sent
 
 ``to`` may be given in any Indonesian mobile form (``08…``, ``628…``, ``+628…``, separators
 allowed); messages are filed under the normalised ``+628…``. In a query string a literal ``+``
@@ -23,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -41,6 +49,7 @@ from simulators.jsonhttp import (
 )
 
 MESSAGES_PER_NUMBER = 50
+IDEMPOTENCY_KEYS = 1_000_000
 # A concatenated SMS of ten parts; longer texts are refused as a real gateway would.
 TEXT_MAX_CHARS = 1530
 _SEPARATORS = str.maketrans("", "", " -.()")
@@ -83,15 +92,25 @@ class Outbox:
             lambda: deque(maxlen=per_number)
         )
         self.accepted = 0
+        self.deduplicated = 0  # requests repeating an idempotency key: answered, not sent
+        self._keys: OrderedDict[str, str] = OrderedDict()  # idempotency key -> message id
         self.feed = Feed()
 
-    def add(self, to: str, text: str) -> Sms:
-        """Keep a message for ``to`` (already normalised); returns it with its new id."""
+    def add(self, to: str, text: str, key: str | None = None) -> str:
+        """Keep a message for ``to`` (already normalised); returns its id: a new one, or the
+        first's when ``key`` repeats an idempotency key (then nothing is delivered)."""
+        if key is not None and key in self._keys:
+            self.deduplicated += 1
+            return self._keys[key]
         message = Sms(uuid.uuid4().hex, to, text, dt.datetime.now(dt.UTC))
         self._by_number[to].append(message)
         self.accepted += 1
         self.feed.append(message.to_json())
-        return message
+        if key is not None:
+            self._keys[key] = message.id
+            if len(self._keys) > IDEMPOTENCY_KEYS:
+                self._keys.popitem(last=False)
+        return message.id
 
     def for_number(self, number: str) -> list[Sms]:
         """The messages kept for ``number`` (any mobile form), oldest first."""
@@ -114,8 +133,11 @@ def create_app(outbox: Outbox, gate: Gate) -> web.Application:
                 raise BadRequest("invalid_fields", ["text"])
         except BadRequest as exc:
             return exc.response()
-        message = outbox.add(number, text)
-        return json_response({"id": message.id}, status=202)
+        key = request.headers.get("Idempotency-Key") or None
+        return json_response({"id": outbox.add(number, text, key)}, status=202)
+
+    async def counts(request: web.Request) -> web.Response:
+        return json_response({"accepted": outbox.accepted, "deduplicated": outbox.deduplicated})
 
     async def messages(request: web.Request) -> web.Response:
         to = request.query.get("to")
@@ -132,6 +154,7 @@ def create_app(outbox: Outbox, gate: Gate) -> web.Application:
         [
             web.post("/v1/messages", send),
             web.get("/_sim/messages", messages),
+            web.get("/_sim/messages/counts", counts),
             *admin_routes(gate),
         ]
     )

@@ -13,13 +13,18 @@ Each message (the DATA command) passes the simulator's :class:`~simulators.behav
     "refuse", or a hang's end    the connection is closed without a reply
 
 Messages are parsed with the ``email`` package and kept per recipient (the last
-:data:`MESSAGES_PER_RECIPIENT`), in memory. Simulator-only read-back, on the SMTP simulator's
-HTTP admin application (with its ``/_sim/stats`` and ``/_sim/behaviour``):
+:data:`MESSAGES_PER_RECIPIENT`), in memory. A mailbox keeps one message per ``Message-ID``, as
+Gmail does: a message whose ``Message-ID`` the recipient already received is accepted (250) and
+dropped, and counted as a duplicate; a message without one is always kept. Simulator-only
+read-back, on the SMTP simulator's HTTP admin application (with its ``/_sim/stats`` and
+``/_sim/behaviour``):
 
     GET /_sim/mail?to=addr
       200 {"messages": [{"from", "to", "subject", "body", "html", "links", "received_at"}]}
     GET /_sim/mail?after=N[&limit=M]
       every recipient's messages numbered above N (:mod:`simulators.feed`)
+    GET /_sim/mail/counts
+      200 {"received": n, "duplicates": n}   messages kept; repeated Message-IDs dropped
 
 ``body`` is the text/plain part, ``html`` the text/html part (or ""), ``links`` every http(s)
 URL found in either, in order of appearance, without repeats. Addresses are matched
@@ -71,6 +76,7 @@ class Mail:
     html: str
     links: tuple[str, ...]
     received_at: dt.datetime
+    message_id: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """The message as served by the read-back hook."""
@@ -99,6 +105,7 @@ def parse(sender: str, recipient: str, content: bytes) -> Mail:
         html=markup,
         links=tuple(dict.fromkeys(links)),
         received_at=dt.datetime.now(dt.UTC),
+        message_id=str(message["message-id"]).strip() if message.get("message-id") else None,
     )
 
 
@@ -118,10 +125,19 @@ class Mailbox:
             lambda: deque(maxlen=per_recipient)
         )
         self.received = 0
+        self.duplicates = 0  # messages dropped: their recipient had their Message-ID already
+        self._seen: set[tuple[str, str]] = set()  # (recipient, Message-ID)
         self.feed = Feed()
 
     def add(self, mail: Mail) -> None:
-        """Keep ``mail`` in its recipient's mailbox (and in the feed)."""
+        """Keep ``mail`` in its recipient's mailbox (and in the feed), unless the recipient
+        already received its ``Message-ID``."""
+        if mail.message_id is not None:
+            seen = (mail.to.lower(), mail.message_id)
+            if seen in self._seen:
+                self.duplicates += 1
+                return
+            self._seen.add(seen)
         self._by_recipient[mail.to.lower()].append(mail)
         self.received += 1
         self.feed.append(mail.to_json())
@@ -222,8 +238,13 @@ def admin_app(mailbox: Mailbox, gate: Gate) -> web.Application:
             return BadRequest("invalid_fields", ["to"]).response()
         return json_response({"messages": [m.to_json() for m in mailbox.for_address(to)]})
 
+    async def counts(request: web.Request) -> web.Response:
+        return json_response({"received": mailbox.received, "duplicates": mailbox.duplicates})
+
     app = application()
-    app.add_routes([web.get("/_sim/mail", mail), *admin_routes(gate)])
+    app.add_routes(
+        [web.get("/_sim/mail", mail), web.get("/_sim/mail/counts", counts), *admin_routes(gate)]
+    )
     return app
 
 

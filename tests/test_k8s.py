@@ -557,6 +557,8 @@ def needed_egress(settings: Settings, kind: str) -> set[Port]:
         needed.add((_url_port(outside[kind], 443), "TCP"))
     if kind == Check.EMAIL.value:
         needed.add((settings.smtp_port, "TCP"))
+    if kind == "notify":  # the outcomes of a wave: by email and by SMS
+        needed |= {(_url_port(settings.sms_url, 443), "TCP"), (settings.smtp_port, "TCP")}
     return needed
 
 
@@ -1148,8 +1150,9 @@ def _url(manifests: list[Manifest], key: str) -> urllib.parse.SplitResult:
 
 
 # The PostgreSQL pool of each process (intake/app.py, workers/persist.py, workers/dispatch.py,
-# admin/app.py: fixed; a lane's is INTAKE_LANE_DB_CONNECTIONS).
-FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3, "admin": 2}
+# workers/selection.py, workers/notify.py, admin/app.py: fixed; a lane's is
+# INTAKE_LANE_DB_CONNECTIONS).
+FIXED_POOLS = {"edge": 4, "persist": 2, "dispatch": 3, "waves": 2, "notify": 3, "admin": 2}
 
 
 def connection_budget(manifests: list[Manifest]) -> int:

@@ -23,7 +23,7 @@ LANES = {check.value for check in Check}
 
 def test_every_lane_has_one_verifier_and_is_a_worker_kind() -> None:
     assert set(VERIFIERS) == set(Check)
-    assert set(WORKER_KINDS) == LANES | {"persist", "dispatch", "participation"}
+    assert set(WORKER_KINDS) == LANES | {"persist", "dispatch", "participation", "waves", "notify"}
     assert set(INITIAL_CHECKS) <= REQUIRED_CHECKS == set(Check)
 
 

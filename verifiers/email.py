@@ -84,37 +84,40 @@ class EmailVerifier:
         return message
 
     def _send(self, message: EmailMessage, to: str) -> None:
-        """One SMTP transaction, blocking (run it in a thread). A failure before the content
-        was handed over, or any refusal by the server, raises :class:`NotSent`; a connection
-        lost once DATA began may have delivered the mail and is raised as is."""
-        settings = self._settings
-        try:
-            client = smtplib.SMTP(
-                settings.smtp_host, settings.smtp_port, timeout=settings.ministry_timeout_s
-            )
-        except (OSError, smtplib.SMTPException) as exc:
+        send_mail(self._settings, self._settings.mail_from, message, to)
+
+
+def send_mail(settings: Settings, sender: str, message: EmailMessage, to: str) -> None:
+    """One SMTP transaction, blocking (run it in a thread). A failure before the content
+    was handed over, or any refusal by the server, raises :class:`NotSent`; a connection
+    lost once DATA began may have delivered the mail and is raised as is."""
+    try:
+        client = smtplib.SMTP(
+            settings.smtp_host, settings.smtp_port, timeout=settings.ministry_timeout_s
+        )
+    except (OSError, smtplib.SMTPException) as exc:
+        reason = f"smtp_unreachable:{type(exc).__name__}"
+        raise NotSent(reason, None, Failure.UNREACHABLE) from None
+    handed_over = False
+    try:
+        client.ehlo_or_helo_if_needed()
+        _expect(client.mail(sender), 250)
+        _expect(client.rcpt(to), 250, 251)
+        handed_over = True
+        code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))  # CRLF lines
+        if code != 250:  # the server refused the content: it delivers nothing
+            raise NotSent(f"smtp_{code}", None, _smtp_failure(code))
+    except smtplib.SMTPResponseException as exc:  # a refusal (DATA's before the content)
+        raise NotSent(f"smtp_{exc.smtp_code}", None, _smtp_failure(exc.smtp_code)) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        if not handed_over:
             reason = f"smtp_unreachable:{type(exc).__name__}"
             raise NotSent(reason, None, Failure.UNREACHABLE) from None
-        handed_over = False
-        try:
-            client.ehlo_or_helo_if_needed()
-            _expect(client.mail(settings.mail_from), 250)
-            _expect(client.rcpt(to), 250, 251)
-            handed_over = True
-            code, _ = client.data(message.as_bytes(policy=email.policy.SMTP))  # CRLF lines
-            if code != 250:  # the server refused the content: it delivers nothing
-                raise NotSent(f"smtp_{code}", None, _smtp_failure(code))
-        except smtplib.SMTPResponseException as exc:  # a refusal (DATA's before the content)
-            raise NotSent(f"smtp_{exc.smtp_code}", None, _smtp_failure(exc.smtp_code)) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            if not handed_over:
-                reason = f"smtp_unreachable:{type(exc).__name__}"
-                raise NotSent(reason, None, Failure.UNREACHABLE) from None
-            raise
-        finally:
-            with contextlib.suppress(OSError, smtplib.SMTPException):
-                client.quit()
-            client.close()
+        raise
+    finally:
+        with contextlib.suppress(OSError, smtplib.SMTPException):
+            client.quit()
+        client.close()
 
 
 def _smtp_failure(code: int) -> Failure:

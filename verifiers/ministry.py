@@ -26,14 +26,16 @@ async def post_json(
     *,
     timeout_s: float,
     expected: frozenset[int] = frozenset({200}),
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    """POST ``body`` and return ``(status, decoded JSON)`` for an expected status; otherwise
-    raise :class:`Retry` with a reason naming the failure (never the data)."""
+    """POST ``body`` (with ``headers`` besides the content type) and return ``(status, decoded
+    JSON)`` for an expected status; otherwise raise :class:`Retry` with a reason naming the
+    failure (never the data)."""
     try:
         async with session.post(
             url,
             data=orjson.dumps(body),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(headers or {})},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as response:
             if response.status in expected:

@@ -366,6 +366,7 @@ class PersistWorker:
         for outcome, count in (
             ("stored", result.received),
             ("duplicate", result.duplicates),
+            ("benefit_received", result.benefit_received),
             ("already_stored", result.already_stored),
         ):
             if count:

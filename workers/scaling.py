@@ -46,10 +46,16 @@ from core.settings import Settings, SettingsError
 from core.verification import WORKER_KINDS
 
 PERSIST, DISPATCH, PARTICIPATION = "persist", "dispatch", "participation"
-# PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py;
-# a lane's is INTAKE_LANE_DB_CONNECTIONS).
+WAVES, NOTIFY = "waves", "notify"
+# Kinds that run exactly once, not scaled on a queue: their work is in PostgreSQL (the
+# dispatcher's outbox, the waves to select, the notifications to send).
+SINGLE = frozenset({DISPATCH, WAVES, NOTIFY})
+# PostgreSQL connections each kind's pool may open (workers/persist.py, workers/dispatch.py,
+# workers/participation.py, workers/selection.py, workers/notify.py; a lane's is
+# INTAKE_LANE_DB_CONNECTIONS).
 _PERSIST_CONNECTIONS, _DISPATCH_CONNECTIONS = 2, 3
-_PARTICIPATION_CONNECTIONS = 4  # workers/participation.py
+_PARTICIPATION_CONNECTIONS = 4
+_WAVES_CONNECTIONS, _NOTIFY_CONNECTIONS = 2, 3
 # The shortest span of status samples a worker's rate is computed over.
 _MIN_RATE_SPAN_S = 0.5
 _OPEN_BREAKER = ("open", "half_open")
@@ -205,12 +211,16 @@ def worker_limits(settings: Settings, kinds: Sequence[str]) -> dict[str, Limits]
     unknown = set(overrides) - set(WORKER_KINDS)
     if unknown:
         raise SettingsError(f"INTAKE_SUPERVISE_WORKER_LIMITS: unknown kinds {sorted(unknown)}")
-    if DISPATCH in overrides:
-        raise SettingsError("INTAKE_SUPERVISE_WORKER_LIMITS: the dispatcher is always one")
+    fixed = sorted(SINGLE & set(overrides))
+    if fixed:
+        raise SettingsError(
+            "INTAKE_SUPERVISE_WORKER_LIMITS: the dispatcher, the selection (waves) and the"
+            f" notifier always run once, not {', '.join(fixed)}"
+        )
     low, high = settings.supervise_min_workers, settings.supervise_max_workers
     limits = {}
     for kind in kinds:
-        if kind == DISPATCH:
+        if kind in SINGLE:
             limits[kind] = Limits(1, 1)
         elif kind in overrides:
             limits[kind] = Limits(*overrides[kind])
@@ -230,12 +240,17 @@ def db_connections(settings: Settings, kind: str) -> int:
         return _DISPATCH_CONNECTIONS
     if kind == PARTICIPATION:
         return _PARTICIPATION_CONNECTIONS
+    if kind == WAVES:
+        return _WAVES_CONNECTIONS
+    if kind == NOTIFY:
+        return _NOTIFY_CONNECTIONS
     return settings.lane_db_connections
 
 
 def queues_of(kind: str) -> tuple[str, ...]:
-    """The queues whose depth (summed) scales ``kind`` (none: the dispatcher, not scaled)."""
-    if kind == DISPATCH:
+    """The queues whose depth (summed) scales ``kind`` (none: a kind that runs once, not
+    scaled)."""
+    if kind in SINGLE:
         return ()
     if kind == PERSIST:
         return (topology.PERSIST_QUEUE,)

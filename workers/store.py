@@ -34,30 +34,38 @@ ORDER BY b.nik_hmac, b.submitted_at, b.id
 ON CONFLICT (nik_hmac) DO NOTHING
 """
 
-# Then the registrations, each either the holder of its NIK's claim or a duplicate.
+# Then the registrations: a NIK that received the benefit in a wave never again
+# (``benefit_received``, whatever the claim says: the benefit outlives an erased registration);
+# otherwise the holder of its NIK's claim, or a duplicate. The benefit is one primary-key look-up.
 _INSERT_SQL = """
 INSERT INTO registrations
     (id, nik_hmac, nik_enc, personal_enc, status, reject_reason, submitted_at)
 SELECT b.id, b.nik_hmac, b.nik_enc, b.personal_enc,
-       CASE WHEN c.registration_id = b.id THEN 'received' ELSE 'rejected' END,
-       CASE WHEN c.registration_id = b.id THEN NULL ELSE 'duplicate_nik' END,
+       CASE WHEN g.nik_hmac IS NULL AND c.registration_id = b.id THEN 'received'
+            ELSE 'rejected' END,
+       CASE WHEN g.nik_hmac IS NOT NULL THEN 'benefit_received'
+            WHEN c.registration_id = b.id THEN NULL
+            ELSE 'duplicate_nik' END,
        b.submitted_at
 FROM unnest($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::timestamptz[])
      AS b (id, nik_hmac, nik_enc, personal_enc, submitted_at)
 JOIN nik_claims c ON c.nik_hmac = b.nik_hmac
+LEFT JOIN benefit_niks g ON g.nik_hmac = b.nik_hmac
 ORDER BY b.id
 ON CONFLICT (id) DO NOTHING
-RETURNING id, status
+RETURNING id, status, reject_reason
 """
 
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What one batch did: rows inserted as received or as duplicates; the rest existed."""
+    """What one batch did: rows inserted as received, as duplicates, or refused as their NIK
+    had the benefit already; the rest existed."""
 
     received: int
     duplicates: int
     already_stored: int
+    benefit_received: int = 0
 
 
 @dataclass(slots=True)
@@ -155,5 +163,6 @@ class RegistrationStore:
             await database.expire_on_failover(self._pool, exc)
             raise
         received = sum(1 for row in inserted if row["status"] == "received")
-        duplicates = len(inserted) - received
-        return WriteResult(received, duplicates, total - len(inserted))
+        benefit = sum(1 for row in inserted if row["reject_reason"] == "benefit_received")
+        duplicates = len(inserted) - received - benefit
+        return WriteResult(received, duplicates, total - len(inserted), benefit)

@@ -1,10 +1,11 @@
 """``intake supervise``: the whole worker fleet on one machine, scaled on its queues.
 
 The supervisor runs ``intake worker <kind>`` child processes (the command Kubernetes runs) for
-every kind: the persist worker, the dispatcher, each verification lane, and the participation
-worker (scaled on the sum of ``intake.tests`` and ``intake.joins``). The dispatcher is
-always exactly one: its backlog is the outbox in PostgreSQL, not a queue, and one keeps up with
-the lanes (several could run safely, they share the outbox with ``FOR UPDATE SKIP LOCKED``).
+every kind: the persist worker, the dispatcher, each verification lane, the participation worker
+(scaled on the sum of ``intake.tests`` and ``intake.joins``), the selection of closed waves and
+the notifier. The dispatcher is always exactly one: its backlog is the outbox in PostgreSQL, not
+a queue, and one keeps up with the lanes (several could run safely, they share the outbox with
+``FOR UPDATE SKIP LOCKED``); so are the selection and the notifier, for the same reasons.
 Every other kind runs between a minimum and a maximum number of processes
 (``INTAKE_SUPERVISE_MIN_WORKERS`` / ``MAX_WORKERS``, per kind ``INTAKE_SUPERVISE_WORKER_LIMITS``;
 the photo lane's default maximum is the machine's cores divided by ``INTAKE_PHOTO_WORKERS``, as
@@ -62,6 +63,7 @@ from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.settings import Settings, SettingsError
 from core.status import read_status, remove_status
+from core.verification import WORKER_KINDS
 from core.wave_metrics import WaveCollector
 from workers import pressure
 from workers.children import child_setup, open_log
@@ -71,6 +73,7 @@ from workers.pressure import EdgePressure
 from workers.scaling import (
     DISPATCH,
     PERSIST,
+    SINGLE,
     Limits,
     Load,
     RateEstimator,
@@ -90,6 +93,8 @@ MAX_RESTART_DELAY_S = 30.0
 STARTUP_S = 5.0
 # How often processes are checked between scaling ticks (exits also wake the loop at once).
 _RECONCILE_S = 0.25
+# The kinds held back while an edge sheds (they handle the hold signals).
+_HELD = frozenset(WORKER_KINDS) - {PERSIST, "waves", "notify"}
 # How often the edges' status files are read (workers/pressure.py).
 PRESSURE_POLL_S = 0.1
 
@@ -348,7 +353,9 @@ class Supervisor:
         if not changed and now - self._pressure_sent_s < 1.0:
             return
         self._pressure_sent_s = now
-        pids = [w.pid for w in self._workers if w.kind != PERSIST and w.stop_at is None]
+        # The dispatcher and the lanes take the hold; the selection and the notifier, which
+        # have no backlog at a wave's opening, are left alone.
+        pids = [w.pid for w in self._workers if w.kind in _HELD and w.stop_at is None]
         pressure.signal_all(pids, self.pressure.held)
         nice = pressure.HELD_NICE if self.pressure.held else self._nice(DISPATCH)
         pressure.renice(pids, nice)
@@ -500,7 +507,7 @@ class Supervisor:
 
     def _decide(self, now: float, monotonic: float, depths: dict[str, int]) -> None:
         for kind, state in self._state.items():
-            if kind == DISPATCH:
+            if kind in SINGLE:
                 continue
             statuses = self._statuses(kind)
             live = self._live(kind)

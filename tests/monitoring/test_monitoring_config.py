@@ -746,6 +746,9 @@ def stack_series(config: Doc, *, troubled: bool) -> list[Series]:
     s.gauge(edge, "intake_edge_standing_queue", 0)
 
     s.counter(sup, "intake_persist_registrations_total", 290, outcome="stored")
+    for channel in ("email", "sms"):
+        s.gauge(sup, "intake_notifications_pending", 40, channel=channel)
+        s.counter(sup, "intake_notifications_total", 60, channel=channel, outcome="sent")
     s.histogram(sup, "intake_persist_batch_duration_seconds", 5)
     for lane in lanes:
         s.counter(sup, "intake_dispatch_tasks_total", 250, lane=lane)
