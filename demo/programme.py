@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -42,6 +43,9 @@ SITUATION_WEIGHTS = (0.40, 0.20, 0.25, 0.10, 0.05)
 QUOTA_SHARE = 1 / 3  # of the verified: most are not selected, as in 2020
 GIVE_UP_S = 180.0
 RETRY_S = 0.2
+
+
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def admin_tokens() -> str:
@@ -98,11 +102,11 @@ async def run(
         takers = [_taker(p, seed) for p in people if p.id in verified_ids]
         report.verified = len(takers)
         if not takers:
-            report.problems.append("nobody was verified: no wave to show")
+            say("\nthe programme: nobody was verified, so no wave is opened")
             return report
         report.quota = max(1, round(len(takers) * QUOTA_SHARE))
         bank = load(settings.test_bank)
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        headers = ADMIN_HEADERS
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
             report.wave = await _open(http, admin_url, headers, report.quota, say)
             mail_mark, sms_mark = await _mark(http, feeds[0]), await _mark(http, feeds[1])
@@ -145,8 +149,15 @@ async def run(
     return report
 
 
+def as_json(report: Report) -> dict[str, Any]:
+    """The report for the demo's ``--report`` file."""
+    return dataclasses.asdict(report)
+
+
 def lines(report: Report) -> list[str]:
     """The report's summary lines."""
+    if not report.wave:
+        return ["no wave: nobody was verified"]
     emails = collections.Counter(report.emails.values())
     texts = collections.Counter(report.sms.values())
     return [

@@ -43,7 +43,7 @@ from core.migrate import migrate
 from core.queues import queue_names
 from core.settings import Settings
 from core.verification import Check
-from demo import funnel, truth
+from demo import funnel, programme, truth
 from demo.client import Pool
 from demo.registrants import (
     Pace,
@@ -160,9 +160,11 @@ async def empty(settings: Settings) -> None:
                 await channel.close()
 
 
-async def _wait_ready(url: str, stack: Stack, timeout_s: float) -> None:
+async def _wait_ready(
+    url: str, stack: Stack, timeout_s: float, headers: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=headers) as session:
         while time.monotonic() < deadline:
             if stack.dead():
                 raise RuntimeError(f"exited during start-up: {stack.dead()}; see the logs")
@@ -300,6 +302,10 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         f"intake demo: {plan.count:,} people; the wave opens at {plan.rate:,.0f}/s for"
         f" {moments[round(plan.count * OPENING_SHARE) - 1]:.1f} s, then a {TAIL_S:.0f} s tail"
     )
+    # The demo's operator credential for the admin API, and a short grace at the wave's close
+    # (every process runs on this machine's one clock).
+    settings = settings.replace(admin_tokens=programme.admin_tokens(), wave_close_grace_s=1.0)
+    admin_url = f"http://{settings.admin_host}:{settings.admin_port}"
     await empty(settings)
     say("  emptied the demo's database and queues")
     with Stack(settings, log_dir) as stack:
@@ -329,6 +335,7 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
                 settings=settings.replace(metrics_port=metrics["edge"]),
                 env={"PROMETHEUS_MULTIPROC_DIR": str(edge_metrics)},
             )
+        stack.start("admin", "admin")
         config = local.write_config(
             log_dir / "prometheus.yml",
             local.local_config(metrics["edge"], metrics["supervise"], settings.amqp_url),
@@ -340,6 +347,7 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
         await asyncio.to_thread(_selfies, people, plan)
         await _wait_ready(f"http://127.0.0.1:{ports['dukcapil']}/_sim/stats", stack, 120)
         await _wait_ready(f"{base_url}/readyz", stack, 120)
+        await _wait_ready(f"{admin_url}/openapi.json", stack, 120, programme.ADMIN_HEADERS)
         await _wait_workers(settings, stack, 120)
         await _wait_quiet(stack, 30)
         say(f"  stack ready: the edge at {base_url}, the workers under intake supervise\n")
@@ -367,11 +375,25 @@ async def _run(settings: Settings, plan: Plan, log_dir: Path) -> int:
             decisions = await funnel.read_decisions(db, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
         finally:
             await db.close()
-        await asyncio.sleep(6)  # one more scrape after the last decision
+        feeds = (
+            f"http://127.0.0.1:{ports['smtp_admin']}/_sim/mail",
+            f"http://127.0.0.1:{ports['sms']}/_sim/messages",
+        )
+        after = await programme.run(settings, admin_url, base_url, people, feeds, plan.seed, say)
+        await asyncio.sleep(6)  # one more scrape after the last notification
         view, targets = await _prometheus_view(prometheus_url)
         say("\n" + view)
         code = _report(
-            wave.shed, plan, people, final, decisions, targets, base_url, prometheus_url, log_dir
+            wave.shed,
+            plan,
+            people,
+            final,
+            decisions,
+            after,
+            targets,
+            base_url,
+            prometheus_url,
+            log_dir,
         )
         if plan.keep:
             await _keep(base_url, prometheus_url)
@@ -391,6 +413,7 @@ def _report(
     people: list[Person],
     final: funnel.Funnel,
     decisions: truth.Decisions,
+    after: programme.Report,
     targets: dict[str, int],
     base_url: str,
     prometheus_url: str,
@@ -438,6 +461,9 @@ def _report(
     say("\nwhy:")
     for line in truth.explanations(people):
         say(f"  {line}")
+    say("")
+    for line in programme.lines(after):
+        say(line)
     intake = intake_command()
     say(
         f"\nwhere to look:\n  Prometheus {prometheus_url} (alerts {prometheus_url}/alerts)\n"
@@ -459,6 +485,7 @@ def _report(
             "expected": expected,
             "observed": observed,
             "prometheus_targets": targets,
+            "wave": programme.as_json(after),
         }
         plan.report.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     if lost:
@@ -467,7 +494,13 @@ def _report(
     if mismatches:
         say(f"FAILED: the funnel differs from the population's truth at {mismatches}")
         return 1
-    say("OK: nothing accepted was lost, and the funnel is exactly the population's truth")
+    if after.problems:
+        say(f"FAILED: the wave broke its rules: {'; '.join(after.problems)}")
+        return 1
+    say(
+        "OK: nothing accepted was lost, the funnel is exactly the population's truth, and the"
+        " wave selected its quota by its rules and told every joiner once"
+    )
     return 0
 
 

@@ -41,7 +41,10 @@ def test_the_demo_loses_nothing_and_matches_the_population(
     settings: Settings, tmp_path: Path, busy_cores: int
 ) -> None:
     report = tmp_path / "demo.json"
-    env = {**os.environ, **settings.replace(edge_port=free_port()).to_env()}
+    env = {
+        **os.environ,
+        **settings.replace(edge_port=free_port(), admin_port=free_port()).to_env(),
+    }
     # The simulators' six, the edge's and the workers' /metrics, Prometheus.
     ports = free_port_block(9)
     done = subprocess.run(
@@ -91,12 +94,27 @@ def test_the_demo_loses_nothing_and_matches_the_population(
     assert "registrations wait for their person" in done.stdout
     assert " top --prometheus http://127.0.0.1:" in done.stdout
     assert "OK: nothing accepted was lost" in done.stdout
+    # The programme's wave: opened through the admin API, every verified registrant took the
+    # test and joined, exactly the quota was selected, and every joiner was told once by email
+    # and once by SMS (counted at the simulators).
+    wave = outcome["wave"]
+    assert wave["problems"] == []
+    assert wave["verified"] == outcome["expected"]["verified"]
+    assert wave["joined"] == wave["scored"] == wave["verified"]
+    assert wave["selected"] == min(wave["quota"], wave["eligible"]) > 0
+    assert sorted(wave["emails"].values()) == [1] * wave["joined"]
+    assert sorted(wave["sms"].values()) == [1] * wave["joined"]
+    assert f"the operator opens wave {wave['wave']}" in done.stdout
+    assert "told every joiner once" in done.stdout
 
 
 def test_with_keep_the_stack_stays_up_until_interrupted(settings: Settings, tmp_path: Path) -> None:
     """``--keep``: after the report the printed URLs answer, until Ctrl-C stops it all."""
     edge_port, ports = free_port(), free_port_block(9)
-    env = {**os.environ, **settings.replace(edge_port=edge_port).to_env()}
+    env = {
+        **os.environ,
+        **settings.replace(edge_port=edge_port, admin_port=free_port()).to_env(),
+    }
     demo = subprocess.Popen(
         [
             sys.executable,

@@ -48,7 +48,7 @@ def test_intake_demo_runs_from_a_plain_install(settings: Settings, tmp_path: Pat
 
     report = tmp_path / "demo.json"
     ports = free_port_block(9)
-    env.update(settings.replace(edge_port=free_port()).to_env())
+    env.update(settings.replace(edge_port=free_port(), admin_port=free_port()).to_env())
     output = _run(
         [
             str(venv / "bin" / "intake"),
