@@ -26,7 +26,6 @@ with an English line; no personal data is logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -52,6 +51,7 @@ from verifiers.contact import NotSent
 from verifiers.email import send_mail
 from verifiers.ministry import post_json
 from workers import flow
+from workers.rounds import run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -219,22 +219,13 @@ class Notifier:
         self._stopping.set()
 
     async def run(self) -> None:
-        self.health.serving(True)
-        try:
-            while not self._stopping.is_set():
-                self.health.beat()
-                try:
-                    await self._count_pending()
-                    if await self.round():
-                        continue
-                except (asyncpg.PostgresError, *database.FAILOVER, OSError) as exc:
-                    log.warning("notification round failed: %s", type(exc).__name__)
-                    if isinstance(exc, database.FAILOVER):
-                        await database.expire_on_failover(self._pool, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), POLL_S)
-        finally:
-            self.health.serving(False)
+        await run_rounds(
+            "notification", self._pool, self.health, self._stopping, POLL_S, self._step
+        )
+
+    async def _step(self) -> bool:
+        await self._count_pending()
+        return bool(await self.round())
 
     async def round(self) -> int:
         """Take a batch of due notifications, commit the intent, send them; how many taken."""

@@ -39,6 +39,7 @@ from core.keys import Keyring
 from core.selection import SEED_BYTES, Outcome, Selection, load_joiners, rank
 from core.settings import Settings
 from core.waves import Wave, wave_from_row
+from workers.rounds import run_rounds
 from workers.sessions import BROKER_GONE
 
 log = logging.getLogger(__name__)
@@ -154,21 +155,16 @@ class Selector:
         self._stopping.set()
 
     async def run(self) -> None:
-        self.health.serving(True)
         try:
-            while not self._stopping.is_set():
-                self.health.beat()
-                try:
-                    await self.tick()
-                except (asyncpg.PostgresError, *database.FAILOVER, OSError) as exc:
-                    log.warning("selection round failed: %s", type(exc).__name__)
-                    if isinstance(exc, database.FAILOVER):
-                        await database.expire_on_failover(self._pool, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), POLL_S)
+            await run_rounds(
+                "selection", self._pool, self.health, self._stopping, POLL_S, self._step
+            )
         finally:
-            self.health.serving(False)
             await self._close_amqp()
+
+    async def _step(self) -> bool:
+        await self.tick()
+        return False
 
     async def tick(self) -> None:
         """One round: select the waves that are due, if the joins are drained."""
