@@ -5,6 +5,8 @@
     intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
+    intake keys status|reencrypt
+                                ciphertexts by key version; rewrite them under the current one
     intake waves ...            create, list, show, open, close waves; the audit log
     intake admin [token NAME]   the operators' admin API (or a new bearer token)
     intake simulate [...]       the ministry simulators (``intake simulate --help``)
@@ -121,6 +123,39 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from core import rotation
+    from core.keys import Keyring
+
+    keyring = Keyring.from_settings(settings)
+
+    async def go() -> int:
+        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=1) as pool:
+            if args.action == "status":
+                print(f"current key version: {keyring.current}; readable: {keyring.versions}")
+                for column, version, count in await rotation.versions(pool):
+                    print(f"{column}\tversion {version}\t{count}")
+                return 0
+            progress = await rotation.reencrypt(
+                pool,
+                keyring,
+                batch_size=args.batch,
+                max_batches=args.max_batches,
+                pause_s=args.pause_s,
+            )
+        print(
+            f"re-encrypted under version {keyring.current}: {progress.registrations}"
+            f" registration(s), {progress.photo_keys} photo key(s) in {progress.batches}"
+            f" batch(es); {progress.skipped} changed meanwhile and left;"
+            f" {'done' if progress.done else 'not done: run it again to go on'}"
+        )
+        return 0
+
+    return asyncio.run(go())
+
+
 def _waves(settings: Settings, args: argparse.Namespace) -> int:
     from admin.commands import waves_command
 
@@ -186,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=_dlq)
     from admin.commands import add_wave_commands
 
+    keys = commands.add_parser("keys", help="key versions of stored ciphertexts; re-encryption")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("status", help="stored ciphertexts by key version")
+    rewrite = key_actions.add_parser(
+        "reencrypt", help="rewrite stored ciphertexts under the current key (resumable)"
+    )
+    rewrite.add_argument("--batch", type=int, default=500, help="rows per transaction")
+    rewrite.add_argument("--max-batches", type=int, default=None, help="stop after this many")
+    rewrite.add_argument("--pause-s", type=float, default=0.0, help="sleep between batches")
+    keys.set_defaults(func=_keys)
     waves = commands.add_parser("waves", help="create, list, open, close waves; the audit log")
     add_wave_commands(waves)
     waves.set_defaults(func=_waves)
