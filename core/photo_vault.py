@@ -33,6 +33,7 @@ from core.photo_strip import strip_metadata
 _KEY_INSERT_SQL = """
 INSERT INTO photo_keys (blob_hmac, key_enc) VALUES ($1, $2)
 ON CONFLICT (blob_hmac) DO NOTHING
+RETURNING true
 """
 _KEY_SQL = "SELECT key_enc FROM photo_keys WHERE blob_hmac = $1"
 # The sealing adds a format byte, a nonce and a tag.
@@ -79,14 +80,15 @@ class PhotoVault:
             raise BlobCorrupt(ref.name) from None
 
     async def _data_key(self, db: asyncpg.Pool | asyncpg.Connection, name: str) -> bytes:
-        """The photo's data key: the stored one, or a new one stored (committed) first."""
+        """The photo's data key: a new one stored (committed) first, or the one stored already
+        (a retried upload, the same photo on another registration, a concurrent upload's).
+        One round trip for a new photo: its new key costs microseconds to make and wrap."""
+        key, new = self._keyring.new_photo_key(name)
+        if await db.fetchval(_KEY_INSERT_SQL, name, new) is not None:
+            return key
         wrapped = await db.fetchval(_KEY_SQL, name)
         if wrapped is None:
-            key, new = self._keyring.new_photo_key(name)
-            await db.execute(_KEY_INSERT_SQL, name, new)
-            wrapped = await db.fetchval(_KEY_SQL, name)  # ours, or a concurrent upload's
-            if wrapped == new:
-                return key
+            raise PhotoKeyMissing(name)  # deleted between the two statements: try again
         try:
             return self._keyring.unwrap_photo_key(wrapped, name)
         except DecryptionError:

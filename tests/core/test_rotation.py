@@ -5,6 +5,9 @@ look-up key does not change, so a NIK registered before the rotation is still a 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,3 +176,36 @@ async def test_reads_before_during_and_after_a_rotation(
         "SELECT status, reject_reason FROM registrations WHERE id = $1", repeated
     )
     assert (row["status"], row["reject_reason"]) == ("rejected", "duplicate_nik")
+
+
+def intake(settings: Settings, *args: str) -> str:
+    """``intake ARGS`` in a process of its own with ``settings``; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_the_intake_keys_command(settings: Settings, db: asyncpg.Pool) -> None:
+    await register(settings, db, range(20, 25))
+    new = settings.replace(secret_keys=f"2:{NEW_SECRET}")
+    status = intake(new, "keys", "status")
+    assert "current key version: 2; readable: (1, 2)" in status
+    assert "registrations.nik_enc\tversion 1\t5" in status
+    first = intake(new, "keys", "reencrypt", "--batch", "2", "--max-batches", "1")
+    assert "2 registration(s)" in first
+    assert "not done: run it again to go on" in first
+    rest = intake(new, "keys", "reencrypt", "--batch", "2")
+    assert "3 registration(s), 0 photo key(s) in 2 batch(es)" in rest
+    assert rest.rstrip().endswith("done")
+    status = intake(new, "keys", "status")
+    assert "registrations.personal_enc\tversion 2\t5" in status
+    assert "version 1" not in status
+    for secret in (NEW_SECRET, settings.secret_key):
+        assert secret not in status + first + rest
