@@ -127,9 +127,12 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
     from core import rotation
+    from core.blobs import BlobStore
     from core.keys import Keyring
+    from core.photo_vault import PhotoVault
 
     keyring = Keyring.from_settings(settings)
+    photos = PhotoVault(BlobStore(Path(settings.blob_dir)), keyring)
 
     async def go() -> int:
         async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=1) as pool:
@@ -144,11 +147,13 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
                 batch_size=args.batch,
                 max_batches=args.max_batches,
                 pause_s=args.pause_s,
+                photos=photos,
             )
         print(
             f"re-encrypted under version {keyring.current}: {progress.registrations}"
             f" registration(s), {progress.photo_keys} photo key(s) in {progress.batches}"
-            f" batch(es); {progress.skipped} changed meanwhile and left;"
+            f" batch(es); {progress.clear_photos_sealed} photo(s) stored in clear sealed;"
+            f" {progress.skipped} left (changed meanwhile, or no clear file);"
             f" {'done' if progress.done else 'not done: run it again to go on'}"
         )
         return 0

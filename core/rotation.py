@@ -18,17 +18,27 @@ encrypted again, bound to the same registration id) and the photos' wrapped data
 
 The keyed hashes (the NIK's HMAC, a photo's name, the one-time secrets') are not touched: they
 stay on version 1's key for ever (``core.keys``).
+
+Given the photo store, the job also seals the photos stored in clear before migration 0015
+(a file named by the SHA-256 of its bytes, and no key row): each is stored again as the edge
+stores a photo now (metadata stripped, sealed, under its keyed name), the rows that name it are
+pointed at the new name in one transaction, and the clear file is deleted once that committed.
+A crash between the commit and the deletion leaves the clear file, unreferenced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 
+from core.blobs import BlobError
 from core.keys import Keyring
+from core.photo_vault import PhotoVault
 
 _REGISTRATIONS_SQL = """
 SELECT id, nik_enc, personal_enc FROM registrations
@@ -53,6 +63,15 @@ UPDATE photo_keys k SET key_enc = b.new
 FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS b (blob_hmac, old, new)
 WHERE k.blob_hmac = b.blob_hmac AND k.key_enc = b.old
 """
+# Photos stored in clear before migration 0015: named by a SHA-256, without a key row.
+_CLEAR_PHOTOS_SQL = """
+SELECT DISTINCT p.blob_hmac FROM photos p
+WHERE p.blob_hmac > $1
+  AND NOT EXISTS (SELECT 1 FROM photo_keys k WHERE k.blob_hmac = p.blob_hmac)
+ORDER BY p.blob_hmac
+LIMIT $2
+"""
+_RENAME_PHOTO_SQL = "UPDATE photos SET blob_hmac = $2 WHERE blob_hmac = $1"
 # Ciphertexts by key version, for `intake keys status`.
 _VERSIONS_SQL = """
 SELECT 'registrations.nik_enc' AS what, get_byte(nik_enc, 0) AS version, count(*) AS n
@@ -73,9 +92,14 @@ class Progress:
 
     registrations: int = 0
     photo_keys: int = 0
+    clear_photos_sealed: int = 0
     batches: int = 0
     done: bool = False
-    skipped: int = 0  # rows changed by someone else meanwhile
+    skipped: int = 0  # rows changed by someone else meanwhile; clear photos without a file
+
+
+# One table's batch: (connection, keyring, cursor, batch size, progress) -> the next cursor.
+_Batch = Callable[[asyncpg.Connection, Keyring, object, int, "Progress"], Awaitable[object]]
 
 
 async def reencrypt(
@@ -85,20 +109,33 @@ async def reencrypt(
     batch_size: int = 500,
     max_batches: int | None = None,
     pause_s: float = 0.0,
+    photos: PhotoVault | None = None,
 ) -> Progress:
     """Rewrite every stored ciphertext that is not under ``keyring.current``; see the module.
 
     ``max_batches`` stops the run early (``done`` False; run it again to go on); ``pause_s``
-    sleeps between batches, to leave the database to the intake during a wave.
+    sleeps between batches, to leave the database to the intake during a wave; ``photos``:
+    also seal the photos stored in clear before migration 0015.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     progress = Progress()
-    for table in (_registrations_batch, _photo_keys_batch):
+
+    def in_transaction(batch: _Batch) -> Callable[[object], Awaitable[object]]:
+        async def step(cursor: object) -> object:
+            async with pool.acquire() as connection, connection.transaction():
+                return await batch(connection, keyring, cursor, batch_size, progress)
+
+        return step
+
+    steps = [in_transaction(_registrations_batch), in_transaction(_photo_keys_batch)]
+    if photos is not None:
+        vault = photos
+        steps.append(lambda cursor: _clear_photos_batch(pool, vault, cursor, batch_size, progress))
+    for step in steps:
         cursor: object = None
         while max_batches is None or progress.batches < max_batches:
-            async with pool.acquire() as connection, connection.transaction():
-                cursor = await table(connection, keyring, cursor, batch_size, progress)
+            cursor = await step(cursor)
             if cursor is None:
                 break
             progress.batches += 1
@@ -167,3 +204,30 @@ async def _photo_keys_batch(
     progress.skipped += len(rows) - rewritten
     last: str = rows[-1]["blob_hmac"]
     return last
+
+
+async def _clear_photos_batch(
+    pool: asyncpg.Pool, photos: PhotoVault, cursor: object, batch_size: int, progress: Progress
+) -> str | None:
+    """Seal a batch of the photos stored in clear; the last name looked at (None: no more)."""
+    after = cursor if isinstance(cursor, str) else ""
+    names: list[str] = [
+        row["blob_hmac"] for row in await pool.fetch(_CLEAR_PHOTOS_SQL, after, batch_size)
+    ]
+    if not names:
+        return None
+    for name in names:
+        try:
+            clear = await photos.blobs.read(name)
+        except BlobError:
+            progress.skipped += 1  # no file: nothing to seal (the lane retries, as before)
+            continue
+        if hashlib.sha256(clear).hexdigest() != name:
+            progress.skipped += 1  # not a clear photo (a sealed one whose key was erased)
+            continue
+        ref = await photos.store(pool, clear)
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute(_RENAME_PHOTO_SQL, name, ref.name)
+        photos.blobs.path(name).unlink(missing_ok=True)
+        progress.clear_photos_sealed += 1
+    return names[-1]

@@ -5,6 +5,7 @@ look-up key does not change, so a NIK registered before the rotation is still a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -17,13 +18,17 @@ import asyncpg
 import pytest
 
 from core import rotation, topology
+from core.blobs import BlobRef, BlobStore
 from core.checks import load_subject
 from core.keys import DecryptionError, Keyring
+from core.photo_strip import strip_metadata
+from core.photo_vault import PhotoVault
 from core.settings import Settings
 from core.verification import Check
 from demo.selfies import selfie
 from tests.support import inprocess
 from tests.support.people import person
+from tests.support.photos import phone_selfie
 from tests.support.waiting import eventually
 
 NEW_SECRET = "the-second-master-secret-after-the-rotation-0123456789"
@@ -202,10 +207,51 @@ async def test_the_intake_keys_command(settings: Settings, db: asyncpg.Pool) -> 
     assert "2 registration(s)" in first
     assert "not done: run it again to go on" in first
     rest = intake(new, "keys", "reencrypt", "--batch", "2")
-    assert "3 registration(s), 0 photo key(s) in 2 batch(es)" in rest
+    assert "3 registration(s), 0 photo key(s) in 2 batch(es); 0 photo(s) stored in clear" in rest
     assert rest.rstrip().endswith("done")
     status = intake(new, "keys", "status")
     assert "registrations.personal_enc\tversion 2\t5" in status
     assert "version 1" not in status
     for secret in (NEW_SECRET, settings.secret_key):
         assert secret not in status + first + rest
+
+
+async def test_photos_stored_in_clear_before_0015_are_sealed_by_the_job(
+    settings: Settings, db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """A photo uploaded before migration 0015 is a clear file named by its SHA-256, with no key
+    row: the job stores it as the edge stores photos now, points its rows at the new name and
+    deletes the clear file; a second run finds nothing."""
+    first, second, lost = await register(settings, db, range(30, 33))
+    keyring = Keyring.from_settings(settings)
+    vault = PhotoVault(BlobStore(tmp_path / "blobs"), keyring)
+    clear = phone_selfie()
+    old_name = hashlib.sha256(clear).hexdigest()
+    await vault.blobs.put(old_name, clear)  # as the store wrote it before
+    missing = hashlib.sha256(b"a photo whose file is gone").hexdigest()
+    for registration_id, name in ((first, old_name), (second, old_name), (lost, missing)):
+        await db.execute(
+            "INSERT INTO photos (registration_id, blob_hmac, size_bytes, phash, outcome)"
+            " VALUES ($1, $2, $3, 42, 'ok')",
+            registration_id,
+            name,
+            len(clear),
+        )
+    done = await rotation.reencrypt(db, keyring, batch_size=10, photos=vault)
+    assert (done.clear_photos_sealed, done.skipped, done.done) == (1, 1, True)
+    rows = await db.fetch(
+        "SELECT registration_id, blob_hmac, phash, outcome FROM photos ORDER BY registration_id"
+    )
+    new_name = keyring.photo_name(clear)
+    assert {r["registration_id"]: r["blob_hmac"] for r in rows} == {
+        first: new_name,
+        second: new_name,
+        lost: missing,
+    }
+    assert {(r["phash"], r["outcome"]) for r in rows} == {(42, "ok")}  # the analysis is kept
+    assert not vault.blobs.exists(old_name)
+    opened = await vault.open(db, BlobRef(new_name, len(clear)), max_bytes=len(clear))
+    assert opened == strip_metadata(clear)
+    assert b"TelefonPintar-X9" not in vault.blobs.path(new_name).read_bytes()
+    again = await rotation.reencrypt(db, keyring, batch_size=10, photos=vault)
+    assert (again.clear_photos_sealed, again.skipped, again.done) == (0, 1, True)

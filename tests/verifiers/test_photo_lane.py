@@ -30,7 +30,7 @@ from core.settings import Settings
 from core.verification import Check, Task
 from tests.support import inprocess
 from tests.support.people import person
-from tests.support.photos import encode, sample, selfie
+from tests.support.photos import encode, phone_selfie, sample, selfie
 from tests.support.waiting import eventually
 
 Client = TestClient[Request, Application]
@@ -259,18 +259,6 @@ async def test_no_message_carries_the_photo(stack: Stack) -> None:
         if task.check is Check.PHOTO:
             photo_tasks.append(task)
     assert photo_tasks == [Task(who.id, Check.PHOTO, 1)]
-
-
-def phone_selfie() -> bytes:
-    """The portrait as a phone stores it: on its side, with EXIF saying how to turn it upright,
-    the phone's maker and serial number, and the GPS position where it was taken."""
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: turn 90 degrees to show it upright
-    exif[0x010F] = "TelefonPintar-X9"
-    exif[0xA431] = "SN-3174011234567890"
-    exif[0x8825] = {1: "S", 2: (6.0, 54.0, 53.0), 3: "E", 4: (107.0, 36.0, 35.0)}
-    sideways = sample("astronaut").transpose(Image.Transpose.ROTATE_90)
-    return encode(sideways, "JPEG", quality=85, exif=exif.tobytes())
 
 
 async def test_the_stored_photo_is_sealed_stripped_and_named_by_a_keyed_hash(stack: Stack) -> None:
