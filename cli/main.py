@@ -128,7 +128,7 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
     from core import rotation
     from core.blobs import BlobStore
-    from core.keys import Keyring
+    from core.keys import DecryptionError, Keyring
     from core.photo_vault import PhotoVault
 
     keyring = Keyring.from_settings(settings)
@@ -158,7 +158,15 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 0
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except DecryptionError:
+        print(
+            "intake keys: a stored ciphertext is under a key version not listed in"
+            " INTAKE_SECRET_KEY/INTAKE_SECRET_KEYS (or was altered); nothing more was rewritten",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _waves(settings: Settings, args: argparse.Namespace) -> int:

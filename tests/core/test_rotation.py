@@ -183,8 +183,9 @@ async def test_reads_before_during_and_after_a_rotation(
     assert (row["status"], row["reject_reason"]) == ("rejected", "duplicate_nik")
 
 
-def intake(settings: Settings, *args: str) -> str:
-    """``intake ARGS`` in a process of its own with ``settings``; its standard output."""
+def intake(settings: Settings, *args: str, code: int = 0) -> str:
+    """``intake ARGS`` in a process of its own with ``settings``; its standard output (its
+    standard error if it exits with ``code`` other than 0)."""
     done = subprocess.run(
         [sys.executable, "-m", "cli", *args],
         env={**os.environ, **settings.to_env()},
@@ -193,8 +194,8 @@ def intake(settings: Settings, *args: str) -> str:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    assert done.returncode == code, done.stderr
+    return done.stdout if code == 0 else done.stderr
 
 
 async def test_the_intake_keys_command(settings: Settings, db: asyncpg.Pool) -> None:
@@ -212,8 +213,12 @@ async def test_the_intake_keys_command(settings: Settings, db: asyncpg.Pool) -> 
     status = intake(new, "keys", "status")
     assert "registrations.personal_enc\tversion 2\t5" in status
     assert "version 1" not in status
+    # Without the key the rows are under now: refused, said plainly, nothing rewritten.
+    refused = intake(settings, "keys", "reencrypt", code=1)
+    assert "under a key version not listed" in refused
+    assert "Traceback" not in refused
     for secret in (NEW_SECRET, settings.secret_key):
-        assert secret not in status + first + rest
+        assert secret not in status + first + rest + refused
 
 
 async def test_photos_stored_in_clear_before_0015_are_sealed_by_the_job(
