@@ -62,7 +62,7 @@ SCAN_SQL = """
 SELECT EXISTS (
     SELECT 1 FROM photos
     WHERE registration_id <> $1
-      AND (sha256 = $2 OR bit_count((phash # $3::bigint)::bit(64)) <= $4)
+      AND (blob_hmac = $2 OR bit_count((phash # $3::bigint)::bit(64)) <= $4)
 )
 """
 _LOAD_BATCH = 100_000
@@ -72,7 +72,7 @@ _NEAR_EVERY = 4  # one look-up in four is a near-duplicate of a stored photo
 _WARM_UP = 50
 _REGISTRATION_COLUMNS = ["id", "nik_hmac", "nik_enc", "personal_enc", "status"]
 _REGISTRATION_COLUMNS += ["submitted_at", "dispatched_at"]
-_PHOTO_COLUMNS = ["registration_id", "sha256", "size_bytes", "uploaded_at", "phash"]
+_PHOTO_COLUMNS = ["registration_id", "blob_hmac", "size_bytes", "uploaded_at", "phash"]
 _PHOTO_COLUMNS += ["analysed_at", "outcome"]
 
 Lookup = tuple[uuid.UUID, str, int]  # (the registration looking, its sha256, its phash)

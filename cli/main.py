@@ -7,6 +7,8 @@
     intake supervise [KIND...]  the worker fleet on this machine, autoscaled (default: all kinds)
     intake migrate              apply database migrations and exit
     intake dlq list|replay      inspect or replay dead-letter queues
+    intake keys status|reencrypt
+                                ciphertexts by key version; rewrite them under the current one
     intake waves ...            create, list, show, open, close waves; a selection; the audit log
     intake lanes ...            force a lane's breaker; registries' maintenance windows
     intake admin [token NAME]   the operators' admin API (or a new bearer token)
@@ -136,6 +138,52 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from core import rotation
+    from core.blobs import BlobStore
+    from core.keys import DecryptionError, Keyring
+    from core.photo_vault import PhotoVault
+
+    keyring = Keyring.from_settings(settings)
+    photos = PhotoVault(BlobStore(Path(settings.blob_dir)), keyring)
+
+    async def go() -> int:
+        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=1) as pool:
+            if args.action == "status":
+                print(f"current key version: {keyring.current}; readable: {keyring.versions}")
+                for column, version, count in await rotation.versions(pool):
+                    print(f"{column}\tversion {version}\t{count}")
+                return 0
+            progress = await rotation.reencrypt(
+                pool,
+                keyring,
+                batch_size=args.batch,
+                max_batches=args.max_batches,
+                pause_s=args.pause_s,
+                photos=photos,
+            )
+        print(
+            f"re-encrypted under version {keyring.current}: {progress.registrations}"
+            f" registration(s), {progress.photo_keys} photo key(s) in {progress.batches}"
+            f" batch(es); {progress.clear_photos_sealed} photo(s) stored in clear sealed;"
+            f" {progress.skipped} left (changed meanwhile, or no clear file);"
+            f" {'done' if progress.done else 'not done: run it again to go on'}"
+        )
+        return 0
+
+    try:
+        return asyncio.run(go())
+    except DecryptionError:
+        print(
+            "intake keys: a stored ciphertext is under a key version not listed in"
+            " INTAKE_SECRET_KEY/INTAKE_SECRET_KEYS (or was altered); nothing more was rewritten",
+            file=sys.stderr,
+        )
+        return 1
+
+
 def _waves(settings: Settings, args: argparse.Namespace) -> int:
     from admin.commands import waves_command
 
@@ -207,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.set_defaults(func=_dlq)
     from admin.commands import add_lane_commands, add_wave_commands
 
+    keys = commands.add_parser("keys", help="key versions of stored ciphertexts; re-encryption")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("status", help="stored ciphertexts by key version")
+    rewrite = key_actions.add_parser(
+        "reencrypt", help="rewrite stored ciphertexts under the current key (resumable)"
+    )
+    rewrite.add_argument("--batch", type=int, default=500, help="rows per transaction")
+    rewrite.add_argument("--max-batches", type=int, default=None, help="stop after this many")
+    rewrite.add_argument("--pause-s", type=float, default=0.0, help="sleep between batches")
+    keys.set_defaults(func=_keys)
     waves = commands.add_parser("waves", help="create, list, open, close waves; the audit log")
     add_wave_commands(waves)
     waves.set_defaults(func=_waves)

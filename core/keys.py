@@ -1,7 +1,7 @@
 """Keys and the cryptography around personal data.
 
-One master secret (``INTAKE_SECRET_KEY``) is stretched with HKDF into independent keys, one per
-purpose, so that a leak of one derived key (say, the token key) reveals nothing about another:
+Each master secret is stretched with HKDF into independent keys, one per purpose, so that a leak
+of one derived key (say, the token key) reveals nothing about another:
 
 - ``nik``: HMAC-SHA256 of the NIK, the stored look-up and uniqueness key ("one NIK, once in a
   lifetime") that does not reveal the NIK itself;
@@ -13,9 +13,19 @@ purpose, so that a leak of one derived key (say, the token key) reveals nothing 
 - ``link``: HMAC that signs the token of an email verification link (the edge checks it
   before it touches the database);
 - ``code``: HMAC of the one-time secrets (an email link's, an SMS code), the only form in which
-  they are stored.
+  they are stored;
+- ``photo-name``: HMAC of a photo's bytes, its blob's name (holding a copy of a photo does not
+  tell whether it is stored);
+- ``photo-key``: AES-256-GCM that wraps each photo's own random data key.
 
-Ciphertexts start with a one-byte key version so that keys can be rotated later.
+**Versions.** The master secrets are numbered (``INTAKE_SECRET_KEY`` is version 1,
+``INTAKE_SECRET_KEYS`` adds ``2:...``, ``3:...``). Every ciphertext starts with the one-byte
+version of the key that made it: new ciphertexts (personal data, message seals, wrapped photo
+keys) are made under the *current* version, and any listed version is read. The keyed hashes
+that are looked up (the NIK's, a photo's name, the one-time secrets') and the signing keys (access
+tokens, email links, ids from an ``Idempotency-Key``) stay on version 1's derivation for ever:
+a NIK's HMAC is its uniqueness key across all time, and re-keying it would need every NIK in
+clear, which the rows that keep only the HMAC no longer have. See docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -27,7 +37,9 @@ import os
 import re
 import struct
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,8 +48,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from core.ids import uuid8
 
-KEY_VERSION = 1
+# The version of the master secret whose derivations make the look-up and signing keys.
+LOOKUP_VERSION = 1
+# Kept for the email link token's format, whose first byte is this version.
+KEY_VERSION = LOOKUP_VERSION
+MAX_KEY_VERSION = 255
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
+DATA_KEY_BYTES = 32
+# A wrapped photo key: version, nonce, the 32-byte key, the tag.
+WRAPPED_KEY_BYTES = 1 + _NONCE_BYTES + DATA_KEY_BYTES + _TAG_BYTES
+# A sealed photo starts with this format byte, then its nonce; the data key is not in it.
+_PHOTO_FORMAT = 1
 # An email link token: version, registration id, expiry (Unix seconds), the 16-byte secret,
 # then the HMAC-SHA256 of all that: 73 bytes, 98 URL-safe base64 characters without padding.
 _LINK_PAYLOAD = struct.Struct(">B16sq16s")
@@ -92,46 +114,112 @@ def _derive(master: bytes, purpose: str) -> bytes:
     ).derive(master)
 
 
-@dataclass(frozen=True, slots=True)
 class Keyring:
-    """The derived keys of one deployment. Build it once with :meth:`from_secret`."""
+    """The derived keys of one deployment. Build it once with :meth:`from_settings` (or
+    :meth:`from_secrets`, :meth:`from_secret`)."""
 
-    nik_key: Hmac
-    token_key: Hmac
-    data: AESGCM
-    seal: AESGCM
-    link_key: Hmac
-    code_key: Hmac
+    __slots__ = (
+        "_data",
+        "_photo_key",
+        "_seal",
+        "code_key",
+        "current",
+        "link_key",
+        "nik_key",
+        "photo_name_key",
+        "token_key",
+    )
+
+    def __init__(self, secrets: Mapping[int, str], current: int | None = None) -> None:
+        """``secrets``: master secret by version (1 is required: the look-up keys derive from
+        it); ``current``: the version new ciphertexts are made under (default: the newest)."""
+        if LOOKUP_VERSION not in secrets:
+            raise ValueError("the master secret of version 1 is required")
+        if not all(1 <= v <= MAX_KEY_VERSION for v in secrets):
+            raise ValueError(f"key versions are 1..{MAX_KEY_VERSION}")
+        self.current = max(secrets) if current is None else current
+        if self.current not in secrets:
+            raise ValueError(f"no master secret of the current version {self.current}")
+        first = secrets[LOOKUP_VERSION].encode()
+        self.nik_key = Hmac(_derive(first, "nik-hmac"))
+        self.token_key = Hmac(_derive(first, "access-token"))
+        self.link_key = Hmac(_derive(first, "email-link"))
+        self.code_key = Hmac(_derive(first, "contact-code"))
+        self.photo_name_key = Hmac(_derive(first, "photo-name"))
+        masters = {v: secret.encode() for v, secret in secrets.items()}
+        self._data = {v: AESGCM(_derive(m, "data-at-rest")) for v, m in masters.items()}
+        self._seal = {v: AESGCM(_derive(m, "message-seal")) for v, m in masters.items()}
+        self._photo_key = {v: AESGCM(_derive(m, "photo-key")) for v, m in masters.items()}
 
     @classmethod
     def from_secret(cls, secret: str) -> Keyring:
-        master = secret.encode()
-        return cls(
-            nik_key=Hmac(_derive(master, "nik-hmac")),
-            token_key=Hmac(_derive(master, "access-token")),
-            data=AESGCM(_derive(master, "data-at-rest")),
-            seal=AESGCM(_derive(master, "message-seal")),
-            link_key=Hmac(_derive(master, "email-link")),
-            code_key=Hmac(_derive(master, "contact-code")),
-        )
+        """One master secret, version 1 (a deployment that never rotated)."""
+        return cls({LOOKUP_VERSION: secret})
+
+    @classmethod
+    def from_secrets(cls, secrets: Mapping[int, str], current: int | None = None) -> Keyring:
+        return cls(secrets, current)
+
+    @classmethod
+    def from_settings(cls, settings: _KeySettings) -> Keyring:
+        """The keys ``settings`` name: ``secret_key`` (version 1), ``secret_keys`` (later
+        versions) and ``secret_key_current`` (0: the newest)."""
+        return cls(settings.master_secrets(), settings.secret_key_current or None)
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """The versions this keyring reads, oldest first."""
+        return tuple(sorted(self._data))
 
     def nik_hmac(self, nik: str) -> bytes:
         """Keyed HMAC of a NIK: equal NIKs give equal digests; the digest reveals nothing."""
         return self.nik_key.digest(nik.encode())
 
     def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
-        """Encrypt a value at rest, bound to ``context`` (e.g. the registration id)."""
-        return _encrypt(self.data, plaintext, context)
+        """Encrypt a value at rest under the current key, bound to ``context`` (e.g. the
+        registration id)."""
+        return _encrypt(self._data, self.current, plaintext, context)
 
     def decrypt(self, ciphertext: bytes, context: bytes) -> bytes:
-        return _decrypt(self.data, ciphertext, context)
+        """Decrypt a value made under any version this keyring lists."""
+        return _decrypt(self._data, ciphertext, context)
+
+    def reencrypt(self, ciphertext: bytes, context: bytes) -> bytes | None:
+        """``ciphertext`` made again under the current key, or None if it is under it already."""
+        if key_version(ciphertext) == self.current:
+            return None
+        return self.encrypt(self.decrypt(ciphertext, context), context)
 
     def seal_message(self, body: bytes, context: bytes) -> bytes:
         """Encrypt and authenticate a message body for the broker."""
-        return _encrypt(self.seal, body, context)
+        return _encrypt(self._seal, self.current, body, context)
 
     def open_message(self, sealed: bytes, context: bytes) -> bytes:
-        return _decrypt(self.seal, sealed, context)
+        return _decrypt(self._seal, sealed, context)
+
+    def photo_name(self, photo: bytes) -> str:
+        """The name of a photo's blob: the keyed HMAC of its bytes as uploaded, 64 hex digits.
+        Equal bytes give equal names (a retried upload, a selfie reused on two registrations);
+        without the key a name reveals nothing and cannot be computed from a copy."""
+        return self.photo_name_key.digest(photo).hex()
+
+    def new_photo_key(self, name: str) -> tuple[bytes, bytes]:
+        """A fresh random data key for the photo named ``name``, and that key wrapped under the
+        current version (bound to the name: a wrapped key cannot be moved to another photo)."""
+        key = AESGCM.generate_key(bit_length=8 * DATA_KEY_BYTES)
+        return key, self.wrap_photo_key(key, name)
+
+    def wrap_photo_key(self, key: bytes, name: str) -> bytes:
+        return _encrypt(self._photo_key, self.current, key, _photo_key_context(name))
+
+    def unwrap_photo_key(self, wrapped: bytes, name: str) -> bytes:
+        return _decrypt(self._photo_key, wrapped, _photo_key_context(name))
+
+    def rewrap_photo_key(self, wrapped: bytes, name: str) -> bytes | None:
+        """``wrapped`` wrapped again under the current key, or None if it is under it already."""
+        if key_version(wrapped) == self.current:
+            return None
+        return self.wrap_photo_key(self.unwrap_photo_key(wrapped, name), name)
 
     def access_token(self, registration_id: uuid.UUID) -> str:
         """The bearer token that lets its holder read one registration's status."""
@@ -183,13 +271,47 @@ class Keyring:
         return self.code_key.digest(message + secret)
 
 
-def _encrypt(aead: AESGCM, plaintext: bytes, context: bytes) -> bytes:
+def key_version(ciphertext: bytes) -> int:
+    """The version of the key that made a ciphertext (its first byte); 0 for an empty one."""
+    return ciphertext[0] if ciphertext else 0
+
+
+def seal_photo(key: bytes, photo: bytes, name: str) -> bytes:
+    """A photo encrypted with its own data key (AES-256-GCM), bound to its blob's name."""
     nonce = os.urandom(_NONCE_BYTES)
-    return bytes([KEY_VERSION]) + nonce + aead.encrypt(nonce, plaintext, context)
+    return bytes([_PHOTO_FORMAT]) + nonce + AESGCM(key).encrypt(nonce, photo, name.encode())
 
 
-def _decrypt(aead: AESGCM, ciphertext: bytes, context: bytes) -> bytes:
-    if len(ciphertext) < 1 + _NONCE_BYTES + 16 or ciphertext[0] != KEY_VERSION:
+def open_photo(key: bytes, sealed: bytes, name: str) -> bytes:
+    """The photo :func:`seal_photo` sealed; :class:`DecryptionError` if anything differs."""
+    if len(sealed) < 1 + _NONCE_BYTES + _TAG_BYTES or sealed[0] != _PHOTO_FORMAT:
+        raise DecryptionError("unknown photo format")
+    nonce = sealed[1 : 1 + _NONCE_BYTES]
+    try:
+        return AESGCM(key).decrypt(nonce, sealed[1 + _NONCE_BYTES :], name.encode())
+    except InvalidTag:
+        raise DecryptionError("authentication failed") from None
+
+
+class _KeySettings(Protocol):
+    @property
+    def secret_key_current(self) -> int: ...
+
+    def master_secrets(self) -> dict[int, str]: ...
+
+
+def _photo_key_context(name: str) -> bytes:
+    return b"photo-key:" + name.encode()
+
+
+def _encrypt(aeads: Mapping[int, AESGCM], version: int, plaintext: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(_NONCE_BYTES)
+    return bytes([version]) + nonce + aeads[version].encrypt(nonce, plaintext, context)
+
+
+def _decrypt(aeads: Mapping[int, AESGCM], ciphertext: bytes, context: bytes) -> bytes:
+    aead = aeads.get(key_version(ciphertext))
+    if len(ciphertext) < 1 + _NONCE_BYTES + _TAG_BYTES or aead is None:
         raise DecryptionError("unknown format or key version")
     nonce = ciphertext[1 : 1 + _NONCE_BYTES]
     try:

@@ -37,9 +37,15 @@ class Settings:
     # One RabbitMQ node, or several nodes of one cluster separated by commas (core/broker.py).
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/intake"
     database_url: str = "postgresql://intake:intake@127.0.0.1:5432/intake"
-    # Master secret; per-purpose keys (NIK HMAC, encryption, access tokens, message
-    # sealing) are derived from it with HKDF, see core.keys.
+    # Master secret, version 1; per-purpose keys (NIK HMAC, encryption, access tokens, message
+    # sealing, photos) are derived from it with HKDF, see core.keys. The look-up and signing
+    # keys stay on it for ever, so it is never removed.
     secret_key: str = field(default=DEV_SECRET_KEY, repr=False)
+    # Later master secrets after a rotation, comma-separated VERSION:SECRET (versions 2..255),
+    # e.g. "2:...". New ciphertexts are made under secret_key_current (0: the newest listed);
+    # every listed version is read. See docs/privacy.md.
+    secret_keys: str = field(default="", repr=False)
+    secret_key_current: int = 0
     log_level: str = "INFO"
 
     # Edge.
@@ -258,6 +264,9 @@ class Settings:
             raise SettingsError("INTAKE_SECRET_KEY must be set in production")
         if len(self.secret_key) < 32:
             raise SettingsError("INTAKE_SECRET_KEY must be at least 32 characters")
+        secrets = self.master_secrets()  # raises on a malformed INTAKE_SECRET_KEYS
+        if self.secret_key_current and self.secret_key_current not in secrets:
+            raise SettingsError("INTAKE_SECRET_KEY_CURRENT must be a listed key version (or 0)")
         try:
             broker.nodes(self.amqp_url)
         except ValueError as exc:
@@ -318,6 +327,23 @@ class Settings:
             )
         if self.participation_prefetch < 1:
             raise SettingsError("INTAKE_PARTICIPATION_PREFETCH must be positive")
+
+    def master_secrets(self) -> dict[int, str]:
+        """The master secrets by version: ``secret_key`` is 1, ``secret_keys`` adds the later
+        ones (never echoed in an error: they are secrets)."""
+        found = {1: self.secret_key}
+        for item in filter(None, (part.strip() for part in self.secret_keys.split(","))):
+            version, _, secret = item.partition(":")
+            if not re.fullmatch(r"[0-9]{1,3}", version) or not 2 <= int(version) <= 255:
+                raise SettingsError("INTAKE_SECRET_KEYS: entries are VERSION:SECRET, 2..255")
+            if int(version) in found:
+                raise SettingsError(f"INTAKE_SECRET_KEYS: version {int(version)} is listed twice")
+            if len(secret) < 32:
+                raise SettingsError("INTAKE_SECRET_KEYS: each secret needs 32+ characters")
+            if self.env == "production" and secret == DEV_SECRET_KEY:
+                raise SettingsError("INTAKE_SECRET_KEYS must not list the development key")
+            found[int(version)] = secret
+        return found
 
     def admin_credentials(self) -> dict[str, bytes]:
         """``admin_tokens`` parsed: name → SHA-256 digest of its bearer token."""

@@ -75,7 +75,8 @@ QUIET_CORES, QUIET_S = 0.3, 0.5  # the stack has settled: under 0.3 of a core fo
 CORES = max(1, len(os.sched_getaffinity(0)))
 _TABLES = (
     "registrations, nik_claims, checks, contact_codes, photos, rate_buckets, waves, test_attempts,"
-    " wave_joins, wave_selections, benefit_niks, notifications"
+    " wave_joins, wave_selections, benefit_niks, notifications, photo_keys, lane_controls,"
+    " maintenance_windows"
 )
 
 

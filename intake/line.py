@@ -22,12 +22,15 @@ The steps and their lines, all read from PostgreSQL (migration ``0011``):
   upload), not a queue: no position (``waiting_for_you``).
 
 The estimate is ``(position + 1) / rate``: the items ahead and this one, at the measured rate.
-The rate is the number of the lane's most recent handlings (at most :data:`SAMPLE_MAX`, within
-``line_window_s``) over the time from the oldest of them to now, so that it falls as soon as a
-lane slows or stops. Its error: a count of ``n`` handlings has a relative standard error of
-about ``1/sqrt(n)`` (Poisson arrivals of completions); the stated error is two of those on the
-estimate, plus one item's time (the items in hand finish out of order). It covers the
-measurement's noise, not a change in the lane's pace after the look-up. No estimate (``eta_s``
+The lane's most recent handlings are sampled (at most :data:`SAMPLE_MAX`, within
+``line_window_s``); the rate is that of the newer half of the sample (from its median handling
+to now), so that it follows a lane that speeds up (a concurrency limit still growing) or slows
+down; with fewer than :data:`HALVES_MIN` handlings, that of the whole sample. Its error: a
+count of ``n`` handlings has a relative standard error of about ``1/sqrt(n)`` (Poisson arrivals
+of completions): two of those on the estimate; plus the change of pace within the sample (the
+difference between the estimate at the newer half's rate and at the whole sample's); plus one
+item's time (the items in hand finish out of order). It covers the measurement's noise and the
+pace's recent drift, not a change of pace after the look-up. No estimate (``eta_s``
 null) while fewer than two handlings were seen in the window (``no_drain_measured``) or while
 the lane has handled nothing for ``line_stall_s`` since this item entered its line
 (``lane_stopped``: a breaker open, a lane held back or without workers).
@@ -53,6 +56,8 @@ import asyncpg
 
 from core.settings import Settings
 
+# Under this many handlings in the sample, the rate is the whole sample's (halves too noisy).
+HALVES_MIN = 8
 # The most recent handlings a rate is measured over: enough for a 5 % standard error, and a
 # bounded index range whatever the lane's speed.
 SAMPLE_MAX = 2000
@@ -79,7 +84,9 @@ _HANDLED_DEFAULT = ("passed", "failed", "retrying")
 _LANE_DRAIN_SQL = """
 SELECT count(*) AS n,
        extract(epoch FROM now() - min(updated_at))::float8 AS oldest_s,
-       extract(epoch FROM now() - max(updated_at))::float8 AS newest_s
+       extract(epoch FROM now() - max(updated_at))::float8 AS newest_s,
+       extract(epoch FROM now()
+               - percentile_disc(0.5) WITHIN GROUP (ORDER BY updated_at))::float8 AS middle_s
 FROM (SELECT updated_at FROM checks
       WHERE check_name = $1 AND state <> 'pending' AND state = ANY($2::text[])
         AND updated_at > now() - make_interval(secs => $3)
@@ -88,7 +95,9 @@ FROM (SELECT updated_at FROM checks
 _DISPATCH_DRAIN_SQL = """
 SELECT count(*) AS n,
        extract(epoch FROM now() - min(dispatched_at))::float8 AS oldest_s,
-       extract(epoch FROM now() - max(dispatched_at))::float8 AS newest_s
+       extract(epoch FROM now() - max(dispatched_at))::float8 AS newest_s,
+       extract(epoch FROM now()
+               - percentile_disc(0.5) WITHIN GROUP (ORDER BY dispatched_at))::float8 AS middle_s
 FROM (SELECT dispatched_at FROM registrations
       WHERE dispatched_at IS NOT NULL AND dispatched_at > now() - make_interval(secs => $1)
       ORDER BY dispatched_at DESC LIMIT $2) AS recent
@@ -208,12 +217,21 @@ class Drain:
     oldest_s: float
     newest_s: float
     measured_at: float
+    middle_s: float = 0.0  # the median handling's age at the measurement
 
     def rate(self, now: float) -> float | None:
         """Handlings per second from the oldest sampled one to ``now``; None under two."""
         if self.count < 2:
             return None
         return self.count / max(self.oldest_s + (now - self.measured_at), 1e-3)
+
+    def recent(self, now: float) -> tuple[float, int] | None:
+        """(handlings per second, handlings counted) of the sample's newer half: from its
+        median handling to ``now``; None under :data:`HALVES_MIN` handlings."""
+        if self.count < HALVES_MIN:
+            return None
+        newer = self.count - self.count // 2
+        return newer / max(self.middle_s + (now - self.measured_at), 1e-3), newer
 
     def idle_s(self, now: float) -> float:
         """Seconds since the newest handling (infinite: none seen)."""
@@ -258,6 +276,7 @@ class Rates:
                 oldest_s=row["oldest_s"] or 0.0,
                 newest_s=row["newest_s"] or 0.0,
                 measured_at=time.monotonic(),
+                middle_s=row["middle_s"] or 0.0,
             )
             self._cached[lane] = drain
             return drain
@@ -339,7 +358,9 @@ class Rates:
 def estimate(ahead: int, in_line_s: float, drain: Drain, stall_s: float) -> dict[str, Any]:
     """The step's line object: its position and, when one can be made, its estimate."""
     now = time.monotonic()
-    rate = drain.rate(now)
+    whole = drain.rate(now)
+    recent = drain.recent(now)
+    rate, counted = recent if recent is not None else (whole, drain.count)
     step: dict[str, Any] = {
         "position": ahead,
         "eta_s": None,
@@ -348,10 +369,11 @@ def estimate(ahead: int, in_line_s: float, drain: Drain, stall_s: float) -> dict
     }
     if min(drain.idle_s(now), in_line_s) > stall_s:
         return step | {"basis": "lane_stopped"}
-    if rate is None:
+    if rate is None or whole is None:
         return step | {"basis": "no_drain_measured"}
     eta_s = (ahead + 1) / rate
-    error_s = 2 * eta_s / math.sqrt(drain.count) + 1 / rate
+    drift_s = abs(eta_s - (ahead + 1) / whole)
+    error_s = 2 * eta_s / math.sqrt(counted) + drift_s + 1 / rate
     # The error is rounded up, so that rounding never makes it smaller than stated.
     rounded_error_s = math.ceil(error_s * 10) / 10
     return step | {"basis": "measured", "eta_s": round(eta_s, 1), "error_s": rounded_error_s}

@@ -2,13 +2,14 @@
 
     PUT /v1/registrations/{id}/photo    the JPEG or PNG bytes, with the bearer token
 
-The body is streamed into the content-addressed blob store (``core.blobs``), never held whole in
-memory and never put in a message: the photo lane gets a task naming the registration and reads
-the blob. The rule: a photo is accepted while the photo check *waits* for one (the registration
-is stored, started and not decided). The upload then makes the check pending again in the outbox
-(``dispatched_at`` NULL, ``NOTIFY``), in the transaction that records the photo, so its task
-cannot be lost. Sending the same bytes again while they are being checked is answered 202 again
-(a client retrying an upload whose answer it lost); anything else later is a 409.
+The body is received (at most ``INTAKE_PHOTO_MAX_BYTES``, checked while it streams), stripped of its
+metadata, encrypted with a data key of its own and stored under its keyed hash
+(``core.photo_vault``); it is never put in a message: the photo lane gets a task naming the
+registration and opens the blob. The rule: a photo is accepted while the photo check *waits* for one
+(the registration is stored, started and not decided). The upload then makes the check pending again
+in the outbox (``dispatched_at`` NULL, ``NOTIFY``), in the transaction that records the photo, so
+its task cannot be lost. Sending the same bytes again while they are being checked is answered 202
+again (a client retrying an upload whose answer it lost); anything else later is a 409.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import orjson
 from aiohttp import web
 
 from core import checks
-from core.blobs import BlobRef, BlobStore, BlobTooLarge
+from core.blobs import BlobError, BlobRef, BlobStore, BlobTooLarge, receive
+from core.photo_vault import PhotoVault
 from core.verification import Check
 from intake.access import authorized_id
 from intake.appkeys import DB, KEYRING, SETTINGS
@@ -31,28 +33,28 @@ from intake.problems import problem, unavailable
 
 log = logging.getLogger(__name__)
 
-BLOBS = web.AppKey("blobs", BlobStore)
+PHOTOS = web.AppKey("photos", PhotoVault)
 PHOTO_TYPES = frozenset({"image/jpeg", "image/png"})
 _CHUNK_BYTES = 64 * 1024
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _STATE_SQL = """
-SELECT r.status, c.state, p.sha256
+SELECT r.status, c.state, p.blob_hmac
 FROM registrations r
 LEFT JOIN checks c ON c.registration_id = r.id AND c.check_name = 'photo'
 LEFT JOIN photos p ON p.registration_id = r.id
 WHERE r.id = $1
 """
 _UPSERT_SQL = """
-INSERT INTO photos (registration_id, sha256, size_bytes) VALUES ($1, $2, $3)
-ON CONFLICT (registration_id) DO UPDATE SET sha256 = $2, size_bytes = $3, uploaded_at = now(),
+INSERT INTO photos (registration_id, blob_hmac, size_bytes) VALUES ($1, $2, $3)
+ON CONFLICT (registration_id) DO UPDATE SET blob_hmac = $2, size_bytes = $3, uploaded_at = now(),
     phash = NULL, analysed_at = NULL, outcome = NULL
 """
 
 
 def add_routes(app: web.Application) -> None:
-    """Add the photo upload route and the blob store it writes to."""
-    app[BLOBS] = BlobStore(Path(app[SETTINGS].blob_dir))
+    """Add the photo upload route and the photo store it writes to."""
+    app[PHOTOS] = PhotoVault(BlobStore(Path(app[SETTINGS].blob_dir)), app[KEYRING])
     app.router.add_put("/v1/registrations/{id}/photo", upload_photo)
 
 
@@ -72,14 +74,13 @@ async def upload_photo(request: web.Request) -> web.StreamResponse:
         if refusal is not None:
             return refusal
         try:
-            ref = await request.app[BLOBS].put_stream(
-                request.content.iter_chunked(_CHUNK_BYTES), max_bytes
-            )
+            photo = await receive(request.content.iter_chunked(_CHUNK_BYTES), max_bytes)
         except BlobTooLarge:
             return problem(413, "too-large", "The photo is too large")
+        ref = await request.app[PHOTOS].store(request.app[DB], photo)
         async with request.app[DB].acquire() as connection, connection.transaction():
             return await _record(connection, registration_id, ref)
-    except _DB_ERRORS as exc:
+    except (*_DB_ERRORS, BlobError) as exc:
         log.warning("photo upload failed: %s", type(exc).__name__)
         return unavailable("database_unreachable", request.app[SETTINGS].edge_retry_after_s)
 
@@ -90,8 +91,8 @@ async def _state(request: web.Request, registration_id: uuid.UUID) -> asyncpg.Re
         return row
 
 
-def _refusal(row: asyncpg.Record | None, sha256: str | None) -> web.Response | None:
-    """The 409 for a registration that takes no photo now, or None if it does (or if ``sha256``
+def _refusal(row: asyncpg.Record | None, name: str | None) -> web.Response | None:
+    """The 409 for a registration that takes no photo now, or None if it does (or if ``name``
     is the photo being checked already: a retried upload; None before the upload, when the
     bytes are not known yet)."""
     if row is None:
@@ -103,7 +104,7 @@ def _refusal(row: asyncpg.Record | None, sha256: str | None) -> web.Response | N
         return problem(409, "not-ready", "The registration is not started yet; try again shortly")
     if row["state"] == "waiting":
         return None
-    if row["state"] in ("pending", "retrying") and sha256 in (None, row["sha256"]):
+    if row["state"] in ("pending", "retrying") and name in (None, row["blob_hmac"]):
         return None
     return problem(409, "photo-already-uploaded", "A photo was uploaded already")
 
@@ -114,11 +115,11 @@ async def _record(
     """Under the check's lock: record the photo and put the check in the outbox."""
     state = await checks.lock_state(connection, registration_id, Check.PHOTO)
     row = await connection.fetchrow(_STATE_SQL, registration_id)
-    refusal = _refusal(row, ref.sha256)
+    refusal = _refusal(row, ref.name)
     if refusal is not None:
-        return refusal  # the blob stays, unreferenced (content-addressed: harmless)
+        return refusal  # the blob stays, unreferenced (named by its content: harmless)
     if state == "waiting":
-        await connection.execute(_UPSERT_SQL, registration_id, ref.sha256, ref.size_bytes)
+        await connection.execute(_UPSERT_SQL, registration_id, ref.name, ref.size_bytes)
         await checks.requeue(connection, registration_id, Check.PHOTO)
     body: dict[str, Any] = {
         "id": str(registration_id),

@@ -37,7 +37,7 @@ async def serve(settings: Settings, *, sock: socket.socket | None = None) -> Non
 
 
 async def _serve(settings: Settings, sock: socket.socket | None) -> None:
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
     access_log = None
     if settings.edge_access_log:

@@ -64,7 +64,7 @@ async def settings(base_settings: Settings) -> Settings:
     try:
         await migrate(connection)
         await connection.execute(
-            "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, waves,"
+            "TRUNCATE registrations, nik_claims, checks, photos, photo_keys, rate_buckets, waves,"
             " test_attempts, wave_joins, wave_selections, benefit_niks, notifications,"
             " lane_controls, maintenance_windows"
         )
@@ -85,7 +85,7 @@ async def settings(base_settings: Settings) -> Settings:
 
 @pytest.fixture
 def keyring(base_settings: Settings) -> Keyring:
-    return Keyring.from_secret(base_settings.secret_key)
+    return Keyring.from_settings(base_settings)
 
 
 @pytest.fixture

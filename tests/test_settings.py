@@ -61,3 +61,35 @@ def test_a_setting_can_come_from_a_file_as_an_orchestrator_mounts_a_secret(
     with pytest.raises(SettingsError, match="INTAKE_SECRET_KEY_FILE: cannot read") as raised:
         Settings.from_env({"INTAKE_SECRET_KEY_FILE": str(missing)})
     assert "k" * 40 not in str(raised.value)
+
+
+def test_later_master_secrets_are_listed_by_version() -> None:
+    one, two, three = "1" * 40, "2" * 40, "3" * 40
+    settings = Settings.from_env(
+        {"INTAKE_SECRET_KEY": one, "INTAKE_SECRET_KEYS": f"2:{two}, 3:{three}"}
+    )
+    assert settings.master_secrets() == {1: one, 2: two, 3: three}
+    assert settings.secret_key_current == 0  # the newest
+    held = Settings.from_env({"INTAKE_SECRET_KEYS": f"2:{two}", "INTAKE_SECRET_KEY_CURRENT": "1"})
+    assert held.secret_key_current == 1
+    assert two not in repr(settings)  # never printed
+
+
+@pytest.mark.parametrize(
+    ("keys", "current", "message"),
+    [
+        ("1:" + "x" * 40, "0", "VERSION:SECRET, 2..255"),
+        ("256:" + "x" * 40, "0", "VERSION:SECRET, 2..255"),
+        ("two:" + "x" * 40, "0", "VERSION:SECRET, 2..255"),
+        ("2:short", "0", "32\\+ characters"),
+        (f"2:{'x' * 40},2:{'y' * 40}", "0", "version 2 is listed twice"),
+        ("2:" + "x" * 40, "3", "INTAKE_SECRET_KEY_CURRENT"),
+    ],
+)
+def test_malformed_key_lists_are_refused_without_echoing_a_secret(
+    keys: str, current: str, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message) as raised:
+        Settings.from_env({"INTAKE_SECRET_KEYS": keys, "INTAKE_SECRET_KEY_CURRENT": current})
+    assert "x" * 40 not in str(raised.value)
+    assert "short" not in str(raised.value)

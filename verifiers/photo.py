@@ -1,13 +1,15 @@
 """The photo check: the selfie with the ID card, once the registrant uploaded it.
 
-The edge stores the upload as a content-addressed blob (``core.blobs``) and its row in
-``photos``; the task names only the registration. Here the blob is read, analysed in a process
+The edge stores the upload sealed, without its metadata, named by its keyed hash
+(``core.photo_vault``), and its row in ``photos``; the task names only the registration. Here,
+the only place a photo is decrypted, the blob is opened, analysed in a process
 pool (``verifiers.imaging``: CPU-bound, about 10 photos/s per process, never on the event loop),
 and the outcome mapped:
 
 - not a usable photo of one face: :class:`Reject` with ``photo_<outcome>`` (``photo_no_face``,
   ``photo_multiple_faces``, ``photo_truncated``, ...);
-- one face, but the same selfie is on another registration (the same bytes, or a perceptual
+- one face, but the same selfie is on another registration (the same bytes, by their keyed
+  hash, or a perceptual
   hash within :data:`~verifiers.imaging.SAME_PHOTO_MAX_DISTANCE` bits): :class:`Review` with
   ``photo_reused``. Sharing a photo is suspicious, not proof of fraud: a person decides;
 - otherwise :class:`Passed`.
@@ -30,6 +32,8 @@ from typing import ClassVar
 import asyncpg
 
 from core.blobs import BlobError, BlobNotFound, BlobRef, BlobStore
+from core.keys import Keyring
+from core.photo_vault import PhotoVault
 from core.settings import Settings
 from core.verification import Check, Passed, Reject, Retry, Review, Subject, Task
 from verifiers.imaging import (
@@ -45,24 +49,25 @@ log = logging.getLogger(__name__)
 
 REUSED = "photo_reused"
 
-_PHOTO_SQL = "SELECT sha256, size_bytes FROM photos WHERE registration_id = $1"
+_PHOTO_SQL = "SELECT blob_hmac, size_bytes FROM photos WHERE registration_id = $1"
 _ANALYSED_SQL = """
 UPDATE photos SET phash = $2, outcome = $3, analysed_at = now()
-WHERE registration_id = $1 AND sha256 = $4
+WHERE registration_id = $1 AND blob_hmac = $4
 """
 
 
-# The same bytes (photos_sha256), or a perceptual hash within $4 bits of $3: multi-index hashing
-# (verifiers/phash_chunks.py, migration 0007), one arm per 16-bit chunk that looks up the probe
-# values $5..$8 in the chunk's index and keeps the rows within the exact distance; see
-# docs/architecture.md. UNION ALL rather than the arms joined by OR in one WHERE: that is planned
-# as a sequential scan, and a bitmap scan, its best plan, would visit a table page for each of the
-# thousands of candidates; an arm of its own is an index-only scan. EXISTS stops at the first
-# row. The chunk expressions are made from CHUNKS as migration 0007 spells them (a test compares).
+# The same bytes (photos_blob_hmac, the keyed hash of the upload), or a perceptual hash within $4
+# bits of $3: multi-index hashing (verifiers/phash_chunks.py, migration 0007), one arm per 16-bit
+# chunk that looks up the probe values $5..$8 in the chunk's index and keeps the rows within the
+# exact distance; see docs/architecture.md. UNION ALL rather than the arms joined by OR in one
+# WHERE: that is planned as a sequential scan, and a bitmap scan, its best plan, would visit a table
+# page for each of the thousands of candidates; an arm of its own is an index-only scan. EXISTS
+# stops at the first row. The chunk expressions are made from CHUNKS as migration 0007 spells them
+# (a test compares).
 def _matches_sql() -> str:
-    """The sha256 arm, then one arm per chunk of :data:`~verifiers.phash_chunks.CHUNKS`
+    """The keyed-hash arm, then one arm per chunk of :data:`~verifiers.phash_chunks.CHUNKS`
     (values ``$5``, ``$6``, ...), each spelled as migration 0007's index expression."""
-    arms = ["SELECT registration_id FROM photos WHERE sha256 = $2 AND registration_id <> $1"]
+    arms = ["SELECT registration_id FROM photos WHERE blob_hmac = $2 AND registration_id <> $1"]
     for index, (width, shift) in enumerate(CHUNKS):
         mask = (1 << width) - 1
         chunk = f"((phash >> {shift}) & {mask})" if shift else f"(phash & {mask})"
@@ -93,9 +98,9 @@ class PhotoVerifier:
 
     check: ClassVar[Check] = Check.PHOTO
 
-    def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._blobs = BlobStore(Path(settings.blob_dir))
+        self._photos = PhotoVault(BlobStore(Path(settings.blob_dir)), keyring)
         self._limits = PhotoLimits(max_bytes=settings.photo_max_bytes)
         self._workers = settings.photo_workers
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
@@ -104,9 +109,9 @@ class PhotoVerifier:
         row = await self._pool.fetchrow(_PHOTO_SQL, task.registration_id)
         if row is None:
             raise Retry("photo_row_missing")  # written with the pending check: should not happen
-        ref = BlobRef(row["sha256"], row["size_bytes"])
+        ref = BlobRef(row["blob_hmac"], row["size_bytes"])
         try:
-            data = await self._blobs.read(ref, max_bytes=self._limits.max_bytes)
+            data = await self._photos.open(self._pool, ref, max_bytes=self._limits.max_bytes)
         except BlobNotFound:
             raise Retry("blob_missing") from None
         except BlobError as exc:
@@ -114,7 +119,7 @@ class PhotoVerifier:
         analysis = await self._analyse(data)
         phash = phash_to_bigint(analysis.phash) if analysis.phash is not None else None
         await self._pool.execute(
-            _ANALYSED_SQL, task.registration_id, phash, analysis.outcome, ref.sha256
+            _ANALYSED_SQL, task.registration_id, phash, analysis.outcome, ref.name
         )
         if not analysis.ok:
             raise Reject(f"photo_{analysis.outcome}")
@@ -123,7 +128,7 @@ class PhotoVerifier:
         reused = await self._pool.fetchval(
             REUSED_SQL,
             task.registration_id,
-            ref.sha256,
+            ref.name,
             phash,
             SAME_PHOTO_MAX_DISTANCE,
             *probes(phash, SAME_PHOTO_MAX_DISTANCE),

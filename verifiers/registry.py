@@ -22,16 +22,14 @@ from verifiers.photo import PhotoVerifier
 Factory = Callable[[Settings, aiohttp.ClientSession, asyncpg.Pool], Verifier]
 
 VERIFIERS: dict[Check, Factory] = {
-    Check.EMAIL: lambda s, http, pool: EmailVerifier(s, Keyring.from_secret(s.secret_key), pool),
-    Check.PHONE: lambda s, http, pool: PhoneVerifier(
-        s, Keyring.from_secret(s.secret_key), pool, http
-    ),
+    Check.EMAIL: lambda s, http, pool: EmailVerifier(s, Keyring.from_settings(s), pool),
+    Check.PHONE: lambda s, http, pool: PhoneVerifier(s, Keyring.from_settings(s), pool, http),
     Check.DUKCAPIL: lambda s, http, pool: DukcapilVerifier(
         http, s.dukcapil_url, s.ministry_timeout_s
     ),
     Check.DAPODIK: lambda s, http, pool: DapodikVerifier(http, s.dapodik_url, s.ministry_timeout_s),
     Check.DTKS: lambda s, http, pool: DtksVerifier(http, s.dtks_url, s.ministry_timeout_s),
-    Check.PHOTO: lambda s, http, pool: PhotoVerifier(s, pool),
+    Check.PHOTO: lambda s, http, pool: PhotoVerifier(s, Keyring.from_settings(s), pool),
 }
 
 

@@ -701,7 +701,7 @@ async def serve(settings: Settings, check: Check) -> None:
     """Entry point of ``intake worker <check>``: run that lane until SIGTERM."""
     from verifiers import registry  # the composition root picks the verifier
 
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     health = Health()
     async with metrics_http.serving(settings, health=health):  # probes answer from the start
         pool = await database.create_pool(

@@ -381,7 +381,7 @@ def _count(message: AbstractIncomingMessage) -> int:
 async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker persist``: migrate (or wait for ``intake migrate``:
     ``persist_migrate``), consume until SIGTERM, exit."""
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     health = Health()
     async with metrics_http.serving(settings, health=health):  # probes answer from the start
         pool = await database.create_pool(

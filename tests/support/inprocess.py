@@ -35,7 +35,7 @@ from workers.store import RegistrationStore
 
 @contextlib.asynccontextmanager
 async def edge(settings: Settings) -> AsyncIterator[TestClient[Request, Application]]:
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
     async with TestClient(TestServer(app)) as client:
         assert await app[PUBLISHER].wait_ready(10), "edge could not reach the broker"
@@ -46,7 +46,7 @@ async def edge(settings: Settings) -> AsyncIterator[TestClient[Request, Applicat
 async def persist_worker(
     settings: Settings, pool: asyncpg.Pool, health: Health | None = None
 ) -> AsyncIterator[PersistWorker]:
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     worker = PersistWorker(settings, keyring, RegistrationStore(pool), health)
     task = asyncio.create_task(worker.run())
     try:
@@ -91,7 +91,7 @@ async def lanes(
     settings: Settings, pool: asyncpg.Pool, checks: tuple[Check, ...]
 ) -> AsyncIterator[dict[Check, LaneWorker]]:
     """Lane workers for ``checks``, each with the verifier the registry builds."""
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     async with aiohttp.ClientSession() as http:
         workers = {
             c: LaneWorker(settings, keyring, pool, registry.build(c, settings, http, pool))
@@ -129,7 +129,7 @@ class RunningEdge:
 async def served_edge(settings: Settings) -> AsyncIterator[RunningEdge]:
     """The edge on a free port with :class:`~intake.listener.EdgeSite` (aiohttp's test server
     would bypass the early 503, the express path and the accept loop)."""
-    keyring = Keyring.from_secret(settings.secret_key)
+    keyring = Keyring.from_settings(settings)
     app = create_app(settings, keyring, BatchPublisher(settings, keyring))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()

@@ -27,3 +27,15 @@ def sample(name: str) -> Image.Image:
 def selfie() -> bytes:
     """A real portrait, 512x512: exactly one face."""
     return encode(sample("astronaut"), "JPEG", quality=85)
+
+
+def phone_selfie() -> bytes:
+    """The portrait as a phone stores it: on its side, with EXIF saying how to turn it upright,
+    the phone's maker and serial number, and the GPS position where it was taken."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn 90 degrees to show it upright
+    exif[0x010F] = "TelefonPintar-X9"
+    exif[0xA431] = "SN-3174011234567890"
+    exif[0x8825] = {1: "S", 2: (6.0, 54.0, 53.0), 3: "E", 4: (107.0, 36.0, 35.0)}
+    sideways = sample("astronaut").transpose(Image.Transpose.ROTATE_90)
+    return encode(sideways, "JPEG", quality=85, exif=exif.tobytes())

@@ -25,7 +25,7 @@ D = SAME_PHOTO_MAX_DISTANCE
 # The query the chunks replace, the reference: every photo within the exact distance.
 SCAN_SQL = """
 SELECT registration_id FROM photos
-WHERE registration_id <> $1 AND (sha256 = $2 OR bit_count((phash # $3::bigint)::bit(64)) <= $4)
+WHERE registration_id <> $1 AND (blob_hmac = $2 OR bit_count((phash # $3::bigint)::bit(64)) <= $4)
 """
 RANDOM_PHOTOS = 20_000
 PLANTED_PROBES = 150
@@ -147,7 +147,14 @@ async def _store(db: asyncpg.Pool, photos: Photos) -> None:
                 )
                 for r, sha256, phash in photos.rows
             ],
-            columns=["registration_id", "sha256", "size_bytes", "phash", "analysed_at", "outcome"],
+            columns=[
+                "registration_id",
+                "blob_hmac",
+                "size_bytes",
+                "phash",
+                "analysed_at",
+                "outcome",
+            ],
         )
     await db.execute("VACUUM ANALYZE photos")  # the visibility map, for index-only scans
 

@@ -4,6 +4,8 @@ the photo lane with its process pool, on real RabbitMQ and PostgreSQL, with real
 
 from __future__ import annotations
 
+import hashlib
+import io
 import struct
 import uuid
 import zlib
@@ -21,11 +23,14 @@ from aiohttp.web import Application, Request
 from PIL import Image
 
 from core import topology
+from core.blobs import BlobRef, BlobStore
+from core.keys import Keyring
+from core.photo_vault import PhotoVault
 from core.settings import Settings
 from core.verification import Check, Task
 from tests.support import inprocess
 from tests.support.people import person
-from tests.support.photos import encode, sample, selfie
+from tests.support.photos import encode, phone_selfie, sample, selfie
 from tests.support.waiting import eventually
 
 Client = TestClient[Request, Application]
@@ -242,13 +247,72 @@ async def test_no_message_carries_the_photo(stack: Stack) -> None:
     photo = selfie()
     assert (await stack.upload(who, photo))[0] == 202
     assert await stack.outcome(who) == ("passed", None, "received", None)
-    sha256 = await stack.db.fetchval("SELECT sha256 FROM photos WHERE registration_id = $1", who.id)
+    name = await stack.db.fetchval(
+        "SELECT blob_hmac FROM photos WHERE registration_id = $1", who.id
+    )
     photo_tasks = []
     while (message := await stack.seen.get(fail=False, no_ack=True)) is not None:
         assert len(message.body) < 200
         assert photo[:64] not in message.body
-        assert sha256.encode() not in message.body
+        assert name.encode() not in message.body
         task = Task.from_json(message.body)  # a task, and nothing else
         if task.check is Check.PHOTO:
             photo_tasks.append(task)
     assert photo_tasks == [Task(who.id, Check.PHOTO, 1)]
+
+
+async def test_the_stored_photo_is_sealed_stripped_and_named_by_a_keyed_hash(stack: Stack) -> None:
+    who = await stack.register(60)
+    photo = phone_selfie()
+    with Image.open(io.BytesIO(photo)) as img:
+        assert img.getexif().get_ifd(0x8825)  # the upload carries a position
+    assert (await stack.upload(who, photo))[0] == 202
+    (stored,) = _files(Path(stack.settings.blob_dir))
+    keyring = Keyring.from_settings(stack.settings)
+    # Named by the keyed hash, not by the SHA-256 anyone holding the photo could compute.
+    assert stored.name == keyring.photo_name(photo)
+    assert hashlib.sha256(photo).hexdigest() not in {stored.name, *map(str, stored.parents)}
+    name = await stack.db.fetchval(
+        "SELECT blob_hmac FROM photos WHERE registration_id = $1", who.id
+    )
+    assert name == stored.name
+    assert await stack.db.fetchval("SELECT count(*) FROM photos WHERE blob_hmac = $1", name) == 1
+    # Encrypted: no run of the upload's bytes, no EXIF value is in the file.
+    sealed = stored.read_bytes()
+    for start in range(0, len(photo) - 32, 997):
+        assert photo[start : start + 32] not in sealed
+    for value in (b"TelefonPintar-X9", b"SN-3174011234567890", b"Exif"):
+        assert value not in sealed
+    # Decrypted (as only the photo lane does): no EXIF but the orientation, the same pixels.
+    vault = PhotoVault(BlobStore(Path(stack.settings.blob_dir)), keyring)
+    clear = await vault.open(stack.db, BlobRef(name, len(photo)), max_bytes=MAX_BYTES)
+    assert b"TelefonPintar-X9" not in clear
+    with Image.open(io.BytesIO(clear)) as img, Image.open(io.BytesIO(photo)) as original:
+        assert dict(img.getexif()) == {0x0112: 6}
+        assert np.array_equal(np.asarray(img), np.asarray(original))
+    # The lane turns it upright and finds the face, as it did in the upload.
+    assert await stack.outcome(who) == ("passed", None, "received", None)
+
+
+async def test_the_same_bytes_again_are_answered_as_before_and_stored_once(stack: Stack) -> None:
+    who, other = await stack.register(70), await stack.register(71)
+    photo = selfie()
+    first = await stack.upload(who, photo)
+    again = await stack.upload(who, photo)  # a client retrying an upload whose answer it lost
+    assert first == again == (202, {"id": str(who.id), "check": "photo", "size_bytes": len(photo)})
+    status, body = await stack.upload(who, no_face())
+    assert (status, body["type"]) == (409, PROBLEMS + "photo-already-uploaded")
+    assert await stack.outcome(who) == ("passed", None, "received", None)
+    # The same selfie on another registration: one blob, one key, found by its keyed hash.
+    assert (await stack.upload(other, photo))[0] == 202
+    assert await stack.outcome(other) == ("failed", "photo_reused", "review", "photo_reused")
+    names = await stack.db.fetch("SELECT DISTINCT blob_hmac FROM photos")
+    assert [row["blob_hmac"] for row in names] == [
+        Keyring.from_settings(stack.settings).photo_name(photo)
+    ]
+    stored = [p.name for p in _files(Path(stack.settings.blob_dir))]
+    assert stored.count(names[0]["blob_hmac"]) == 1  # (and the refused photo's, unreferenced)
+    keys = await stack.db.fetchval(
+        "SELECT count(*) FROM photo_keys WHERE blob_hmac = $1", names[0]["blob_hmac"]
+    )
+    assert keys == 1
