@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import json
 import os
@@ -33,15 +34,18 @@ from playwright.async_api import (
 )
 from yarl import URL
 
-from core import topology
+from core import questions, topology
+from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
+from core.waves import Policy, Waves
 from intake.validation import today_wib
 from simulators.population import Proportions, population
 from simulators.server import Ports, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.photos import encode, sample
 from tests.support.waiting import eventually
+from workers.participation import ParticipationWorker
 
 CHROMIUM = shutil.which("chromium")  # Debian's
 # scripts/setup.sh installs the pinned axe-core there (scripts/install_axe.py).
@@ -407,3 +411,88 @@ async def test_the_form_is_usable_with_the_keyboard_alone(
         # The page fits a 360-pixel screen: nothing scrolls sideways.
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"]
+
+
+async def test_a_verified_registrant_takes_the_test_and_joins_the_wave(
+    settings: Settings, db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    keyring = Keyring.from_secret(settings.secret_key)
+    registration_id = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO registrations (id, nik_hmac, nik_enc, personal_enc, status, submitted_at)"
+        " VALUES ($1, $2, $3, $4, 'verified', now())",
+        registration_id,
+        os.urandom(32),
+        b"nik",
+        b"personal",
+    )
+    now = dt.datetime.now(dt.UTC)
+    await Waves(db).create(
+        "test",
+        "gelombang-16",
+        now - dt.timedelta(hours=1),
+        now + dt.timedelta(hours=24),
+        100,
+        Policy(),
+    )
+    bank = questions.load()
+    session = {
+        "id": str(registration_id),
+        "token": keyring.access_token(registration_id),
+        "url": f"/v1/registrations/{registration_id}",
+    }
+    async with (
+        inprocess.served_edge(settings) as edge,
+        participation_worker(settings, keyring, db),
+        phone_browser(tmp_path) as (page, shot),
+    ):
+        await page.goto(f"http://{edge.host}:{edge.port}/app/")
+        await page.evaluate(
+            "session => localStorage.setItem('intake.registration', JSON.stringify(session))",
+            session,
+        )
+        await page.reload()
+        await expect(page.locator("#status-summary")).to_have_text(
+            "Selamat, data Anda lolos semua pemeriksaan."
+        )
+        await page.click("#test-start")
+        await expect(page.locator("#questions fieldset")).to_have_count(19)
+        await expect(page.locator("#test-timer")).to_contain_text("Sisa waktu")
+        await shot("test")
+        await assert_accessible(page)
+        asked = await page.eval_on_selector_all(
+            "#questions input[type=radio]", "inputs => inputs.map(i => i.name)"
+        )
+        for name in sorted(set(asked)):
+            question_id = name.removeprefix("q-")
+            answer = bank.question(question_id).answer
+            await page.check(f"input[name='{name}'][value='{answer}']")
+        await page.click("#test-form button[type=submit]")
+        await expect(page.locator("#test-msg")).to_have_text("Nilai tes Anda: 100.", timeout=30_000)
+        await expect(page.locator("#join-form")).to_be_visible()
+        await shot("test-scored")
+        await page.select_option("#situation", "small_business")
+        await page.click("#join-form button[type=submit]")
+        await expect(page.locator("#status-summary")).to_have_text(
+            "Anda ikut gelombang gelombang-16. Hasil seleksi diumumkan setelah gelombang ditutup.",
+            timeout=30_000,
+        )
+        await shot("joined")
+        await assert_accessible(page)
+    rows = await db.fetch("SELECT registration_id, situation FROM wave_joins")
+    assert [(r["registration_id"], r["situation"]) for r in rows] == [
+        (registration_id, "small_business")
+    ]
+
+
+@contextlib.asynccontextmanager
+async def participation_worker(
+    settings: Settings, keyring: Keyring, db: asyncpg.Pool
+) -> AsyncIterator[ParticipationWorker]:
+    running = ParticipationWorker(settings, keyring, db, questions.load())
+    task = asyncio.create_task(running.run())
+    try:
+        yield running
+    finally:
+        running.stop()
+        await asyncio.wait_for(task, 30)
