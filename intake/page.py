@@ -3,7 +3,7 @@
     GET /app/           the page (registration, status, code, photo, test, joining)
     GET /app/{asset}    its script and stylesheet, under content-hashed names
 
-The built files (``intake/static/dist/``, written by :mod:`intake.pagebuild`) are read once,
+The built files (``intake/static/built/``, written by :mod:`intake.pagebuild`) are read once,
 when the application is created, and gzipped then: a request costs a dictionary look-up and
 no disk. Hashed assets are cached for a year (``immutable``: a new version is a new name); the
 HTML is cached for a minute and revalidated by its ETag, so a new version reaches everyone

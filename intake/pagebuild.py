@@ -1,7 +1,7 @@
 """Build the registrant's page: its validation rules from the API's own sources, and its
 assets under content-hashed names.
 
-    python -m intake.pagebuild          write intake/static/src/rules.js and intake/static/dist/
+    python -m intake.pagebuild          write intake/static/src/rules.js and intake/static/built/
 
 The page must never accept what the API refuses, so it does not restate the rules: ``rules.js``
 is generated from ``intake/openapi.json`` (the field patterns, the error codes) and from
@@ -30,7 +30,7 @@ from intake import validation
 PACKAGE = Path(__file__).parent
 STATIC = PACKAGE / "static"
 SOURCE = STATIC / "src"
-DIST = STATIC / "dist"
+DIST = STATIC / "built"  # not "dist": git ignores that name (packaging output)
 OPENAPI = PACKAGE / "openapi.json"
 MANIFEST = "manifest.json"
 # Where the edge serves the page and its assets (intake/page.py).
