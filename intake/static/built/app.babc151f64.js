@@ -466,6 +466,10 @@ function api(method, url, options) {
   });
 }
 
+function problemOf(request) {
+  try { return slug(JSON.parse(request.responseText)); } catch (e) { return ""; }
+}
+
 function slug(body) {
   return body && typeof body.type === "string" ? body.type.split("/").pop() : "";
 }
@@ -819,12 +823,13 @@ function upload() {
       message.textContent = t("photo_done");
       $("photo-submit").disabled = false;
       poll();
-    } else if (request.status === 503 || request.status === 409) {
+    } else if (request.status === 503 || (request.status === 409 && problemOf(request) === "not-ready")) {
       retry(Number(request.getResponseHeader("Retry-After")) || 3);
     } else {
       uploading = false;
       $("photo-submit").disabled = false;
       message.textContent = t("failed", { status: request.status });
+      poll();
     }
   };
   request.onerror = function () { retry(3); };
