@@ -496,3 +496,37 @@ async def participation_worker(
     finally:
         running.stop()
         await asyncio.wait_for(task, 30)
+
+
+async def test_a_rejection_is_said_in_words(
+    settings: Settings, db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    keyring = Keyring.from_secret(settings.secret_key)
+    reasons = {"duplicate_nik": "NIK ini sudah terdaftar", "photo_no_face": "swafoto tidak"}
+    async with inprocess.served_edge(settings) as edge, phone_browser(tmp_path) as (page, shot):
+        await page.goto(f"http://{edge.host}:{edge.port}/app/")
+        for reason, words in reasons.items():
+            registration_id = uuid.uuid4()
+            await db.execute(
+                "INSERT INTO registrations (id, nik_hmac, nik_enc, personal_enc, status,"
+                " reject_reason, submitted_at) VALUES ($1, $2, $3, $4, 'rejected', $5, now())",
+                registration_id,
+                os.urandom(32),
+                b"nik",
+                b"personal",
+                reason,
+            )
+            session = {
+                "id": str(registration_id),
+                "token": keyring.access_token(registration_id),
+                "url": f"/v1/registrations/{registration_id}",
+            }
+            await page.evaluate(
+                "session => localStorage.setItem('intake.registration', JSON.stringify(session))",
+                session,
+            )
+            await page.reload()
+            await expect(page.locator("#status-summary")).to_contain_text(
+                "Pendaftaran Anda ditolak: " + words
+            )
+            await shot(f"rejected-{reason}")

@@ -226,6 +226,14 @@ function duration(seconds) {
     : t("minutes", { n: Math.round(seconds / 60) });
 }
 
+// A rejection's reason in words; other photo outcomes as one, and an unknown code as it is.
+function reasonText(reason) {
+  var reasons = t("reasons");
+  if (!reason) return "";
+  if (reasons[reason]) return reasons[reason];
+  return reason.indexOf("photo_") === 0 ? reasons.photo : reason;
+}
+
 function stepName(step) {
   return t("checks")[step] || step;
 }
@@ -233,7 +241,7 @@ function stepName(step) {
 function rerender() {
   if (!status) return;
   var summaryKey = "status_" + status.status;
-  $("status-summary").textContent = t(summaryKey, { reason: status.reason || "" });
+  $("status-summary").textContent = t(summaryKey, { reason: reasonText(status.reason) });
   var checks = $("checks");
   checks.textContent = "";
   Object.keys(status.checks || {}).forEach(function (name) {

@@ -87,6 +87,10 @@ var STRINGS = {
       storage: "Penyimpanan", dispatch: "Mulai pemeriksaan" },
     states: { pending: "dalam antrean", waiting: "menunggu Anda", retrying: "dicoba lagi",
       passed: "lolos", failed: "gagal" },
+    reasons: { duplicate_nik: "NIK ini sudah terdaftar", benefit_received: "NIK ini sudah pernah menerima manfaat",
+      nik_not_found: "NIK tidak ditemukan di Dukcapil", nik_data_mismatch: "data tidak cocok dengan Dukcapil",
+      in_education: "sedang menempuh pendidikan formal", photo_reused: "foto sudah dipakai pendaftar lain",
+      photo: "swafoto tidak memenuhi syarat (satu wajah terlihat jelas, JPEG atau PNG)" },
     situations: { laid_off: "Terkena PHK", small_business: "Usaha mikro/kecil terdampak",
       job_seeker: "Pencari kerja", employed: "Bekerja", other: "Lainnya" },
     codes: {
@@ -195,6 +199,10 @@ var STRINGS = {
       storage: "Storage", dispatch: "Starting the checks" },
     states: { pending: "in line", waiting: "waiting for you", retrying: "retrying",
       passed: "passed", failed: "failed" },
+    reasons: { duplicate_nik: "this NIK is registered already", benefit_received: "this NIK received the benefit before",
+      nik_not_found: "the NIK is not in the civil registry", nik_data_mismatch: "the details do not match the civil registry",
+      in_education: "currently in formal education", photo_reused: "the photo is another registrant's",
+      photo: "the selfie does not qualify (one clearly visible face, JPEG or PNG)" },
     situations: { laid_off: "Laid off", small_business: "Small business hit by the crisis",
       job_seeker: "Looking for work", employed: "Employed", other: "Other" },
     codes: {
