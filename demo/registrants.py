@@ -243,7 +243,8 @@ class Wave:
         await asyncio.sleep(person.pace.email_s)
         link = next(link for link in mail["links"] if _EMAIL_PATH in link)
         while True:
-            status, _, _ = await _send(session, "GET", link, {}, None)
+            # The link opens a page; its button confirms with a POST to the same address.
+            status, _, _ = await _send(session, "POST", link, {}, None)
             if status is not None and status != 503:
                 person.email = f"email link followed: {status}"
                 return

@@ -23,7 +23,7 @@ from aiohttp import web
 from core import metrics
 from core.keys import Keyring
 from core.settings import Settings
-from intake import contact_routes, participation_routes, photo_routes
+from intake import contact_routes, page, participation_routes, photo_routes
 from intake import line as place_in_line
 from intake.access import authorized_id
 from intake.accesslog import AccessLogger
@@ -249,6 +249,7 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    page.add_routes(app)  # the registrant's page, /app/ (intake/page.py)
     contact_routes.add_routes(app)
     photo_routes.add_routes(app)
     participation_routes.add_routes(app)

@@ -1,7 +1,8 @@
 """The registrant's side of the email and phone checks: following the email link, entering the
 SMS code, and asking for a new link or code.
 
-    GET  /v1/verify/email?token=...             the link from the email
+    GET  /v1/verify/email?token=...             the link from the email: a page with a button
+    POST /v1/verify/email?token=...             the button: the email check passes
     POST /v1/registrations/{id}/otp             {"code": "123456"}, with the bearer token
     POST /v1/registrations/{id}/email/resend    a new link, with the bearer token
     POST /v1/registrations/{id}/otp/resend      a new code, with the bearer token
@@ -12,6 +13,12 @@ check as passed (``core.checks``), so a secret is used once and concurrent entri
 cannot get more than ``otp_max_attempts`` tries between them. A resend replaces the secret with
 a new generation and puts the check back in the outbox for the dispatcher. Codes and tokens are
 never logged; any token string gets an answer, never a 500.
+
+Following the link only shows a page (``intake/static/src/confirm.html``); its button confirms
+with a ``POST``. Mail scanners and link previews fetch every link in a message, with ``GET``
+or ``HEAD``, before the registrant sees it: were the ``GET`` to confirm, they would confirm
+addresses nobody read, and use the link up. The page is the same for every token (static,
+served from memory by :mod:`intake.page`): the token is checked when the button is pressed.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from core import checks
 from core.checks import FINAL_STATES
 from core.keys import EmailLink, Keyring
 from core.verification import Check, Passed
+from intake import page
 from intake.access import authorized_id
 from intake.appkeys import DB, KEYRING, SETTINGS
 from intake.problems import problem, unavailable
@@ -63,8 +71,9 @@ WHERE registration_id = $1 AND channel = $2
 
 def add_routes(app: web.Application) -> None:
     """Add the email link, OTP and resend routes to the edge application."""
-    # No HEAD for the link: mail scanners that probe links must not use it up.
-    app.router.add_get("/v1/verify/email", follow_email_link, allow_head=False)
+    # GET (and HEAD) only show the page: mail scanners that fetch links must not use them up.
+    app.router.add_get("/v1/verify/email", email_link_page)
+    app.router.add_post("/v1/verify/email", follow_email_link)
     app.router.add_post("/v1/registrations/{id}/otp", enter_otp)
     app.router.add_post("/v1/registrations/{id}/email/resend", resend_email_link)
     app.router.add_post("/v1/registrations/{id}/otp/resend", resend_otp)
@@ -103,8 +112,13 @@ async def _pass(
         await checks.record_passed(connection, registration_id, check, Passed())
 
 
+async def email_link_page(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/verify/email?token=``: the page with the button; it changes nothing."""
+    return page.serve(request, "confirm.html")
+
+
 async def follow_email_link(request: web.Request) -> web.StreamResponse:
-    """``GET /v1/verify/email?token=``: the email check passes; single use."""
+    """``POST /v1/verify/email?token=``: the email check passes; single use."""
     tokens = request.query.getall("token", [])
     link = request.app[KEYRING].open_email_link_token(tokens[0]) if len(tokens) == 1 else None
     if link is None:

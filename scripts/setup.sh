@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Prepare a Debian machine for development: RabbitMQ (with its Prometheus plugin), PostgreSQL,
 # Patroni (the local cluster's), HAProxy (the refusal tier's),
-# Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool), the .venv, and
-# checkov in .venv-tools (the Kubernetes tests run it).
+# Prometheus's binaries (prometheus, promtool: the monitoring tests run promtool), the .venv,
+# checkov in .venv-tools (the Kubernetes tests run it), and what the registrant's page's tests
+# need: Debian's chromium (driven by Playwright for Python, a dev dependency, through its
+# executable: no browser is downloaded), node (runs the page's validator against the API's) and
+# a pinned axe-core in .venv/share/axe-core (scripts/install_axe.py).
 # Idempotent: every step checks first and only acts when something is missing;
 # a run with nothing to do prints nothing.
 #
@@ -85,6 +88,9 @@ if [ "$skip_services" != 1 ]; then
     { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || prometheus_missing=1
     # The refusal tier in front of the edges (benchmarks/refusal_tier.py, its tests).
     command -v haproxy >/dev/null 2>&1 || { pkgs+=(haproxy) && haproxy_missing=1; }
+    # The registrant's page's tests (tests/intake/test_page*.py): the browser and node.
+    command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+    command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 fi
 # Debian's python3 ships venv without ensurepip unless python3-venv is installed.
 if ! { venv_ok && tools_ok; } && ! { python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null; }; then
@@ -194,6 +200,15 @@ fi
 if [ -x "$VENV/bin/python" ] && [ ! -x "$VENV/bin/kustomize" ]; then
     say "installing kustomize into $VENV/bin (a pinned release, checked against its hash)"
     quiet "$VENV/bin/python" "$ROOT/scripts/install_kustomize.py" "$VENV/bin"
+fi
+
+# --- axe-core -------------------------------------------------------------------
+# The page's accessibility check runs it in the browser (tests/intake/test_page_browser.py):
+# a pinned release from the npm registry, checked against its integrity hash.
+axe_version="$(sed -n 's/^VERSION = "\(.*\)"$/\1/p' "$ROOT/scripts/install_axe.py")"
+if [ -x "$VENV/bin/python" ] && [ ! -f "$VENV/share/axe-core/.version-$axe_version" ]; then
+    say "installing axe-core into $VENV/share/axe-core (a pinned release, checked against its hash)"
+    quiet "$VENV/bin/python" "$ROOT/scripts/install_axe.py" "$VENV/share/axe-core"
 fi
 
 # --- checkov --------------------------------------------------------------------

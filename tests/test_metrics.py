@@ -436,7 +436,7 @@ async def test_no_personal_data_in_any_metrics_text(
         nik = people[0].form["nik"]
         async with aiohttp.ClientSession() as session:
             for method, path, kwargs in (
-                ("GET", "/v1/verify/email", {"params": {"token": token}}),
+                ("POST", "/v1/verify/email", {"params": {"token": token}}),
                 (
                     "POST",
                     f"/v1/registrations/{registration_id}/otp",

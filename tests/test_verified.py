@@ -64,7 +64,7 @@ async def test_a_valid_person_goes_all_the_way_to_verified(
 
             mails = await eventually(lambda: sims.mailbox.for_address(person.form["email"]), bool)
             (link,) = [link for link in mails[0].links if "/v1/verify/email" in link]
-            response = await client.get(
+            response = await client.post(
                 "/v1/verify/email", params={"token": URL(link).query["token"]}
             )
             assert response.status == 200
