@@ -35,7 +35,9 @@ from playwright.async_api import (
 from yarl import URL
 
 from core import questions, topology
+from core.blobs import BlobRef, BlobStore
 from core.keys import Keyring
+from core.photo_vault import PhotoVault
 from core.settings import Settings
 from core.verification import Check
 from core.waves import Policy, Waves
@@ -278,7 +280,7 @@ async def test_a_registrant_goes_through_the_page_from_the_form_to_the_line(
                         base,
                         person,
                         registration_id,
-                        tmp_path / "blobs",
+                        PhotoVault(BlobStore(tmp_path / "blobs"), Keyring.from_settings(wired)),
                     )
     finally:
         await channel.queue_delete(topology.PERSIST_QUEUE)  # the next test declares it anew
@@ -294,7 +296,7 @@ async def _journey(
     base: str,
     person: Any,
     registration_id: uuid.UUID,
-    blobs: Path,
+    vault: PhotoVault,
 ) -> None:
     # The email: a mail scanner fetches the link (GET, HEAD) and confirms nothing; the button
     # does.
@@ -355,13 +357,14 @@ async def _journey(
     )
     await shot("photo-uploaded")
     stored = await db.fetchrow(
-        "SELECT sha256, size_bytes FROM photos WHERE registration_id = $1", registration_id
+        "SELECT blob_hmac, size_bytes FROM photos WHERE registration_id = $1", registration_id
     )
     assert stored is not None
     assert stored["size_bytes"] < len(big) / 4
-    # The stored blob (content-addressed, named by its SHA-256) is the page's downscaled JPEG.
-    (blob,) = await asyncio.to_thread(lambda: [p for p in blobs.rglob(stored["sha256"] + "*")])
-    with Image.open(io.BytesIO(await asyncio.to_thread(blob.read_bytes))) as image:
+    # The stored photo (sealed, named by a keyed hash), opened, is the page's downscaled JPEG.
+    ref = BlobRef(stored["blob_hmac"], stored["size_bytes"])
+    photo = await vault.open(db, ref, max_bytes=stored["size_bytes"])
+    with Image.open(io.BytesIO(photo)) as image:
         assert image.format == "JPEG"
         assert max(image.size) == 1280
 
