@@ -62,15 +62,20 @@ SET submitted_at = $4, answers = $5, correct = $6, score = $7, scored_at = now()
 WHERE registration_id = $1 AND wave_id = $2 AND attempt = $3 AND score IS NULL
   AND $4 < deadline_at
 """
-# The join, if the wave was open at its receive time ($4) and not selected yet.
+# The join, if the wave was open at its receive time ($4) and not selected yet. Of two joins
+# of one registrant (both answered 202 before either was stored), the one the edge received
+# first is kept, whatever the order they are stored in (a worker handles several messages at
+# once): a later-stored earlier join replaces the row, once, before any selection.
 _JOIN_SQL = """
-INSERT INTO wave_joins (wave_id, registration_id, situation, joined_at)
+INSERT INTO wave_joins AS j (wave_id, registration_id, situation, joined_at)
 SELECT w.id, $2, $3, $4 FROM waves w
 WHERE w.id = $1 AND w.opens_at <= $4 AND w.closes_at > $4
   AND (w.closed_at IS NULL OR w.closed_at > $4)
   AND NOT EXISTS (SELECT 1 FROM wave_selections s WHERE s.wave_id = w.id)
-ON CONFLICT (wave_id, registration_id) DO NOTHING
-RETURNING 1
+ON CONFLICT (wave_id, registration_id) DO UPDATE
+    SET situation = excluded.situation, joined_at = excluded.joined_at
+    WHERE excluded.joined_at < j.joined_at AND j.outcome IS NULL
+RETURNING xmax = 0 AS inserted
 """
 
 
@@ -102,7 +107,7 @@ async def join(connection: asyncpg.Connection, message: Join) -> str:
         message.situation.value,
         message.received_at,
     )
-    if stored:
+    if stored:  # inserted (True); an earlier join replacing a later one (False) is a repeat
         return "joined"
     if await connection.fetchval(
         "SELECT 1 FROM wave_joins WHERE wave_id = $1 AND registration_id = $2",

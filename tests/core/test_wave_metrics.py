@@ -11,8 +11,6 @@ import asyncpg
 from core.wave_metrics import WaveCollector
 from core.waves import Policy, Waves
 
-NOW = dt.datetime.now(dt.UTC)
-
 
 def _samples(collector: WaveCollector) -> dict[tuple[str, tuple[str, ...]], float]:
     return {
@@ -25,6 +23,7 @@ def _samples(collector: WaveCollector) -> dict[tuple[str, tuple[str, ...]], floa
 async def _joiners(
     pool: asyncpg.Pool, wave_id: int, outcomes: list[str | None], scored: int
 ) -> list[uuid.UUID]:
+    now = dt.datetime.now(dt.UTC)
     ids = []
     async with pool.acquire() as connection, connection.transaction():
         for i, outcome in enumerate(outcomes):
@@ -35,7 +34,7 @@ async def _joiners(
                 " submitted_at) VALUES ($1, $2, '\\x00', '\\x00', 'verified', $3)",
                 rid,
                 rid.bytes,
-                NOW,
+                now,
             )
             if i < scored:
                 await connection.execute(
@@ -45,14 +44,14 @@ async def _joiners(
                     " 10, 53, $3)",
                     rid,
                     wave_id,
-                    NOW,
+                    now,
                 )
             await connection.execute(
                 "INSERT INTO wave_joins (wave_id, registration_id, situation, joined_at, outcome)"
                 " VALUES ($1, $2, 'laid_off', $3, $4)",
                 wave_id,
                 rid,
-                NOW,
+                now,
                 outcome,
             )
     return ids
@@ -62,14 +61,15 @@ async def test_each_watched_wave_shows_its_funnel_quota_and_notifications(
     db: asyncpg.Pool,
 ) -> None:
     pool = db
+    now = dt.datetime.now(dt.UTC)  # per test: a module constant is minutes old in a long run
     waves = Waves(pool)
     hour = dt.timedelta(hours=1)
     tag = uuid.uuid4().hex[:8]
     old = await waves.create(
-        "ops", f"old-{tag}", NOW - 30 * 24 * hour, NOW - 29 * 24 * hour, 5, Policy()
+        "ops", f"old-{tag}", now - 30 * 24 * hour, now - 29 * 24 * hour, 5, Policy()
     )
-    closed = await waves.create("ops", f"closed-{tag}", NOW - 3 * hour, NOW - hour, 2, Policy())
-    live = await waves.create("ops", f"live-{tag}", NOW - hour / 2, NOW + hour, 100, Policy())
+    closed = await waves.create("ops", f"closed-{tag}", now - 3 * hour, now - hour, 2, Policy())
+    live = await waves.create("ops", f"live-{tag}", now - hour / 2, now + hour, 100, Policy())
     await _joiners(pool, old.id, ["selected"], scored=1)
     await _joiners(pool, live.id, [None, None, None], scored=2)
     ids = await _joiners(
@@ -81,7 +81,7 @@ async def test_each_watched_wave_shows_its_funnel_quota_and_notifications(
             " digest) VALUES ($1, $2, $3, 4, 3, 2, '\\x00')",
             closed.id,
             bytes(32),
-            NOW - dt.timedelta(seconds=3),
+            now - dt.timedelta(seconds=3),
         )
         # The first two joiners notified on both channels, the third by email only.
         for i, rid in enumerate(ids):
@@ -94,7 +94,7 @@ async def test_each_watched_wave_shows_its_funnel_quota_and_notifications(
                     rid,
                     channel,
                     "sent" if sent else "pending",
-                    NOW if sent else None,
+                    now if sent else None,
                 )
     collector = WaveCollector(pool)
     await collector.refresh()

@@ -41,7 +41,10 @@ MATCHES = Proportions(
     student=0.0,
 )
 BACKLOG = 240
-RATE_CAP = 20.0  # tasks/s for the lane, shared by its workers: the drain is known
+# Tasks/s for the lane, shared by its workers: the drain is known. Slow enough that ten status
+# look-ups on a loaded machine (a second each, in a CI run beside other work) find most of the
+# sampled registrants still in line.
+RATE_CAP = 12.0
 STALL_S = 1.5
 
 
@@ -151,8 +154,11 @@ async def test_positions_are_exact_and_each_estimate_holds_within_its_stated_err
             for rid in left[5::20]:
                 asked_at = await db.fetchval("SELECT clock_timestamp()")
                 line = (await _status(client, keyring, rid))["line"]
+                answered_at = await db.fetchval("SELECT clock_timestamp()")
                 if "dukcapil" in line:
-                    samples.append((rid, asked_at, line["dukcapil"]))
+                    # The look-up happened between the two readings of the clock.
+                    took_s = (answered_at - asked_at).total_seconds()
+                    samples.append((rid, asked_at, line["dukcapil"], took_s))
             await eventually(lambda: _finished(db, order), lambda n: n == len(order), 120)
 
     assert len(samples) >= 8
@@ -160,29 +166,30 @@ async def test_positions_are_exact_and_each_estimate_holds_within_its_stated_err
         await db.fetch(
             "SELECT registration_id, finished_at FROM checks"
             " WHERE check_name = 'dukcapil' AND registration_id = ANY($1)",
-            [rid for rid, _, _ in samples],
+            [rid for rid, _, _, _ in samples],
         )
     )
     misses = []
-    for rid, asked_at, step in samples:
+    for rid, asked_at, step, took_s in samples:
         assert step["basis"] == "measured", step
         assert step["eta_s"] is not None
         assert step["error_s"] is not None
         assert step["position"] >= 0
         actual_s = (finished[rid] - asked_at).total_seconds()
-        # The tolerance is the error the answer states, nothing added.
-        if abs(actual_s - step["eta_s"]) > step["error_s"]:
+        # The tolerance is the error the answer states, plus how long the look-up took (it
+        # happened at some moment between the two readings of the clock).
+        if abs(actual_s - step["eta_s"]) > step["error_s"] + took_s:
             misses.append((step, round(actual_s, 2)))
     print(  # the figures behind the assertion, for the report
         "line: estimate vs outcome (position, eta_s, error_s, actual_s):",
         [
             (s["position"], s["eta_s"], s["error_s"], round((finished[r] - a).total_seconds(), 1))
-            for r, a, s in samples
+            for r, a, s, _ in samples
         ],
     )
     assert misses == []
     # The rate each answer used is the cap's, give or take the start's burst.
-    rates = [step["rate_per_s"] for _, _, step in samples]
+    rates = [step["rate_per_s"] for _, _, step, _ in samples]
     assert abs(statistics.median(rates) - RATE_CAP) < 0.25 * RATE_CAP, rates
 
 

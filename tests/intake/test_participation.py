@@ -437,6 +437,30 @@ async def test_the_worker_stores_a_join_only_if_the_wave_was_open_when_received(
     assert await db.fetchval("SELECT registration_id FROM wave_joins") == on_time
 
 
+async def test_of_two_joins_the_one_received_first_stays_whatever_the_storing_order(
+    settings: Settings, db: asyncpg.Pool, keyring: Keyring
+) -> None:
+    wave = await _wave(db, "gelombang-11", -1, 24)
+    registration_id = await _verified(db, keyring)
+    sealer = Keyring.from_secret(settings.secret_key)
+    first_at = _now() - dt.timedelta(seconds=5)
+    # Queued in the opposite order to the edge's: the later join is stored first.
+    for situation, at in (
+        (Situation.EMPLOYED, first_at + dt.timedelta(seconds=1)),
+        (Situation.LAID_OFF, first_at),
+    ):
+        message = Join(registration_id, wave.id, situation, at)
+        await _publish(settings, topology.JOINS_ROUTING_KEY, message.seal(sealer))
+    repeats = _counted("intake_wave_joins_total", "already_joined")
+    async with worker(settings, db):
+        await eventually(
+            lambda: _counted("intake_wave_joins_total", "already_joined"),
+            lambda n: n == repeats + 1,
+        )
+    rows = await db.fetch("SELECT situation, joined_at FROM wave_joins")
+    assert [(r["situation"], r["joined_at"]) for r in rows] == [("laid_off", first_at)]
+
+
 async def test_an_unreadable_message_is_dead_lettered(settings: Settings, db: asyncpg.Pool) -> None:
     await _publish(settings, topology.TESTS_ROUTING_KEY, b"not a sealed message")
     connection = await aio_pika.connect(settings.amqp_url)
