@@ -138,6 +138,13 @@ class BlobStore:
         path = self.path(ref_or_name)
         return await asyncio.to_thread(_read_limited, path, max_bytes)
 
+    async def delete(self, ref_or_name: BlobRef | str) -> bool:
+        """Remove the blob, durably (its directory fsynced); False if it was not there. A
+        sealed photo is unreadable once its key row is deleted (``core.photo_vault``): this
+        removes the ciphertext too."""
+        path = self.path(ref_or_name)
+        return await asyncio.to_thread(_unlink_durably, path)
+
     def _ensure_dir(self, path: Path) -> None:
         """``mkdir -p`` up to ``root``, fsyncing the parent of each directory once per process
         (whoever created it), so that no blob is promised inside a directory whose own entry
@@ -217,6 +224,15 @@ class _PendingBlob:
                 self._file.close()
         if self._tmp_path is not None:
             self._tmp_path.unlink(missing_ok=True)
+
+
+def _unlink_durably(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_dir(path.parent)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:
