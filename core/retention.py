@@ -122,14 +122,15 @@ CASE
              THEN 'unselected' END
 END
 """
-# In flight: never touched by the job.
+# In flight: never touched by the job. The notifications not sent are one hashed set (the table
+# has no index on the registration).
 _IN_FLIGHT_SQL = """
 EXISTS (SELECT 1 FROM checks c
         WHERE c.registration_id = r.id AND c.state IN ('pending', 'retrying'))
 OR EXISTS (SELECT 1 FROM wave_joins j
            WHERE j.registration_id = r.id
              AND NOT EXISTS (SELECT 1 FROM wave_selections s WHERE s.wave_id = j.wave_id))
-OR EXISTS (SELECT 1 FROM notifications n WHERE n.registration_id = r.id AND n.state <> 'sent')
+OR r.id IN (SELECT n.registration_id FROM notifications n WHERE n.state <> 'sent')
 """
 _CANDIDATES_SQL = f"""
 SELECT id, why FROM (

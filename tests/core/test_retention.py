@@ -615,3 +615,59 @@ async def test_the_commands(
     actors = await audit_rows(db, audit_from)
     assert {r["actor"] for r in actors} >= {"retention"}
     assert any(r["actor"].startswith("cli:") for r in actors)
+
+
+ADMIN_TOKEN = "an-operators-token-for-the-persons-routes"
+
+
+async def test_the_admin_routes(
+    db: asyncpg.Pool, keyring: Keyring, settings: Settings, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from admin.app import create_app
+
+    audit_from = await audit_mark(db)
+    settings = settings.replace(
+        blob_dir=str(tmp_path / "blobs"),
+        admin_tokens=f"ops-budi:{hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}",
+    )
+    vault = PhotoVault(BlobStore(tmp_path / "blobs"), keyring)
+    form = a_person(6, seed=SEED + 4)
+    who = await register(db, keyring, form)
+    upload = photo(6)
+    blob = await add_photo(db, vault, who, upload)
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with TestClient(TestServer(create_app(settings))) as admin:
+        for body, field in (({}, "nik"), ({"nik": "123"}, "nik"), ({"nik": form["nik"]}, "reason")):
+            response = await admin.post("/v1/persons/erase", json=body, headers=auth)
+            assert response.status == 422, body
+            assert (await response.json())["errors"][0]["field"] == field
+        unknown = await admin.post(
+            "/v1/persons/export", json={"nik": a_person(7, seed=SEED + 4)["nik"]}, headers=auth
+        )
+        assert unknown.status == 404
+        response = await admin.post("/v1/persons/export", json={"nik": form["nik"]}, headers=auth)
+        assert response.status == 200
+        exported = await response.json()
+        assert exported["registrations"][0]["personal"]["full_name"] == form["full_name"]
+        assert base64.b64decode(
+            exported["registrations"][0]["photo"]["content_base64"]
+        ) == strip_metadata(upload)
+        response = await admin.post(
+            "/v1/persons/erase", json={"nik": form["nik"], "reason": "ticket 7"}, headers=auth
+        )
+        assert response.status == 200
+        assert (await response.json())["erased"] == [str(who)]
+    assert not vault.blobs.exists(blob)
+    row = await db.fetchrow("SELECT nik_enc, personal_enc FROM registrations WHERE id = $1", who)
+    assert tuple(row) == (None, None)
+    audited = await audit_rows(db, audit_from)
+    assert [(r["actor"], r["action"]) for r in audited] == [
+        ("ops-budi", "person.export"),
+        ("ops-budi", "person.export"),
+        ("ops-budi", "person.erase"),
+    ]
+    assert all(form["nik"] not in r["detail"] + r["subject"] for r in audited)
