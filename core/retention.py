@@ -31,7 +31,8 @@ test attempt inserted meanwhile takes a key-share lock on the registration (its 
 which waits for the erasure's commit, and a row another transaction holds is left for the next
 run.
 
-Batched (``batch`` registrations per transaction, keyset pagination on the id), resumable (a run
+Batched (the table read in pages of ``batch`` ids, keyset pagination on the primary key; the
+candidates of a page erased in one transaction), resumable (a run
 stopped anywhere has erased whole batches; the next one finds what is left) and idempotent (an
 erased row is never a candidate again).
 
@@ -91,65 +92,69 @@ class Periods:
         )
 
 
-# The registrations whose purpose ended as of $2 (the run's clock), after id $1, with why.
-# $3..$6: the cut-offs (rejected, abandoned, unselected, selected).
+# What decides a registration's fate, gathered per row by LATERAL aggregates: each is a few
+# index look-ups on the registration's id, whatever the table's size (correlated EXISTS clauses
+# let the planner hash whole tables instead, once per page).
+_FACTS_SQL = """
+LEFT JOIN LATERAL (
+    SELECT bool_or(c.state IN ('pending', 'retrying')) AS busy,
+           bool_or(c.state = 'waiting') AS waiting,
+           max(c.updated_at) AS changed_at
+    FROM checks c WHERE c.registration_id = r.id
+) ch ON true
+LEFT JOIN LATERAL (
+    SELECT max(k.expires_at) AS code_expires_at,
+           max(greatest(k.resent_at, k.used_at)) AS code_touched_at
+    FROM contact_codes k WHERE k.registration_id = r.id
+) cc ON true
+LEFT JOIN LATERAL (
+    SELECT bool_or(s.wave_id IS NULL) AS unselected_wave,
+           bool_or(j.outcome = 'selected') AS selected,
+           max(s.finished_at) FILTER (WHERE j.outcome = 'selected') AS selected_at,
+           max(least(w.closes_at, coalesce(w.closed_at, w.closes_at))) AS last_close
+    FROM wave_joins j
+    JOIN waves w ON w.id = j.wave_id
+    LEFT JOIN wave_selections s ON s.wave_id = j.wave_id
+    WHERE j.registration_id = r.id
+) wj ON true
+"""
+# Why its data goes as of $2 (the run's clock), or NULL: it stays. $3..$6: the cut-offs
+# (rejected, abandoned, unselected, selected). First what is never touched: erased already, in
+# review, in flight (a check pending or retrying, a join of a wave not selected yet, a
+# notification not sent: one hashed set, read from its partial index of unsent rows).
 _WHY_SQL = """
 CASE
+    WHEN r.erased_at IS NOT NULL OR r.status = 'review' OR ch.busy OR wj.unselected_wave
+         OR r.id IN (SELECT n.registration_id FROM notifications n WHERE n.state <> 'sent')
+        THEN NULL
     WHEN r.status = 'rejected' THEN
         CASE WHEN coalesce(r.decided_at, r.stored_at) < $3 THEN 'rejected' END
     WHEN r.status = 'received' THEN
-        CASE WHEN r.stored_at < $4
-              AND EXISTS (SELECT 1 FROM checks c
-                          WHERE c.registration_id = r.id AND c.state = 'waiting')
-              AND NOT EXISTS (SELECT 1 FROM checks c
-                              WHERE c.registration_id = r.id AND c.updated_at >= $4)
-              AND NOT EXISTS (SELECT 1 FROM contact_codes k
-                              WHERE k.registration_id = r.id
-                                AND (k.expires_at >= $2 OR k.resent_at >= $4
-                                     OR k.used_at >= $4))
+        CASE WHEN r.stored_at < $4 AND ch.waiting AND ch.changed_at < $4
+                  AND coalesce(cc.code_expires_at < $2, true)
+                  AND coalesce(cc.code_touched_at < $4, true)
              THEN 'abandoned' END
     WHEN r.status = 'verified' THEN
-        CASE WHEN EXISTS (SELECT 1 FROM wave_joins j
-                          WHERE j.registration_id = r.id AND j.outcome = 'selected')
-             THEN CASE WHEN (SELECT max(s.finished_at) FROM wave_joins j
-                             JOIN wave_selections s USING (wave_id)
-                             WHERE j.registration_id = r.id AND j.outcome = 'selected') < $6
-                       THEN 'selected' END
-             WHEN greatest(coalesce(r.decided_at, r.stored_at),
-                           (SELECT max(least(w.closes_at, coalesce(w.closed_at, w.closes_at)))
-                            FROM wave_joins j JOIN waves w ON w.id = j.wave_id
-                            WHERE j.registration_id = r.id)) < $5
-             THEN 'unselected' END
+        CASE WHEN wj.selected THEN
+                 CASE WHEN wj.selected_at < $6 THEN 'selected' END
+             WHEN greatest(coalesce(r.decided_at, r.stored_at), wj.last_close) < $5
+                 THEN 'unselected' END
 END
 """
-# In flight: never touched by the job. The notifications not sent are one hashed set (the table
-# has no index on the registration).
-_IN_FLIGHT_SQL = """
-EXISTS (SELECT 1 FROM checks c
-        WHERE c.registration_id = r.id AND c.state IN ('pending', 'retrying'))
-OR EXISTS (SELECT 1 FROM wave_joins j
-           WHERE j.registration_id = r.id
-             AND NOT EXISTS (SELECT 1 FROM wave_selections s WHERE s.wave_id = j.wave_id))
-OR r.id IN (SELECT n.registration_id FROM notifications n WHERE n.state <> 'sent')
-"""
-_CANDIDATES_SQL = f"""
-SELECT id, why FROM (
-    SELECT r.id, ({_WHY_SQL}) AS why
-    FROM registrations r
-    WHERE r.id > $1 AND r.erased_at IS NULL AND r.status <> 'review'
-      AND NOT ({_IN_FLIGHT_SQL})
-    ORDER BY r.id
-) c
-WHERE why IS NOT NULL
-ORDER BY id
-LIMIT $7
+# One page of the table in id order (keyset pagination: a range of the primary key), each row
+# with why its data goes (NULL: it stays).
+_PAGE_SQL = f"""
+SELECT r.id, ({_WHY_SQL}) AS why
+FROM (SELECT * FROM registrations WHERE id > $1 ORDER BY id LIMIT $7) AS r
+{_FACTS_SQL}
+ORDER BY r.id
 """  # noqa: S608 - constant fragments
-# The same, locking the candidates' rows for the transaction that erases them.
+# The same for a page's candidates, locking their rows for the transaction that erases them.
 _TAKE_SQL = f"""
 SELECT r.id, ({_WHY_SQL}) AS why
 FROM registrations r
-WHERE r.id > $1 AND r.id = ANY($7::uuid[]) AND r.erased_at IS NULL AND r.status <> 'review'
-  AND NOT ({_IN_FLIGHT_SQL})
+{_FACTS_SQL}
+WHERE r.id > $1 AND r.id = ANY($7::uuid[])
 ORDER BY r.id
 FOR UPDATE OF r SKIP LOCKED
 """  # noqa: S608 - constant fragments
@@ -288,12 +293,15 @@ async def run(
     report = Report(dry_run=dry_run)
     after = _NO_ID
     while max_batches is None or report.batches < max_batches:
-        rows = await pool.fetch(_CANDIDATES_SQL, after, now, *cutoffs, batch)
-        if not rows:
+        page = await pool.fetch(_PAGE_SQL, after, now, *cutoffs, batch)
+        if not page:
             break
-        after = rows[-1]["id"]
+        after = page[-1]["id"]
+        rows = [row for row in page if row["why"] is not None]
         if dry_run:
             report.by_why.update(row["why"] for row in rows)
+            continue
+        if not rows:
             continue
         async with pool.acquire() as connection, connection.transaction():
             taken = await connection.fetch(

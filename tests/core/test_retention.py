@@ -311,9 +311,19 @@ async def test_retention_erases_exactly_the_ended_and_keeps_what_is_needed(
     assert await snapshot(db) == before
     assert await audit_rows(db, audit_from) == []
 
-    # Resumable: one batch of 3, then the rest.
+    # Resumable: the table is read 3 ids at a time; one batch (the first page with candidates),
+    # then the rest.
+    pages = [sorted(w.ids.values())[i : i + 3] for i in range(0, len(w.ids), 3)]
+    to_erase = {w.ids[name] for name in ERASED}
+    first_page = next(set(page) & to_erase for page in pages if set(page) & to_erase)
     first = await retention.run(db, vault.blobs, PERIODS, batch=3, max_batches=1, now=NOW)
-    assert (sum(first.by_why.values()), first.batches, first.done) == (3, 1, False)
+    assert (first.batches, first.done) == (1, False)
+    erased_first = {
+        row["id"]
+        for row in await db.fetch("SELECT id FROM registrations WHERE erased_at IS NOT NULL")
+    }
+    assert erased_first == first_page
+    assert sum(first.by_why.values()) == len(first_page)
     rest = await retention.run(db, vault.blobs, PERIODS, batch=3, now=NOW)
     assert rest.done
     assert sum(first.by_why.values()) + sum(rest.by_why.values()) == len(ERASED)
@@ -671,3 +681,25 @@ async def test_the_admin_routes(
         ("ops-budi", "person.erase"),
     ]
     assert all(form["nik"] not in r["detail"] + r["subject"] for r in audited)
+
+
+async def test_the_status_route_answers_for_an_erased_registration(
+    db: asyncpg.Pool, keyring: Keyring, vault: PhotoVault, settings: Settings
+) -> None:
+    from tests.support import inprocess
+
+    form = a_person(8, seed=SEED + 5)
+    who = await register(db, keyring, form)
+    await set_row(db, who, dispatched_at=NOW)
+    await add_check(db, who, "photo", "waiting", NOW)
+    await person.erase_now(db, keyring, vault.blobs, form["nik"], actor="ops:ana", reason="asked")
+    async with inprocess.edge(settings) as client:
+        response = await client.get(
+            f"/v1/registrations/{who}",
+            headers={"Authorization": f"Bearer {keyring.access_token(who)}"},
+        )
+        assert response.status == 200
+        body = await response.json()
+    assert (body["status"], body["reason"]) == ("rejected", "erased")
+    assert body["checks"]["photo"]["state"] == "failed"
+    assert form["full_name"] not in orjson.dumps(body).decode()
