@@ -703,3 +703,50 @@ async def test_the_status_route_answers_for_an_erased_registration(
     assert (body["status"], body["reason"]) == ("rejected", "erased")
     assert body["checks"]["photo"]["state"] == "failed"
     assert form["full_name"] not in orjson.dumps(body).decode()
+
+
+async def test_a_join_being_written_keeps_the_registration_from_the_job(
+    db: asyncpg.Pool, keyring: Keyring, vault: PhotoVault
+) -> None:
+    """A candidate whose join of an open wave is being inserted (its transaction not committed)
+    is skipped, not erased: the join's foreign key holds a key-share lock on the registration,
+    which the job's FOR UPDATE SKIP LOCKED passes over; once the join commits it is in flight."""
+    form = a_person(9, seed=SEED + 6)
+    who = await register(db, keyring, form)
+    await set_row(db, who, status="verified", decided_at=OLD)
+    open_wave = await add_wave(db, "open", NOW + dt.timedelta(days=1), selected=False)
+    async with db.acquire() as joining:
+        transaction = joining.transaction()
+        await transaction.start()
+        await joining.execute(
+            "INSERT INTO wave_joins (wave_id, registration_id, situation, joined_at)"
+            " VALUES ($1, $2, 'laid_off', now())",
+            open_wave,
+            who,
+        )
+        during = await retention.run(db, vault.blobs, PERIODS, now=NOW)
+        await transaction.commit()
+    assert sum(during.by_why.values()) == 0
+    assert await db.fetchval("SELECT erased_at FROM registrations WHERE id = $1", who) is None
+    after = await retention.run(db, vault.blobs, PERIODS, now=NOW)
+    assert sum(after.by_why.values()) == 0  # joined an open wave: in flight
+
+
+async def test_the_selection_counts_an_erased_joiner_not_verified(
+    db: asyncpg.Pool, keyring: Keyring
+) -> None:
+    from core import selection
+    from core.waves import Waves
+
+    kept, erased = a_person(10, seed=SEED + 7), a_person(11, seed=SEED + 7)
+    ids = [await register(db, keyring, form) for form in (kept, erased)]
+    wave_id = await add_wave(db, "closing", NOW - dt.timedelta(minutes=1), selected=False)
+    for who in ids:
+        await set_row(db, who, status="verified", decided_at=RECENT)
+        await join(db, wave_id, who, None)
+    await set_row(db, ids[1], nik_enc=None, personal_enc=None, erased_at=NOW)  # a race's result
+    wave = await Waves(db).get("closing")
+    async with db.acquire() as connection:
+        joiners = await selection.load_joiners(connection, keyring, wave, NOW)
+    reasons = {j.registration_id: j.ineligible for j in joiners}
+    assert reasons == {ids[0]: None, ids[1]: selection.Ineligible.NOT_VERIFIED}
