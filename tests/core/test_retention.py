@@ -750,3 +750,27 @@ async def test_the_selection_counts_an_erased_joiner_not_verified(
         joiners = await selection.load_joiners(connection, keyring, wave, NOW)
     reasons = {j.registration_id: j.ineligible for j in joiners}
     assert reasons == {ids[0]: None, ids[1]: selection.Ineligible.NOT_VERIFIED}
+
+
+def test_the_cluster_runs_the_job_daily_with_the_blob_volume() -> None:
+    """k8s/retention.yaml: a CronJob running a command the CLI parses, never two at once, with
+    the blob volume at INTAKE_BLOB_DIR and the settings it requires."""
+    from cli.main import build_parser
+    from tests.support import kustomize
+
+    docs = kustomize.build()
+    (cron,) = [
+        d for d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "intake-retention"
+    ]
+    (config,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "intake-config"
+    ]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = build_parser().parse_args(container["args"])
+    assert (args.command, args.action, args.dry_run) == ("retention", "run", False)
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert config["data"]["INTAKE_BLOB_DIR"] in mounts
+    env = {e["name"] for e in container["env"]}
+    assert {"INTAKE_SECRET_KEY_FILE", "INTAKE_DATABASE_URL_FILE"} <= env
