@@ -202,6 +202,7 @@ def _retention(settings: Settings, args: argparse.Namespace) -> int:
                 batch=args.batch or settings.retention_batch,
                 dry_run=args.dry_run,
                 max_batches=args.max_batches,
+                files=args.sweep_files,
             )
         print(orjson.dumps(report.to_obj()).decode())
         return 0
@@ -345,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     retain_run.add_argument("--dry-run", action="store_true", help="count only, change nothing")
     retain_run.add_argument("--batch", type=int, default=None, help="INTAKE_RETENTION_BATCH")
     retain_run.add_argument("--max-batches", type=int, default=None, help="stop after this many")
+    retain_run.add_argument(
+        "--sweep-files",
+        action="store_true",
+        help="also delete blob files nothing names (walks the whole blob directory)",
+    )
     retain.set_defaults(func=_retention)
     person = commands.add_parser(
         "person", help="a person's data found by NIK: export it, or erase it (audited)"

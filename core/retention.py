@@ -42,6 +42,7 @@ flight first.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections import Counter
@@ -254,6 +255,7 @@ class Report:
     blobs_deleted: int = 0
     contact_codes: int = 0
     orphan_keys: int = 0
+    files_swept: int = 0
     batches: int = 0
     done: bool = False
 
@@ -265,6 +267,7 @@ class Report:
             "blobs_deleted": self.blobs_deleted,
             "contact_codes": self.contact_codes,
             "orphan_photo_keys": self.orphan_keys,
+            "files_swept": self.files_swept,
             "batches": self.batches,
             "done": self.done,
         }
@@ -279,10 +282,12 @@ async def run(
     dry_run: bool = False,
     max_batches: int | None = None,
     now: dt.datetime | None = None,
+    files: bool = False,
 ) -> Report:
     """One retention pass: erase every registration whose purpose ended as of ``now``, a batch
-    per transaction, each batch audited; then delete orphan photo keys and their blobs. With
-    ``dry_run``, count what would be erased and change nothing."""
+    per transaction, each batch audited; then delete orphan photo keys and their blobs, and with
+    ``files`` the blob files nothing names (:func:`sweep_files`). With ``dry_run``, count what
+    would be erased and change nothing."""
     now = now or dt.datetime.now(dt.UTC)
     cutoffs = (
         now - periods.rejected,
@@ -334,8 +339,36 @@ async def run(
     if not dry_run:
         report.orphan_keys, deleted = await sweep_orphan_keys(pool, blobs, now, batch)
         report.blobs_deleted += deleted
+        if files:
+            report.files_swept = await sweep_files(pool, blobs, now)
     report.done = True
     return report
+
+
+_KNOWN_NAMES_SQL = """
+SELECT blob_hmac FROM photo_keys WHERE blob_hmac = ANY($1::text[])
+UNION
+SELECT blob_hmac FROM photos WHERE blob_hmac = ANY($1::text[])
+"""
+
+
+async def sweep_files(
+    pool: asyncpg.Pool, blobs: BlobStore, now: dt.datetime, batch: int = 1000
+) -> int:
+    """Delete blob files that have neither a data key nor a photo row naming them, written more
+    than :data:`ORPHAN_KEY_AGE` ago (an erasure's file whose deletion a crash interrupted: its
+    key is gone, nobody can open it), and crashed writes' temporary files as old. It walks the
+    whole blob directory, so it is not part of every run (``--sweep-files``). A file a photo
+    row names without a key (stored in clear before migration 0013) is kept for ``intake keys
+    reencrypt``. The number of files deleted."""
+    before_s = (now - ORPHAN_KEY_AGE).timestamp()
+    names = await asyncio.to_thread(lambda: list(blobs.stored_before(before_s)))
+    deleted = await asyncio.to_thread(blobs.remove_stale_temporaries, before_s)
+    for start in range(0, len(names), batch):
+        chunk = names[start : start + batch]
+        known = {row["blob_hmac"] for row in await pool.fetch(_KNOWN_NAMES_SQL, chunk)}
+        deleted += await delete_blobs(blobs, [name for name in chunk if name not in known])
+    return deleted
 
 
 async def sweep_orphan_keys(

@@ -774,3 +774,45 @@ def test_the_cluster_runs_the_job_daily_with_the_blob_volume() -> None:
     assert config["data"]["INTAKE_BLOB_DIR"] in mounts
     env = {e["name"] for e in container["env"]}
     assert {"INTAKE_SECRET_KEY_FILE", "INTAKE_DATABASE_URL_FILE"} <= env
+
+
+async def test_the_file_sweep_deletes_only_what_nothing_names(
+    db: asyncpg.Pool, keyring: Keyring, vault: PhotoVault
+) -> None:
+    """--sweep-files: an old file without key or photo row goes (an erasure's file after a crash),
+    and an old temporary; a keyed file, a fresh unkeyed one and a legacy clear photo a row
+    names stay."""
+    form = a_person(12, seed=SEED + 8)
+    who = await register(db, keyring, form)
+    keyed = (await vault.store(db, photo(21))).name
+    legacy = os.urandom(32).hex()
+    await db.execute(
+        "INSERT INTO photos (registration_id, blob_hmac, size_bytes) VALUES ($1, $2, 3)",
+        who,
+        legacy,
+    )
+    orphan, fresh = os.urandom(32).hex(), os.urandom(32).hex()
+    for name in (legacy, orphan, fresh):
+        await vault.blobs.put(name, b"sealed bytes")
+    tmp = vault.blobs.root / ".tmp"
+    stale = tmp / "crashed-write"
+    stale.write_bytes(b"x")
+    long_ago = (NOW - dt.timedelta(days=3)).timestamp()
+    for path in (
+        vault.blobs.path(keyed),
+        vault.blobs.path(legacy),
+        vault.blobs.path(orphan),
+        stale,
+    ):
+        os.utime(path, (long_ago, long_ago))
+    report = await retention.run(db, vault.blobs, PERIODS, now=NOW, files=True)
+    assert report.files_swept == 2
+    assert {n: vault.blobs.exists(n) for n in (keyed, legacy, orphan, fresh)} == {
+        keyed: True,
+        legacy: True,
+        orphan: False,
+        fresh: True,
+    }
+    assert not stale.exists()
+    without = await retention.run(db, vault.blobs, PERIODS, now=NOW)
+    assert without.files_swept == 0
