@@ -23,7 +23,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from core import person, retention
+from core import person, retention, rotation
 from core.blobs import BlobRef, BlobStore
 from core.checks import load_subject
 from core.envelope import Envelope, Registration
@@ -528,6 +528,9 @@ async def test_export_and_erase_by_nik(
         (None, None, None),
         (None, None, None),
     ]
+
+    # intake keys status counts ciphertexts by version: an erased row has none.
+    assert all(version is not None for _, version, _ in await rotation.versions(db))
 
     # Once in a lifetime: the NIK is still refused.
     again = await register(db, keyring, form)
