@@ -1,8 +1,9 @@
 """The admin API (``intake admin``): operators create, list, open, close and inspect waves, force
-a lane's circuit breaker, schedule and cancel registries' maintenance windows, and read the
-audit log. It listens on ``INTAKE_ADMIN_HOST:INTAKE_ADMIN_PORT``, never on the edge's
-public port, and every request needs ``Authorization: Bearer <token>`` of one of the
-credentials in ``INTAKE_ADMIN_TOKENS`` (stored as SHA-256 digests): the credential's name is
+a lane's circuit breaker, schedule and cancel registries' maintenance windows, export or erase
+one person's data (``core.person``), and read the audit log. It listens on
+``INTAKE_ADMIN_HOST:INTAKE_ADMIN_PORT``, never on the edge's public port, and every request
+needs ``Authorization: Bearer <token>`` of one of the credentials in ``INTAKE_ADMIN_TOKENS``
+(stored as SHA-256 digests): the credential's name is
 the actor recorded in the audit log. Errors are RFC 9457 problem documents.
 
     GET  /v1/waves                 every wave, in opening order
@@ -19,6 +20,11 @@ the actor recorded in the audit log. Errors are RFC 9457 problem documents.
                                    offset); its tasks wait, no attempt counted
     DELETE /v1/maintenance/{id}    cancel a scheduled window, or end an active one now
     GET  /v1/audit?limit=N         the latest operator actions, newest first
+    POST /v1/persons/export        {nik}: everything stored about the person, decrypted
+                                   (photos as base64); 404 if none (audited either way)
+    POST /v1/persons/erase         {nik, reason}: erase it now, but the NIK's keyed hash and
+                                   the outcome (audited). The NIK is in the body, never in a
+                                   URL (which proxies and access logs keep)
     GET  /openapi.json             the OpenAPI document of this API (admin/openapi.json)
 
 Lanes take effect within about a second (``INTAKE_LANE_CONTROL_POLL_S``).
@@ -31,13 +37,18 @@ import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
+from core import person
+from core.blobs import BlobStore
 from core.controls import ControlError, LaneControls, parse_check, parse_mode
+from core.keys import Keyring
+from core.photo_vault import PhotoVault
 from core.settings import Settings
 from core.waves import Policy, WaveError, Waves, parse_time
 
@@ -45,6 +56,9 @@ SETTINGS = web.AppKey("settings", Settings)
 WAVES = web.AppKey("waves", Waves)
 CONTROLS = web.AppKey("controls", LaneControls)
 CREDENTIALS = web.AppKey("credentials", dict[str, bytes])
+POOL = web.AppKey("pool", asyncpg.Pool)
+KEYRING = web.AppKey("keyring", Keyring)
+BLOBS = web.AppKey("blobs", BlobStore)
 ACTOR = web.RequestKey("actor", str)  # the authenticated credential's name
 
 _TYPE_BASE = "https://intake.example/problems/"
@@ -252,11 +266,62 @@ async def cancel_window(request: web.Request) -> web.StreamResponse:
     return _json(200, window.to_obj(now))
 
 
+async def _nik(request: web.Request, *fields: str) -> tuple[str, dict[str, Any]]:
+    """The body's NIK (16 digits) and the body, each field in ``fields`` a non-empty string."""
+    body = await _object(request)
+    nik = body.get("nik")
+    if not isinstance(nik, str):
+        raise ControlError("invalid", "nik is required (a string)", "nik")
+    try:
+        person.nik_hmac(request.app[KEYRING], nik)
+    except person.InvalidNik as exc:
+        raise ControlError("invalid", str(exc), "nik") from None
+    for field in fields:
+        value = body.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise ControlError("invalid", f"{field} is required (a string)", field)
+    return nik, body
+
+
+async def export_person(request: web.Request) -> web.StreamResponse:
+    nik, _ = await _nik(request)
+    keyring = request.app[KEYRING]
+    async with request.app[POOL].acquire() as connection, connection.transaction():
+        document = await person.export(
+            connection,
+            keyring,
+            PhotoVault(request.app[BLOBS], keyring),
+            nik,
+            actor=request[ACTOR],
+            max_photo_bytes=request.app[SETTINGS].photo_max_bytes,
+        )
+    if not document["registrations"]:
+        raise ControlError("not_found", "no registration of this NIK is stored")
+    return web.Response(body=person.dumps(document), content_type="application/json")
+
+
+async def erase_person(request: web.Request) -> web.StreamResponse:
+    nik, body = await _nik(request, "reason")
+    result = await person.erase_now(
+        request.app[POOL],
+        request.app[KEYRING],
+        request.app[BLOBS],
+        nik,
+        actor=request[ACTOR],
+        reason=body["reason"],
+    )
+    if not result["registrations"]:
+        raise ControlError("not_found", "no registration of this NIK is stored")
+    return _json(200, result)
+
+
 def create_app(settings: Settings) -> web.Application:
     """The admin application; its database pool opens and closes with it."""
     app = web.Application(middlewares=[auth_middleware], client_max_size=64 * 1024)
     app[SETTINGS] = settings
     app[CREDENTIALS] = settings.admin_credentials()
+    app[KEYRING] = Keyring.from_settings(settings)
+    app[BLOBS] = BlobStore(Path(settings.blob_dir))
     app.router.add_get("/v1/waves", list_waves)
     app.router.add_post("/v1/waves", create_wave)
     app.router.add_get("/v1/waves/{name}", show_wave)
@@ -268,6 +333,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/maintenance", add_window)
     app.router.add_delete("/v1/maintenance/{id}", cancel_window)
     app.router.add_get("/v1/audit", audit)
+    app.router.add_post("/v1/persons/export", export_person)
+    app.router.add_post("/v1/persons/erase", erase_person)
     app.router.add_get("/openapi.json", openapi)
     app.cleanup_ctx.append(_database)
     return app
@@ -277,6 +344,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     pool = await asyncpg.create_pool(app[SETTINGS].database_url, min_size=0, max_size=2)
     app[WAVES] = Waves(pool)
     app[CONTROLS] = LaneControls(pool)
+    app[POOL] = pool
     yield
     await pool.close()
 

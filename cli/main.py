@@ -9,6 +9,8 @@
     intake dlq list|replay      inspect or replay dead-letter queues
     intake keys status|reencrypt
                                 ciphertexts by key version; rewrite them under the current one
+    intake retention run        erase the personal data whose purpose ended (--dry-run: count)
+    intake person export|erase  one person's data, found by NIK: all of it as JSON; erased
     intake waves ...            create, list, show, open, close waves; a selection; the audit log
     intake lanes ...            force a lane's breaker; registries' maintenance windows
     intake admin [token NAME]   the operators' admin API (or a new bearer token)
@@ -184,6 +186,77 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         return 1
 
 
+def _retention(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+    import orjson
+
+    from core import retention
+    from core.blobs import BlobStore
+
+    async def go() -> int:
+        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=2) as pool:
+            report = await retention.run(
+                pool,
+                BlobStore(Path(settings.blob_dir)),
+                retention.Periods.from_settings(settings),
+                batch=args.batch or settings.retention_batch,
+                dry_run=args.dry_run,
+                max_batches=args.max_batches,
+                files=args.sweep_files,
+            )
+        print(orjson.dumps(report.to_obj()).decode())
+        return 0
+
+    return asyncio.run(go())
+
+
+def _person(settings: Settings, args: argparse.Namespace) -> int:
+    import getpass
+
+    import asyncpg
+
+    from core import person
+    from core.blobs import BlobStore
+    from core.keys import Keyring
+    from core.photo_vault import PhotoVault
+
+    keyring = Keyring.from_settings(settings)
+    blobs = BlobStore(Path(settings.blob_dir))
+    actor = f"cli:{getpass.getuser()}"
+    nik = args.nik if args.nik != "-" else sys.stdin.readline().strip()
+    try:
+        person.nik_hmac(keyring, nik)
+    except person.InvalidNik as exc:
+        print(f"intake person: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=2) as pool:
+            if args.action == "export":
+                async with pool.acquire() as connection, connection.transaction():
+                    document = await person.export(
+                        connection,
+                        keyring,
+                        PhotoVault(blobs, keyring),
+                        nik,
+                        actor=actor,
+                        max_photo_bytes=settings.photo_max_bytes,
+                    )
+                output = person.dumps(document)
+                if args.output is None:
+                    sys.stdout.buffer.write(output + b"\n")
+                else:
+                    args.output.write_bytes(output + b"\n")
+                return 0 if document["registrations"] else 1
+            result = await person.erase_now(
+                pool, keyring, blobs, nik, actor=actor, reason=args.reason
+            )
+            print(person.dumps(result).decode())
+            return 0 if result["registrations"] else 1
+
+    return asyncio.run(go())
+
+
 def _waves(settings: Settings, args: argparse.Namespace) -> int:
     from admin.commands import waves_command
 
@@ -265,6 +338,35 @@ def build_parser() -> argparse.ArgumentParser:
     rewrite.add_argument("--max-batches", type=int, default=None, help="stop after this many")
     rewrite.add_argument("--pause-s", type=float, default=0.0, help="sleep between batches")
     keys.set_defaults(func=_keys)
+    retain = commands.add_parser(
+        "retention", help="erase personal data whose purpose ended (docs/privacy.md)"
+    )
+    retain_actions = retain.add_subparsers(dest="action", required=True)
+    retain_run = retain_actions.add_parser("run", help="one pass: batched, resumable, audited")
+    retain_run.add_argument("--dry-run", action="store_true", help="count only, change nothing")
+    retain_run.add_argument("--batch", type=int, default=None, help="INTAKE_RETENTION_BATCH")
+    retain_run.add_argument("--max-batches", type=int, default=None, help="stop after this many")
+    retain_run.add_argument(
+        "--sweep-files",
+        action="store_true",
+        help="also delete blob files nothing names (walks the whole blob directory)",
+    )
+    retain.set_defaults(func=_retention)
+    person = commands.add_parser(
+        "person", help="a person's data found by NIK: export it, or erase it (audited)"
+    )
+    person_actions = person.add_subparsers(dest="action", required=True)
+    export = person_actions.add_parser("export", help="everything stored, decrypted, as JSON")
+    export.add_argument("--nik", required=True, help="the NIK (16 digits; - reads it from stdin)")
+    export.add_argument(
+        "--output", type=Path, default=None, help="write the JSON here instead of stdout"
+    )
+    erase = person_actions.add_parser(
+        "erase", help="erase it now, but the NIK's keyed hash and the outcome"
+    )
+    erase.add_argument("--nik", required=True, help="the NIK (16 digits; - reads it from stdin)")
+    erase.add_argument("--reason", required=True, help="the ground, recorded in the audit log")
+    person.set_defaults(func=_person)
     waves = commands.add_parser("waves", help="create, list, open, close waves; the audit log")
     add_wave_commands(waves)
     waves.set_defaults(func=_waves)

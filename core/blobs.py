@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -138,6 +138,36 @@ class BlobStore:
         path = self.path(ref_or_name)
         return await asyncio.to_thread(_read_limited, path, max_bytes)
 
+    async def delete(self, ref_or_name: BlobRef | str) -> bool:
+        """Remove the blob, durably (its directory fsynced); False if it was not there. A
+        sealed photo is unreadable once its key row is deleted (``core.photo_vault``): this
+        removes the ciphertext too."""
+        path = self.path(ref_or_name)
+        return await asyncio.to_thread(_unlink_durably, path)
+
+    def stored_before(self, before_s: float) -> Iterator[str]:
+        """The names of blobs last written before ``before_s`` (a Unix time), walking the whole
+        store (blocking: call it in a thread); a name that vanishes meanwhile is skipped."""
+        for first in sorted(_subdirs(self.root)):
+            for second in sorted(_subdirs(first)):
+                for path in sorted(second.iterdir()):
+                    if not _NAME_HEX.fullmatch(path.name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if path.stat().st_mtime < before_s:
+                            yield path.name
+
+    def remove_stale_temporaries(self, before_s: float) -> int:
+        """Delete the temporary files of writes that crashed, older than ``before_s`` (blocking)."""
+        removed = 0
+        tmp = self.root / _TMP_DIR
+        for path in tmp.iterdir() if tmp.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < before_s:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def _ensure_dir(self, path: Path) -> None:
         """``mkdir -p`` up to ``root``, fsyncing the parent of each directory once per process
         (whoever created it), so that no blob is promised inside a directory whose own entry
@@ -217,6 +247,22 @@ class _PendingBlob:
                 self._file.close()
         if self._tmp_path is not None:
             self._tmp_path.unlink(missing_ok=True)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    """The two-hex-digit directories of the store's layout under ``path``."""
+    if not path.is_dir():
+        return []
+    return [p for p in path.iterdir() if len(p.name) == 2 and p.is_dir() and p.name != _TMP_DIR]
+
+
+def _unlink_durably(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_dir(path.parent)
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,11 +29,12 @@ OUTBOX_CHANNEL = "intake_outbox"
 async def load_subject(
     connection: asyncpg.Connection, keyring: Keyring, registration_id: uuid.UUID
 ) -> Subject | None:
-    """Decrypt a registration's personal data for a verifier; None if there is no such row."""
+    """Decrypt a registration's personal data for a verifier; None if there is no such row or
+    its personal data was erased (``core.retention``: nobody to verify or to tell)."""
     row = await connection.fetchrow(
         "SELECT nik_enc, personal_enc FROM registrations WHERE id = $1", registration_id
     )
-    if row is None:
+    if row is None or row["nik_enc"] is None or row["personal_enc"] is None:
         return None
     context = registration_id.bytes
     personal = orjson.loads(keyring.decrypt(row["personal_enc"], context))

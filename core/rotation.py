@@ -75,10 +75,10 @@ _RENAME_PHOTO_SQL = "UPDATE photos SET blob_hmac = $2 WHERE blob_hmac = $1"
 # Ciphertexts by key version, for `intake keys status`.
 _VERSIONS_SQL = """
 SELECT 'registrations.nik_enc' AS what, get_byte(nik_enc, 0) AS version, count(*) AS n
-FROM registrations GROUP BY 2
+FROM registrations WHERE nik_enc IS NOT NULL GROUP BY 2
 UNION ALL
 SELECT 'registrations.personal_enc', get_byte(personal_enc, 0), count(*)
-FROM registrations GROUP BY 2
+FROM registrations WHERE personal_enc IS NOT NULL GROUP BY 2
 UNION ALL
 SELECT 'photo_keys.key_enc', get_byte(key_enc, 0), count(*) FROM photo_keys GROUP BY 2
 ORDER BY 1, 2

@@ -165,6 +165,8 @@ async def load_joiners(
             reason = Ineligible.BENEFIT
         elif dtks and policy.dtks is DtksRank.EXCLUDED:
             reason = Ineligible.DTKS
+        elif row["personal_enc"] is None:  # erased (core.person withdraws the join: a race)
+            reason = Ineligible.NOT_VERIFIED
         else:
             personal = orjson.loads(keyring.decrypt(row["personal_enc"], registration_id.bytes))
             age = age_on(dt.date.fromisoformat(personal["birth_date"]), day)

@@ -167,6 +167,20 @@ class Settings:
     notify_retry_max_s: float = 600.0
     notify_mail_from: str = "info@prakerja.example"
 
+    # Retention (core/retention.py, `intake retention run`, docs/privacy.md): how long personal
+    # data is kept once its purpose ended, in days. Rejected: since the decision (or storing, for
+    # a duplicate). Abandoned: a registration still waiting for its registrant (an email link, a
+    # code, a photo) with nothing changed for this long (far past a link's or code's life).
+    # Unselected: verified and never selected, since the later of its verification and the close
+    # of the last wave it joined. Selected: since the selection that granted the benefit (the
+    # programme's own retention period).
+    retention_rejected_days: int = 30
+    retention_abandoned_days: int = 30
+    retention_unselected_days: int = 365
+    retention_selected_days: int = 1825
+    # Registrations erased per transaction.
+    retention_batch: int = 500
+
     # Photo check. Blobs are content-addressed files (core.blobs); a relative path is resolved
     # from the working directory (for development; mount a volume in production).
     blob_dir: str = ".intake-blobs"
@@ -327,6 +341,17 @@ class Settings:
             )
         if self.participation_prefetch < 1:
             raise SettingsError("INTAKE_PARTICIPATION_PREFETCH must be positive")
+        if (
+            min(
+                self.retention_rejected_days,
+                self.retention_abandoned_days,
+                self.retention_unselected_days,
+                self.retention_selected_days,
+            )
+            < 1
+            or self.retention_batch < 1
+        ):
+            raise SettingsError("INTAKE_RETENTION_* must be positive")
 
     def master_secrets(self) -> dict[int, str]:
         """The master secrets by version: ``secret_key`` is 1, ``secret_keys`` adds the later
