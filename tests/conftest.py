@@ -64,7 +64,7 @@ async def settings(base_settings: Settings) -> Settings:
     try:
         await migrate(connection)
         await connection.execute(
-            "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, waves,"
+            "TRUNCATE registrations, nik_claims, checks, photos, rate_buckets, limit_hits, waves,"
             " test_attempts, wave_joins, wave_selections, benefit_niks, notifications,"
             " lane_controls, maintenance_windows"
         )
