@@ -25,9 +25,11 @@ test: setup
 
 # The same test as in `make test` (tests/intake/test_fuzz.py), with more cases per operation
 # and phase: about 11 cases per unit of FUZZ_MAX_EXAMPLES over the edge's 12 operations.
+# FUZZ_SEED empty: new cases at each run (the seed is printed).
 FUZZ_MAX_EXAMPLES ?= 1000
+FUZZ_SEED ?=
 fuzz: setup
-	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) $(VENV)/bin/python -m pytest -s -q tests/intake/test_fuzz.py
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) FUZZ_MIN_CASES=10000 $(VENV)/bin/python -m pytest -s -q tests/intake/test_fuzz.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
