@@ -94,6 +94,19 @@ async def reached(
     return {bytes(r["key"]): float(r["left_s"]) for r in rows}
 
 
+_PURGE_SQL = """
+DELETE FROM limit_hits
+WHERE kind = $1 AND window_start <= clock_timestamp() - make_interval(secs => $2)
+"""
+
+
+async def purge(connection: asyncpg.Connection | asyncpg.Pool, kind: str, window_s: int) -> int:
+    """Delete the rows of ``kind`` whose window has ended (they count nothing any more); how
+    many. Without it the table would keep a row for every NIK ever registered."""
+    status: str = await connection.execute(_PURGE_SQL, kind, float(window_s))
+    return int(status.rsplit(" ", 1)[-1])
+
+
 def retry_after_s(left_s: float) -> int:
     """A ``Retry-After`` in whole seconds, at least 1."""
     return max(1, math.ceil(left_s))

@@ -165,13 +165,24 @@ def client_limits(limiter: ClientLimiter, pool: Callable[[], asyncpg.Pool]) -> M
 
 class NikBlocks:
     """The NIKs (keyed HMACs) that reached their limit, as last read from PostgreSQL: key →
-    when their window ends (``time.time()``). Read every ``INTAKE_LIMIT_REFRESH_S``."""
+    when their window ends (``time.time()``). Read every ``INTAKE_LIMIT_REFRESH_S``; about
+    every ``PURGE_INTERVAL_S`` the same loop deletes the counters whose window ended."""
+
+    PURGE_INTERVAL_S = 60.0
 
     def __init__(self, settings: Settings) -> None:
         self.blocked: dict[bytes, float] = {}
         self._limit = settings.limit_nik_attempts
         self._window_s = settings.limit_nik_window_s
         self._refresh_s = settings.limit_refresh_s
+        self._windows = {
+            kind: window_s
+            for kind, window_s, on in (
+                (limits.NIK, settings.limit_nik_window_s, settings.limit_nik_attempts > 0),
+                (limits.CLIENT, settings.limit_client_window_s, settings.limit_client_requests > 0),
+            )
+            if on
+        }
 
     async def refresh(self, pool: asyncpg.Pool) -> None:
         """Read the NIKs over their limit once."""
@@ -181,8 +192,9 @@ class NikBlocks:
 
     @contextlib.asynccontextmanager
     async def running(self, pool: asyncpg.Pool) -> AsyncIterator[None]:
-        """Refresh in the background while the edge runs (nothing when the limit is off)."""
-        if self._limit <= 0:
+        """Refresh (and purge) in the background while the edge runs (nothing when both limits
+        are off)."""
+        if not self._windows:
             yield
             return
         task = asyncio.create_task(self._loop(pool))
@@ -193,10 +205,21 @@ class NikBlocks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def purge(self, pool: asyncpg.Pool) -> None:
+        """Delete the counters whose window ended (every edge does it now and then; the
+        deletes are cheap, on the index of the windows' starts)."""
+        for kind, window_s in self._windows.items():
+            await limits.purge(pool, kind, window_s)
+
     async def _loop(self, pool: asyncpg.Pool) -> None:
+        purged_at = time.monotonic()
         while True:
             try:
-                await self.refresh(pool)
+                if self._limit > 0:
+                    await self.refresh(pool)
+                if time.monotonic() - purged_at >= self.PURGE_INTERVAL_S:
+                    purged_at = time.monotonic()
+                    await self.purge(pool)
             except _DB_ERRORS as exc:
                 metrics.LIMIT_REFRESH_FAILURES.inc()
                 log.warning("limit refresh failed: %s", type(exc).__name__)

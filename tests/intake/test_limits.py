@@ -25,7 +25,7 @@ from core import limits
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.limits import NIK_BLOCKS, client_address
+from intake.limits import NIK_BLOCKS, NikBlocks, client_address
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.people import person
@@ -245,3 +245,21 @@ def test_retry_after_is_whole_seconds_at_least_one() -> None:
     assert limits.retry_after_s(0.0) == 1
     assert limits.retry_after_s(1.2) == 2
     assert limits.retry_after_s(900) == 900
+
+
+async def test_counters_whose_window_ended_are_purged(settings: Settings, db: asyncpg.Pool) -> None:
+    wired = settings.replace(limit_client_requests=5, limit_client_window_s=60)
+    old, fresh = b"o" * 32, b"f" * 32
+    for key, age_s in ((old, 61), (fresh, 59)):
+        await db.execute(
+            "INSERT INTO limit_hits (kind, key, window_start, hits)"
+            " VALUES ('client', $1, now() - make_interval(secs => $2), 3)",
+            key,
+            float(age_s),
+        )
+    await db.execute(
+        "INSERT INTO limit_hits (kind, key, window_start, hits) VALUES ('nik', $1, now(), 1)", old
+    )
+    await NikBlocks(wired).purge(db)
+    rows = await db.fetch("SELECT kind, key FROM limit_hits ORDER BY kind")
+    assert [(r["kind"], bytes(r["key"])) for r in rows] == [("client", fresh), ("nik", old)]
