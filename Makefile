@@ -1,5 +1,5 @@
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint demo bench chaos cluster image k8s-generate clean
+.PHONY: help setup test fuzz lint demo bench chaos cluster image k8s-generate clean
 
 VENV := .venv
 PYTEST_ARGS ?=
@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make setup   install services and the .venv (scripts/setup.sh)"
 	@echo "make test    run the test suite (PYTEST_ARGS='...' to pass options)"
+	@echo "make fuzz    Schemathesis against a local edge, 10,000+ cases (FUZZ_MAX_EXAMPLES, FUZZ_SEED)"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make demo    run the end-to-end demo"
 	@echo "make bench   run the benchmarks (output in results/)"
@@ -21,6 +22,14 @@ setup:
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The same test as in `make test` (tests/intake/test_fuzz.py), with more cases per operation
+# and phase: about 11 cases per unit of FUZZ_MAX_EXAMPLES over the edge's 12 operations.
+# FUZZ_SEED empty: new cases at each run (the seed is printed).
+FUZZ_MAX_EXAMPLES ?= 1000
+FUZZ_SEED ?=
+fuzz: setup
+	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) FUZZ_MIN_CASES=10000 $(VENV)/bin/python -m pytest -s -q tests/intake/test_fuzz.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,11 @@ What is measured, in one run on a 2-core machine:
    shed/bare ratio, what a shed request costs next to the cheapest possible answer. With
    ``--baseline DIR`` an edge run from the code in ``DIR`` (another checkout of the project,
    e.g. ``git archive REV | tar -x -C DIR``; it is put first on ``PYTHONPATH``) is measured in
-   the same rounds too: the cost of a change, before and after, in the same conditions.
+   the same rounds too: the cost of a change, before and after, in the same conditions. With
+   ``--limits`` two more edges are measured in the same rounds: one with the limits per NIK
+   and per client off (``edge-no-limits``), and one with them on and one NIK at its limit
+   (``edge+nik-blocked``: the blocked set is not empty, so every registration's NIK is
+   HMAC'd and looked up): the limits' cost on the accept path, edge/edge-no-limits.
 2. **Latency at a constant offered rate** (default 1,333 registrations/s, the seed's peak
    minute) with :mod:`benchmarks.loadgen` on core 1 (its ``peak`` profile, no retries):
    p50/p90/p99/max from each request's *scheduled* send time (HDR histogram), for the edge and,
@@ -24,18 +28,20 @@ What is measured, in one run on a 2-core machine:
 3. **The generator's own ceiling**: closed loop against the bare server, so the reader can see
    it was not the bottleneck.
 
-Isolation: a dedicated RabbitMQ vhost ``intake_bench``, created at the start and deleted at the
-end (also on failure); the queue is purged between runs. The edge runs with
+Isolation: a dedicated RabbitMQ vhost ``intake_bench`` and PostgreSQL database
+``intake_bench_edge`` (the edges' limits read it; migrated), created at the start and deleted at
+the end (also on failure); the queue is purged between runs. The edge runs with
 ``INTAKE_EDGE_ACCESS_LOG=false``; ``--access-log`` also measures an edge with it on (one JSON
 line per request at INFO, to stderr redirected to a file under ``results/logs/``).
 
     .venv/bin/python -m benchmarks.edge [--duration 10] [--connections 64] [--rounds 2] [--shed]
-                                        [--baseline DIR]
+                                        [--baseline DIR] [--limits]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -45,6 +51,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import asyncpg
 
 from benchmarks._support import (
     BENCH_VHOST,
@@ -68,6 +76,8 @@ from benchmarks._support import (
     with_path,
     write_results,
 )
+from benchmarks.persist import drop_database, recreate_database
+from core.migrate import migrate
 from core.settings import Settings
 from core.topology import PERSIST_QUEUE
 
@@ -116,6 +126,12 @@ function done(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
 """
+
+
+# The edges' databases (their limits read them): limits on with nothing blocked, and one NIK
+# blocked (--limits).
+EDGE_DATABASE = "intake_bench_edge"
+BLOCKED_DATABASE = "intake_bench_edge_blocked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +362,12 @@ def report(results: dict[str, Any]) -> str:
             f"**edge-baseline/bare = {results['ratio_baseline_over_bare']:.2f}** (the --baseline"
             f" code); edge/edge-baseline = {results['ratio_edge_over_baseline']:.2f}"
         )
+    if "ratio_limits_over_no_limits" in results:
+        ratio_lines.append(
+            f"**limits on / off = {results['ratio_limits_over_no_limits']:.2f}** (edge /"
+            f" edge-no-limits, nothing blocked); with one NIK blocked (every registration's"
+            f" NIK looked up): **{results['ratio_nik_blocked_over_no_limits']:.2f}**"
+        )
     if "ratio_shed_over_bare" in results:
         ratio_lines.append(
             f"**shed/bare = {results['ratio_shed_over_bare']:.2f}**: an edge shedding every "
@@ -379,9 +401,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wrk = ensure_wrk()
     settings = Settings.from_env()
     amqp_url = with_path(settings.amqp_url, BENCH_VHOST)
+    database_url = with_path(settings.database_url, EDGE_DATABASE)
+    blocked_url = with_path(settings.database_url, BLOCKED_DATABASE)
     log_dir = RESULTS_DIR / "logs"
     targets: list[Target] = []
-    vhost_created = False
+    vhost_created = database_created = False
     with tempfile.TemporaryDirectory(prefix="intake-bench-") as tmp:
         script = Path(tmp) / "register.lua"
         script.write_text(_WRK_SCRIPT.replace("BODY", registration_body().decode()))
@@ -389,6 +413,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress(f"creating RabbitMQ vhost {BENCH_VHOST}")
             create_vhost(BENCH_VHOST)
             vhost_created = True
+            databases = [EDGE_DATABASE, BLOCKED_DATABASE] if args.limits else [EDGE_DATABASE]
+            progress(f"creating PostgreSQL databases {', '.join(databases)}")
+            asyncio.run(_fresh_databases(settings.database_url, databases))
+            database_created = True
             base_env = dict(os.environ)
             bare_port = free_port()
             targets.append(
@@ -413,6 +441,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if not (baseline / "intake" / "app.py").is_file():
                     raise BenchError(f"--baseline {baseline}: no checkout of the project there")
                 edge_variants.append(("edge-baseline", "false", {"PYTHONPATH": str(baseline)}))
+            if args.limits:
+                off = {"INTAKE_LIMIT_NIK_ATTEMPTS": "0", "INTAKE_LIMIT_CLIENT_REQUESTS": "0"}
+                edge_variants.append(("edge-no-limits", "false", off))
+                # Its database holds one NIK at its limit: its blocked set is never empty (see
+                # _fresh_databases), each registration's NIK is looked up.
+                blocked = {"INTAKE_DATABASE_URL": blocked_url}
+                edge_variants.append(("edge+nik-blocked", "false", blocked))
             for name, access_log, extra_env in edge_variants:
                 port = free_port()
                 env = dict(
@@ -422,7 +457,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     INTAKE_EDGE_PORT=str(port),
                     INTAKE_EDGE_ACCESS_LOG=access_log,
                     INTAKE_LOG_LEVEL="INFO",
-                    **extra_env,
+                    **{"INTAKE_DATABASE_URL": database_url, **extra_env},
                 )
                 targets.append(start_target(name, [venv_bin("intake"), "edge"], env, port, log_dir))
 
@@ -474,6 +509,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if vhost_created:
                 progress(f"deleting vhost {BENCH_VHOST}")
                 delete_vhost(BENCH_VHOST)
+            if database_created:
+                for name in (EDGE_DATABASE, BLOCKED_DATABASE):
+                    asyncio.run(drop_database(settings.database_url, name))
+                progress("dropped the benchmark's databases")
 
     medians = {
         t.name: median([r["accepted_per_s"] for r in wrk_runs if r["target"] == t.name])
@@ -501,6 +540,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "round_ratios_over_bare": round_ratios(wrk_runs),
         **_shed_figures(wrk_runs, medians["bare"]),
         **_baseline_figures(medians),
+        **_limits_figures(medians),
         "wrk_runs": wrk_runs,
         "latency": latency,
         "generator_ceiling": ceiling,
@@ -536,6 +576,33 @@ def _baseline_figures(medians: dict[str, float]) -> dict[str, float]:
     }
 
 
+def _limits_figures(medians: dict[str, float]) -> dict[str, float]:
+    if "edge-no-limits" not in medians:
+        return {}
+    return {
+        "ratio_limits_over_no_limits": medians["edge"] / medians["edge-no-limits"],
+        "ratio_nik_blocked_over_no_limits": medians["edge+nik-blocked"] / medians["edge-no-limits"],
+    }
+
+
+async def _fresh_databases(admin_url: str, names: list[str]) -> None:
+    """The edges' databases, migrated; in ``BLOCKED_DATABASE``, one NIK (not the benchmark's)
+    at its limit for the next hour, so that an edge on it has a blocked set."""
+    for name in names:
+        await recreate_database(admin_url, name)
+        connection = await asyncpg.connect(with_path(admin_url, name))
+        try:
+            await migrate(connection)
+            if name == BLOCKED_DATABASE:
+                await connection.execute(
+                    "INSERT INTO limit_hits (kind, key, window_start, hits)"
+                    " VALUES ('nik', $1, clock_timestamp(), 1000000)",
+                    os.urandom(32),
+                )
+        finally:
+            await connection.close()
+
+
 def _shed_figures(wrk_runs: list[dict[str, Any]], bare_per_s: float) -> dict[str, float]:
     shed = [r["shed_per_s"] for r in wrk_runs if r["target"] == "edge-shed"]
     if not shed:
@@ -568,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
         "--shed",
         action="store_true",
         help="also measure an edge that sheds every registration (503 before reading the body)",
+    )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="also measure edges with the limits off and with one NIK blocked (same rounds)",
     )
     parser.add_argument(
         "--baseline",

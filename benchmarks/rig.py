@@ -55,6 +55,8 @@ class Rig:
             edge_access_log=False,
             public_base_url=f"http://127.0.0.1:{edge_port}",
             blob_dir=self.blob_dir,
+            # The whole synthetic population comes from this one address: no per-client limit.
+            limit_client_requests=0,
         )
         self.settings = Ports(**self.ports).wire(self.settings)
         self.base_url = f"http://127.0.0.1:{edge_port}"

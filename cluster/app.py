@@ -79,6 +79,8 @@ class App:
                 edge_host="127.0.0.1",
                 edge_port=self.edge_port,
                 edge_reconnect_max_delay_s=min(base.edge_reconnect_max_delay_s, 0.5),
+                # Its load comes from one address (benchmarks.chaos): no per-client limit.
+                limit_client_requests=0,
             )
         )
 

@@ -88,6 +88,15 @@ REGISTRATIONS_INVALID = Counter(
     "intake_registrations_invalid_total",
     "Registrations refused with a 4xx before publishing (malformed, invalid fields, too large).",
 )
+LIMITED = Counter(
+    "intake_limited_total",
+    "Requests answered 429 by a limit (core/limits.py), by limit (nik, client) and route template.",
+    ["limit", "route"],
+)
+LIMIT_REFRESH_FAILURES = Counter(
+    "intake_limit_refresh_failures_total",
+    "Reads of the NIKs over their limit that failed (the edge keeps the last set it read).",
+)
 PUBLISH_CONFIRM = Histogram(
     "intake_publish_confirm_duration_seconds",
     "Time from publishing a batch of registrations to the broker's confirm (or failure).",

@@ -7,6 +7,7 @@ reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -153,6 +154,23 @@ class Settings:
     # A registrant may ask for a new email link or OTP this often, and this many times.
     resend_cooldown_s: int = 60
     resend_max: int = 3
+
+    # Limits per person and per client (core/limits.py, intake/limits.py), over fixed windows,
+    # shared by every edge in PostgreSQL; 0 turns a limit off. Per NIK (its keyed HMAC):
+    # registrations and resends, across all of its registrations. Per client address: requests
+    # to the status, OTP, resend, photo, test and wave routes (generous: many registrants share
+    # a carrier's NAT address). An answer of 5xx (a fault of ours, a ministry's or a gateway's)
+    # is never counted.
+    limit_nik_attempts: int = 10
+    limit_nik_window_s: int = 3600
+    limit_client_requests: int = 300
+    limit_client_window_s: int = 60
+    # Addresses (or CIDR networks) of the proxies whose X-Forwarded-For is believed, separated
+    # by commas; the client is the last address in the chain that is not one of them.
+    limit_trusted_proxies: str = ""
+    # How often each edge reads the NIKs over their limit (registrations are counted by the
+    # persist worker, per batch: the accept path adds no database round trip).
+    limit_refresh_s: float = 1.0
 
     # Waves: the selection at a close and the outcome notifications.
     # After a wave closed and intake.joins is drained, the selector waits this long more (for
@@ -339,6 +357,17 @@ class Settings:
             raise SettingsError(
                 "INTAKE_TEST_QUESTIONS and INTAKE_TEST_TIME_LIMIT_S must be positive"
             )
+        if (
+            min(self.limit_nik_window_s, self.limit_client_window_s) < 1
+            or min(self.limit_nik_attempts, self.limit_client_requests) < 0
+        ):
+            raise SettingsError(
+                "INTAKE_LIMIT_NIK_WINDOW_S and INTAKE_LIMIT_CLIENT_WINDOW_S must be positive,"
+                " INTAKE_LIMIT_NIK_ATTEMPTS and INTAKE_LIMIT_CLIENT_REQUESTS at least 0"
+            )
+        if not self.limit_refresh_s > 0:
+            raise SettingsError("INTAKE_LIMIT_REFRESH_S must be positive")
+        self.trusted_proxies()  # raises on a malformed INTAKE_LIMIT_TRUSTED_PROXIES
         if self.participation_prefetch < 1:
             raise SettingsError("INTAKE_PARTICIPATION_PREFETCH must be positive")
         if (
@@ -369,6 +398,18 @@ class Settings:
                 raise SettingsError("INTAKE_SECRET_KEYS must not list the development key")
             found[int(version)] = secret
         return found
+
+    def trusted_proxies(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``limit_trusted_proxies`` parsed: the networks (an address is a /32 or /128)."""
+        try:
+            return tuple(
+                ipaddress.ip_network(item, strict=False)
+                for item in filter(None, (p.strip() for p in self.limit_trusted_proxies.split(",")))
+            )
+        except ValueError:
+            raise SettingsError(
+                "INTAKE_LIMIT_TRUSTED_PROXIES: addresses or CIDR networks, separated by commas"
+            ) from None
 
     def admin_credentials(self) -> dict[str, bytes]:
         """``admin_tokens`` parsed: name → SHA-256 digest of its bearer token."""

@@ -569,6 +569,8 @@ def main(
             edge_access_log=False,
             public_base_url=f"http://{settings.edge_host}:{settings.edge_port}",
             blob_dir=str(log_dir / "blobs"),
+            # The whole synthetic population comes from this one address: no per-client limit.
+            limit_client_requests=0,
             # The accept path first: while the edge sheds, intake supervise holds verification
             # back (the edge reports it in this directory).
             edge_status_dir=str(log_dir / "edge-status"),

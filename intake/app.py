@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from core import metrics
+from core import limits, metrics
 from core.keys import Keyring
 from core.settings import Settings
 from intake import contact_routes, page, participation_routes, photo_routes
@@ -31,9 +32,15 @@ from intake.appkeys import DB, GATE, HTTP_METRICS, KEYRING, LINE_RATES, PUBLISHE
 from intake.express import Express
 from intake.gate import Gate
 from intake.httpmetrics import HttpMetrics
+from intake.limits import NIK_BLOCKS, ClientLimiter, Limited, NikBlocks, client_limits, too_many
 from intake.problems import problem, unavailable
 from intake.publisher import BatchPublisher, Unavailable
-from intake.registering import BadIdempotencyKey, accepted_document, envelope_for
+from intake.registering import (
+    REGISTRATIONS_PATH,
+    BadIdempotencyKey,
+    accepted_document,
+    envelope_for,
+)
 from intake.validation import ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -102,8 +109,11 @@ async def register(request: web.Request) -> web.StreamResponse:
     keyring = request.app[KEYRING]
     try:
         registration_id, item = envelope_for(
-            body, request.headers.get("Idempotency-Key"), keyring, now
+            body, request.headers.get("Idempotency-Key"), keyring, now, request.app[NIK_BLOCKS]
         )
+    except Limited as exc:
+        metrics.LIMITED.labels(limits.NIK, REGISTRATIONS_PATH).inc()
+        return too_many(limits.NIK, exc.retry_after_s)
     except ValidationFailed as exc:
         return _invalid(
             problem(422, "invalid-registration", "The registration is invalid", errors=exc.errors)
@@ -225,7 +235,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status == 413:
             return problem(413, "too-large", "The body is too large")
-        return problem(exc.status, exc.reason.lower().replace(" ", "-"), exc.reason)
+        # A 405 names the methods the resource has (RFC 9110 15.5.6: it MUST); aiohttp's own
+        # exception carries them.
+        allow = exc.headers.get("Allow")
+        headers = None if allow is None else {"Allow": allow}
+        return problem(
+            exc.status, exc.reason.lower().replace(" ", "-"), exc.reason, headers=headers
+        )
     except Exception as exc:
         frames = traceback.format_tb(exc.__traceback__)
         log.error("unhandled %s in %s\n%s", type(exc).__name__, request.path, "".join(frames))
@@ -234,14 +250,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) -> web.Application:
     """Assemble the edge application; the publisher and the database pool start with it."""
-    app = web.Application(
-        client_max_size=settings.edge_max_body_bytes,
-        middlewares=[metrics_middleware, errors_middleware],
-    )
+    middlewares: list[Middleware] = [metrics_middleware, errors_middleware]
+    if settings.limit_client_requests > 0:
+        # Innermost: counted once a route matched, before its handler; its 429 is counted by
+        # the two outside.
+        limiter = ClientLimiter(settings, keyring)
+        middlewares.append(client_limits(limiter, lambda: app[DB]))
+    app = web.Application(client_max_size=settings.edge_max_body_bytes, middlewares=middlewares)
     app[SETTINGS], app[KEYRING], app[PUBLISHER] = settings, keyring, publisher
     app[GATE] = Gate(settings, publisher)
     app[HTTP_METRICS] = HttpMetrics()
     app[LINE_RATES] = place_in_line.Rates(settings)
+    app[NIK_BLOCKS] = NikBlocks(settings)
     metrics.init_edge()
     app[STATE] = {"stopping": False}
     app.router.add_post("/v1/registrations", register)
@@ -260,7 +280,13 @@ def create_app(settings: Settings, keyring: Keyring, publisher: BatchPublisher) 
 def express_path(app: web.Application, access_log: AccessLogger | None = None) -> Express:
     """The express path of ``app``'s edge (:mod:`intake.express`), for its site."""
     return Express(
-        app[SETTINGS], app[KEYRING], app[PUBLISHER], app[GATE], app[HTTP_METRICS], access_log
+        app[SETTINGS],
+        app[KEYRING],
+        app[PUBLISHER],
+        app[GATE],
+        app[HTTP_METRICS],
+        access_log,
+        app[NIK_BLOCKS],
     )
 
 
@@ -271,7 +297,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[DB] = await asyncpg.create_pool(
         app[SETTINGS].database_url, min_size=0, max_size=4, command_timeout=5
     )
-    async with app[GATE].running():
+    async with app[GATE].running(), app[NIK_BLOCKS].running(app[DB]):
         yield
     await app[PUBLISHER].close()
     await app[DB].close()

@@ -35,19 +35,23 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from core import checks
+from core import checks, limits, metrics
 from core.checks import FINAL_STATES
 from core.keys import EmailLink, Keyring
 from core.verification import Check, Passed
 from intake import page
 from intake.access import authorized_id
 from intake.appkeys import DB, KEYRING, SETTINGS
+from intake.limits import route_of, too_many
 from intake.problems import problem, unavailable
 
 log = logging.getLogger(__name__)
 
 EMAIL, SMS = "email", "sms"
 _CODE_RE = re.compile(r"[0-9]{6}")
+# What an email link's token looks like (core.keys.Keyring.email_link_token: 73 bytes in
+# unpadded URL-safe base64), as the OpenAPI document says.
+_LINK_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{98}")
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # The live secret of a registration and channel, locked; times compared in the database's clock.
@@ -97,6 +101,10 @@ def _bearer(request: web.Request) -> uuid.UUID | None:
     return authorized_id(request, request.app[KEYRING])
 
 
+def _unknown_link() -> web.Response:
+    return problem(404, "unknown-link", "This link is not known")
+
+
 def _not_found() -> web.Response:
     return problem(404, "not-found", "No such registration")
 
@@ -120,9 +128,13 @@ async def email_link_page(request: web.Request) -> web.StreamResponse:
 async def follow_email_link(request: web.Request) -> web.StreamResponse:
     """``POST /v1/verify/email?token=``: the email check passes; single use."""
     tokens = request.query.getall("token", [])
-    link = request.app[KEYRING].open_email_link_token(tokens[0]) if len(tokens) == 1 else None
+    if len(tokens) != 1 or not _LINK_TOKEN_RE.fullmatch(tokens[0]):
+        return problem(400, "invalid-link", "The link is malformed")
+    link = request.app[KEYRING].open_email_link_token(tokens[0])
     if link is None:
-        return problem(400, "invalid-link", "The link is malformed or was altered")
+        # Well formed, as the document describes a token, but not signed here (altered or
+        # made up): the same answer as a genuine link that was never sent.
+        return _unknown_link()
     try:
         async with request.app[DB].acquire() as connection, connection.transaction():
             return await _use_link(connection, request.app[KEYRING], link)
@@ -136,7 +148,7 @@ async def _use_link(
     registration_id = link.registration_id
     row = await connection.fetchrow(_LOCK_SQL, registration_id, EMAIL)
     if row is None:
-        return problem(404, "unknown-link", "This link is not known")
+        return _unknown_link()
     digest = keyring.contact_code_hmac(EMAIL, registration_id, row["generation"], link.secret)
     if row["secret_hmac"] is None or not hmac.compare_digest(digest, row["secret_hmac"]):
         return problem(410, "link-replaced", "A newer link replaced this one")
@@ -222,9 +234,10 @@ async def _renew(
     settings = request.app[SETTINGS]
     row = await connection.fetchrow(_LOCK_SQL, registration_id, channel)
     state = await checks.lock_state(connection, registration_id, check)
-    status = await connection.fetchval(
-        "SELECT status FROM registrations WHERE id = $1", registration_id
+    stored = await connection.fetchrow(
+        "SELECT status, nik_hmac FROM registrations WHERE id = $1", registration_id
     )
+    status = None if stored is None else stored["status"]
     if status is not None and status != "received":
         return problem(409, "registration-closed", "The registration is decided already")
     if state == "passed":
@@ -243,6 +256,19 @@ async def _renew(
             "Please wait before asking again",
             headers={"Retry-After": str(wait_s)},
         )
+    if settings.limit_nik_attempts > 0 and stored is not None:
+        # The person's attempts, across all of the NIK's registrations (core.limits); counted
+        # in this transaction, so a resend that fails is not counted.
+        retry_after_s = await limits.hit(
+            connection,
+            limits.NIK,
+            bytes(stored["nik_hmac"]),
+            settings.limit_nik_window_s,
+            settings.limit_nik_attempts,
+        )
+        if retry_after_s is not None:
+            metrics.LIMITED.labels(limits.NIK, str(route_of(request))).inc()
+            return too_many(limits.NIK, retry_after_s)
     await connection.execute(_RENEW_SQL, registration_id, channel)
     await checks.requeue(connection, registration_id, check)
     left = settings.resend_max - row["resends"] - 1

@@ -35,12 +35,13 @@ from typing import Protocol
 
 import orjson
 
-from core import metrics
+from core import limits, metrics
 from core.keys import Keyring
 from core.settings import Settings
 from intake.accesslog import AccessLogger
 from intake.gate import Gate
 from intake.httpmetrics import HttpMetrics
+from intake.limits import TOO_MANY_TITLE, Limited, NikBlocks
 from intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 from intake.protocol import HttpDate
 from intake.publisher import BatchPublisher, Unavailable
@@ -127,8 +128,10 @@ class Express:
         gate: Gate,
         http_metrics: HttpMetrics,
         access_log: AccessLogger | None = None,
+        blocks: NikBlocks | None = None,
     ) -> None:
         self._keyring = keyring
+        self._blocks = blocks
         self._publisher = publisher
         self._gate = gate
         self._http_metrics = http_metrics
@@ -154,11 +157,17 @@ class Express:
             body = orjson.loads(memoryview(data)[head_end + 4 :])
             idempotency_key = None if key is None else key.decode()
             registration_id, item = envelope_for(
-                body, idempotency_key, self._keyring, dt.datetime.now(dt.UTC)
+                body, idempotency_key, self._keyring, dt.datetime.now(dt.UTC), self._blocks
             )
         except (orjson.JSONDecodeError, UnicodeDecodeError, ValidationFailed, BadIdempotencyKey):
             self.declined += 1
             return False
+        except Limited as exc:
+            self.taken += 1
+            self._gate.handling()
+            now_s = asyncio.get_running_loop().time()
+            connection.express_answer(self.limited(exc.retry_after_s, read_at_s, now_s))
+            return True
         self.taken += 1
         self._gate.handling()  # admitted as it was read: its "handler" runs now
         loop = asyncio.get_running_loop()
@@ -192,6 +201,25 @@ class Express:
         self._gate.count(reason)
         self._answered(503, read_at_s, now_s)
         return self._gate.unavailable(reason, now_s)
+
+    def limited(self, retry_after_s: int, read_at_s: float, now_s: float) -> bytes:
+        """The ``429`` (with ``Retry-After``) for a registration of a NIK that reached its
+        limit (:mod:`intake.limits`), counted and logged."""
+        metrics.LIMITED.labels(limits.NIK, REGISTRATIONS_PATH).inc()
+        self._answered(429, read_at_s, now_s)
+        document = orjson.dumps(
+            {
+                "type": PROBLEM_TYPE_BASE + "too-many-attempts",
+                "title": TOO_MANY_TITLE,
+                "status": 429,
+                "limit": limits.NIK,
+            }
+        )
+        return b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: %b\r\nRetry-After: %d\r\n%b" % (
+            PROBLEM_CONTENT_TYPE.encode(),
+            retry_after_s,
+            self._framed(document),
+        )
 
     def failed(self, exc: BaseException, read_at_s: float, now_s: float) -> bytes:
         """The ``500`` for a publish that failed unexpectedly (logged by type only)."""

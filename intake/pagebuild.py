@@ -46,7 +46,6 @@ def rules_source() -> str:
     """The text of ``rules.js``: the API's validation rules as data for the page."""
     document = json.loads(OPENAPI.read_text(encoding="utf-8"))
     schemas = document["components"]["schemas"]
-    fields = schemas["Registration"]["properties"]
     rules: dict[str, Any] = {
         "fields": list(FIELDS),
         "codes": schemas["FieldError"]["properties"]["code"]["enum"],
@@ -55,10 +54,12 @@ def rules_source() -> str:
         "nameMaxChars": validation.NAME_MAX_CHARS,
         "placeMaxChars": validation.PLACE_MAX_CHARS,
         "emailMaxChars": validation.EMAIL_MAX_CHARS,
-        "nikPattern": fields["nik"]["pattern"],
-        "datePattern": fields["birth_date"]["pattern"],
-        "emailPattern": fields["email"]["pattern"],
-        "phonePattern": fields["phone"]["pattern"],
+        # The edge's own regexes, applied to normalised values as the edge does (the OpenAPI
+        # document's patterns describe the raw input, every rule in one, for generators).
+        "nikPattern": validation.NIK_PATTERN,
+        "datePattern": validation.DATE_PATTERN,
+        "emailPattern": validation.EMAIL_PATTERN,
+        "phonePattern": validation.PHONE_PATTERN,
         # What the edge removes from a phone number before matching it.
         "phoneSeparators": " -.()",
         # What Python's str.strip() and str.split() take for whitespace (JavaScript's \s differs).

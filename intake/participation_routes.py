@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 BANK = web.AppKey("question_bank", Bank)
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _QUESTION_ID_MAX_CHARS = 64
+_NOT_SERVED = "The answers are not for an attempt or questions served"
 
 # The wave an attempt counts for: the one open at $1, else the next to open (waves never
 # overlap, so the first not yet closed is the open one if any).
@@ -227,21 +228,36 @@ def _submission_errors(body: Any) -> tuple[list[FieldError], int, dict[str, int]
         message = 'The body must be {"attempt": n, "answers": {...}}'
         return [FieldError("body", "invalid", message)], 0, {}
     errors = []
-    attempt = body.get("attempt")
-    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 1 <= attempt <= 32767:
+    attempt = _integer(body.get("attempt"))
+    if attempt is None or not 1 <= attempt <= 32767:
         errors.append(FieldError("attempt", "invalid", "The attempt number is a positive integer"))
         attempt = 0
     answers = body.get("answers")
     if not isinstance(answers, dict):
         message = "Answers map question ids to option indexes"
         return [*errors, FieldError("answers", "invalid", message)], attempt, {}
-    for qid, index in answers.items():
+    chosen: dict[str, int] = {}
+    for qid, value in answers.items():
+        index = _integer(value)
         if len(qid) > _QUESTION_ID_MAX_CHARS:
             errors.append(FieldError("answers", "unknown_question", "Unknown question id"))
-        elif not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < OPTIONS:
+        elif index is None or not 0 <= index < OPTIONS:
             message = f"An answer is an option index, 0-{OPTIONS - 1}"
             errors.append(FieldError(f"answers.{qid}", "out_of_range", message))
-    return errors, attempt, answers
+        else:
+            chosen[qid] = index
+    return errors, attempt, chosen
+
+
+def _integer(value: Any) -> int | None:
+    """A JSON integer, as JSON Schema counts them (``2`` and ``2.0`` alike), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 async def submit_test(request: web.Request) -> web.StreamResponse:
@@ -260,9 +276,11 @@ async def submit_test(request: web.Request) -> web.StreamResponse:
         attempt = await request.app[DB].fetchrow(_ATTEMPT_SQL, registration_id, number)
     except _DB_ERRORS as exc:
         return _database_down(request, exc)
+    # Well-formed answers that do not match what was served: a conflict with the server's
+    # state (409), not a malformed body (422).
     if attempt is None:
         error = FieldError("attempt", "unknown_attempt", "No such attempt was served")
-        return problem(422, "invalid-answers", "The answers are invalid", errors=[error])
+        return problem(409, "answers-not-served", _NOT_SERVED, errors=[error])
     asked = set(orjson.loads(attempt["questions"]))
     unknown = [
         FieldError(f"answers.{qid}", "unknown_question", "This question was not asked")
@@ -270,7 +288,7 @@ async def submit_test(request: web.Request) -> web.StreamResponse:
         if qid not in asked
     ]
     if unknown:
-        return problem(422, "invalid-answers", "The answers are invalid", errors=unknown)
+        return problem(409, "answers-not-served", _NOT_SERVED, errors=unknown)
     if attempt["score"] is not None:
         return problem(409, "test-already-scored", "This attempt is scored already")
     if attempt["submitted_at"] is not None:

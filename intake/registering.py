@@ -15,6 +15,7 @@ from typing import Any
 from core.envelope import Envelope
 from core.ids import uuid7
 from core.keys import Keyring
+from intake.limits import Limited, NikBlocks
 from intake.validation import today_wib, validate
 
 IDEMPOTENCY_KEY_MAX_CHARS = 255
@@ -27,15 +28,24 @@ class BadIdempotencyKey(ValueError):
 
 
 def envelope_for(
-    body: Any, idempotency_key: str | None, keyring: Keyring, now: dt.datetime
+    body: Any,
+    idempotency_key: str | None,
+    keyring: Keyring,
+    now: dt.datetime,
+    blocks: NikBlocks | None = None,
 ) -> tuple[uuid.UUID, bytes]:
     """The id and the serialised envelope of a decoded registration body submitted ``now``
-    (UTC). Raises :class:`~intake.validation.ValidationFailed` or :class:`BadIdempotencyKey`.
+    (UTC). Raises :class:`~intake.validation.ValidationFailed`, :class:`BadIdempotencyKey`, or
+    :class:`~intake.limits.Limited` for a NIK in ``blocks`` (one that reached its limit).
 
     The id is a new UUIDv7, or derived from the ``Idempotency-Key``: a retried request is
     given the same id, which the persist worker stores once.
     """
     registration = validate(body, today_wib(now))
+    if blocks is not None and blocks.blocked:  # (usually empty: then no HMAC is computed)
+        retry_after_s = blocks.retry_after_s(keyring, registration.nik)
+        if retry_after_s is not None:
+            raise Limited(retry_after_s)
     if idempotency_key is None:
         registration_id = uuid7()
     elif 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_CHARS:

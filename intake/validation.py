@@ -42,6 +42,14 @@ _EMAIL_RE = re.compile(
     r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*"
 )
 
+# The same rules as whole-string patterns, for the registrant's page (intake/pagebuild.py), which
+# applies them to the values normalised as here (stripped; the phone without separators).
+NIK_PATTERN = f"^{_NIK_RE.pattern}$"
+DATE_PATTERN = f"^{_DATE_RE.pattern}$"
+PHONE_PATTERN = f"^{_PHONE_RE.pattern}$"
+# With the two rules checked beside the regex: a local part of at most 64, a dot in the domain.
+EMAIL_PATTERN = f"^(?=[^@]{{1,64}}@)(?=[^@]*@[^@]*[.]){_EMAIL_RE.pattern}$"
+
 _FIELD_SET = frozenset(FIELDS)
 
 NAME_MAX_CHARS = 100

@@ -50,6 +50,9 @@ def base_settings() -> Iterator[Settings]:
                 edge_shutdown_timeout_s=5.0,
                 persist_batch_linger_s=0.02,
                 log_level="DEBUG",
+                # Every test's registrants come from 127.0.0.1: the per-client limit is tested
+                # where it is set (tests/intake/test_limits.py, tests/intake/test_fuzz.py).
+                limit_client_requests=0,
             )
         finally:
             services.drop_database(database)
@@ -64,7 +67,8 @@ async def settings(base_settings: Settings) -> Settings:
     try:
         await migrate(connection)
         await connection.execute(
-            "TRUNCATE registrations, nik_claims, checks, photos, photo_keys, rate_buckets, waves,"
+            "TRUNCATE registrations, nik_claims, checks, photos, photo_keys, rate_buckets,"
+            " limit_hits, waves,"
             " test_attempts, wave_joins, wave_selections, benefit_niks, notifications,"
             " lane_controls, maintenance_windows"
         )

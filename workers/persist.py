@@ -398,7 +398,10 @@ async def serve(settings: Settings) -> None:
                 else:
                     await wait_until_migrated(connection, waited=health.beat)
             await _serve(
-                settings, PersistWorker(settings, keyring, RegistrationStore(pool), health)
+                settings,
+                PersistWorker(
+                    settings, keyring, RegistrationStore.configured(pool, settings), health
+                ),
             )
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 import orjson
 
-from core import database
+from core import database, limits
 from core.checks import OUTBOX_CHANNEL
 from core.envelope import Envelope
 from core.keys import Keyring
+from core.settings import Settings
 
 # First the claims: the earliest submission of a NIK (within the batch, by time; across
 # batches, by commit order) claims it. Ids already stored are skipped so that a redelivery,
@@ -133,10 +135,24 @@ def prepare(keyring: Keyring, envelopes: Sequence[Envelope]) -> Rows:
 
 
 class RegistrationStore:
-    """Writes prepared registrations; one transaction per batch."""
+    """Writes prepared registrations; one transaction per batch.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    With ``nik_limit_window_s``, every registration inserted also counts against its NIK's
+    limit (``core.limits``, windows of that length), in the batch's transaction and one
+    statement: the edges refuse a NIK's registrations once it reached its limit, without a
+    database round trip on their accept path (``intake/limits.py``).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, nik_limit_window_s: int | None = None) -> None:
         self._pool = pool
+        self._nik_limit_window_s = nik_limit_window_s
+
+    @classmethod
+    def configured(cls, pool: asyncpg.Pool, settings: Settings) -> RegistrationStore:
+        """The store as ``settings`` say: counting each NIK's registrations when its limit is
+        on (``INTAKE_LIMIT_NIK_ATTEMPTS``)."""
+        window_s = settings.limit_nik_window_s if settings.limit_nik_attempts > 0 else None
+        return cls(pool, nik_limit_window_s=window_s)
 
     async def write(self, rows: Rows) -> WriteResult:
         """Store a batch in one transaction; idempotent for ids already stored (including the
@@ -159,6 +175,11 @@ class RegistrationStore:
                 )
                 if any(row["status"] == "received" for row in inserted):
                     await connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+                if self._nik_limit_window_s is not None and inserted:
+                    # Only rows inserted now: a redelivered batch counts nothing twice.
+                    nik_of = dict(zip(rows.ids, rows.nik_hmacs, strict=True))
+                    hits = Counter(nik_of[row["id"]] for row in inserted)
+                    await limits.count(connection, limits.NIK, hits, self._nik_limit_window_s)
         except database.FAILOVER as exc:
             await database.expire_on_failover(self._pool, exc)
             raise

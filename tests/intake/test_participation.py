@@ -271,21 +271,32 @@ async def test_malformed_answers_get_a_422_per_field(
                 {"attempt": 1, "answers": {asked[0]: 4, asked[1]: "a", asked[2]: -1}},
                 {(f"answers.{q}", "out_of_range") for q in asked[:3]},
             ),
+        ]
+        # Well formed, but not what was served: a conflict (409), with the same errors.
+        conflicts: list[tuple[Any, set[tuple[str, str]]]] = [
             (
                 {"attempt": 1, "answers": {not_asked: 0}},
                 {(f"answers.{not_asked}", "unknown_question")},
             ),
             ({"attempt": 7, "answers": {}}, {("attempt", "unknown_attempt")}),
+            (
+                {"attempt": 1.0, "answers": {not_asked: 2.0}},
+                {(f"answers.{not_asked}", "unknown_question")},
+            ),
         ]
-        for body, expected in cases:
-            if isinstance(body, bytes):
-                response = await client.post(path, data=body, headers=auth)
-            else:
-                response = await client.post(path, json=body, headers=auth)
-            assert response.status == 422, body
-            problem = await response.json()
-            validate("ParticipationValidationProblem", problem)
-            assert {(e["field"], e["code"]) for e in problem["errors"]} == expected, body
+        for status, checked in ((422, cases), (409, conflicts)):
+            for body, expected in checked:
+                if isinstance(body, bytes):
+                    response = await client.post(path, data=body, headers=auth)
+                else:
+                    response = await client.post(path, json=body, headers=auth)
+                assert response.status == status, body
+                problem = await response.json()
+                if status == 422:
+                    validate("ParticipationValidationProblem", problem)
+                else:
+                    assert problem["type"] == "https://intake.example/problems/answers-not-served"
+                assert {(e["field"], e["code"]) for e in problem["errors"]} == expected, body
         bad_join = await client.post(
             f"/v1/registrations/{registration_id}/wave", json={"situation": "rich"}, headers=auth
         )

@@ -47,7 +47,7 @@ async def persist_worker(
     settings: Settings, pool: asyncpg.Pool, health: Health | None = None
 ) -> AsyncIterator[PersistWorker]:
     keyring = Keyring.from_settings(settings)
-    worker = PersistWorker(settings, keyring, RegistrationStore(pool), health)
+    worker = PersistWorker(settings, keyring, RegistrationStore.configured(pool, settings), health)
     task = asyncio.create_task(worker.run())
     try:
         yield worker

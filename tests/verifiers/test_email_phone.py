@@ -257,7 +257,12 @@ async def test_an_altered_or_junk_token_is_refused_never_with_a_500(
         )
         junk = ["", "x", "%FF%FE", "%00", "A" * 98, "A" * 5000, "%C3%BC" * 98, "+" * 98]
         junk += ["/" * 98, "==", token + "A", token[:-1], token + "%0A", f"{token}&token=x"]
-        for value in altered + [f"{t}" for t in junk]:
+        # Well formed but not signed here (altered, or made up): unknown, as a link never sent.
+        for value in [*altered, "A" * 98]:
+            response = await client.post(URL(f"/v1/verify/email?token={value}", encoded=True))
+            await _problem(response, 404, "unknown-link")
+        junk.remove("A" * 98)
+        for value in junk:
             response = await client.post(URL(f"/v1/verify/email?token={value}", encoded=True))
             await _problem(response, 400, "invalid-link")
         await _problem(await client.post("/v1/verify/email"), 400, "invalid-link")

@@ -12,8 +12,8 @@ var RULES = {
   "emailMaxChars": 254,
   "nikPattern": "^[0-9]{16}$",
   "datePattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
-  "emailPattern": "^(?=[^@]{1,64}@)[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+$",
-  "phonePattern": "^(?:\\+62|62|0)8[0-9]{8,11}$",
+  "emailPattern": "^(?=[^@]{1,64}@)(?=[^@]*@[^@]*[.])[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$",
+  "phonePattern": "^(?:\\+62|62|0)(8[0-9]{8,11})$",
   "phoneSeparators": " -.()",
   "whitespace": "\t\n\u000b\f\r\u001c\u001d\u001e\u001f \u0085\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000",
   "situations": ["laid_off", "small_business", "job_seeker", "employed", "other"]
