@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import asyncpg
 import orjson
 import uvloop
 
@@ -184,6 +185,18 @@ def delete_vhost(vhost: str) -> None:
 
 def purge_queue(vhost: str, queue: str) -> None:
     rabbitmqctl("purge_queue", "-p", vhost, queue)
+
+
+async def recreate_database(admin_url: str, name: str, *, drop_only: bool = False) -> None:
+    """Drop the benchmark's own database ``name`` (connections and all) and, unless
+    ``drop_only``, create it empty."""
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not drop_only:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
 
 
 def with_path(url: str, path: str) -> str:

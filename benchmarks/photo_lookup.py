@@ -46,6 +46,7 @@ from benchmarks._support import (
     markdown_table,
     percentile,
     progress,
+    recreate_database,
     run_benchmark,
     with_path,
 )
@@ -235,21 +236,11 @@ async def _sizes(connection: asyncpg.Connection) -> dict[str, int]:
     return {row["relname"]: int(row["size"]) for row in rows}
 
 
-async def _recreate(admin_url: str, drop_only: bool = False) -> None:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        if not drop_only:
-            await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.from_env()
     rng = random.Random(args.seed)
     progress(f"fresh database {DATABASE}")
-    await _recreate(settings.database_url)
+    await recreate_database(settings.database_url, DATABASE)
     try:
         connection = await asyncpg.connect(with_path(settings.database_url, DATABASE))
         try:
@@ -288,7 +279,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await connection.close()
     finally:
-        await _recreate(settings.database_url, drop_only=True)
+        await recreate_database(settings.database_url, DATABASE, drop_only=True)
     return {
         "benchmark": "photo_lookup",
         "machine": machine_info(),

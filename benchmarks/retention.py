@@ -33,6 +33,7 @@ from benchmarks._support import (
     machine_info,
     markdown_table,
     progress,
+    recreate_database,
     run_benchmark,
     with_path,
 )
@@ -42,16 +43,6 @@ from core.migrate import migrate
 from core.settings import Settings
 
 DATABASE = "intake_bench_retention"
-
-
-async def _recreate(admin_url: str, drop_only: bool = False) -> None:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        if not drop_only:
-            await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
 
 
 async def _load(connection: asyncpg.Connection, rng: random.Random, count: int) -> dict[str, int]:
@@ -130,7 +121,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings.from_env()
     rng = random.Random(args.seed)
     progress(f"fresh database {DATABASE}")
-    await _recreate(settings.database_url)
+    await recreate_database(settings.database_url, DATABASE)
     try:
         url = with_path(settings.database_url, DATABASE)
         connection = await asyncpg.connect(url)
@@ -155,7 +146,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     timings[case] = time.perf_counter() - started
                     reports[case] = report.to_obj()
     finally:
-        await _recreate(settings.database_url, drop_only=True)
+        await recreate_database(settings.database_url, DATABASE, drop_only=True)
     for case in ("dry_run", "erase"):
         if reports[case]["registrations"] != expected:
             raise BenchError(f"{case}: {reports[case]['registrations']} != {expected}")

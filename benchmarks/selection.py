@@ -34,6 +34,7 @@ from benchmarks._support import (
     machine_info,
     markdown_table,
     progress,
+    recreate_database,
     run_benchmark,
     with_path,
 )
@@ -46,16 +47,6 @@ from workers.selection import select_wave
 DATABASE = "intake_bench_selection"
 SITUATIONS = [s.value for s in Situation]
 SITUATION_WEIGHTS = [40, 20, 25, 10, 5]
-
-
-async def _recreate(admin_url: str, drop_only: bool = False) -> None:
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        if not drop_only:
-            await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
 
 
 async def _load(
@@ -149,7 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     keyring = Keyring.from_settings(settings)
     rng = random.Random(args.seed)
     progress(f"fresh database {DATABASE}")
-    await _recreate(settings.database_url)
+    await recreate_database(settings.database_url, DATABASE)
     try:
         url = with_path(settings.database_url, DATABASE)
         connection = await asyncpg.connect(url)
@@ -180,7 +171,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "SELECT count(*) FROM notifications WHERE wave_id = $1", wave_id
             )
     finally:
-        await _recreate(settings.database_url, drop_only=True)
+        await recreate_database(settings.database_url, DATABASE, drop_only=True)
     if recorded["selected"] != min(args.quota, recorded["eligible"]):
         raise BenchError(f"selected {recorded['selected']} of {recorded['eligible']} eligible")
     if notifications != 2 * args.joiners:
