@@ -48,6 +48,12 @@ def _status_url() -> str:
     return f"/v1/registrations/{uuid.uuid4()}"
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """These count answers: a 503 under a busy machine's load is refunded and would miscount."""
+    return inprocess.unshed(settings)
+
+
 # --- per client ------------------------------------------------------------------------------
 
 
