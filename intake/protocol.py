@@ -37,10 +37,24 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import (
+    BadHttpMethod,
+    BadStatusLine,
+    ContentEncodingError,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
+from intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 from intake.registering import REGISTRATIONS_PATH
 
 log = logging.getLogger(__name__)
@@ -124,7 +138,92 @@ def _one_request(data: bytes) -> tuple[bool, int]:
     return end + 4 + body == len(data), end
 
 
-class EdgeRequestHandler(RequestHandler):
+# What HTTP itself could not parse, by aiohttp's exception (the first that matches): the part of
+# the request, a stable code and a message that quotes nothing the client sent.
+_MALFORMED: tuple[tuple[type[HttpProcessingError], str, str, str], ...] = (
+    (BadHttpMethod, "request_line", "bad_method", "The method is not an HTTP token"),
+    (InvalidURLError, "request_line", "bad_target", "The request target is not a valid URL"),
+    (BadStatusLine, "request_line", "invalid", "The request line is not HTTP/1.x"),
+    (LineTooLong, "head", "too_long", "A line of the request head is too long"),
+    (InvalidHeader, "headers", "invalid", "A header is malformed"),
+    (ContentEncodingError, "body", "bad_encoding", "The body's Content-Encoding is invalid"),
+    (PayloadEncodingError, "body", "bad_framing", "The body does not match its framing"),
+)
+
+
+# aiohttp's C parser raises a plain BadHttpMessage for most of what it refuses; its message's
+# first line says what (and the rest quotes the request): judged by words in that line.
+_MALFORMED_BY_WORDS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
+    (("chunk", "body", "payload"), "body", "bad_framing", "The body does not match its framing"),
+    (
+        ("header", "content-length", "transfer-encoding", "host"),
+        "headers",
+        "invalid",
+        "A header is malformed, repeated or contradicts another",
+    ),
+    (
+        ("method", "version", "status line", "url"),
+        "request_line",
+        "invalid",
+        "The request line is not HTTP/1.x",
+    ),
+)
+
+
+def malformed_body(exc: BaseException | None) -> dict[str, Any]:
+    """The problem document of a request HTTP could not parse (``400 malformed-request``)."""
+    field, code, message = "request", "malformed", "The request is not valid HTTP/1.1"
+    for kind, *described in _MALFORMED:
+        if isinstance(exc, kind):
+            field, code, message = described
+            break
+    else:
+        said = str(getattr(exc, "message", "")).partition("\n")[0].lower()
+        for words, *described in _MALFORMED_BY_WORDS:
+            if any(word in said for word in words):
+                field, code, message = described
+                break
+    return {
+        "type": PROBLEM_TYPE_BASE + "malformed-request",
+        "title": "The request could not be parsed",
+        "status": 400,
+        "errors": [{"field": field, "code": code, "message": message}],
+    }
+
+
+class ProblemRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, whose own error answers are problems too: a request its
+    parser refuses is a ``400 malformed-request`` naming the part at fault, not aiohttp's
+    text/plain, and a failure outside any handler a ``500 internal``. Logged by kind only: the
+    exception's message quotes the request (a header or the request line)."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp's: the response has begun
+            raise ConnectionError("response already begun, cannot send the error's")
+        if isinstance(exc, HttpProcessingError) and 400 <= status < 500:
+            log.info("malformed request refused: %s", type(exc).__name__)
+            body = malformed_body(exc)
+        else:
+            log.error("error outside the handlers: %s (%s)", type(exc).__name__, status)
+            body = {
+                "type": PROBLEM_TYPE_BASE + "internal",
+                "title": "Internal error",
+                "status": 500,
+            }
+        response = web.Response(
+            status=body["status"], body=orjson.dumps(body), content_type=PROBLEM_CONTENT_TYPE
+        )
+        response.force_close()
+        return response
+
+
+class EdgeRequestHandler(ProblemRequestHandler):
     """aiohttp's connection protocol, with registrations shed as they are read (see the
     module docstring)."""
 
@@ -255,10 +354,14 @@ def protocol_factory(
 ) -> Callable[[], RequestHandler]:
     """What makes the edge's connections: :class:`EdgeRequestHandler`, built with what
     ``web.Server.__call__`` passes to aiohttp's own (or aiohttp's, see :func:`supported`)."""
+    kwargs = dict(server._kwargs)
     if not supported():
         log.warning("this aiohttp's RequestHandler is not as expected: no early 503s")
-        return server
-    kwargs = dict(server._kwargs)
+
+        def plain() -> RequestHandler:
+            return ProblemRequestHandler(server, loop=server._loop, **kwargs)
+
+        return plain
 
     def factory() -> RequestHandler:
         return EdgeRequestHandler(server, shedder, express, loop=server._loop, **kwargs)
