@@ -229,7 +229,7 @@ def schema_problems(manifests: Iterable[Manifest]) -> list[str]:
 
 
 def container(deployment: Doc) -> Doc:
-    containers: list[Doc] = deployment["spec"]["template"]["spec"]["containers"]
+    containers: list[Doc] = pod_spec(deployment)["containers"]
     return containers[0]
 
 
@@ -271,7 +271,9 @@ def all_queues() -> set[str]:
 
 
 def pod_spec(workload: Doc) -> Doc:
-    """The pod template's spec of a Deployment or Job."""
+    """The pod template's spec of a Deployment, a Job or a CronJob."""
+    if workload.get("kind") == "CronJob":
+        workload = workload["spec"]["jobTemplate"]
     spec: Doc = workload["spec"]["template"]["spec"]
     return spec
 
@@ -390,6 +392,8 @@ _SECRET_PLACEHOLDERS = {
     "INTAKE_AMQP_URL": "amqp://intake:placeholder@rabbitmq.intake.svc:5672/intake",
     "INTAKE_DATABASE_URL": "postgresql://intake:placeholder@postgresql-rw.intake.svc:5432/intake",
     "INTAKE_ADMIN_TOKENS": "ops-placeholder:" + "0" * 64,
+    # As after a first rotation (empty before it).
+    "INTAKE_SECRET_KEYS": "2:placeholder-of-version-2-0123456789abcdef",
 }
 
 
@@ -463,8 +467,9 @@ def deployment_problems(manifests: list[Manifest], name: str, deployment: Doc) -
         problems += admin_problems(where, c, settings)
     elif kind is not None:
         problems += worker_probe_problems(where, c, settings)
-    if kind in {"edge", Check.PHOTO.value}:
-        # The edge writes photos where the photo lane reads them: one shared volume.
+    if kind in {"edge", "admin", Check.PHOTO.value}:
+        # The edge writes photos where the photo lane reads them, and the admin API exports and
+        # erases a person's: one shared volume.
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         claims = {
             volumes.get(mount["name"], {}).get("persistentVolumeClaim", {}).get("claimName")
@@ -838,7 +843,12 @@ def hpa_problems(manifests: list[Manifest], name: str, hpa: Doc) -> list[str]:
 SECRETS = "intake-secrets"
 # The admin API's keys of it (INTAKE_SECRET_KEY only because no process starts without it in
 # production), and the one no other process takes.
-ADMIN_SECRETS = frozenset({"INTAKE_SECRET_KEY", "INTAKE_DATABASE_URL", "INTAKE_ADMIN_TOKENS"})
+ADMIN_SECRETS = frozenset(
+    {"INTAKE_SECRET_KEY", "INTAKE_SECRET_KEYS", "INTAKE_DATABASE_URL", "INTAKE_ADMIN_TOKENS"}
+)
+# The retention job's: PostgreSQL and the master secrets (which the settings check against
+# INTAKE_SECRET_KEY_CURRENT).
+RETENTION_SECRETS = frozenset({"INTAKE_SECRET_KEY", "INTAKE_SECRET_KEYS", "INTAKE_DATABASE_URL"})
 ADMIN_SECRETS_ONLY = frozenset({"INTAKE_ADMIN_TOKENS"})
 
 
@@ -859,7 +869,8 @@ def secret_problems(manifests: list[Manifest]) -> list[str]:
     ``INTAKE_<NAME>_FILE`` names a file of a Secret volume the container mounts read-only, which
     holds the key ``INTAKE_<NAME>`` and which the container's user can read. Every process
     takes intake-secrets' keys that way (INTAKE_ADMIN_TOKENS the admin API alone, which takes
-    no INTAKE_AMQP_URL), the Job its INTAKE_DATABASE_URL."""
+    no INTAKE_AMQP_URL), the retention CronJob the master secrets and INTAKE_DATABASE_URL, the
+    Job its INTAKE_DATABASE_URL."""
     secrets = {
         name: set(doc.get("stringData", {})) | set(doc.get("data", {}))
         for name, doc in of_kind(manifests, "Secret").items()
@@ -868,7 +879,7 @@ def secret_problems(manifests: list[Manifest]) -> list[str]:
     problems = []
     workloads = [
         (f"{kind}/{name}", kind, workload)
-        for kind in ("Deployment", "Job")
+        for kind in ("Deployment", "Job", "CronJob")
         for name, workload in of_kind(manifests, kind).items()
     ]
     for where, kind, workload in workloads:
@@ -921,6 +932,8 @@ def secret_problems(manifests: list[Manifest]) -> list[str]:
         keys = secrets.get(SECRETS, set())
         if kind == "Job":
             wanted = {"INTAKE_DATABASE_URL"}
+        elif kind == "CronJob":
+            wanted = keys & RETENTION_SECRETS
         elif process(workload) == "admin":
             wanted = keys & ADMIN_SECRETS
         else:
@@ -1868,6 +1881,29 @@ BROKEN: list[tuple[str, str, str, Callable[[Doc], object], str]] = [
         "no volume claim mounted at INTAKE_BLOB_DIR",
     ),
     (
+        "the admin API without the blob volume (a person's photos)",
+        "Deployment",
+        "intake-admin",
+        lambda d: container(d).update(
+            volumeMounts=[m for m in container(d)["volumeMounts"] if m["name"] != "blobs"]
+        ),
+        "Deployment/intake-admin: no volume claim mounted at INTAKE_BLOB_DIR",
+    ),
+    (
+        "the retention job without the later master secrets",
+        "CronJob",
+        "intake-retention",
+        lambda d: container(d)["env"].remove(_env(d, "INTAKE_SECRET_KEYS_FILE")),
+        "CronJob/intake-retention: does not take INTAKE_SECRET_KEYS from the Secret",
+    ),
+    (
+        "a worker without the later master secrets",
+        "Deployment",
+        "intake-worker-persist",
+        lambda d: container(d)["env"].remove(_env(d, "INTAKE_SECRET_KEYS_FILE")),
+        "Deployment/intake-worker-persist: does not take INTAKE_SECRET_KEYS from the Secret",
+    ),
+    (
         "a ConfigMap name that is no setting",
         "ConfigMap",
         "intake-config",
@@ -2338,7 +2374,9 @@ def test_a_secret_mounted_by_items_or_sub_path_is_followed() -> None:
         _secret_volume(edge)["items"] = [
             {"key": "INTAKE_AMQP_URL", "path": "broker/url"},
             {"key": "INTAKE_DATABASE_URL", "path": "database-url", "mode": 0o440},
+            {"key": "INTAKE_SECRET_KEYS", "path": "keys/later"},
         ]
+        _env(edge, "INTAKE_SECRET_KEYS_FILE")["value"] = "/var/run/secrets/intake/keys/later"
         _env(edge, "INTAKE_AMQP_URL_FILE")["value"] = "/var/run/secrets/intake/broker/url"
         _env(edge, "INTAKE_DATABASE_URL_FILE")["value"] = "/var/run/secrets/intake/database-url"
         container(edge)["volumeMounts"].append(
@@ -2365,7 +2403,12 @@ def test_a_secret_mounted_by_items_or_sub_path_is_followed() -> None:
     edge = of_kind(edited, "Deployment")["intake-edge"]
     assert secret_settings(edge) == {
         key: (SECRETS, key)
-        for key in ("INTAKE_SECRET_KEY", "INTAKE_AMQP_URL", "INTAKE_DATABASE_URL")
+        for key in (
+            "INTAKE_SECRET_KEY",
+            "INTAKE_SECRET_KEYS",
+            "INTAKE_AMQP_URL",
+            "INTAKE_DATABASE_URL",
+        )
     }
     assert consistency_problems(edited) == []
     # A path beside the items' is no file.
