@@ -16,7 +16,7 @@ from core.settings import Settings
 from tests.support.processes import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parent.parent
-COUNT = 300
+COUNT = 120  # selfies made from the package's samples (a fresh cache), one per person
 _NOT_SOURCE = (".git", ".venv", ".*cache", ".hypothesis", "results", "build", "*.egg-info")
 
 
@@ -67,5 +67,7 @@ def test_intake_demo_runs_from_a_plain_install(settings: Settings, tmp_path: Pat
     assert "OK: nothing accepted was lost" in output
     outcome = orjson.loads(report.read_bytes())
     assert outcome["stored"] == outcome["accepted"] > COUNT * 3 // 4
-    assert outcome["observed"] == {**dict.fromkeys(outcome["observed"], 0), **outcome["expected"]}
+    # Stage by stage as the population's truth says (a stage of no one may be left out).
+    observed, expected = outcome["observed"], outcome["expected"]
+    assert {k: n for k, n in observed.items() if n} == {k: n for k, n in expected.items() if n}
     assert outcome["prometheus_targets"]["up"] == 4
