@@ -25,7 +25,7 @@ from core import limits
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.limits import NIK_BLOCKS, NikBlocks, client_address
+from intake.limits import CLIENT_ROUTES, NIK_BLOCKS, NikBlocks, client_address
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.people import person
@@ -101,6 +101,36 @@ async def test_a_forwarded_address_counts_only_behind_a_trusted_proxy(settings: 
         await _limited(
             await client.get(_status_url(), headers=behind("203.0.113.3")), "client", 600
         )
+
+
+async def test_only_the_routes_counted_pass_through_the_client_limit(settings: Settings) -> None:
+    # Installed on those routes' handlers, not on the application: the registration route, the
+    # probes and the page never pass through it. Each route asked twice, by a client of its
+    # own (a forwarded address), with a limit of one: the second is 429 on a counted route.
+    wired = settings.replace(
+        limit_client_requests=1, limit_client_window_s=600, limit_trusted_proxies="127.0.0.0/8"
+    )
+    async with inprocess.edge(wired) as client:
+        routes = [
+            (r.method, r.resource.canonical, r.handler)
+            for r in client.app.router.routes()
+            if r.resource is not None
+        ]
+        counted = set()
+        for i, (method, template, _) in enumerate(routes):
+            path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
+            headers = {"X-Forwarded-For": f"198.51.100.{i}"}
+            statuses = []
+            for _ in range(2):
+                async with client.request(method, path, headers=headers) as response:
+                    statuses.append(response.status)
+            if statuses[1] == 429:
+                counted.add(template)
+        assert counted == CLIENT_ROUTES
+        assert len(routes) > 2 * len(CLIENT_ROUTES)
+        # The handlers of the others are their own, unwrapped.
+        for _, template, handler in routes:
+            assert hasattr(handler, "__wrapped__") == (template in CLIENT_ROUTES), template
 
 
 def test_client_address_walks_the_chain_from_the_right() -> None:
