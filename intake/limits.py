@@ -4,7 +4,7 @@
 to the registrant's routes that read or act on a registration (status, OTP, resends, photo,
 test, wave), counted before the handler runs by :func:`per_client`, which those routes' handlers
 are added with (no other request passes through it): one small upsert, on routes that query
-PostgreSQL anyway. An answer of 5xx is refunded. The address
+PostgreSQL anyway. An answer of 5xx, returned or raised, is refunded; a 4xx counts. The address
 is the connection's peer, or, when the peer is a trusted proxy (``INTAKE_LIMIT_TRUSTED_PROXIES``),
 the last address of ``X-Forwarded-For`` that is not one (what the outermost trusted proxy saw);
 it is counted under a keyed HMAC, never stored or labelled in clear.
@@ -138,7 +138,8 @@ class ClientLimiter:
     async def counted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Count ``request`` against its client, then answer it with ``handler``; or ``429``
         when the client reached its limit. An answer of 5xx is refunded: a fault of ours, a
-        ministry's or a gateway's, not the client's doing."""
+        ministry's or a gateway's, not the client's doing; a 4xx is the client's, raised
+        (``web.HTTPException``, answered by ``errors_middleware``) or returned."""
         key = self.key(request)
         try:
             retry_after_s = await limits.hit(
@@ -150,11 +151,14 @@ class ClientLimiter:
         if retry_after_s is not None:
             metrics.LIMITED.labels(limits.CLIENT, str(route_of(request))).inc()
             return too_many(limits.CLIENT, retry_after_s)
-        refund = True
+        refund = True  # unless the handler's answer says otherwise: an unexpected error is a 500
         try:
             response = await handler(request)
             refund = response.status >= 500
             return response
+        except web.HTTPException as exc:
+            refund = exc.status >= 500
+            raise
         finally:
             if refund:
                 with contextlib.suppress(*_DB_ERRORS):
