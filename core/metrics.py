@@ -71,7 +71,8 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_DURATION = Histogram(
     "intake_http_request_duration_seconds",
-    "Time from a request's headers to its answer, by route template and method.",
+    "Time from when a request was read (with its wait for the event loop) to its answer, by route"
+    " template and method.",
     ["route", "method"],
     buckets=HTTP_BUCKETS,
 )

@@ -42,7 +42,7 @@ from core.verification import Check, Passed
 from intake import page
 from intake.access import authorized_id
 from intake.appkeys import DB, KEYRING, SETTINGS
-from intake.limits import route_of, too_many
+from intake.limits import per_client, route_of, too_many
 from intake.problems import problem, unavailable
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ def add_routes(app: web.Application) -> None:
     # GET (and HEAD) only show the page: mail scanners that fetch links must not use them up.
     app.router.add_get("/v1/verify/email", email_link_page)
     app.router.add_post("/v1/verify/email", follow_email_link)
-    app.router.add_post("/v1/registrations/{id}/otp", enter_otp)
-    app.router.add_post("/v1/registrations/{id}/email/resend", resend_email_link)
-    app.router.add_post("/v1/registrations/{id}/otp/resend", resend_otp)
+    app.router.add_post("/v1/registrations/{id}/otp", per_client(enter_otp))
+    app.router.add_post("/v1/registrations/{id}/email/resend", per_client(resend_email_link))
+    app.router.add_post("/v1/registrations/{id}/otp/resend", per_client(resend_otp))
 
 
 def _answer(status: int, body: dict[str, Any]) -> web.Response:

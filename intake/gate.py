@@ -25,6 +25,7 @@ from prometheus_client import Counter
 from core import metrics, status
 from core.settings import Settings
 from intake import admission
+from intake.httpmetrics import Deferred
 from intake.problems import unavailable_body
 from intake.protocol import HttpDate
 from intake.publisher import BatchPublisher
@@ -68,6 +69,8 @@ class Gate:
             os.path.join(status_dir, f"edge-{os.getpid()}.json") if status_dir else ""
         )
         self._uncounted: dict[str, int] = {}
+        # The early 503s in the requests' counter and the duration histogram, flushed with the rest.
+        self._answered = Deferred(REGISTRATIONS_PATH, "POST", 503)
         self.late = 0  # probes that found this edge's loop late (admission.QueueDelayRule.late)
         self.monitor.on_late = self._late
         self._said_pressed = False  # whether the status file says late or shedding now
@@ -130,7 +133,7 @@ class Gate:
         uncounted, self._uncounted = self._uncounted, {}
         for reason, count in uncounted.items():
             self._counter(reason).inc(count)
-            metrics.HTTP_REQUESTS.labels(REGISTRATIONS_PATH, "POST", "5xx").inc(count)
+        self._answered.flush()
 
     # --- the early path (intake.protocol.Shedder) ------------------------------------------
 
@@ -162,6 +165,9 @@ class Gate:
         # Counted into the metrics every GAUGE_INTERVAL_S: a counter's inc() (a lock, and a
         # write to a shared file in multiprocess mode) would be a fair share of the answer.
         self._uncounted[reason] = self._uncounted.get(reason, 0) + 1
+        # Its wait, as the other answers': from when it was read, backdated by how long it
+        # waited for the loop to read it, to now (it is written at once).
+        self._answered.add(self.monitor.delay_s(now_s))
         if reason in PRESSURE_REASONS:
             self._pressed()
         self._publisher.count_shed(reason)  # refused without a publish, as its own sheds

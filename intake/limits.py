@@ -2,8 +2,9 @@
 
 **Per client** (``INTAKE_LIMIT_CLIENT_REQUESTS`` per window): the requests of one client address
 to the registrant's routes that read or act on a registration (status, OTP, resends, photo,
-test, wave), counted by :func:`client_limits`, a middleware, before the handler runs: one
-small upsert, on routes that query PostgreSQL anyway. An answer of 5xx is refunded. The address
+test, wave), counted before the handler runs by :func:`per_client`, which those routes' handlers
+are added with (no other request passes through it): one small upsert, on routes that query
+PostgreSQL anyway. An answer of 5xx, returned or raised, is refunded; a 4xx counts. The address
 is the connection's peer, or, when the peer is a trusted proxy (``INTAKE_LIMIT_TRUSTED_PROXIES``),
 the last address of ``X-Forwarded-For`` that is not one (what the outermost trusted proxy saw);
 it is counted under a keyed HMAC, never stored or labelled in clear.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -30,7 +32,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from core import limits, metrics
 from core.keys import Keyring
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-# The routes counted per client: every route that reads or acts on one registration.
+# The routes counted per client: every route that reads or acts on one registration (their
+# handlers are added with per_client).
 CLIENT_ROUTES = frozenset(
     {
         "/v1/registrations/{id}",
@@ -55,6 +57,7 @@ CLIENT_ROUTES = frozenset(
     }
 )
 NIK_BLOCKS: web.AppKey[NikBlocks] = web.AppKey("nik_blocks")
+CLIENT_LIMITER: web.AppKey[ClientLimiter] = web.AppKey("client_limiter")  # absent: the limit is off
 TOO_MANY_TITLE = "Too many attempts; please wait before trying again"
 
 
@@ -115,11 +118,14 @@ def _trusted(
 class ClientLimiter:
     """The per-client limit, shared by every edge through PostgreSQL."""
 
-    def __init__(self, settings: Settings, keyring: Keyring) -> None:
+    def __init__(
+        self, settings: Settings, keyring: Keyring, pool: Callable[[], asyncpg.Pool]
+    ) -> None:
         self._key = keyring.nik_key
         self._window_s = settings.limit_client_window_s
         self._limit = settings.limit_client_requests
         self._trusted = settings.trusted_proxies()
+        self._pool = pool
 
     def key(self, request: web.Request) -> bytes:
         """The keyed HMAC of the request's client address (domain-separated from NIKs,
@@ -129,38 +135,50 @@ class ClientLimiter:
         )
         return self._key.digest(b"client-address:" + address.encode())
 
-    async def hit(self, pool: asyncpg.Pool, key: bytes) -> int | None:
-        return await limits.hit(pool, limits.CLIENT, key, self._window_s, self._limit)
-
-
-def client_limits(limiter: ClientLimiter, pool: Callable[[], asyncpg.Pool]) -> Middleware:
-    """The middleware that counts the requests of each client to :data:`CLIENT_ROUTES`."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        template = route_of(request)
-        if template not in CLIENT_ROUTES or request.match_info.http_exception is not None:
-            return await handler(request)
-        key = limiter.key(request)
+    async def counted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Count ``request`` against its client, then answer it with ``handler``; or ``429``
+        when the client reached its limit. An answer of 5xx is refunded: a fault of ours, a
+        ministry's or a gateway's, not the client's doing; a 4xx is the client's, raised
+        (``web.HTTPException``, answered by ``errors_middleware``) or returned."""
+        key = self.key(request)
         try:
-            retry_after_s = await limiter.hit(pool(), key)
+            retry_after_s = await limits.hit(
+                self._pool(), limits.CLIENT, key, self._window_s, self._limit
+            )
         except _DB_ERRORS as exc:  # no database: the handler answers its 503 itself
             log.warning("client limit unavailable: %s", type(exc).__name__)
             return await handler(request)
         if retry_after_s is not None:
-            metrics.LIMITED.labels(limits.CLIENT, str(template)).inc()
+            metrics.LIMITED.labels(limits.CLIENT, str(route_of(request))).inc()
             return too_many(limits.CLIENT, retry_after_s)
-        refund = True
+        refund = True  # unless the handler's answer says otherwise: an unexpected error is a 500
         try:
             response = await handler(request)
             refund = response.status >= 500
             return response
+        except web.HTTPException as exc:
+            refund = exc.status >= 500
+            raise
         finally:
-            if refund:  # a fault of ours, a ministry's or a gateway's: not the client's doing
+            if refund:
                 with contextlib.suppress(*_DB_ERRORS):
-                    await limits.refund(pool(), limits.CLIENT, key)
+                    await limits.refund(self._pool(), limits.CLIENT, key)
 
-    return middleware
+
+def per_client(handler: Handler) -> Handler:
+    """``handler``, its requests counted per client while the limit is on (the application's
+    :data:`CLIENT_LIMITER`): the routes of :data:`CLIENT_ROUTES` are added with it, so that
+    no other request (a registration, a probe) passes through the limit at all. Innermost, as
+    the handler itself: a ``429`` is counted and timed by the middlewares like any answer."""
+
+    @functools.wraps(handler)
+    async def counted(request: web.Request) -> web.StreamResponse:
+        limiter = request.app.get(CLIENT_LIMITER)
+        if limiter is None:
+            return await handler(request)
+        return await limiter.counted(request, handler)
+
+    return counted
 
 
 class NikBlocks:

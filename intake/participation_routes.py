@@ -35,6 +35,7 @@ from core.questions import OPTIONS, Bank, BankError
 from core.waves import WIB, Policy, Situation
 from intake.access import authorized_id
 from intake.appkeys import DB, GATE, KEYRING, PUBLISHER, SETTINGS
+from intake.limits import per_client
 from intake.problems import problem, unavailable
 from intake.publisher import Unavailable
 from intake.registering import IDEMPOTENCY_KEY_MAX_CHARS, REGISTRATIONS_PATH
@@ -90,9 +91,9 @@ def add_routes(app: web.Application) -> None:
             f" but the bank holds {len(bank)} questions"
         )
     app[BANK] = bank
-    app.router.add_get("/v1/registrations/{id}/test", get_test)
-    app.router.add_post("/v1/registrations/{id}/test", submit_test)
-    app.router.add_post("/v1/registrations/{id}/wave", join_wave)
+    app.router.add_get("/v1/registrations/{id}/test", per_client(get_test))
+    app.router.add_post("/v1/registrations/{id}/test", per_client(submit_test))
+    app.router.add_post("/v1/registrations/{id}/wave", per_client(join_wave))
 
 
 def _answer(

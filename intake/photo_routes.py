@@ -29,6 +29,7 @@ from core.photo_vault import PhotoVault
 from core.verification import Check
 from intake.access import authorized_id
 from intake.appkeys import DB, KEYRING, SETTINGS
+from intake.limits import per_client
 from intake.problems import problem, unavailable
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ ON CONFLICT (registration_id) DO UPDATE SET blob_hmac = $2, size_bytes = $3, upl
 def add_routes(app: web.Application) -> None:
     """Add the photo upload route and the photo store it writes to."""
     app[PHOTOS] = PhotoVault(BlobStore(Path(app[SETTINGS].blob_dir)), app[KEYRING])
-    app.router.add_put("/v1/registrations/{id}/photo", upload_photo)
+    app.router.add_put("/v1/registrations/{id}/photo", per_client(upload_photo))
 
 
 async def upload_photo(request: web.Request) -> web.StreamResponse:

@@ -18,14 +18,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web import Application, Request
 
 from core import limits
 from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
-from intake.limits import NIK_BLOCKS, NikBlocks, client_address
+from intake.app import create_app
+from intake.limits import CLIENT_ROUTES, NIK_BLOCKS, NikBlocks, client_address, per_client
+from intake.publisher import BatchPublisher
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.people import person
@@ -101,6 +104,85 @@ async def test_a_forwarded_address_counts_only_behind_a_trusted_proxy(settings: 
         await _limited(
             await client.get(_status_url(), headers=behind("203.0.113.3")), "client", 600
         )
+
+
+async def test_only_the_routes_counted_pass_through_the_client_limit(settings: Settings) -> None:
+    # Installed on those routes' handlers, not on the application: the registration route, the
+    # probes and the page never pass through it. Each route asked twice, by a client of its
+    # own (a forwarded address), with a limit of one: the second is 429 on a counted route.
+    wired = settings.replace(
+        limit_client_requests=1, limit_client_window_s=600, limit_trusted_proxies="127.0.0.0/8"
+    )
+    async with inprocess.edge(wired) as client:
+        routes = [
+            (r.method, r.resource.canonical, r.handler)
+            for r in client.app.router.routes()
+            if r.resource is not None
+        ]
+        counted = set()
+        for i, (method, template, _) in enumerate(routes):
+            path = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), template)
+            headers = {"X-Forwarded-For": f"198.51.100.{i}"}
+            statuses = []
+            for _ in range(2):
+                async with client.request(method, path, headers=headers) as response:
+                    statuses.append(response.status)
+            if statuses[1] == 429:
+                counted.add(template)
+        assert counted == CLIENT_ROUTES
+        assert len(routes) > 2 * len(CLIENT_ROUTES)
+        # The handlers of the others are their own, unwrapped.
+        for _, template, handler in routes:
+            assert hasattr(handler, "__wrapped__") == (template in CLIENT_ROUTES), template
+
+
+async def test_a_clients_4xx_counts_raised_or_returned_and_a_5xx_is_refunded(
+    settings: Settings, keyring: Keyring
+) -> None:
+    wired = settings.replace(limit_client_requests=3, limit_client_window_s=600)
+    raised: dict[str, type[web.HTTPException]] = {
+        "404": web.HTTPNotFound,
+        "409": web.HTTPConflict,
+        "502": web.HTTPBadGateway,
+        "503": web.HTTPServiceUnavailable,
+    }
+
+    async def answering(request: web.Request) -> web.StreamResponse:
+        """The answer the path asks for: an HTTP exception raised, a 503 returned, or a 500
+        (an unexpected error)."""
+        how, status = request.match_info["how"], request.match_info["status"]
+        if how == "returns":
+            return web.Response(status=int(status))
+        if status == "500":
+            raise RuntimeError("unexpected")
+        raise raised[status]()
+
+    app = create_app(wired, keyring, BatchPublisher(wired, keyring))
+    app.router.add_get("/test/{how}/{status}", per_client(answering))
+    async with TestClient(TestServer(app)) as client:
+
+        async def status_of(path: str, **kwargs: Any) -> int:
+            async with client.request(kwargs.pop("method", "GET"), path, **kwargs) as response:
+                return response.status
+
+        # Faults of ours, a ministry's or a gateway's, raised or returned: refunded, however many.
+        for path in ("/test/raises/503", "/test/raises/502", "/test/raises/500") * 2:
+            assert await status_of(path) == int(path[-3:])
+        assert await status_of("/test/returns/503") == 503
+        # The client's own 4xx count, raised as returned. On a real route: a body larger than
+        # the edge takes, refused by aiohttp as the handler reads it (raised, 413).
+        who = uuid.uuid4()
+        otp = await status_of(
+            f"/v1/registrations/{who}/otp",
+            method="POST",
+            data=b"x" * (wired.edge_max_body_bytes + 1),
+            headers={"Authorization": f"Bearer {keyring.access_token(who)}"},
+        )
+        assert otp == 413
+        assert await status_of("/test/raises/404") == 404
+        assert await status_of("/test/returns/409") == 409
+        async with client.get("/test/raises/409") as response:
+            await _limited(response, "client", 600)
 
 
 def test_client_address_walks_the_chain_from_the_right() -> None:

@@ -19,12 +19,14 @@ from typing import cast
 import asyncpg
 import orjson
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
+from core import metrics
 from core.settings import Settings
 from core.status import read_status
 from intake import admission
-from intake.gate import Gate
+from intake.gate import GAUGE_INTERVAL_S, Gate
+from intake.httpmetrics import Deferred
 from intake.protocol import _one_request
 from intake.publisher import BatchPublisher
 from tests.support import inprocess, openapi
@@ -200,6 +202,45 @@ def test_the_shortcut_takes_only_one_whole_simple_request() -> None:
     assert _one_request(head + b"connection: keep-alive\r\ncontent-length: 8\r\n\r\n" + body)[0]
 
 
+def _histogram(registry: CollectorRegistry, name: str, labels: dict[str, str]) -> dict[str, float]:
+    """A histogram's buckets, count and sum, by sample name and bound."""
+    return {
+        f"{s.name.rpartition('_')[2]} {s.labels.get('le', '')}": s.value
+        for m in registry.collect()
+        if m.name == name
+        for s in m.samples
+        if s.labels.items() >= labels.items() and not s.name.endswith("_created")
+    }
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["in-bulk", "one-by-one"])
+def test_answers_deferred_are_what_observing_them_one_by_one_gives(bulk: bool) -> None:
+    # The early 503s are added to the duration histogram in bulk, through prometheus-client's
+    # internals: if an upgrade changes them, "in-bulk" fails (the edge then observes them one
+    # by one, each bucket's at its mean: the same figures, at a higher cost).
+    route = f"/test/deferred/{bulk}"
+    deferred = Deferred(route, "POST", 503)
+    if not bulk:
+        deferred.bulk = False
+    private = CollectorRegistry()
+    one_by_one = Histogram("d", "", buckets=metrics.HTTP_BUCKETS, registry=private)
+    waits = [0.0, 0.001, 0.0011, 0.02, 0.5, 0.5, 0.73, 2.0, 11.0, 60.0]
+    for wait in waits:
+        one_by_one.observe(wait)
+        deferred.add(wait)
+    assert deferred.flush() == len(waits)
+    assert deferred.bulk == bulk
+    assert deferred.flush() == 0  # nothing twice
+    labels = {"route": route, "method": "POST"}
+    expected = _histogram(private, "d", {})
+    assert _histogram(REGISTRY, "intake_http_request_duration_seconds", labels) == pytest.approx(
+        expected
+    )
+    assert expected["count "] == len(waits)
+    counted = {**labels, "status_class": "5xx"}
+    assert REGISTRY.get_sample_value("intake_http_requests_total", counted) == len(waits)
+
+
 # --- the edge, served -------------------------------------------------------------------------
 
 
@@ -215,6 +256,22 @@ def _request(index: int, seed: int, key: str | None = None) -> bytes:
 def _shed(reason: str) -> float:
     value = REGISTRY.get_sample_value("intake_registrations_shed_total", {"reason": reason})
     return value or 0.0
+
+
+REGISTRATIONS = {"route": "/v1/registrations", "method": "POST"}
+
+
+def _answered() -> dict[str, float]:
+    """The registrations' 5xx count and duration histogram (``count``, ``sum``, and each bucket
+    by its bound), as the edge's metrics show them now."""
+    figures = _histogram(REGISTRY, "intake_http_request_duration_seconds", REGISTRATIONS)
+    counted = {**REGISTRATIONS, "status_class": "5xx"}
+    figures["5xx"] = REGISTRY.get_sample_value("intake_http_requests_total", counted) or 0.0
+    return figures
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
 
 
 async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
@@ -239,6 +296,8 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
                 assert status == 202, raw
                 accepted.add(uuid.UUID(orjson.loads(raw)["id"]))
             early, batches = edge.gate.early, edge.publisher.stats.batches
+            edge.gate.flush()  # (a 503 of the warm-up counted now, not among those below)
+            answered = _answered()
 
             # Forty registrations sent, then the edge stalls (its loop blocked, as a CPU held
             # by something else would) for longer than half the deadline.
@@ -261,6 +320,16 @@ async def test_a_stalled_edge_answers_503_to_what_waited_and_never_holds_it(
             await eventually(
                 lambda: read_status(status_file), lambda s: bool(s and s["shedding"]), 10
             )
+            # Counted in bulk, four times a second, in the requests' counter and in the duration
+            # histogram both (its count grows by exactly the 503s answered), each with its wait:
+            # the stall, past half the deadline (shed for it), not the microseconds its answer
+            # took once read.
+            await eventually(_answered, lambda now: now["count "] - answered["count "] >= 40, 10)
+            await asyncio.sleep(2 * GAUGE_INTERVAL_S)  # (a flush or two more: nothing else)
+            grown = _grown(answered, _answered())
+            assert (grown["5xx"], grown["count "], grown["bucket +Inf"]) == (40, 40, 40)
+            assert grown["bucket 0.5"] == 0
+            assert grown["sum "] >= 40 * 0.5
 
             # The stall over, the same connections are served again.
             async def accepted_again() -> int:
@@ -294,7 +363,7 @@ async def test_pipelined_requests_are_answered_in_order_while_shedding(
     async with inprocess.served_edge(settings) as edge:
         reader, writer = await asyncio.open_connection(edge.host, edge.port)
         try:
-            early = edge.gate.early
+            early, answered = edge.gate.early, _answered()
             writer.write(
                 b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
                 + _request(1, seed=72)
@@ -306,6 +375,10 @@ async def test_pipelined_requests_are_answered_in_order_while_shedding(
             assert (second[0], orjson.loads(second[2])["reason"]) == (503, "queue_delay")
             assert (third[0], orjson.loads(third[2])["status"]) == (200, "ready")
             assert edge.gate.early == early  # not the shortcut: it keeps to one request
+            # The handler's 503 is timed from when it was read, as the early ones: its wait
+            # is the stall, not the microseconds the handler took.
+            grown = _grown(answered, _answered())
+            assert (grown["5xx"], grown["count "], grown["bucket 0.5"]) == (1, 1, 0)
         finally:
             writer.close()
 
@@ -343,14 +416,17 @@ async def test_the_deadline_is_honoured_by_what_the_counters_show(
             reader, writer = await asyncio.open_connection(edge.host, edge.port)
             try:
                 deadline, confirm_timeout = _shed("deadline"), _shed("confirm_timeout")
+                answered = _answered()
                 proxy.stall()  # the broker takes the publishes and confirms nothing
                 for i, key in enumerate(keys):
                     writer.write(_request(i, seed=73, key=key))
                     status, _, raw = await read_response(reader)
                     assert status == 503, raw
                     assert orjson.loads(raw)["reason"] == "deadline"
-                # Answered by the deadline, not by the publish timeout.
+                # Answered by the deadline, not by the publish timeout; each timed with it.
                 assert _shed("deadline") - deadline == 20
+                grown = _grown(answered, _answered())
+                assert (grown["5xx"], grown["count "], grown["bucket 0.25"]) == (20, 20, 0)
                 assert _shed("confirm_timeout") == confirm_timeout
                 assert edge.gate.early == 0
                 proxy.release()
