@@ -54,6 +54,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from core import metrics
 from intake.problems import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE
 from intake.registering import REGISTRATIONS_PATH
 
@@ -170,6 +171,10 @@ _MALFORMED_BY_WORDS: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
 )
 
 
+# The route label of the requests HTTP could not parse (intake_http_requests_total).
+UNPARSED_ROUTE = "unparsed"
+
+
 def malformed_body(exc: BaseException | None) -> dict[str, Any]:
     """The problem document of a request HTTP could not parse (``400 malformed-request``)."""
     field, code, message = "request", "malformed", "The request is not valid HTTP/1.1"
@@ -208,6 +213,9 @@ class ProblemRequestHandler(RequestHandler):
             raise ConnectionError("response already begun, cannot send the error's")
         if isinstance(exc, HttpProcessingError) and 400 <= status < 500:
             log.info("malformed request refused: %s", type(exc).__name__)
+            # Counted with the other answers (no route: ``unparsed``), not timed: the parser
+            # gave up before the request had a beginning the edge could time it from.
+            metrics.HTTP_REQUESTS.labels(UNPARSED_ROUTE, "other", "4xx").inc()
             body = malformed_body(exc)
         else:
             log.error("error outside the handlers: %s (%s)", type(exc).__name__, status)

@@ -8,6 +8,7 @@ import logging
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from core.settings import Settings
 from intake.protocol import malformed_body
@@ -49,6 +50,8 @@ async def test_what_http_cannot_parse_is_a_400_problem_naming_the_part(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    unparsed = {"route": "unparsed", "method": "other", "status_class": "4xx"}
+    before = REGISTRY.get_sample_value("intake_http_requests_total", unparsed) or 0.0
     async with inprocess.served_edge(settings) as edge:
         for request, field, code in CASES:
             reader, writer = await asyncio.open_connection(edge.host, edge.port)
@@ -65,6 +68,8 @@ async def test_what_http_cannot_parse_is_a_400_problem_naming_the_part(
                 assert await asyncio.wait_for(reader.read(), 10) == b""
             finally:
                 writer.close()
+        counted = REGISTRY.get_sample_value("intake_http_requests_total", unparsed)
+        assert counted == before + len(CASES)
         # The edge goes on: a registration on a new connection is accepted.
         body = orjson.dumps(person(1, seed=5))
         reader, writer = await asyncio.open_connection(edge.host, edge.port)
