@@ -187,6 +187,8 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _retention(settings: Settings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
     import asyncpg
     import orjson
 
@@ -203,6 +205,9 @@ def _retention(settings: Settings, args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 max_batches=args.max_batches,
                 files=args.sweep_files,
+                files_every=(
+                    dt.timedelta(days=args.sweep_files_every) if args.sweep_files_every else None
+                ),
             )
         print(orjson.dumps(report.to_obj()).decode())
         return 0
@@ -350,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep-files",
         action="store_true",
         help="also delete blob files nothing names (walks the whole blob directory)",
+    )
+    retain_run.add_argument(
+        "--sweep-files-every",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="--sweep-files when no whole pass of the last DAYS days did (the daily CronJob: 7)",
     )
     retain.set_defaults(func=_retention)
     person = commands.add_parser(

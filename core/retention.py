@@ -36,6 +36,10 @@ candidates of a page erased in one transaction), resumable (a run
 stopped anywhere has erased whole batches; the next one finds what is left) and idempotent (an
 erased row is never a candidate again).
 
+Recorded: a run is a row of ``retention_runs`` (migration 0016), inserted as it starts and
+completed as it ends with its outcome and counts, so that a run that died stays a row without
+an outcome and only a whole pass counts as one (``core.retention_metrics`` reads the record).
+
 :func:`erase` is also the person's erasure (``core.person``), which withdraws a registration in
 flight first.
 """
@@ -44,12 +48,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+import logging
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
 from core import audit
 from core.blobs import BlobStore
@@ -60,7 +68,12 @@ ACTOR = "retention"
 # A data key whose photo row never came (an upload refused after its blob was stored, a crash)
 # is deleted this long after it was made: longer than any upload takes.
 ORPHAN_KEY_AGE = dt.timedelta(days=1)
+# A pass sweeps the blob files when none of the last ``files_every`` did, less this much: a
+# daily schedule's start varies by minutes (and by up to an hour if the CronJob starts late).
+SWEEP_SLACK = dt.timedelta(hours=12)
 _NO_ID = uuid.UUID(int=0)
+
+log = logging.getLogger(__name__)
 
 
 class _PeriodSettings(Protocol):
@@ -255,6 +268,7 @@ class Report:
     blobs_deleted: int = 0
     contact_codes: int = 0
     orphan_keys: int = 0
+    file_sweep: bool = False
     files_swept: int = 0
     batches: int = 0
     done: bool = False
@@ -267,10 +281,27 @@ class Report:
             "blobs_deleted": self.blobs_deleted,
             "contact_codes": self.contact_codes,
             "orphan_photo_keys": self.orphan_keys,
+            "file_sweep": self.file_sweep,
             "files_swept": self.files_swept,
             "batches": self.batches,
             "done": self.done,
         }
+
+
+_START_SQL = "INSERT INTO retention_runs (dry_run) VALUES ($1) RETURNING id, started_at"
+_FINISH_SQL = """
+UPDATE retention_runs SET finished_at = now(), outcome = $2, report = $3, error = $4
+WHERE id = $1
+"""
+# Whether the pass that started at $1 sweeps the blob files: no whole pass that swept them
+# started within $2 before it (``files_every`` less the slack).
+_SWEEP_DUE_SQL = """
+SELECT NOT EXISTS (
+    SELECT 1 FROM retention_runs
+    WHERE outcome = 'ok' AND NOT dry_run AND (report ->> 'file_sweep')::boolean
+      AND started_at > $1::timestamptz - $2::interval
+)
+"""
 
 
 async def run(
@@ -283,11 +314,62 @@ async def run(
     max_batches: int | None = None,
     now: dt.datetime | None = None,
     files: bool = False,
+    files_every: dt.timedelta | None = None,
 ) -> Report:
     """One retention pass: erase every registration whose purpose ended as of ``now``, a batch
-    per transaction, each batch audited; then delete orphan photo keys and their blobs, and with
-    ``files`` the blob files nothing names (:func:`sweep_files`). With ``dry_run``, count what
-    would be erased and change nothing."""
+    per transaction, each batch audited; then delete orphan photo keys and their blobs, and the
+    blob files nothing names (:func:`sweep_files`) with ``files``, or with ``files_every`` when
+    no whole pass swept them within that time. With ``dry_run``, count what would be erased and
+    change nothing.
+
+    The run is recorded in ``retention_runs``: a row as it starts, its outcome (``ok``: a whole
+    pass; ``stopped``: by ``max_batches``; ``failed``: an error, re-raised) and counts as it
+    ends. A run that dies keeps a row without an outcome."""
+    run_id, started_at = await pool.fetchrow(_START_SQL, dry_run)
+    report = Report(dry_run=dry_run)
+    try:
+        if files_every is not None and not dry_run and not files:
+            files = bool(await pool.fetchval(_SWEEP_DUE_SQL, started_at, files_every - SWEEP_SLACK))
+        await _pass(pool, blobs, periods, report, batch, max_batches, now, files=files)
+    except Exception as exc:
+        await _finish(pool, run_id, report, "failed", type(exc).__name__)
+        raise
+    await _finish(pool, run_id, report, "ok" if report.done else "stopped", None)
+    return report
+
+
+async def _finish(
+    pool: asyncpg.Pool, run_id: int, report: Report, outcome: str, error: str | None
+) -> None:
+    """Complete the run's row. A failure to record a failure is logged, not raised: the row
+    then stays without an outcome, which is true (the run did not finish)."""
+    try:
+        await pool.execute(
+            _FINISH_SQL, run_id, outcome, orjson.dumps(report.to_obj()).decode(), error
+        )
+    except Exception as exc:
+        if outcome != "failed":
+            raise
+        log.warning(
+            "the retention run's failure could not be recorded",
+            extra={"fields": {"run": run_id, "error": type(exc).__name__}},
+        )
+
+
+async def _pass(
+    pool: asyncpg.Pool,
+    blobs: BlobStore,
+    periods: Periods,
+    report: Report,
+    batch: int,
+    max_batches: int | None,
+    now: dt.datetime | None,
+    *,
+    files: bool,
+) -> None:
+    """:func:`run`'s work, counted in ``report`` as it goes (a failed run's row tells what
+    it did before the error)."""
+    dry_run = report.dry_run
     now = now or dt.datetime.now(dt.UTC)
     cutoffs = (
         now - periods.rejected,
@@ -295,7 +377,6 @@ async def run(
         now - periods.unselected,
         now - periods.selected,
     )
-    report = Report(dry_run=dry_run)
     after = _NO_ID
     while max_batches is None or report.batches < max_batches:
         page = await pool.fetch(_PAGE_SQL, after, now, *cutoffs, batch)
@@ -335,14 +416,14 @@ async def run(
         report.contact_codes += erased.contact_codes
         report.blobs_deleted += await delete_blobs(blobs, erased.blobs)
     else:
-        return report
+        return
     if not dry_run:
         report.orphan_keys, deleted = await sweep_orphan_keys(pool, blobs, now, batch)
         report.blobs_deleted += deleted
         if files:
+            report.file_sweep = True
             report.files_swept = await sweep_files(pool, blobs, now)
     report.done = True
-    return report
 
 
 _KNOWN_NAMES_SQL = """
@@ -357,18 +438,24 @@ async def sweep_files(
 ) -> int:
     """Delete blob files that have neither a data key nor a photo row naming them, written more
     than :data:`ORPHAN_KEY_AGE` ago (an erasure's file whose deletion a crash interrupted: its
-    key is gone, nobody can open it), and crashed writes' temporary files as old. It walks the
-    whole blob directory, so it is not part of every run (``--sweep-files``). A file a photo
-    row names without a key (stored in clear before migration 0013) is kept for ``intake keys
+    key is gone, nobody can open it; a clear photo whose sealing by ``intake keys reencrypt``
+    a crash interrupted), and crashed writes' temporary files as old. It walks the whole blob
+    directory, so it is not part of every run (``--sweep-files``, ``--sweep-files-every``);
+    ``batch`` names at a time, so its memory does not grow with the store. A file a photo row
+    names without a key (stored in clear before migration 0013) is kept for ``intake keys
     reencrypt``. The number of files deleted."""
     before_s = (now - ORPHAN_KEY_AGE).timestamp()
-    names = await asyncio.to_thread(lambda: list(blobs.stored_before(before_s)))
     deleted = await asyncio.to_thread(blobs.remove_stale_temporaries, before_s)
-    for start in range(0, len(names), batch):
-        chunk = names[start : start + batch]
+    names = blobs.stored_before(before_s)
+    while chunk := await asyncio.to_thread(_take, names, batch):
         known = {row["blob_hmac"] for row in await pool.fetch(_KNOWN_NAMES_SQL, chunk)}
         deleted += await delete_blobs(blobs, [name for name in chunk if name not in known])
     return deleted
+
+
+def _take(names: Iterator[str], count: int) -> list[str]:
+    """The next ``count`` names of a walk (blocking: the walk reads directories)."""
+    return list(itertools.islice(names, count))
 
 
 async def sweep_orphan_keys(

@@ -70,7 +70,7 @@ async def settings(base_settings: Settings) -> Settings:
             "TRUNCATE registrations, nik_claims, checks, photos, photo_keys, rate_buckets,"
             " limit_hits, waves,"
             " test_attempts, wave_joins, wave_selections, benefit_niks, notifications,"
-            " lane_controls, maintenance_windows"
+            " lane_controls, maintenance_windows, retention_runs"
         )
     finally:
         await connection.close()

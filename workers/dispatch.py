@@ -39,6 +39,8 @@ from core.checks import OUTBOX_CHANNEL
 from core.funnel import FunnelCollector
 from core.health import Health
 from core.queues import QueueCollector
+from core.retention import Periods
+from core.retention_metrics import RetentionCollector
 from core.settings import Settings
 from core.status import HOLD_SIGNAL, RELEASE_SIGNAL
 from core.verification import Check, Task
@@ -189,8 +191,9 @@ async def publish_task(
 
 async def serve(settings: Settings) -> None:
     """Entry point of ``intake worker dispatch``. With ``INTAKE_METRICS_PORT`` set it also
-    serves the funnel (from PostgreSQL) and the queue depths (from RabbitMQ): the dispatcher
-    runs once per deployment, so a cluster has those figures once."""
+    serves the funnel, the waves and the retention job's record (from PostgreSQL) and the queue
+    depths (from RabbitMQ): the dispatcher runs once per deployment, so a cluster has those
+    figures once."""
     health = Health()
     queues = QueueCollector(settings.amqp_url)
     # The probes answer from the start; the funnel joins the scrape once there is a pool.
@@ -205,6 +208,7 @@ async def serve(settings: Settings) -> None:
         if endpoint is not None:
             endpoint.add(FunnelCollector(pool))
             endpoint.add(WaveCollector(pool))
+            endpoint.add(RetentionCollector(pool, Periods.from_settings(settings)))
         try:
             dispatcher = Dispatcher(settings, pool, health)
             loop = asyncio.get_running_loop()

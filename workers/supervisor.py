@@ -61,6 +61,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from core import metrics_http
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
+from core.retention import Periods
+from core.retention_metrics import RetentionCollector
 from core.settings import Settings, SettingsError
 from core.status import read_status, remove_status
 from core.verification import WORKER_KINDS
@@ -311,7 +313,12 @@ class Supervisor:
             async with metrics_http.serving(
                 self._settings,
                 registry=registry,
-                collectors=[FunnelCollector(pool), WaveCollector(pool), queues],
+                collectors=[
+                    FunnelCollector(pool),
+                    WaveCollector(pool),
+                    RetentionCollector(pool, Periods.from_settings(self._settings)),
+                    queues,
+                ],
             ):
                 yield
         finally:

@@ -629,6 +629,12 @@ async def test_the_commands(
     assert {r["actor"] for r in actors} >= {"retention"}
     assert any(r["actor"].startswith("cli:") for r in actors)
 
+    # The CronJob's weekly file sweep: the first whole pass of the week walks the blob files.
+    weekly = ("retention", "run", "--sweep-files-every", "7")
+    assert orjson.loads(intake(settings, *weekly))["file_sweep"] is True
+    assert orjson.loads(intake(settings, *weekly))["file_sweep"] is False
+    assert await db.fetchval("SELECT count(*) FROM retention_runs WHERE outcome = 'ok'") == 4
+
 
 ADMIN_TOKEN = "an-operators-token-for-the-persons-routes"
 
@@ -756,8 +762,9 @@ async def test_the_selection_counts_an_erased_joiner_not_verified(
 
 
 def test_the_cluster_runs_the_job_daily_with_the_blob_volume() -> None:
-    """k8s/retention.yaml: a CronJob running a command the CLI parses, never two at once, with
-    the blob volume at INTAKE_BLOB_DIR and the settings it requires."""
+    """k8s/retention.yaml: a CronJob running a command the CLI parses, never two at once,
+    sweeping the blob files weekly, with the blob volume at INTAKE_BLOB_DIR and the settings it
+    requires."""
     from cli.main import build_parser
     from tests.support import kustomize
 
@@ -773,6 +780,8 @@ def test_the_cluster_runs_the_job_daily_with_the_blob_volume() -> None:
     (container,) = pod["containers"]
     args = build_parser().parse_args(container["args"])
     assert (args.command, args.action, args.dry_run) == ("retention", "run", False)
+    # The blob volume is walked by the first whole pass of each week, not every night.
+    assert (args.sweep_files, args.sweep_files_every) == (False, 7)
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert config["data"]["INTAKE_BLOB_DIR"] in mounts
     env = {e["name"] for e in container["env"]}

@@ -35,6 +35,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from core import metrics, topology
 from core.funnel import STAGES, FunnelCollector
 from core.queues import QueueCollector, queue_names
+from core.retention import Periods
+from core.retention_metrics import ERASED_KINDS, OUTCOMES, RetentionCollector
 from core.verification import WORKER_KINDS, Check
 from core.wave_metrics import WAVE_STAGES, WaveCollector
 
@@ -51,9 +53,9 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 
 Doc = dict[str, Any]
 
-# The metrics the supervisor's scrape-time collectors serve (core.funnel reads PostgreSQL,
-# core.queues RabbitMQ; they are not process metrics, so not in core.metrics), with their
-# labels. The configuration relies on these at least.
+# The metrics the supervisor's scrape-time collectors serve (core.funnel, core.wave_metrics and
+# core.retention_metrics read PostgreSQL, core.queues RabbitMQ; they are not process metrics,
+# so not in core.metrics), with their labels. The configuration relies on these at least.
 COLLECTOR_CONTRACT: Mapping[str, frozenset[str]] = {
     "intake_queue_messages_ready": frozenset({"queue"}),
     "intake_queue_consumers": frozenset({"queue"}),
@@ -65,6 +67,12 @@ COLLECTOR_CONTRACT: Mapping[str, frozenset[str]] = {
     "intake_wave_open": frozenset({"wave"}),
     "intake_wave_notifications": frozenset({"wave", "channel", "state"}),
     "intake_wave_selection_duration_seconds": frozenset({"wave"}),
+    "intake_retention_last_success_timestamp_seconds": frozenset(),
+    "intake_retention_recorded_since_timestamp_seconds": frozenset(),
+    "intake_retention_last_run_duration_seconds": frozenset(),
+    "intake_retention_last_run_erased": frozenset({"kind"}),
+    "intake_retention_runs": frozenset({"outcome"}),
+    "intake_retention_overdue": frozenset(),
 }
 
 # The RabbitMQ metrics the configuration uses, as RabbitMQ 3.10's rabbitmq_prometheus plugin
@@ -381,6 +389,7 @@ def collector_metrics() -> dict[str, frozenset[str]]:
         for collector in (
             FunnelCollector(pool=None),
             WaveCollector(pool=None),
+            RetentionCollector(pool=None, periods=Periods()),
             QueueCollector("amqp://unused"),
         )
         for family in collector.collect()
@@ -453,6 +462,8 @@ def test_alert_unit_tests_pass() -> None:
         "CircuitBreakerOpen",
         "FunnelStalled",
         "LaneDeliveriesOrphaned",
+        "RetentionNotRunning",
+        "RetentionOverdue",
     }
     assert wanted <= tested, f"no firing case for {sorted(wanted - tested)}"
 
@@ -616,6 +627,7 @@ def test_dashboard_is_provisioning_ready() -> None:
         "ministries",
         "workers",
         "broker",
+        "retention",
     ]
     for panel in panels:
         if panel["type"] == "row":
@@ -790,6 +802,16 @@ def stack_series(config: Doc, *, troubled: bool) -> list[Series]:
     for channel in ("email", "sms"):
         s.gauge(sup, "intake_wave_notifications", 300, channel=channel, state="pending", **wave)
         s.counter(sup, "intake_wave_notifications", 20, channel=channel, state="sent", **wave)
+    # The retention job's last whole pass ended 5 minutes in (promtool's clock starts at 0);
+    # runs recorded from the start.
+    s.gauge(sup, "intake_retention_last_success_timestamp_seconds", 300)
+    s.gauge(sup, "intake_retention_recorded_since_timestamp_seconds", 0)
+    s.gauge(sup, "intake_retention_last_run_duration_seconds", 42)
+    for kind in ERASED_KINDS:
+        s.gauge(sup, "intake_retention_last_run_erased", 7, kind=kind)
+    for outcome in OUTCOMES:
+        s.gauge(sup, "intake_retention_runs", int(outcome == "ok"), outcome=outcome)
+    s.gauge(sup, "intake_retention_overdue", 0)
 
     for name in RABBITMQ_METRICS:
         if name.startswith("rabbitmq_detailed_"):

@@ -1,7 +1,7 @@
 """Outside ``intake supervise`` (Kubernetes: one process per pod), each ``intake worker`` serves
-its own ``/metrics``, and the dispatcher, which runs once per deployment, also the funnel from
-PostgreSQL and the queue depths from RabbitMQ; beside them, each answers its probes
-(``/readyz``, ``/healthz``: core/health.py)."""
+its own ``/metrics``, and the dispatcher, which runs once per deployment, also the funnel and the
+retention job's record from PostgreSQL and the queue depths from RabbitMQ; beside them, each
+answers its probes (``/readyz``, ``/healthz``: core/health.py)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,11 @@ async def test_each_worker_serves_its_metrics_and_the_dispatcher_the_funnel_and_
             "funnel on the persist worker": persisted.get(
                 "intake_funnel_registrations", stage="registered"
             ),
+            "retention passes": dispatched.get("intake_retention_runs", outcome="ok"),
+            "last retention pass": dispatched.get(
+                "intake_retention_last_success_timestamp_seconds"
+            ),
+            "retention on the persist worker": persisted.get("intake_retention_overdue"),
         }
 
     # Each registration's first checks (email, phone, Dukcapil) are dispatched; the photo
@@ -76,6 +81,9 @@ async def test_each_worker_serves_its_metrics_and_the_dispatcher_the_funnel_and_
         "dispatched": {"email": n, "phone": n, "dukcapil": n, "dapodik": 0, "dtks": 0, "photo": 0},
         "waiting in the dukcapil lane": n,
         "funnel on the persist worker": None,  # served once per deployment, by the dispatcher
+        "retention passes": 0,  # the retention job's record, from the same process
+        "last retention pass": 0,
+        "retention on the persist worker": None,
     }
     assert await eventually(figures, lambda found: found == expected, 60) == expected
     # And the probes (core/health.py) beside the metrics, which Kubernetes asks: each worker
