@@ -96,8 +96,9 @@ class BlobStore:
         # Directories whose own entry this process has fsynced (at most 1 + 256 + 65,536).
         self._durable_dirs: set[Path] = set()
 
-    async def put(self, name: str, data: bytes) -> None:
-        """Store ``data`` as ``name`` (kept as it is if the name exists), durably.
+    async def put(self, name: str, data: bytes, *, replace: bool = False) -> None:
+        """Store ``data`` as ``name`` (kept as it is if the name exists, unless ``replace``),
+        durably.
 
         A failed write's temporary file is removed before the error is raised; on cancellation,
         by a worker thread just after (a write already running in its thread cannot be stopped,
@@ -107,7 +108,7 @@ class BlobStore:
         pending = _PendingBlob(self.root / _TMP_DIR, self._ensure_dir)
         try:
             await asyncio.to_thread(pending.write, data)
-            await asyncio.to_thread(pending.commit, final)
+            await asyncio.to_thread(pending.commit, final, replace)
         except BaseException as exc:
             discarded: asyncio.Future[None] | None
             try:
@@ -200,8 +201,9 @@ class _PendingBlob:
         with self._lock:
             self._ensure_open().write(data)
 
-    def commit(self, final: Path) -> None:
-        """fsync, then rename into place (or drop, if the blob is there already)."""
+    def commit(self, final: Path, replace: bool = False) -> None:
+        """fsync, then rename into place (or drop, if the blob is there already and not to be
+        replaced)."""
         with self._lock:
             file = self._ensure_open()
             tmp_path = self._tmp_path
@@ -212,7 +214,7 @@ class _PendingBlob:
                 os.fsync(file.fileno())
                 file.close()
                 self._ensure_dir(final.parent)
-                if not final.is_file():
+                if replace or not final.is_file():
                     # Atomic: a reader sees no file or the whole file. Two uploads of the same
                     # photo may both get here; the second replaces a sealing of the same photo
                     # under the same data key, harmlessly.

@@ -14,7 +14,9 @@ keyed hash. The edge stores them (:meth:`PhotoVault.store`); only the photo lane
   (``core.rotation``), the blob is never rewritten. The wrapped key is committed *before* the
   blob is written (``INSERT ... ON CONFLICT DO NOTHING``, then the row that won), so every
   blob's key is durable before the blob, and two uploads of one photo at the same moment seal it
-  under the same key. Deleting the key row makes the blob unreadable (backups included).
+  under the same key. Deleting the key row makes the blob unreadable (backups included); a new
+  key for a name replaces the file that has it (one an erasure left when it crashed between
+  deleting the key and the file), a key that exists keeps it.
 
 The upload is encrypted in memory once received: it is at most ``INTAKE_PHOTO_MAX_BYTES``
 (5 MiB), and naming, stripping and sealing need it whole.
@@ -56,9 +58,11 @@ class PhotoVault:
     async def store(self, db: asyncpg.Pool | asyncpg.Connection, photo: bytes) -> BlobRef:
         """Store an upload; its reference once the sealed blob and its key are durable."""
         name = await asyncio.to_thread(self._keyring.photo_name, photo)
-        key = await self._data_key(db, name)
+        key, new = await self._data_key(db, name)
         sealed = await asyncio.to_thread(_strip_and_seal, key, photo, name)
-        await self.blobs.put(name, sealed)
+        # A new key replaces whatever file has the name: one left by an erasure that deleted
+        # the old key and crashed before the file, sealed under a key that no longer exists.
+        await self.blobs.put(name, sealed, replace=new)
         return BlobRef(name, len(photo))
 
     async def open(
@@ -79,18 +83,21 @@ class PhotoVault:
         except DecryptionError:
             raise BlobCorrupt(ref.name) from None
 
-    async def _data_key(self, db: asyncpg.Pool | asyncpg.Connection, name: str) -> bytes:
-        """The photo's data key: a new one stored (committed) first, or the one stored already
-        (a retried upload, the same photo on another registration, a concurrent upload's).
-        One round trip for a new photo: its new key costs microseconds to make and wrap."""
-        key, new = self._keyring.new_photo_key(name)
-        if await db.fetchval(_KEY_INSERT_SQL, name, new) is not None:
-            return key
+    async def _data_key(
+        self, db: asyncpg.Pool | asyncpg.Connection, name: str
+    ) -> tuple[bytes, bool]:
+        """The photo's data key and whether it is new: a new one stored (committed) first, or
+        the one stored already (a retried upload, the same photo on another registration, a
+        concurrent upload's). One round trip for a new photo: its new key costs microseconds
+        to make and wrap."""
+        key, wrapped_new = self._keyring.new_photo_key(name)
+        if await db.fetchval(_KEY_INSERT_SQL, name, wrapped_new) is not None:
+            return key, True
         wrapped = await db.fetchval(_KEY_SQL, name)
         if wrapped is None:
             raise PhotoKeyMissing(name)  # deleted between the two statements: try again
         try:
-            return self._keyring.unwrap_photo_key(wrapped, name)
+            return self._keyring.unwrap_photo_key(wrapped, name), False
         except DecryptionError:
             raise BlobCorrupt(name) from None
 

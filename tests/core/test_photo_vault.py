@@ -102,3 +102,22 @@ async def test_deleting_the_key_makes_the_blob_unreadable(
     assert vault.blobs.exists(ref)
     with pytest.raises(PhotoKeyMissing):
         await vault.open(db, ref, max_bytes=MAX_BYTES)
+
+
+async def test_a_file_an_erasure_left_behind_is_replaced_by_the_next_upload(
+    vault: PhotoVault, db: asyncpg.Pool
+) -> None:
+    """An erasure deletes the key, then the file: a crash in between leaves the file, sealed
+    under a key that no longer exists. The same photo uploaded again (a person registering
+    anew) gets a new key and a new file, which opens; not the old file kept under its name."""
+    upload = photo(6)
+    ref = await vault.store(db, upload)
+    left = vault.blobs.path(ref).read_bytes()
+    await db.execute("DELETE FROM photo_keys WHERE blob_hmac = $1", ref.name)
+    assert await vault.store(db, upload) == ref
+    assert vault.blobs.path(ref).read_bytes() != left
+    assert await vault.open(db, ref, max_bytes=MAX_BYTES) == strip_metadata(upload)
+    # An upload under the key that exists keeps the file (a retry, a second registration).
+    kept = vault.blobs.path(ref).read_bytes()
+    assert await vault.store(db, upload) == ref
+    assert vault.blobs.path(ref).read_bytes() == kept
