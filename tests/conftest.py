@@ -111,5 +111,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
         return process
 
     yield start
+    # Every one, even if one of them cannot be reaped: none is left running.
+    failures = []
     for process in started:
-        process.kill()
+        try:
+            process.kill()
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        raise failures[0]

@@ -95,11 +95,16 @@ class Process:
         return self._popen is not None and self._popen.poll() is None
 
     def kill(self) -> None:
-        """``kill -9``: no cleanup, no goodbye."""
-        if self.alive():
-            os.kill(self.pid, signal.SIGKILL)
-            assert self._popen is not None
-            self._popen.wait(timeout=30)
+        """``kill -9`` of its whole process group (a container gone: a photo lane's pool
+        processes with it), then reaped. The workers ``intake supervise`` starts have sessions
+        of their own and are not in it: they are told by the kernel when it dies."""
+        if self._popen is None or self._popen.returncode is not None:
+            return
+        # The group outlives a leader already dead but not reaped yet (a zombie): kill it
+        # whether or not the leader still runs.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self._popen.wait(timeout=30)
 
     def sigterm(self) -> None:
         """Ask for a graceful stop, as Kubernetes does, without waiting."""
