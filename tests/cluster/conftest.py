@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster import processes
 from cluster.local import Cluster
 from tests.support.processes import free_port_block
 
@@ -33,9 +34,14 @@ def local_cluster() -> Iterator[Cluster]:
         )
         yield cluster
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "cli", "cluster", "down", "--purge", *where],
-            check=True,
-            timeout=300,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "cli", "cluster", "down", "--purge", *where],
+                check=True,
+                timeout=300,
+            )
+        finally:
+            # The nodes and members the tests started again are children of this process:
+            # stopped by the command above, reaped here (or stopped here if it failed).
+            processes.stop_all()
+            shutil.rmtree(root, ignore_errors=True)
