@@ -14,6 +14,7 @@ from benchmarks._support import BenchError, free_port
 from benchmarks.loadgen import Offered
 from benchmarks.overload import bounds, goodput_bound, ratios, summarise
 from benchmarks.quota import CpuQuota
+from tests.support.processes import stop_async
 
 
 def _result(accepted_per_second: list[int]) -> dict[str, Any]:
@@ -119,5 +120,5 @@ async def test_the_refusal_floor_answers_every_request_with_one_prepared_503() -
                     assert response.headers["Retry-After"] == "5"
                     assert (await response.json())["status"] == 503
     finally:
-        server.terminate()
-        assert await server.wait() == 0
+        code = await stop_async(server)
+    assert code == 0

@@ -19,7 +19,7 @@ from benchmarks.refusal_tier import TierConfig, render
 from core.settings import Settings
 from tests.support import inprocess
 from tests.support.people import person
-from tests.support.processes import free_port
+from tests.support.processes import free_port, stop
 from tests.support.proxy import TcpProxy
 from tests.support.waiting import eventually
 
@@ -48,8 +48,7 @@ async def haproxy(config: TierConfig, work: Path) -> AsyncIterator[str]:
             await eventually(up, lambda status: status == 200)
         yield url
     finally:
-        process.terminate()
-        process.wait(10)
+        stop(process, 10)
 
 
 async def test_the_tier_keeps_the_edge_at_its_slots_and_refuses_the_rest_itself(

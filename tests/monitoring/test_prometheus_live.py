@@ -30,7 +30,7 @@ from tests.monitoring.test_monitoring_config import (
     rules,
     split_comparison,
 )
-from tests.support.processes import Process, free_port, wait_until_ready
+from tests.support.processes import Process, free_port, stop_async, wait_until_ready
 from tests.support.waiting import eventually
 
 PEOPLE = 120
@@ -215,11 +215,12 @@ async def test_every_panel_rule_and_alert_query_returns_data_from_a_running_stac
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output = (await asyncio.wait_for(top.communicate(), 60))[0].decode()
+        try:
+            output = (await asyncio.wait_for(top.communicate(), 60))[0].decode()
+        finally:
+            await stop_async(top)  # not left running when it does not answer in time
         assert top.returncode == 0, output
         registered = await db.fetchval("SELECT count(*) FROM registrations")
         assert f"registered {registered:,}" in output
     finally:
-        if prometheus.returncode is None:
-            prometheus.terminate()
-            await asyncio.wait_for(prometheus.wait(), 30)
+        await stop_async(prometheus)

@@ -3,6 +3,7 @@ with their logs kept in files for the tests that read them."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from core.settings import Settings
 
@@ -129,6 +131,32 @@ class Process:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop(process: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
+    """SIGTERM, SIGKILL if it has not exited within ``timeout_s``; reaped either way, on every
+    path of the test that started it. Returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(30)
+
+
+async def stop_async(process: asyncio.subprocess.Process, timeout_s: float = 30.0) -> int:
+    """:func:`stop` for a process started with asyncio, while its loop runs: a process that
+    outlives its loop is reaped but its exit never recorded, and it counts as still running."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+    try:
+        return await asyncio.wait_for(process.wait(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        return await process.wait()
 
 
 def wait_until_ready(port: int, process: Process, timeout_s: float = 30.0) -> None:

@@ -34,7 +34,7 @@ from core.ids import uuid7
 from core.keys import Keyring
 from core.settings import Settings, SettingsError
 from core.status import HOLD_SIGNAL, read_status, report_forever, write_status
-from tests.support.processes import Process
+from tests.support.processes import Process, stop
 from tests.support.waiting import eventually
 from workers.pressure import RELEASE_AFTER_S, EdgePressure, signal_all
 from workers.pressure import handles as pressure_handles
@@ -621,30 +621,27 @@ def test_edge_pressure_holds_while_an_edge_is_late_before_it_sheds(tmp_path: Pat
 def test_the_hold_signal_never_reaches_a_worker_before_it_handles_it() -> None:
     """A worker still starting has the signal's default action (libuv resets what was set
     before its exec): asked to hold then, it would die. It is asked once it handles it."""
-    starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    ready = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import signal, sys, time\n"
-            f"signal.signal({HOLD_SIGNAL}, lambda *_: sys.exit(7))\n"
-            "print('ready', flush=True)\n"
-            "time.sleep(30)\n",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with contextlib.ExitStack() as running:  # each stopped and reaped, whatever happens
+        starting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        running.callback(stop, starting)
+        ready = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import signal, sys, time\n"
+                f"signal.signal({HOLD_SIGNAL}, lambda *_: sys.exit(7))\n"
+                "print('ready', flush=True)\n"
+                "time.sleep(30)\n",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        running.callback(stop, ready)
         assert ready.stdout is not None
+        running.callback(ready.stdout.close)
         assert ready.stdout.readline() == "ready\n"
         assert not pressure_handles(starting.pid, HOLD_SIGNAL)
         assert pressure_handles(ready.pid, HOLD_SIGNAL)
         assert signal_all([starting.pid, ready.pid], held=True) == [ready.pid]
         assert ready.wait(10) == 7  # it got the signal, through its handler
         assert starting.poll() is None  # still alive
-    finally:
-        for process in (starting, ready):
-            process.kill()
-            process.wait()
-        if ready.stdout is not None:
-            ready.stdout.close()
