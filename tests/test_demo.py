@@ -28,8 +28,10 @@ COUNT = 400
 def busy_cores() -> Iterator[int]:
     """One CPU-bound process per core, for as long as the test runs."""
     cores = len(os.sched_getaffinity(0))
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
-    try:
+    burners: list[subprocess.Popen[bytes]] = []
+    try:  # those started are stopped even if starting the next one fails
+        for _ in range(cores):
+            burners.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         yield cores
     finally:
         for burner in burners:
@@ -93,8 +95,15 @@ def test_the_demo_loses_nothing_and_matches_the_population(
         stdout = kept + demo.communicate(timeout=300)[0]
     finally:
         if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+            # Ctrl-C first: the demo stops its stack (the edge, intake supervise, the
+            # simulators, Prometheus: sessions of their own, which a kill -9 of the demo would
+            # leave running); killed only if it could not.
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+        demo.communicate()  # its pipe closed, the process reaped
     assert demo.returncode == 0, stdout[-6000:] + errors.read_text()[-4000:]
     assert "stopped: exit codes" in stdout
     for port in (ports + 6, ports + 7):  # where to point a Prometheus or a curl
