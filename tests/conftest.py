@@ -4,7 +4,10 @@ and removed at the end; the system's processes and in-process parts built on the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,9 +22,12 @@ from core.keys import Keyring
 from core.migrate import migrate
 from core.settings import Settings
 from tests.support import services
-from tests.support.processes import Process
+from tests.support.processes import RUN_VARIABLE, Process, strays
 
 RUN_ID = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+# How long the processes still running at the end of the run have to exit on their own (a
+# killed supervisor's workers stop gracefully) before they count as left behind.
+STRAYS_GRACE_S = 60.0
 
 
 def pytest_asyncio_loop_factories(
@@ -31,6 +37,28 @@ def pytest_asyncio_loop_factories(
     if item.get_closest_marker("uvloop") is not None:
         return {"uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """The run fails if it leaves a process behind: one of its children still running or
+    never reaped (a ``Popen`` dropped without a wait), or one of the system's processes it
+    started, directly or not (they carry this run's id). Each is listed with the test that
+    started it, then killed. Set up first and torn down last: after every other fixture has
+    stopped what it started."""
+    os.environ[RUN_VARIABLE] = RUN_ID
+    yield
+    deadline = time.monotonic() + STRAYS_GRACE_S
+    left = strays(RUN_ID)
+    while any(s.state != "Z" for s in left) and time.monotonic() < deadline:
+        time.sleep(0.2)  # those still running may be on their way out; zombies stay
+        left = strays(RUN_ID)
+    for stray in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stray.pid, signal.SIGKILL)
+    if left:
+        listed = "\n".join(f"  {stray}" for stray in left)
+        pytest.fail(f"processes left behind by this test run:\n{listed}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

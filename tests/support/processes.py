@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import random
 import signal
@@ -18,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from core.settings import Settings
+
+# Set in the environment of this test run (and so inherited by every process it starts,
+# directly or not) to this run's id: its processes are told from those of any other run.
+RUN_VARIABLE = "TESTS_RUN_ID"
 
 # Ports handed out in this test run, never handed out again (none is bound yet when it is).
 _HANDED_OUT: set[int] = set()
@@ -173,3 +180,61 @@ def wait_until_ready(port: int, process: Process, timeout_s: float = 30.0) -> No
                 return
         time.sleep(0.05)
     raise TimeoutError(f"edge not ready after {timeout_s} s:\n{process.log()}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stray:
+    """A process a test run left behind."""
+
+    pid: int
+    state: str  # as in /proc/<pid>/stat: R, S, D, Z (a zombie: exited, never reaped)...
+    command: str
+    started_in: str  # the test that was running when it was started, if it says
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} ({self.state}) {self.command!r} started in {self.started_in}"
+
+
+def strays(run_id: str) -> list[Stray]:
+    """The processes this test run left: this process's children, running or not reaped
+    (zombies), and, wherever they are now, the Python processes of this interpreter that
+    carry ``run_id`` in their environment (a supervisor's workers, once it is killed, belong
+    to init). Read from ``/proc`` without waiting for any: a ``Popen`` keeps its exit code.
+    multiprocessing's resource tracker and fork server, which live as long as this process,
+    are not strays; nor is anything of another user's, whose environment cannot be read."""
+    own = os.getpid()
+    helpers = {
+        getattr(multiprocessing.resource_tracker._resource_tracker, "_pid", None),
+        getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None),
+    }
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid == own or pid in helpers:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rfind(")") + 2 :].split()  # after "pid (comm) "
+            state, ppid = fields[0], int(fields[1])
+            if ppid != own:
+                if os.path.realpath(entry / "exe") != os.path.realpath(sys.executable):
+                    continue
+                if _environ(entry).get(RUN_VARIABLE) != run_id:
+                    continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        try:
+            started_in = _environ(entry).get("PYTEST_CURRENT_TEST", "?")
+        except OSError:
+            started_in = "?"
+        command = " ".join(a.decode(errors="replace") for a in argv if a) or stat.split()[1]
+        found.append(Stray(pid, state, command, started_in))
+    return found
+
+
+def _environ(entry: Path) -> dict[str, str]:
+    """A process's environment as it was started (empty for a zombie)."""
+    items = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+    pairs = (item.partition("=") for item in items)
+    return {name: value for name, _, value in pairs if name}
