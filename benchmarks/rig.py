@@ -115,7 +115,13 @@ class Rig:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output, _ = await migrate.communicate()
+        try:
+            output, _ = await migrate.communicate()
+        except BaseException:  # interrupted: not left running, unreaped, behind the run
+            if migrate.returncode is None:
+                migrate.kill()
+                await migrate.wait()
+            raise
         if migrate.returncode != 0:
             raise BenchError(f"intake migrate failed: {output.decode()[-2000:]}")
 
