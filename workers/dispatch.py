@@ -118,9 +118,13 @@ class Dispatcher:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_S)
         finally:
-            with contextlib.suppress(asyncpg.InterfaceError, OSError):
-                await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
-            await self._pool.release(listener)
+            try:
+                with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                    await listener.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+            finally:
+                # Whatever the UNLISTEN raised: a connection never released holds the pool's
+                # close, and so the worker's exit after SIGTERM, for ever.
+                await self._pool.release(listener)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
