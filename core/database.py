@@ -10,9 +10,10 @@ the new primary), never a reason to give the work up or dead-letter it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
@@ -45,6 +46,30 @@ async def expire_on_failover(pool: asyncpg.Pool, exc: BaseException) -> None:
     if isinstance(exc, FAILOVER):
         # Every connection is replaced at its next acquire (the busy ones after their release).
         await pool.expire_connections()
+
+
+# How long a stopping process waits for its pool's connections to be released and closed
+# before it terminates them: a connection never released (a bug, a session that ended oddly)
+# would otherwise hold the process in asyncpg's close for ever, past its supervisor.
+CLOSE_TIMEOUT_S = 10.0
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    """Close ``pool`` gracefully, or terminate its connections after ``timeout_s``."""
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("database pool not closed within %.0f s: terminated", timeout_s)
+        pool.terminate()
+
+
+@contextlib.asynccontextmanager
+async def closing(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """``async with closing(pool)``: the pool, closed by :func:`close_pool` at the end."""
+    try:
+        yield pool
+    finally:
+        await close_pool(pool)
 
 
 async def create_pool(

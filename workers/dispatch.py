@@ -223,4 +223,4 @@ async def serve(settings: Settings) -> None:
             await dispatcher.run()
         finally:
             await queues.close()
-            await pool.close()
+            await database.close_pool(pool)

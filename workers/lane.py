@@ -712,7 +712,7 @@ async def serve(settings: Settings, check: Check) -> None:
             attempted=health.beat,
         )
         connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
-        async with pool, aiohttp.ClientSession(connector=connector) as http:
+        async with database.closing(pool), aiohttp.ClientSession(connector=connector) as http:
             verifier = registry.build(check, settings, http, pool)
             await _serve(settings, LaneWorker(settings, keyring, pool, verifier, health=health))
 

@@ -340,7 +340,7 @@ async def serve(settings: Settings) -> None:
             attempted=health.beat,
         )
         connector = aiohttp.TCPConnector(limit=settings.lane_prefetch)
-        async with pool, aiohttp.ClientSession(connector=connector) as http:
+        async with database.closing(pool), aiohttp.ClientSession(connector=connector) as http:
             notifier = Notifier(settings, pool, http, health)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

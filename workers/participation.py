@@ -274,7 +274,7 @@ async def serve(settings: Settings) -> None:
             max_size=4,
             attempted=health.beat,
         )
-        async with pool:
+        async with database.closing(pool):
             async with pool.acquire() as connection:
                 await wait_until_migrated(connection, waited=health.beat)
             worker = ParticipationWorker(settings, keyring, pool, bank, health)

@@ -391,7 +391,7 @@ async def serve(settings: Settings) -> None:
             max_size=2,
             attempted=health.beat,
         )
-        async with pool:
+        async with database.closing(pool):
             async with pool.acquire() as connection:
                 if settings.persist_migrate:
                     await migrate(connection)

@@ -231,7 +231,7 @@ async def serve(settings: Settings) -> None:
             max_size=2,  # workers.scaling counts it
             attempted=health.beat,
         )
-        async with pool:
+        async with database.closing(pool):
             selector = Selector(settings, pool, health)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -58,7 +58,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from core import metrics_http
+from core import database, metrics_http
 from core.funnel import FunnelCollector
 from core.queues import QueueCollector
 from core.retention import Periods
@@ -323,7 +323,7 @@ class Supervisor:
                 yield
         finally:
             await queues.close()
-            await pool.close()
+            await database.close_pool(pool)
 
     # --- processes --------------------------------------------------------------------------
 
