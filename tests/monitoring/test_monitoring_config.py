@@ -46,6 +46,8 @@ PROMETHEUS_YML = MONITORING / "prometheus.yml"
 RULES = MONITORING / "rules"
 ALERTS_YML = RULES / "alerts.yml"
 ALERTS_TEST_YML = RULES / "alerts_test.yml"
+# The retention alerts' tests, apart for their evaluation interval (days of series).
+RETENTION_TEST_YML = RULES / "retention_test.yml"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"
 DASHBOARD_JSON = DASHBOARDS / "wave-opening.json"
 PROVISIONING = MONITORING / "grafana" / "provisioning"
@@ -449,10 +451,11 @@ def test_rule_files_are_valid_and_all_loaded() -> None:
 
 
 def test_alert_unit_tests_pass() -> None:
-    assert_ok(promtool("test", "rules", ALERTS_TEST_YML))
+    assert_ok(promtool("test", "rules", ALERTS_TEST_YML, RETENTION_TEST_YML))
     tested = {
         case["alertname"]
-        for test in load_yaml(ALERTS_TEST_YML)["tests"]
+        for path in (ALERTS_TEST_YML, RETENTION_TEST_YML)
+        for test in load_yaml(path)["tests"]
         for case in test.get("alert_rule_test", [])
         if case.get("exp_alerts")
     }
