@@ -43,19 +43,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
-# The routes counted per client: every route that reads or acts on one registration (their
-# handlers are added with per_client).
-CLIENT_ROUTES = frozenset(
-    {
-        "/v1/registrations/{id}",
-        "/v1/registrations/{id}/otp",
-        "/v1/registrations/{id}/email/resend",
-        "/v1/registrations/{id}/otp/resend",
-        "/v1/registrations/{id}/photo",
-        "/v1/registrations/{id}/test",
-        "/v1/registrations/{id}/wave",
-    }
-)
 NIK_BLOCKS: web.AppKey[NikBlocks] = web.AppKey("nik_blocks")
 CLIENT_LIMITER: web.AppKey[ClientLimiter] = web.AppKey("client_limiter")  # absent: the limit is off
 TOO_MANY_TITLE = "Too many attempts; please wait before trying again"
@@ -167,9 +154,10 @@ class ClientLimiter:
 
 def per_client(handler: Handler) -> Handler:
     """``handler``, its requests counted per client while the limit is on (the application's
-    :data:`CLIENT_LIMITER`): the routes of :data:`CLIENT_ROUTES` are added with it, so that
-    no other request (a registration, a probe) passes through the limit at all. Innermost, as
-    the handler itself: a ``429`` is counted and timed by the middlewares like any answer."""
+    :data:`CLIENT_LIMITER`): the routes that read or act on one registration are added with
+    it, so that no other request (a registration, a probe) passes through the limit at all.
+    Innermost, as the handler itself: a ``429`` is counted and timed by the middlewares like
+    any answer."""
 
     @functools.wraps(handler)
     async def counted(request: web.Request) -> web.StreamResponse:

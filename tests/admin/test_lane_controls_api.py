@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -22,6 +20,7 @@ from core.controls import BreakerMode, ControlError, LaneControls, Window, Windo
 from core.settings import Settings
 from core.verification import Check
 from core.waves import WIB
+from tests.support import processes
 
 TOKEN = "another-operators-token-long-enough"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -181,16 +180,8 @@ async def test_a_reason_is_one_line_and_times_have_an_offset(
 
 
 def test_intake_lanes_acts_and_is_audited_as_the_cli_user(settings: Settings) -> None:
-    env = {**os.environ, **settings.to_env()}
-
     def intake(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cli", "lanes", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return processes.intake(settings, "lanes", *args)
 
     forced = intake("breaker", "dapodik", "closed")
     assert forced.returncode == 0, forced.stderr
@@ -221,16 +212,7 @@ def test_intake_lanes_acts_and_is_audited_as_the_cli_user(settings: Settings) ->
     again = intake("maintenance", "cancel", str(window["id"]))
     assert again.returncode == 1
     assert "conflict" in again.stderr
-    audit = orjson.loads(
-        subprocess.run(
-            [sys.executable, "-m", "cli", "waves", "audit"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    )
+    audit = orjson.loads(processes.intake_output(settings, "waves", "audit"))
     assert [e["action"] for e in audit[:3]] == [
         "maintenance.cancel",
         "maintenance.add",

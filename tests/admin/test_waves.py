@@ -4,9 +4,7 @@ an operator, never overlapping, every action in the append-only audit log."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 
 import asyncpg
 import orjson
@@ -14,6 +12,7 @@ import pytest
 
 from core.settings import Settings
 from core.waves import WIB, DtksRank, Policy, Situation, WaveError, Waves, WaveState, parse_time
+from tests.support import processes
 
 T0 = dt.datetime(2020, 4, 11, 12, 0, tzinfo=WIB)
 
@@ -127,16 +126,8 @@ def test_a_policy_is_checked() -> None:
 
 
 def test_intake_waves_acts_and_is_audited_as_the_cli_user(settings: Settings) -> None:
-    env = {**os.environ, **settings.to_env()}
-
     def intake(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cli", "waves", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return processes.intake(settings, "waves", *args)
 
     now = dt.datetime.now(WIB)
     created = intake(

@@ -11,8 +11,6 @@ import asyncio
 import base64
 import datetime as dt
 import os
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from core.photo_vault import PhotoVault
 from core.settings import Settings
 from tests.support.people import person as a_person
 from tests.support.photos import encode, sample
+from tests.support.processes import intake_output as intake
 from workers.store import RegistrationStore, prepare
 
 SEED = 1717
@@ -570,19 +569,6 @@ async def test_an_erased_beneficiary_is_still_refused(
     assert await db.fetchval("SELECT outcome FROM wave_joins WHERE registration_id = $1", who) == (
         "selected"
     )
-
-
-def intake(settings: Settings, *args: str, code: int = 0) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env={**os.environ, **settings.to_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == code, done.stderr
-    return done.stdout if code == 0 else done.stderr
 
 
 async def test_the_commands(

@@ -6,9 +6,6 @@ look-up key does not change, so a NIK registered before the rotation is still a 
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +26,7 @@ from demo.selfies import selfie
 from tests.support import inprocess
 from tests.support.people import person
 from tests.support.photos import phone_selfie
+from tests.support.processes import intake_output as intake
 from tests.support.waiting import eventually
 
 NEW_SECRET = "the-second-master-secret-after-the-rotation-0123456789"
@@ -181,21 +179,6 @@ async def test_reads_before_during_and_after_a_rotation(
         "SELECT status, reject_reason FROM registrations WHERE id = $1", repeated
     )
     assert (row["status"], row["reject_reason"]) == ("rejected", "duplicate_nik")
-
-
-def intake(settings: Settings, *args: str, code: int = 0) -> str:
-    """``intake ARGS`` in a process of its own with ``settings``; its standard output (its
-    standard error if it exits with ``code`` other than 0)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env={**os.environ, **settings.to_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == code, done.stderr
-    return done.stdout if code == 0 else done.stderr
 
 
 async def test_the_intake_keys_command(settings: Settings, db: asyncpg.Pool) -> None:

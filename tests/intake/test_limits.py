@@ -27,7 +27,7 @@ from core.keys import Keyring
 from core.settings import Settings
 from core.verification import Check
 from intake.app import create_app
-from intake.limits import CLIENT_ROUTES, NIK_BLOCKS, NikBlocks, client_address, per_client
+from intake.limits import NIK_BLOCKS, NikBlocks, client_address, per_client
 from intake.publisher import BatchPublisher
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
@@ -36,6 +36,19 @@ from tests.support.waiting import eventually
 
 Client = TestClient[Request, Application]
 PROBLEMS = "https://intake.example/problems/"
+# The routes counted per client: every route that reads or acts on one registration (their
+# handlers are added with per_client).
+CLIENT_ROUTES = frozenset(
+    {
+        "/v1/registrations/{id}",
+        "/v1/registrations/{id}/otp",
+        "/v1/registrations/{id}/email/resend",
+        "/v1/registrations/{id}/otp/resend",
+        "/v1/registrations/{id}/photo",
+        "/v1/registrations/{id}/test",
+        "/v1/registrations/{id}/wave",
+    }
+)
 
 
 async def _limited(response: aiohttp.ClientResponse, limit: str, window_s: int) -> None:

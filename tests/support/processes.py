@@ -140,6 +140,26 @@ class Process:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def intake(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``intake ARGS`` run to its end in a process of its own, configured by ``settings``."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def intake_output(settings: Settings, *args: str, code: int = 0) -> str:
+    """:func:`intake`, which must exit with ``code``: its standard output (its standard error
+    for another code than 0)."""
+    done = intake(settings, *args)
+    assert done.returncode == code, done.stderr
+    return done.stdout if code == 0 else done.stderr
+
+
 def stop(process: subprocess.Popen[Any], timeout_s: float = 30.0) -> int:
     """SIGTERM, SIGKILL if it has not exited within ``timeout_s``; reaped either way, on every
     path of the test that started it. Returns the exit code."""

@@ -15,10 +15,7 @@ import datetime as dt
 import hashlib
 import hmac
 import itertools
-import os
 import random
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -38,7 +35,7 @@ from core.waves import WIB, DtksRank, Policy, Situation, Wave, Waves
 from simulators.server import Ports, Running, SimulatorConfig, run_simulators
 from tests.support import inprocess
 from tests.support.people import person
-from tests.support.processes import Process
+from tests.support.processes import Process, intake
 from tests.support.waiting import eventually
 from workers.scaling import worker_limits
 from workers.selection import JOINS_QUEUE, Selector, select_wave
@@ -286,17 +283,6 @@ async def selector(settings: Settings, db: asyncpg.Pool) -> AsyncIterator[Select
         await asyncio.wait_for(task, 30)
 
 
-def _intake(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env={**os.environ, **settings.to_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 async def test_the_selection_follows_the_rules_once(
     settings: Settings, db: asyncpg.Pool, joiners: tuple[Wave, list[Person]]
 ) -> None:
@@ -366,14 +352,14 @@ async def test_the_operator_checks_a_selection_and_a_tampered_one_fails(
 ) -> None:
     wave, _ = joiners
     await select_wave(db, Keyring.from_secret(settings.secret_key), wave.id)
-    checked = _intake(settings, "waves", "selection", wave.name, "--check")
+    checked = intake(settings, "waves", "selection", wave.name, "--check")
     assert checked.returncode == 0, checked.stderr
     shown = orjson.loads(checked.stdout)
     assert (shown["joined"], shown["selected"]) == (300, 100)
     assert shown["check"] == {"same_input": True, "same_selection": True, "differing_joins": 0}
     # Another seed gives another draw: the check sees it.
     await db.execute("UPDATE wave_selections SET seed = $2 WHERE wave_id = $1", wave.id, bytes(32))
-    tampered = _intake(settings, "waves", "selection", wave.name, "--check")
+    tampered = intake(settings, "waves", "selection", wave.name, "--check")
     assert tampered.returncode == 1
     report = orjson.loads(tampered.stdout)["check"]
     assert report["same_input"] is True
